@@ -1,0 +1,39 @@
+"""Elementwise non-linearities: ReLU and GELU (tanh approximation, as in GPT-2)."""
+import math
+
+from tinytok.backend import get_array_module
+from tinytok.ops.checks import require_float
+
+GELU_C = math.sqrt(2.0 / math.pi)  # the tanh approximation's constant
+
+
+def relu_forward(x):
+    """y = max(x, 0). x (any shape) -> y (same shape)."""
+    require_float("x", x)
+    y = get_array_module(x).maximum(x, 0)
+    return y, y
+
+
+def relu_backward(dy, cache):
+    """dx = dy where the input was positive, else 0.
+
+    Builds a new array: writing the mask into dy in place would corrupt the caller's gradient.
+    """
+    y = cache
+    return dy * (y > 0)
+
+
+def gelu_forward(x):
+    """y = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3). x -> y (same shape)."""
+    require_float("x", x)
+    xp = get_array_module(x)
+    t = xp.tanh(GELU_C * (x + 0.044715 * x * x * x))
+    y = 0.5 * x * (1 + t)
+    return y, (x, t)
+
+
+def gelu_backward(dy, cache):
+    """dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx, with du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)."""
+    x, t = cache
+    du_dx = GELU_C * (1 + 3 * 0.044715 * x * x)
+    return dy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du_dx)

@@ -1,0 +1,83 @@
+"""Causal multi-head self-attention, the heart of the transformer prior.
+
+Each position t forms a query and mixes the values of positions 0..t, weighted by how well
+its query matches their keys. Heads are independent attentions on slices of the channels;
+all heads of all sequences go through one batched matrix product.
+
+Layout (nanoGPT's): the columns of w_qkv are [q | k | v], each C wide, and each of those is
+split into n_head consecutive chunks of hs = C // n_head channels.
+"""
+import math
+
+from tinytok.backend import get_array_module
+from tinytok.errors import ShapeError
+from tinytok.ops.checks import require_ndim, require_positive_int, require_shape
+from tinytok.ops.linear import linear_backward, linear_forward
+
+
+def causal_mask(T, xp, dtype):
+    """(T, T) additive mask: 0 where key s <= query t, -inf above the diagonal."""
+    return xp.triu(xp.full((T, T), -xp.inf, dtype=dtype), k=1)
+
+
+def split_heads(x, n_head):
+    """(B, T, C) -> (B, n_head, T, hs)"""
+    B, T, C = x.shape
+    return x.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)
+
+
+def merge_heads(x):
+    """(B, n_head, T, hs) -> (B, T, C)"""
+    B, nh, T, hs = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B, T, nh * hs)
+
+
+def softmax(scores, axis=-1):
+    """Numerically stable softmax (shifted by the row maximum)."""
+    xp = get_array_module(scores)
+    e = xp.exp(scores - scores.max(axis=axis, keepdims=True))
+    e /= e.sum(axis=axis, keepdims=True)
+    return e
+
+
+def causal_self_attention_forward(x, w_qkv, b_qkv, w_proj, b_proj, n_head):
+    """x (B, T, C), w_qkv (C, 3C), b_qkv (3C,), w_proj (C, C), b_proj (C,) -> y (B, T, C)."""
+    require_ndim("x", x, 3, "(B, T, C)")
+    B, T, C = x.shape
+    require_positive_int("n_head", n_head)
+    if C % n_head:
+        raise ShapeError(f"n_head={n_head} must divide the width C={C}")
+    require_shape("w_qkv", w_qkv, (C, 3 * C), "(C, 3C)")
+    require_shape("w_proj", w_proj, (C, C), "(C, C)")
+    xp = get_array_module(x)
+    scale = 1 / math.sqrt(C // n_head)
+
+    qkv, qkv_cache = linear_forward(x, w_qkv, b_qkv)                 # (B, T, 3C)
+    q, k, v = (split_heads(qkv[..., i * C:(i + 1) * C], n_head) for i in range(3))
+    scores = (q * scale) @ k.transpose(0, 1, 3, 2)                   # (B, nh, T, T)
+    scores += causal_mask(T, xp, x.dtype)                            # hide the future
+    att = softmax(scores)                                            # (B, nh, T, T)
+    y = merge_heads(att @ v)                                         # (B, T, C)
+    out, proj_cache = linear_forward(y, w_proj, b_proj)              # (B, T, C)
+    return out, (qkv_cache, proj_cache, q, k, v, att, scale, n_head)
+
+
+def causal_self_attention_backward(dout, cache):
+    """dout (B, T, C) -> dx, dw_qkv, db_qkv, dw_proj, db_proj.
+
+    The mirror of the forward, bottom to top. Softmax's backward per row is
+    dscores = att * (datt - sum(datt * att)); masked positions have att = 0, so they get
+    no gradient without any extra code.
+    """
+    qkv_cache, proj_cache, q, k, v, att, scale, n_head = cache
+    xp = get_array_module(dout)
+    dy, dw_proj, db_proj = linear_backward(dout, proj_cache)         # (B, T, C)
+    dy = split_heads(dy, n_head)                                     # (B, nh, T, hs)
+    datt = dy @ v.transpose(0, 1, 3, 2)                              # (B, nh, T, T)
+    dv = att.transpose(0, 1, 3, 2) @ dy                              # (B, nh, T, hs)
+    dscores = att * (datt - (datt * att).sum(axis=-1, keepdims=True))
+    dq = (dscores @ k) * scale                                       # (B, nh, T, hs)
+    dk = dscores.transpose(0, 1, 3, 2) @ (q * scale)                 # (B, nh, T, hs)
+    dqkv = xp.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)
+    dx, dw_qkv, db_qkv = linear_backward(dqkv, qkv_cache)            # (B, T, C)
+    return dx, dw_qkv, db_qkv, dw_proj, db_proj

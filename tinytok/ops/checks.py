@@ -1,0 +1,53 @@
+"""Input checks shared by the op pairs: one clear message instead of a broadcasting puzzle.
+
+Each check is a cheap look at shape and dtype (no pass over the data), so it is done on
+every forward call.
+"""
+from tinytok.errors import ConfigError, DTypeError, ShapeError
+
+FLOAT_DTYPES = ("float32", "float64")
+
+
+def require_float(name, x):
+    """x must be a float32 or float64 array."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        raise DTypeError(f"{name} must be a float32 or float64 array, got {type(x).__name__}")
+    if str(dtype) not in FLOAT_DTYPES:
+        raise DTypeError(f"{name} must be float32 or float64, got {dtype}"
+                         " (convert with .astype('float32'))")
+
+
+def require_int(name, x):
+    """x must be an array of integers (token or class ids)."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None or dtype.kind not in "iu":
+        raise DTypeError(f"{name} must be an integer array of ids, got "
+                         f"{dtype if dtype is not None else type(x).__name__}")
+
+
+def require_ndim(name, x, ndim, layout):
+    """x must have exactly ndim axes; layout names them for the message, e.g. "(N, C, H, W)"."""
+    if x.ndim != ndim:
+        raise ShapeError(f"{name} must have shape {layout}, got shape {tuple(x.shape)}")
+
+
+def require_shape(name, x, shape, layout):
+    """x must have exactly this shape."""
+    if tuple(x.shape) != tuple(shape):
+        raise ShapeError(f"{name} must have shape {layout} = {tuple(shape)}, "
+                         f"got {tuple(x.shape)}")
+
+
+def require_same_dtype(x_name, x, *others):
+    """Every (name, array) in others must share x's dtype, so nothing is silently promoted."""
+    for name, a in others:
+        if a is not None and a.dtype != x.dtype:
+            raise DTypeError(f"{name} is {a.dtype} but {x_name} is {x.dtype}; "
+                             "use one float dtype for all arguments")
+
+
+def require_positive_int(name, value, minimum=1):
+    """A hyperparameter such as stride (>= 1) or padding (>= 0) must be an int."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")

@@ -1,0 +1,161 @@
+"""2-D convolution and transposed convolution, as im2col plus one matrix product.
+
+A convolution is many small dot products, one per output pixel and filter. im2col copies
+every receptive field into a column, so that all of them become one matrix product:
+
+    cols (C*kh*kw, Ho*Wo*N)     one column per output pixel, one row per (channel, ky, kx)
+    out  = w (F, C*kh*kw) @ cols  ->  (F, Ho*Wo*N)
+
+and BLAS does the arithmetic. The copy is done with kh*kw strided slices (one per kernel
+offset), never a Python loop over images or pixels. col2im is its mirror: it adds the
+columns back onto the image, again with kh*kw strided slice additions, so overlapping
+fields accumulate.
+
+Memory order. The columns are ordered (y, x, n), image index last, so the product comes out
+as (F, Ho, Wo, N) in memory. We return the transposed *view* out.transpose(3, 0, 1, 2): its
+shape is the usual (N, F, Ho, Wo), but its memory stays "CHWN", which is exactly the order
+the next convolution's im2col reads. Element-wise ops keep that order, so a stack of
+convolutions never pays for a transposing copy of its activations. Batch-last also makes the
+strided copies fast: their innermost run is the N contiguous images of one pixel, where NCHW
+would give runs of a few strided pixels (cuda-convnet used CHWN for the same reason).
+
+The transposed convolution (the decoder's upsampling) is the same two steps in the other
+order: a matrix product that scatters every input pixel into a kh x kw patch of columns, then
+col2im. Its backward is im2col plus a product, which is the convolution's forward: the two
+pairs are each other's mirror.
+"""
+from tinytok.backend import get_array_module
+from tinytok.errors import ShapeError
+from tinytok.ops.checks import (require_float, require_ndim, require_positive_int,
+                                require_same_dtype, require_shape)
+
+
+def conv_output_size(size, kernel, stride, padding):
+    """Output length of a convolution along one axis."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def im2col(x, kh, kw, stride, padding):
+    """x (N, C, H, W) -> cols (C*kh*kw, Ho*Wo*N), plus (Ho, Wo).
+
+    cols[(c, i, j), (y, x, n)] = x_padded[n, c, y*stride + i, x*stride + j]
+    """
+    xp = get_array_module(x)
+    N, C, H, W = x.shape
+    Ho = conv_output_size(H, kh, stride, padding)
+    Wo = conv_output_size(W, kw, stride, padding)
+    # Pad into a (C, H, W, N) buffer: one copy that both pads and puts the batch last.
+    x_pad = xp.zeros((C, H + 2 * padding, W + 2 * padding, N), dtype=x.dtype)
+    x_pad[:, padding:padding + H, padding:padding + W] = x.transpose(1, 2, 3, 0)
+    cols = xp.empty((C, kh, kw, Ho, Wo, N), dtype=x.dtype)
+    for i in range(kh):          # kh*kw strided copies, each moving a whole (C, Ho, Wo, N)
+        for j in range(kw):
+            cols[:, i, j] = x_pad[:, i:i + stride * Ho:stride, j:j + stride * Wo:stride]
+    return cols.reshape(C * kh * kw, Ho * Wo * N), (Ho, Wo)
+
+
+def col2im(cols, x_shape, kh, kw, stride, padding):
+    """cols (C*kh*kw, Ho*Wo*N) -> x (N, C, H, W): the adjoint of im2col.
+
+    Each column is added back where im2col read it; pixels shared by several receptive
+    fields receive the sum. The result is a view with CHWN memory (see the module docstring).
+    """
+    xp = get_array_module(cols)
+    N, C, H, W = x_shape
+    Ho = conv_output_size(H, kh, stride, padding)
+    Wo = conv_output_size(W, kw, stride, padding)
+    cols = cols.reshape(C, kh, kw, Ho, Wo, N)
+    x_pad = xp.zeros((C, H + 2 * padding, W + 2 * padding, N), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            x_pad[:, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += cols[:, i, j]
+    return x_pad[:, padding:padding + H, padding:padding + W].transpose(3, 0, 1, 2)
+
+
+def _check_conv_args(x, w, b, stride, padding, w_layout, channels_axis):
+    require_float("x", x)
+    require_same_dtype("x", x, ("w", w), ("b", b))
+    require_ndim("x", x, 4, "(N, C, H, W)")
+    require_ndim("w", w, 4, w_layout)
+    require_positive_int("stride", stride, 1)
+    require_positive_int("padding", padding, 0)
+    if w.shape[channels_axis] != x.shape[1]:
+        raise ShapeError(f"w {w_layout} = {tuple(w.shape)} expects C = "
+                         f"{w.shape[channels_axis]} input channels, x {tuple(x.shape)} has "
+                         f"{x.shape[1]}")
+    out_channels = w.shape[1 - channels_axis]
+    if b is not None:
+        require_shape("b", b, (out_channels,), "(F,)")
+
+
+def conv2d_forward(x, w, b, stride=1, padding=0):
+    """Cross-correlation, as torch.nn.functional.conv2d.
+
+    x (N, C, H, W), w (F, C, kh, kw), b (F,) or None -> out (N, F, Ho, Wo),
+    Ho = (H + 2*padding - kh) // stride + 1 (Wo likewise).
+    """
+    _check_conv_args(x, w, b, stride, padding, "(F, C, kh, kw)", channels_axis=1)
+    F, C, kh, kw = w.shape
+    N = x.shape[0]
+    if min(conv_output_size(s, k, stride, padding) for s, k in zip(x.shape[2:], (kh, kw))) < 1:
+        raise ShapeError(f"conv2d: a {kh}x{kw} kernel with padding {padding} does not fit "
+                         f"in a {x.shape[2]}x{x.shape[3]} input")
+    cols, (Ho, Wo) = im2col(x, kh, kw, stride, padding)     # (C*kh*kw, Ho*Wo*N)
+    out = w.reshape(F, -1) @ cols                           # (F, Ho*Wo*N)
+    if b is not None:
+        out += b[:, None]
+    out = out.reshape(F, Ho, Wo, N).transpose(3, 0, 1, 2)   # (N, F, Ho, Wo), CHWN memory
+    return out, (cols, w, b is not None, x.shape, stride, padding)
+
+
+def conv2d_backward(dout, cache):
+    """dout (N, F, Ho, Wo) -> dx (N, C, H, W), dw (F, C, kh, kw), db (F,) or None."""
+    cols, w, has_bias, x_shape, stride, padding = cache
+    F, C, kh, kw = w.shape
+    dout2 = dout.transpose(1, 2, 3, 0).reshape(F, -1)      # (F, Ho*Wo*N); free if CHWN
+    dw = (dout2 @ cols.T).reshape(w.shape)                  # (F, C*kh*kw)
+    db = dout2.sum(axis=1) if has_bias else None
+    dcols = w.reshape(F, -1).T @ dout2                      # (C*kh*kw, Ho*Wo*N)
+    dx = col2im(dcols, x_shape, kh, kw, stride, padding)    # (N, C, H, W)
+    return dx, dw, db
+
+
+def conv_transpose_output_size(size, kernel, stride, padding):
+    """Output length of a transposed convolution along one axis (no output_padding)."""
+    return (size - 1) * stride - 2 * padding + kernel
+
+
+def conv_transpose2d_forward(x, w, b, stride=1, padding=0):
+    """Transposed convolution, as torch.nn.functional.conv_transpose2d.
+
+    x (N, C, H, W), w (C, F, kh, kw), b (F,) or None -> out (N, F, Ho, Wo),
+    Ho = (H - 1) * stride - 2 * padding + kh (Wo likewise).
+    It is conv2d's backward with respect to its input: each input pixel paints a kh x kw
+    patch, weighted by w, into the (stride times larger) output.
+    """
+    _check_conv_args(x, w, b, stride, padding, "(C, F, kh, kw)", channels_axis=0)
+    C, F, kh, kw = w.shape
+    N, _, H, W = x.shape
+    Ho = conv_transpose_output_size(H, kh, stride, padding)
+    Wo = conv_transpose_output_size(W, kw, stride, padding)
+    if Ho < 1 or Wo < 1:
+        raise ShapeError(f"conv_transpose2d: padding {padding} crops away the whole "
+                         f"{H}x{W} input's output")
+    x2 = x.transpose(1, 2, 3, 0).reshape(C, -1)             # (C, H*W*N); free if CHWN
+    cols = w.reshape(C, -1).T @ x2                          # (F*kh*kw, H*W*N)
+    out = col2im(cols, (N, F, Ho, Wo), kh, kw, stride, padding)  # (N, F, Ho, Wo)
+    if b is not None:
+        out += b[:, None, None]
+    return out, (x2, w, b is not None, x.shape, stride, padding)
+
+
+def conv_transpose2d_backward(dout, cache):
+    """dout (N, F, Ho, Wo) -> dx (N, C, H, W), dw (C, F, kh, kw), db (F,) or None."""
+    x2, w, has_bias, x_shape, stride, padding = cache
+    C, F, kh, kw = w.shape
+    N, _, H, W = x_shape
+    dcols, _ = im2col(dout, kh, kw, stride, padding)        # (F*kh*kw, H*W*N)
+    dx = (w.reshape(C, -1) @ dcols).reshape(C, H, W, N).transpose(3, 0, 1, 2)
+    dw = (x2 @ dcols.T).reshape(w.shape)                    # (C, F*kh*kw)
+    db = dout.sum(axis=(0, 2, 3)) if has_bias else None
+    return dx, dw, db
