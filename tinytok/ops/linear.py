@@ -6,7 +6,7 @@ from tinytok.ops.checks import require_float, require_same_dtype, require_shape
 def linear_forward(x, w, b):
     """y = x @ w + b over the last axis of x.
 
-    x (..., in), w (in, out), b (out,) -> y (..., out)
+    x (..., in), w (in, out), b (out,) or None -> y (..., out)
     The weight is stored (in, out) so that the formula reads left to right, as written.
     """
     require_float("x", x)
@@ -14,21 +14,22 @@ def linear_forward(x, w, b):
     if w.ndim != 2 or x.ndim < 1 or x.shape[-1] != w.shape[0]:
         raise ShapeError(f"linear: x (..., in) and w (in, out) must agree on 'in', got "
                          f"x {tuple(x.shape)} and w {tuple(w.shape)}")
-    require_shape("b", b, (w.shape[1],), "(out,)")
     y = x @ w
-    y += b
-    return y, (x, w)
+    if b is not None:
+        require_shape("b", b, (w.shape[1],), "(out,)")
+        y += b
+    return y, (x, w, b is not None)
 
 
 def linear_backward(dy, cache):
-    """dy (..., out) -> dx (..., in), dw (in, out), db (out,)
+    """dy (..., out) -> dx (..., in), dw (in, out), db (out,) or None
 
     Every row of x met every column of w, so dw sums x^T dy over all leading axes.
     """
-    x, w = cache
+    x, w, has_bias = cache
     x2 = x.reshape(-1, x.shape[-1])    # (M, in): all leading axes are rows
     dy2 = dy.reshape(-1, dy.shape[-1])  # (M, out)
     dx = dy @ w.T                      # (..., in)
     dw = x2.T @ dy2                    # (in, out)
-    db = dy2.sum(axis=0)               # (out,)
+    db = dy2.sum(axis=0) if has_bias else None  # (out,)
     return dx, dw, db

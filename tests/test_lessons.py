@@ -1,0 +1,204 @@
+"""Run every lesson in lessons/ as a test, so that the lessons cannot rot.
+
+For each ``lessons/NN_*.md`` the ```python fenced blocks are taken in order and executed in
+one fresh namespace (one namespace per lesson, shared by its blocks), with the working
+directory set to a temporary folder and the backend reset to NumPy. Other languages
+(```text, ```bash, ...) are not run. The first line of a block can mark it:
+
+    # lesson: skip    never run (a sketch, or something slow to show but not to test)
+    # lesson: gpu     run only where tinytok.backend.use("cupy") works; skipped otherwise,
+                      and the backend is set back to NumPy after it, so the blocks that
+                      follow behave the same with or without a GPU
+
+Pictures. The namespace holds ``LESSON_DIR`` (a pathlib.Path): a lesson saves its pictures
+there. It is the lessons/ folder itself when ``TINYTOK_WRITE_LESSON_IMAGES=1`` is set (to
+refresh the committed pictures), and the test's temporary folder otherwise.
+
+    TINYTOK_WRITE_LESSON_IMAGES=1 python -m pytest tests/test_lessons.py -q
+
+Errors point at the Markdown: each block is compiled under the path of its .md file with
+its code placed at its own line numbers, so a traceback reads
+``lessons/03_convolution.md:57``, and the failing block's start line is added as a note.
+"""
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+
+from tinytok import backend
+from tinytok.errors import BackendError
+
+ROOT = Path(__file__).resolve().parent.parent
+LESSONS_DIR = ROOT / "lessons"
+LESSONS = sorted(LESSONS_DIR.glob("[0-9][0-9]_*.md"))
+
+FENCE = re.compile(r"^(`{3,}|~{3,})\s*([\w+-]*)")  # an opening or closing fence, + language
+MARKER = re.compile(r"^#\s*lesson:\s*(\w+)\s*$")
+MARKERS = ("skip", "gpu")
+
+
+def fenced_blocks(text):
+    """[(language, first_line, end_line)] of every fenced block; lines 0-based, end exclusive.
+
+    A block opens with ``` or ~~~ (three or more) and a language, and closes at a line of
+    the same fence character at least as long, as in CommonMark.
+    """
+    lines = text.splitlines()
+    blocks, n = [], 0
+    while n < len(lines):
+        m = FENCE.match(lines[n])
+        if not m:
+            n += 1
+            continue
+        fence, lang = m.group(1), m.group(2).lower()
+        closing = re.compile(rf"^{re.escape(fence[0])}{{{len(fence)},}}\s*$")
+        end = n + 1
+        while end < len(lines) and not closing.match(lines[end]):
+            end += 1
+        blocks.append((lang, n + 1, end))
+        n = end + 1
+    return blocks
+
+
+def python_blocks(text):
+    """[(start_line, code, marker)] for every ```python block, in order.
+
+    start_line is the 1-based line number of the block's first code line in the file;
+    marker is "skip", "gpu" or None, read from a first line such as ``# lesson: gpu``.
+    """
+    lines = text.splitlines()
+    blocks = []
+    for lang, start, end in fenced_blocks(text):
+        if lang not in ("python", "py", "python3"):
+            continue
+        body = lines[start:end]
+        marker = None
+        mm = MARKER.match(body[0].strip()) if body else None
+        if mm:
+            marker = mm.group(1).lower()
+            if marker not in MARKERS:
+                raise ValueError(f"line {start + 1}: unknown lesson marker {marker!r}; "
+                                 f"use one of {MARKERS}")
+        blocks.append((start + 1, "\n".join(body) + "\n", marker))
+    return blocks
+
+
+def prose_lines(text):
+    """The lines outside fenced blocks (a '# comment' in code is not a heading)."""
+    lines = text.splitlines()
+    inside = set()
+    for _, start, end in fenced_blocks(text):
+        inside.update(range(start - 1, end + 1))
+    return [line for n, line in enumerate(lines) if n not in inside]
+
+
+@lru_cache(maxsize=None)
+def gpu_available():
+    """Whether tinytok.backend.use("cupy") works here (asked once per session)."""
+    try:
+        backend.use("cupy")
+        return True
+    except BackendError:
+        return False
+    finally:
+        backend.use("numpy")
+
+
+def run_block(md_path, start_line, code, namespace):
+    """exec one block so that tracebacks and line numbers point into the .md file."""
+    __tracebackhide__ = True  # pytest: start the failure report in the lesson itself
+    source = "\n" * (start_line - 1) + code
+    compiled = compile(source, str(md_path), "exec")
+    try:
+        exec(compiled, namespace)
+    except BaseException as e:
+        if isinstance(e, Exception):
+            e.add_note(f"in the python block of {md_path.relative_to(ROOT)} "
+                       f"that starts at line {start_line}")
+        raise
+
+
+@pytest.mark.parametrize("md_path", LESSONS, ids=[p.name for p in LESSONS])
+def test_lesson_runs(md_path, tmp_path, monkeypatch):
+    """The lesson's python blocks run, in order, in one namespace, without error."""
+    monkeypatch.chdir(tmp_path)
+    write_images = os.environ.get("TINYTOK_WRITE_LESSON_IMAGES") == "1"
+    namespace = {
+        "__name__": "__lesson__",
+        "LESSON_DIR": LESSONS_DIR if write_images else tmp_path,
+    }
+    skipped_gpu = []
+    backend.use("numpy")
+    try:
+        for start_line, code, marker in python_blocks(md_path.read_text(encoding="utf-8")):
+            if marker == "skip":
+                continue
+            if marker == "gpu":
+                if not gpu_available():
+                    skipped_gpu.append(start_line)
+                    continue
+                try:
+                    run_block(md_path, start_line, code, namespace)
+                finally:
+                    backend.use("numpy")
+                continue
+            run_block(md_path, start_line, code, namespace)
+    finally:
+        backend.use("numpy")
+    if skipped_gpu:
+        print(f"{md_path.name}: GPU blocks at lines {skipped_gpu} skipped (no usable CuPy)")
+
+
+@pytest.mark.parametrize("md_path", LESSONS, ids=[p.name for p in LESSONS])
+def test_lesson_shape(md_path):
+    """At least one python block that runs, and a last section to try things in."""
+    text = md_path.read_text(encoding="utf-8")
+    blocks = python_blocks(text)
+    assert any(marker is None for _, _, marker in blocks), \
+        f"{md_path.name} has no ```python block that runs everywhere"
+    sections = [h for h in prose_lines(text) if re.match(r"^##\s", h)]
+    assert sections, f"{md_path.name} has no '## ' sections"
+    assert "try" in sections[-1].lower(), \
+        f"{md_path.name} should end with a '## Try this' section, ends with {sections[-1]!r}"
+
+
+def test_there_are_lessons():
+    assert LESSONS, f"no lessons/NN_*.md found in {LESSONS_DIR}"
+
+
+def test_block_parser():
+    """The harness's own parser: languages, markers and line numbers."""
+    text = "\n".join([
+        "# Title",                 # 1
+        "```python",               # 2
+        "a = 1",                   # 3
+        "```",                     # 4
+        "```text",                 # 5
+        "```python inside text",   # 6: not a fence opening, still inside the text block
+        "```",                     # 7
+        "````python",              # 8
+        "# lesson: gpu",           # 9
+        "```",                     # 10: shorter fence, stays inside
+        "````",                    # 11
+        "```python",               # 12
+        "# lesson: skip",          # 13
+        "```",                     # 14
+    ])
+    blocks = python_blocks(text)
+    assert [(line, marker) for line, _, marker in blocks] == [(3, None), (9, "gpu"),
+                                                             (13, "skip")]
+    assert blocks[0][1] == "a = 1\n"
+    assert blocks[1][1] == "# lesson: gpu\n```\n"
+
+
+def test_errors_point_at_the_markdown(tmp_path):
+    md = LESSONS_DIR / "00_example.md"  # never written: only used as a file name
+    code = "x = 1\nraise ValueError('boom')\n"
+    with pytest.raises(ValueError) as info:
+        run_block(md, 40, code, {})
+    frame = info.traceback[-1]
+    assert str(frame.path).endswith("lessons/00_example.md")
+    assert frame.lineno + 1 == 41  # pytest counts from 0
+    assert "starts at line 40" in info.value.__notes__[-1]

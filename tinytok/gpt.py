@@ -1,0 +1,210 @@
+"""The prior: a small causal transformer (nanoGPT-style) over one stream of text and image tokens.
+
+    ids (B, T) -> token + position embeddings -> n_layer pre-LayerNorm blocks
+               -> final LayerNorm -> logits (B, T, V) over the joint vocabulary
+
+A block is  x = x + attention(ln1(x));  x = x + mlp(ln2(x)),  the MLP being
+linear (C -> 4C), GELU, linear (4C -> C). The output head reuses the token embedding
+(weight tying, as in GPT-2 and nanoGPT): logits = ln_f(x) @ wte.T. That weight is therefore
+used twice, and its gradient is simply the sum of both uses, added into the same grads entry.
+
+Pairs follow the model contract of tinytok.vqvae: ``thing_forward(x, params, ...) -> (y, cache)``,
+``thing_backward(dy, cache, grads, ...) -> dx`` adding parameter gradients into grads.
+"""
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from tinytok.backend import get_array_module, rng as host_rng, to_device
+from tinytok.errors import ConfigError, ShapeError
+from tinytok.ops import (causal_self_attention_backward, causal_self_attention_forward,
+                         cross_entropy_backward, cross_entropy_forward, embedding_backward,
+                         embedding_forward, gelu_backward, gelu_forward, layer_norm_backward,
+                         layer_norm_forward, linear_backward, linear_forward)
+from tinytok.ops.checks import require_int, require_ndim
+
+
+@dataclass
+class GPTConfig:
+    """Sizes of a prior. The defaults are gpt-ref (DESIGN.md); vocab_size comes from the Vocab."""
+    name: str = "gpt-ref"
+    vocab_size: int = 600
+    context: int = 80       # 16 text tokens + 64 image tokens
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+
+
+CONFIGS = {
+    "gpt-ref": GPTConfig(),
+    "gpt-small": GPTConfig("gpt-small", n_layer=3, n_head=4, n_embd=96),
+    "gpt-tiny": GPTConfig("gpt-tiny", n_layer=2, n_head=2, n_embd=32),
+}
+
+
+def gpt_config(name_or_dict, **overrides):
+    """A GPTConfig from a name in CONFIGS or a dict of its fields, with overrides applied."""
+    if isinstance(name_or_dict, GPTConfig):
+        base = asdict(name_or_dict)
+    elif isinstance(name_or_dict, dict):
+        base = dict(name_or_dict)
+    elif name_or_dict in CONFIGS:
+        base = asdict(CONFIGS[name_or_dict])
+    else:
+        raise ConfigError(f"unknown prior config {name_or_dict!r}; choose one of "
+                          f"{', '.join(CONFIGS)}")
+    base.update(overrides)
+    return GPTConfig(**base)
+
+
+def config_dict(config):
+    """A JSON-able dict of a config, for checkpoints."""
+    return asdict(config)
+
+
+def init_gpt_params(config, seed=0, dtype="float32"):
+    """Fresh parameters (nanoGPT's init): N(0, 0.02) weights, zero biases, unit LayerNorm gains.
+
+    The projections back into the residual stream get a smaller std, 0.02 / sqrt(2 n_layer),
+    so the stream's variance does not grow with depth.
+    """
+    c = config
+    rng = host_rng(seed)
+    C, V = c.n_embd, c.vocab_size
+    normal = lambda *shape, std=0.02: rng.normal(0.0, std, shape)
+    proj_std = 0.02 / np.sqrt(2 * c.n_layer)
+    p = {"gpt.wte": normal(V, C), "gpt.wpe": normal(c.context, C)}
+    for i in range(c.n_layer):
+        h = f"gpt.h{i}"
+        p[h + ".ln1.g"], p[h + ".ln1.b"] = np.ones(C), np.zeros(C)
+        p[h + ".attn.w_qkv"], p[h + ".attn.b_qkv"] = normal(C, 3 * C), np.zeros(3 * C)
+        p[h + ".attn.w_proj"], p[h + ".attn.b_proj"] = normal(C, C, std=proj_std), np.zeros(C)
+        p[h + ".ln2.g"], p[h + ".ln2.b"] = np.ones(C), np.zeros(C)
+        p[h + ".mlp.fc.w"], p[h + ".mlp.fc.b"] = normal(C, 4 * C), np.zeros(4 * C)
+        p[h + ".mlp.proj.w"] = normal(4 * C, C, std=proj_std)
+        p[h + ".mlp.proj.b"] = np.zeros(C)
+    p["gpt.ln_f.g"], p["gpt.ln_f.b"] = np.ones(C), np.zeros(C)
+    return {k: to_device(v, dtype=dtype) for k, v in p.items()}
+
+
+def _add(grads, name, g):
+    grads[name] += g
+
+
+# ---------------------------------------------------------------- the MLP and the block
+
+def mlp_forward(x, params, name):
+    """x (B, T, C) -> linear to 4C, GELU, linear back to C."""
+    h, c_fc = linear_forward(x, params[name + ".fc.w"], params[name + ".fc.b"])
+    h, c_gelu = gelu_forward(h)
+    y, c_proj = linear_forward(h, params[name + ".proj.w"], params[name + ".proj.b"])
+    return y, (c_fc, c_gelu, c_proj)
+
+
+def mlp_backward(dy, cache, grads, name):
+    c_fc, c_gelu, c_proj = cache
+    dh, dw, db = linear_backward(dy, c_proj)
+    _add(grads, name + ".proj.w", dw); _add(grads, name + ".proj.b", db)
+    dh = gelu_backward(dh, c_gelu)
+    dx, dw, db = linear_backward(dh, c_fc)
+    _add(grads, name + ".fc.w", dw); _add(grads, name + ".fc.b", db)
+    return dx
+
+
+def attention_forward(x, params, name, n_head):
+    """The attention op with this block's named parameters."""
+    return causal_self_attention_forward(
+        x, params[name + ".w_qkv"], params[name + ".b_qkv"],
+        params[name + ".w_proj"], params[name + ".b_proj"], n_head)
+
+
+def attention_backward(dy, cache, grads, name):
+    dx, dw_qkv, db_qkv, dw_proj, db_proj = causal_self_attention_backward(dy, cache)
+    _add(grads, name + ".w_qkv", dw_qkv); _add(grads, name + ".b_qkv", db_qkv)
+    _add(grads, name + ".w_proj", dw_proj); _add(grads, name + ".b_proj", db_proj)
+    return dx
+
+
+def layer_norm_named_forward(x, params, name):
+    return layer_norm_forward(x, params[name + ".g"], params[name + ".b"])
+
+
+def layer_norm_named_backward(dy, cache, grads, name):
+    dx, dg, db = layer_norm_backward(dy, cache)
+    _add(grads, name + ".g", dg); _add(grads, name + ".b", db)
+    return dx
+
+
+def block_forward(x, params, name, n_head):
+    """x (B, T, C) -> x + attn(ln1(x)), then + mlp(ln2(.)). Same shape out."""
+    h, c_ln1 = layer_norm_named_forward(x, params, name + ".ln1")
+    a, c_attn = attention_forward(h, params, name + ".attn", n_head)
+    x = x + a
+    h, c_ln2 = layer_norm_named_forward(x, params, name + ".ln2")
+    m, c_mlp = mlp_forward(h, params, name + ".mlp")
+    return x + m, (c_ln1, c_attn, c_ln2, c_mlp)
+
+
+def block_backward(dy, cache, grads, name):
+    """The mirror: each residual branch adds its dx to the gradient flowing straight through."""
+    c_ln1, c_attn, c_ln2, c_mlp = cache
+    dh = mlp_backward(dy, c_mlp, grads, name + ".mlp")
+    dx = dy + layer_norm_named_backward(dh, c_ln2, grads, name + ".ln2")
+    dh = attention_backward(dx, c_attn, grads, name + ".attn")
+    return dx + layer_norm_named_backward(dh, c_ln1, grads, name + ".ln1")
+
+
+# ---------------------------------------------------------------- the model
+
+def check_ids(ids, config):
+    """ids must be a (B, T) integer array with 1 <= T <= context."""
+    require_int("ids", ids)
+    require_ndim("ids", ids, 2, "(B, T)")
+    if not 1 <= ids.shape[1] <= config.context:
+        raise ShapeError(f"sequence length T={ids.shape[1]} must lie in [1, "
+                         f"{config.context}] (the model's context)")
+
+
+def gpt_forward(ids, params, config):
+    """ids (B, T) int -> logits (B, T, V), cache."""
+    check_ids(ids, config)
+    T = ids.shape[1]
+    tok, c_tok = embedding_forward(ids, params["gpt.wte"])           # (B, T, C)
+    x = tok + params["gpt.wpe"][:T]                                  # position t gets row t
+    c_blocks = []
+    for i in range(config.n_layer):
+        x, c = block_forward(x, params, f"gpt.h{i}", config.n_head)
+        c_blocks.append(c)
+    x, c_lnf = layer_norm_named_forward(x, params, "gpt.ln_f")
+    logits, c_head = linear_forward(x, params["gpt.wte"].T, None)    # tied head: (B, T, V)
+    return logits, (c_tok, c_blocks, c_lnf, c_head, T)
+
+
+def gpt_backward(dlogits, cache, grads, config):
+    """dlogits (B, T, V) -> parameter gradients added into grads."""
+    c_tok, c_blocks, c_lnf, c_head, T = cache
+    dx, dw_head, _ = linear_backward(dlogits, c_head)
+    _add(grads, "gpt.wte", dw_head.T)                                # first use of wte
+    dx = layer_norm_named_backward(dx, c_lnf, grads, "gpt.ln_f")
+    for i in reversed(range(config.n_layer)):
+        dx = block_backward(dx, c_blocks[i], grads, f"gpt.h{i}")
+    grads["gpt.wpe"][:T] += dx.sum(axis=0)
+    _add(grads, "gpt.wte", embedding_backward(dx, c_tok))            # second use of wte
+
+
+def gpt_loss_forward(ids, targets, params, config):
+    """Mean next-token cross-entropy over targets != -1. ids, targets (B, T) -> loss, cache."""
+    logits, cache = gpt_forward(ids, params, config)
+    loss, c_loss = cross_entropy_forward(logits, targets, ignore_index=-1)
+    return loss, logits, (cache, c_loss)
+
+
+def gpt_loss_backward(cache, grads, config, dloss=1.0):
+    """Gradients of the mean loss with respect to every parameter, added into grads."""
+    model_cache, c_loss = cache
+    gpt_backward(cross_entropy_backward(dloss, c_loss), model_cache, grads, config)
+
+
+def zeros_like_params(params):
+    """A grads dict of zeros (zeroed once per step; backward passes then add into it)."""
+    return {k: get_array_module(v).zeros_like(v) for k, v in params.items()}

@@ -1,0 +1,230 @@
+"""The image tokenizer: encoder, quantizer and decoder (VQ-VAE), as forward/backward pairs.
+
+    image (N, 3, 32, 32) --encoder--> z (N, D, 8, 8) --nearest code--> ids (N, 8, 8)
+    ids --codebook--> z_q (N, D, 8, 8) --decoder--> image (N, 3, 32, 32)
+
+Blocks and models follow the op pairs' contract, with parameters in a flat dict:
+``thing_forward(x, params, ...) -> (y, cache)`` and ``thing_backward(dy, cache, grads) -> dx``,
+where the backward adds (+=) each parameter's gradient into ``grads`` (same keys as params).
+"""
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from tinytok.backend import rng as host_rng, to_device
+from tinytok.errors import ConfigError
+from tinytok.ops import (conv2d_backward, conv2d_forward, conv_transpose2d_backward,
+                         conv_transpose2d_forward, mse_backward, mse_forward, relu_backward,
+                         relu_forward)
+from tinytok.quantize import vector_quantize_backward, vector_quantize_forward
+
+
+@dataclass
+class TokenizerConfig:
+    """Sizes of a tokenizer. The defaults are vqvae-ref (DESIGN.md): 32x32 in, 8x8 tokens out."""
+    name: str = "vqvae-ref"
+    image_size: int = 32
+    hidden: int = 128       # channels of the 8x8 trunk; the first conv has hidden // 2
+    res_hidden: int = 32    # bottleneck channels inside a residual block
+    n_res: int = 2          # residual blocks in the encoder, and again in the decoder
+    code_dim: int = 64      # D: length of a code vector
+    num_codes: int = 512    # K: size of the visual vocabulary
+    beta: float = 0.25      # weight of the commitment loss
+
+    @property
+    def grid_size(self):
+        """Tokens per side: two stride-2 convolutions shrink the image 4 times."""
+        return self.image_size // 4
+
+
+CONFIGS = {
+    "vqvae-ref": TokenizerConfig(),
+    "vqvae-small": TokenizerConfig("vqvae-small", hidden=64, res_hidden=32, code_dim=32,
+                                   num_codes=256),
+    "vqvae-tiny": TokenizerConfig("vqvae-tiny", hidden=32, res_hidden=16, n_res=1,
+                                  code_dim=16, num_codes=64),
+}
+
+
+def tokenizer_config(name_or_dict):
+    """A TokenizerConfig from a name in CONFIGS or a dict of its fields (from a checkpoint)."""
+    if isinstance(name_or_dict, TokenizerConfig):
+        return name_or_dict
+    if isinstance(name_or_dict, dict):
+        return TokenizerConfig(**name_or_dict)
+    if name_or_dict not in CONFIGS:
+        raise ConfigError(f"unknown tokenizer config {name_or_dict!r}; choose one of "
+                          f"{', '.join(CONFIGS)}")
+    return CONFIGS[name_or_dict]
+
+
+# ---------------------------------------------------------------- parameters
+
+def _conv_params(rng, prefix, c_in, c_out, k, transposed=False):
+    """PyTorch's default init: uniform in +-1/sqrt(fan_in) for weights and bias."""
+    bound = 1 / np.sqrt((c_out if transposed else c_in) * k * k)
+    shape = (c_in, c_out, k, k) if transposed else (c_out, c_in, k, k)
+    return {prefix + ".w": rng.uniform(-bound, bound, shape),
+            prefix + ".b": rng.uniform(-bound, bound, (c_out,))}
+
+
+def init_tokenizer_params(config, seed=0, dtype="float32"):
+    """A fresh parameter dict for a TokenizerConfig, on the active backend."""
+    c = tokenizer_config(config)
+    rng = host_rng(seed)
+    p = {}
+    p.update(_conv_params(rng, "enc.conv1", 3, c.hidden // 2, 4))
+    p.update(_conv_params(rng, "enc.conv2", c.hidden // 2, c.hidden, 4))
+    p.update(_conv_params(rng, "enc.conv3", c.hidden, c.hidden, 3))
+    for i in range(c.n_res):
+        p.update(_conv_params(rng, f"enc.res{i}.conv1", c.hidden, c.res_hidden, 3))
+        p.update(_conv_params(rng, f"enc.res{i}.conv2", c.res_hidden, c.hidden, 1))
+    p.update(_conv_params(rng, "enc.out", c.hidden, c.code_dim, 1))
+    p["quant.codebook"] = rng.uniform(-1 / c.num_codes, 1 / c.num_codes,
+                                      (c.num_codes, c.code_dim))
+    p.update(_conv_params(rng, "dec.conv1", c.code_dim, c.hidden, 3))
+    for i in range(c.n_res):
+        p.update(_conv_params(rng, f"dec.res{i}.conv1", c.hidden, c.res_hidden, 3))
+        p.update(_conv_params(rng, f"dec.res{i}.conv2", c.res_hidden, c.hidden, 1))
+    p.update(_conv_params(rng, "dec.up1", c.hidden, c.hidden // 2, 4, transposed=True))
+    p.update(_conv_params(rng, "dec.up2", c.hidden // 2, 3, 4, transposed=True))
+    return {k: to_device(v, dtype=dtype) for k, v in p.items()}
+
+
+def add_grad(grads, name, g):
+    """grads[name] += g: accumulating is what lets a weight be used twice with no extra code."""
+    grads[name] += g
+
+
+# ---------------------------------------------------------------- layers that name their params
+
+def conv_forward(x, params, name, stride=1, padding=0):
+    return conv2d_forward(x, params[name + ".w"], params[name + ".b"], stride, padding)
+
+
+def conv_backward(dy, cache, grads, name):
+    dx, dw, db = conv2d_backward(dy, cache)
+    add_grad(grads, name + ".w", dw)
+    add_grad(grads, name + ".b", db)
+    return dx
+
+
+def up_forward(x, params, name):
+    """Transposed conv 4x4, stride 2, padding 1: doubles the height and width."""
+    return conv_transpose2d_forward(x, params[name + ".w"], params[name + ".b"], 2, 1)
+
+
+def up_backward(dy, cache, grads, name):
+    dx, dw, db = conv_transpose2d_backward(dy, cache)
+    add_grad(grads, name + ".w", dw)
+    add_grad(grads, name + ".b", db)
+    return dx
+
+
+# ---------------------------------------------------------------- residual block
+
+def residual_block_forward(x, params, name):
+    """y = x + conv1x1(relu(conv3x3(relu(x)))). x (N, C, H, W) -> y (N, C, H, W)."""
+    h1, c_relu1 = relu_forward(x)
+    h2, c_conv1 = conv_forward(h1, params, name + ".conv1", padding=1)
+    h3, c_relu2 = relu_forward(h2)
+    h4, c_conv2 = conv_forward(h3, params, name + ".conv2")
+    return x + h4, (c_relu1, c_conv1, c_relu2, c_conv2)
+
+
+def residual_block_backward(dy, cache, grads, name):
+    """The mirror: the skip connection passes dy straight through and adds the branch's dx."""
+    c_relu1, c_conv1, c_relu2, c_conv2 = cache
+    dh3 = conv_backward(dy, c_conv2, grads, name + ".conv2")
+    dh2 = relu_backward(dh3, c_relu2)
+    dh1 = conv_backward(dh2, c_conv1, grads, name + ".conv1")
+    return dy + relu_backward(dh1, c_relu1)
+
+
+# ---------------------------------------------------------------- encoder and decoder
+
+def encoder_forward(x, params, config):
+    """x (N, 3, S, S) in [-0.5, 0.5] -> z (N, D, S/4, S/4)."""
+    caches = []
+    h, c = conv_forward(x, params, "enc.conv1", stride=2, padding=1); caches.append(c)
+    h, c = relu_forward(h); caches.append(c)
+    h, c = conv_forward(h, params, "enc.conv2", stride=2, padding=1); caches.append(c)
+    h, c = relu_forward(h); caches.append(c)
+    h, c = conv_forward(h, params, "enc.conv3", padding=1); caches.append(c)
+    for i in range(config.n_res):
+        h, c = residual_block_forward(h, params, f"enc.res{i}"); caches.append(c)
+    h, c = relu_forward(h); caches.append(c)
+    z, c = conv_forward(h, params, "enc.out"); caches.append(c)
+    return z, caches
+
+
+def encoder_backward(dz, caches, grads, config):
+    """dz (N, D, S/4, S/4) -> dx (N, 3, S, S); parameter gradients added into grads."""
+    caches = list(caches)
+    dh = conv_backward(dz, caches.pop(), grads, "enc.out")
+    dh = relu_backward(dh, caches.pop())
+    for i in reversed(range(config.n_res)):
+        dh = residual_block_backward(dh, caches.pop(), grads, f"enc.res{i}")
+    dh = conv_backward(dh, caches.pop(), grads, "enc.conv3")
+    dh = relu_backward(dh, caches.pop())
+    dh = conv_backward(dh, caches.pop(), grads, "enc.conv2")
+    dh = relu_backward(dh, caches.pop())
+    return conv_backward(dh, caches.pop(), grads, "enc.conv1")
+
+
+def decoder_forward(z_q, params, config):
+    """z_q (N, D, S/4, S/4) -> image (N, 3, S, S), roughly in [-0.5, 0.5]."""
+    caches = []
+    h, c = conv_forward(z_q, params, "dec.conv1", padding=1); caches.append(c)
+    for i in range(config.n_res):
+        h, c = residual_block_forward(h, params, f"dec.res{i}"); caches.append(c)
+    h, c = relu_forward(h); caches.append(c)
+    h, c = up_forward(h, params, "dec.up1"); caches.append(c)
+    h, c = relu_forward(h); caches.append(c)
+    x_hat, c = up_forward(h, params, "dec.up2"); caches.append(c)
+    return x_hat, caches
+
+
+def decoder_backward(dx_hat, caches, grads, config):
+    """dx_hat (N, 3, S, S) -> dz_q (N, D, S/4, S/4); parameter gradients added into grads."""
+    caches = list(caches)
+    dh = up_backward(dx_hat, caches.pop(), grads, "dec.up2")
+    dh = relu_backward(dh, caches.pop())
+    dh = up_backward(dh, caches.pop(), grads, "dec.up1")
+    dh = relu_backward(dh, caches.pop())
+    for i in reversed(range(config.n_res)):
+        dh = residual_block_backward(dh, caches.pop(), grads, f"dec.res{i}")
+    return conv_backward(dh, caches.pop(), grads, "dec.conv1")
+
+
+# ---------------------------------------------------------------- the whole tokenizer
+
+def tokenizer_forward(x, params, config):
+    """x (N, 3, S, S) -> dict of losses and outputs, and a cache.
+
+    loss = mse(x_hat, x) + vq loss (codebook + beta * commitment). The returned dict holds
+    "loss", "recon_loss", "vq_loss" (0-d arrays), "x_hat" (N, 3, S, S) and "ids" (N, S/4, S/4).
+    """
+    z, enc_cache = encoder_forward(x, params, config)
+    z_q, ids, vq_loss, vq_cache = vector_quantize_forward(z, params["quant.codebook"],
+                                                          config.beta)
+    x_hat, dec_cache = decoder_forward(z_q, params, config)
+    recon_loss, mse_cache = mse_forward(x_hat, x)
+    out = {"loss": recon_loss + vq_loss, "recon_loss": recon_loss, "vq_loss": vq_loss,
+           "x_hat": x_hat, "ids": ids, "z": z}
+    return out, (enc_cache, vq_cache, dec_cache, mse_cache)
+
+
+def tokenizer_backward(cache, grads, config, dloss=1.0):
+    """Gradients of the total loss, added into grads. Returns dx (N, 3, S, S)."""
+    enc_cache, vq_cache, dec_cache, mse_cache = cache
+    dx_hat = mse_backward(dloss, mse_cache)
+    dz_q = decoder_backward(dx_hat, dec_cache, grads, config)
+    dz, dcodebook = vector_quantize_backward(dz_q, vq_cache, dloss)
+    add_grad(grads, "quant.codebook", dcodebook)
+    return encoder_backward(dz, enc_cache, grads, config)
+
+
+def config_dict(config):
+    """A JSON-able dict of a config, for checkpoints."""
+    return asdict(config)
