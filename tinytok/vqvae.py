@@ -7,7 +7,7 @@ Blocks and models follow the op pairs' contract, with parameters in a flat dict:
 ``thing_forward(x, params, ...) -> (y, cache)`` and ``thing_backward(dy, cache, grads) -> dx``,
 where the backward adds (+=) each parameter's gradient into ``grads`` (same keys as params).
 """
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -16,6 +16,7 @@ from tinytok.errors import ConfigError
 from tinytok.ops import (conv2d_backward, conv2d_forward, conv_transpose2d_backward,
                          conv_transpose2d_forward, mse_backward, mse_forward, relu_backward,
                          relu_forward)
+from tinytok.gumbel import gumbel_quantize_backward, gumbel_quantize_forward
 from tinytok.quantize import vector_quantize_backward, vector_quantize_forward
 
 
@@ -30,6 +31,8 @@ class TokenizerConfig:
     code_dim: int = 64      # D: length of a code vector
     num_codes: int = 512    # K: size of the visual vocabulary
     beta: float = 0.25      # weight of the commitment loss
+    quantizer: str = "vq"   # "vq" (codebook loss), "ema" (EMA codebook) or "gumbel" (dVAE)
+    kl_weight: float = 5e-4  # gumbel only: weight of the KL term to the uniform prior
 
     @property
     def grid_size(self):
@@ -58,6 +61,17 @@ def tokenizer_config(name_or_dict):
     return CONFIGS[name_or_dict]
 
 
+QUANTIZERS = ("vq", "ema", "gumbel")
+
+
+def with_quantizer(config, quantizer):
+    """A copy of config using another quantizer ("vq", "ema" or "gumbel")."""
+    if quantizer not in QUANTIZERS:
+        raise ConfigError(f"unknown quantizer {quantizer!r}; choose one of "
+                          f"{', '.join(QUANTIZERS)}")
+    return replace(tokenizer_config(config), quantizer=quantizer)
+
+
 # ---------------------------------------------------------------- parameters
 
 def _conv_params(rng, prefix, c_in, c_out, k, transposed=False):
@@ -79,7 +93,9 @@ def init_tokenizer_params(config, seed=0, dtype="float32"):
     for i in range(c.n_res):
         p.update(_conv_params(rng, f"enc.res{i}.conv1", c.hidden, c.res_hidden, 3))
         p.update(_conv_params(rng, f"enc.res{i}.conv2", c.res_hidden, c.hidden, 1))
-    p.update(_conv_params(rng, "enc.out", c.hidden, c.code_dim, 1))
+    # The encoder's last layer gives a D-vector per cell for VQ, or K code scores for Gumbel.
+    out_channels = c.num_codes if c.quantizer == "gumbel" else c.code_dim
+    p.update(_conv_params(rng, "enc.out", c.hidden, out_channels, 1))
     p["quant.codebook"] = rng.uniform(-1 / c.num_codes, 1 / c.num_codes,
                                       (c.num_codes, c.code_dim))
     p.update(_conv_params(rng, "dec.conv1", c.code_dim, c.hidden, 3))
@@ -199,15 +215,33 @@ def decoder_backward(dx_hat, caches, grads, config):
 
 # ---------------------------------------------------------------- the whole tokenizer
 
-def tokenizer_forward(x, params, config):
+def quantize_forward(z, params, config, tau=1.0, noise=None):
+    """The configured quantizer: z (N, D or K, h, w) -> z_q (N, D, h, w), ids, loss, cache."""
+    if config.quantizer == "gumbel":
+        z_q, ids, kl, cache = gumbel_quantize_forward(z, params["quant.codebook"], tau, noise)
+        return z_q, ids, kl * config.kl_weight, cache
+    return vector_quantize_forward(z, params["quant.codebook"], config.beta)
+
+
+def quantize_backward(dz_q, cache, grads, config, dloss=1.0):
+    if config.quantizer == "gumbel":
+        dz, dcodebook = gumbel_quantize_backward(dz_q, cache, dloss * config.kl_weight)
+    else:
+        dz, dcodebook = vector_quantize_backward(dz_q, cache, dloss)
+    add_grad(grads, "quant.codebook", dcodebook)
+    return dz
+
+
+def tokenizer_forward(x, params, config, tau=1.0, noise=None):
     """x (N, 3, S, S) -> dict of losses and outputs, and a cache.
 
-    loss = mse(x_hat, x) + vq loss (codebook + beta * commitment). The returned dict holds
-    "loss", "recon_loss", "vq_loss" (0-d arrays), "x_hat" (N, 3, S, S) and "ids" (N, S/4, S/4).
+    loss = mse(x_hat, x) + quantizer loss (VQ: codebook + beta * commitment; Gumbel:
+    kl_weight * KL to the uniform prior). The dict holds "loss", "recon_loss", "vq_loss"
+    (0-d arrays), "x_hat" (N, 3, S, S), "ids" (N, S/4, S/4) and the encoder output "z".
+    tau and noise are the Gumbel temperature and noise (ignored by VQ).
     """
     z, enc_cache = encoder_forward(x, params, config)
-    z_q, ids, vq_loss, vq_cache = vector_quantize_forward(z, params["quant.codebook"],
-                                                          config.beta)
+    z_q, ids, vq_loss, vq_cache = quantize_forward(z, params, config, tau, noise)
     x_hat, dec_cache = decoder_forward(z_q, params, config)
     recon_loss, mse_cache = mse_forward(x_hat, x)
     out = {"loss": recon_loss + vq_loss, "recon_loss": recon_loss, "vq_loss": vq_loss,
@@ -220,8 +254,7 @@ def tokenizer_backward(cache, grads, config, dloss=1.0):
     enc_cache, vq_cache, dec_cache, mse_cache = cache
     dx_hat = mse_backward(dloss, mse_cache)
     dz_q = decoder_backward(dx_hat, dec_cache, grads, config)
-    dz, dcodebook = vector_quantize_backward(dz_q, vq_cache, dloss)
-    add_grad(grads, "quant.codebook", dcodebook)
+    dz = quantize_backward(dz_q, vq_cache, grads, config, dloss)
     return encoder_backward(dz, enc_cache, grads, config)
 
 
