@@ -96,7 +96,7 @@ def save_checkpoint(path, *, kind, params, config, step=0, optimizer_state=None,
             "extra": _to_json(extra or {}, "extra", path, arrays, "extra")}
     meta["arrays"] = list(arrays)
     arrays = {META: np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8), **arrays}
-    _write_atomic(path, arrays)
+    write_npz_atomic(path, arrays)
 
 
 def _check_params(params, path):
@@ -155,7 +155,7 @@ def _to_json(tree, where, path, arrays, prefix):
                           "neither an array nor JSON-able")
 
 
-def _write_atomic(path, arrays):
+def write_npz_atomic(path, arrays):
     """np.savez into a temp file beside `path`, fsync it, then rename it over `path`."""
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
@@ -205,7 +205,7 @@ def load_checkpoint(path, kind=None):
     """
     path = os.fspath(path)
     _sniff(path)
-    arrays = _read_arrays(path)
+    arrays = read_npz_safely(path)
     meta = _read_meta(path, arrays)
     if kind is not None and meta["kind"] != kind:
         raise CheckpointError(f"expected a {kind} checkpoint but {path} holds a "
@@ -243,7 +243,7 @@ def _sniff(path):
     raise CheckpointError(f"{path} is not a tinytok checkpoint: it is not an .npz archive")
 
 
-def _read_arrays(path):
+def read_npz_safely(path):
     """Every array in the archive, read eagerly with allow_pickle=False."""
     try:
         with np.load(path, allow_pickle=False) as npz:

@@ -11,7 +11,7 @@ def relu_forward(x):
     """y = max(x, 0). x (any shape) -> y (same shape)."""
     require_float("x", x)
     y = get_array_module(x).maximum(x, 0)
-    return y, y
+    return y, y > 0  # the mask, not y: a caller may later change y in place (h += skip)
 
 
 def relu_backward(dy, cache):
@@ -19,8 +19,8 @@ def relu_backward(dy, cache):
 
     Builds a new array: writing the mask into dy in place would corrupt the caller's gradient.
     """
-    y = cache
-    return dy * (y > 0)
+    positive = cache
+    return dy * positive
 
 
 def gelu_forward(x):

@@ -11,7 +11,8 @@ import math
 
 from tinytok.backend import get_array_module
 from tinytok.errors import ShapeError
-from tinytok.ops.checks import require_ndim, require_positive_int, require_shape
+from tinytok.ops.checks import (require_float, require_ndim, require_positive_int,
+                                require_same_dtype, require_shape)
 from tinytok.ops.linear import linear_backward, linear_forward
 
 
@@ -42,13 +43,18 @@ def softmax(scores, axis=-1):
 
 def causal_self_attention_forward(x, w_qkv, b_qkv, w_proj, b_proj, n_head):
     """x (B, T, C), w_qkv (C, 3C), b_qkv (3C,), w_proj (C, C), b_proj (C,) -> y (B, T, C)."""
+    require_float("x", x)
     require_ndim("x", x, 3, "(B, T, C)")
+    require_same_dtype("x", x, ("w_qkv", w_qkv), ("b_qkv", b_qkv), ("w_proj", w_proj),
+                       ("b_proj", b_proj))
     B, T, C = x.shape
     require_positive_int("n_head", n_head)
     if C % n_head:
         raise ShapeError(f"n_head={n_head} must divide the width C={C}")
     require_shape("w_qkv", w_qkv, (C, 3 * C), "(C, 3C)")
+    require_shape("b_qkv", b_qkv, (3 * C,), "(3C,)")
     require_shape("w_proj", w_proj, (C, C), "(C, C)")
+    require_shape("b_proj", b_proj, (C,), "(C,)")
     xp = get_array_module(x)
     scale = 1 / math.sqrt(C // n_head)
 

@@ -3,6 +3,8 @@
 Each check is a cheap look at shape and dtype (no pass over the data), so it is done on
 every forward call.
 """
+import operator
+
 from tinytok.errors import ConfigError, DTypeError, ShapeError
 
 FLOAT_DTYPES = ("float32", "float64")
@@ -48,6 +50,13 @@ def require_same_dtype(x_name, x, *others):
 
 
 def require_positive_int(name, value, minimum=1):
-    """A hyperparameter such as stride (>= 1) or padding (>= 0) must be an int."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    """A hyperparameter such as stride (>= 1) or padding (>= 0) must be an integer.
+
+    Python and NumPy integers are both fine (anything with __index__); bools and floats not.
+    """
+    try:
+        ok = not isinstance(value, bool) and operator.index(value) >= minimum
+    except TypeError:
+        ok = False
+    if not ok:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")

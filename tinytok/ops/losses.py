@@ -1,6 +1,6 @@
 """Losses: mean squared error (reconstruction) and cross-entropy (next-token prediction).
 
-A loss pair returns a 0-d array (it stays on the device; call float() to print it) and its
+A loss pair returns a 0-d value of the backend (it stays on the device; call float() to print it) and its
 backward takes the upstream gradient dloss first, usually 1.0.
 """
 from tinytok.backend import get_array_module
@@ -22,7 +22,8 @@ def mse_forward(pred, target):
 def mse_backward(dloss, cache):
     """dpred = 2 (pred - target) / n * dloss."""
     diff = cache
-    return diff * (2 * dloss / diff.size)
+    scale = get_array_module(diff).asarray(2 * dloss / diff.size, dtype=diff.dtype)
+    return diff * scale  # scale cast first: a float64 dloss must not promote float32 grads
 
 
 def cross_entropy_forward(logits, targets, ignore_index=-1):

@@ -1,0 +1,85 @@
+"""Shared fixtures: the array backends to run on, and one small example call per op pair."""
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from tinytok import backend
+from tinytok.errors import BackendError
+
+from reference import away_from_zero
+
+
+@pytest.fixture(scope="session", params=["numpy", "cupy"])
+def xp(request):
+    """The array module to run a test on: NumPy always, CuPy where it can really run.
+
+    Inputs are drawn on the host with a NumPy generator and moved with xp.asarray; results
+    come back with tinytok.backend.to_numpy. The active backend is restored afterwards.
+    """
+    saved = backend._active
+    try:
+        module = backend.use(request.param)
+    except BackendError as e:
+        pytest.skip(str(e))
+    finally:
+        backend._active = saved
+    return module
+
+
+@dataclass
+class Case:
+    """One call of an op pair: forward(*args, **kwargs); wrt lists the args with gradients."""
+    args: list
+    kwargs: dict = field(default_factory=dict)
+    wrt: list = field(default_factory=list)
+
+
+def build_case(name, xp=np, dtype=np.float64, seed=0):
+    """A small, generic call of the named pair, floats of `dtype`, arrays on `xp`."""
+    rng = np.random.default_rng(seed)
+
+    def f(*shape, scale=1.0):
+        return rng.standard_normal(shape) * scale
+
+    kwargs = {}
+    if name == "linear":
+        args = [f(2, 3, 4), f(4, 5), f(5)]
+    elif name == "conv2d":
+        args = [f(2, 3, 7, 6), f(4, 3, 3, 2), f(4)]
+        kwargs = {"stride": 2, "padding": 1}
+    elif name == "conv_transpose2d":
+        args = [f(2, 3, 4, 5), f(3, 2, 3, 4), f(2)]
+        kwargs = {"stride": 2, "padding": 1}
+    elif name == "relu":
+        args = [away_from_zero(f(3, 4))]
+    elif name == "gelu":
+        args = [f(3, 4, scale=2.0)]
+    elif name == "layer_norm":
+        args = [f(2, 3, 6), 1 + f(6, scale=0.1), f(6, scale=0.1)]
+    elif name == "embedding":
+        args = [rng.integers(0, 7, size=(2, 5)), f(7, 4)]
+    elif name == "causal_self_attention":
+        args = [f(2, 5, 6), f(6, 18, scale=0.5), f(18, scale=0.1), f(6, 6, scale=0.5),
+                f(6, scale=0.1)]
+        kwargs = {"n_head": 2}
+    elif name == "cross_entropy":
+        targets = rng.integers(0, 7, size=(2, 5))
+        targets[0, 1] = targets[1, 3] = -1  # two ignored positions
+        args = [f(2, 5, 7, scale=2.0), targets]
+    elif name == "mse":
+        args = [f(3, 4), f(3, 4)]
+    else:
+        raise KeyError(name)
+
+    wrt = [i for i, a in enumerate(args) if a.dtype.kind == "f"]
+    if name == "mse":
+        wrt = [0]  # the target is data: mse_backward returns dpred only
+    args = [xp.asarray(a, dtype=dtype) if a.dtype.kind == "f" else xp.asarray(a) for a in args]
+    return Case(args, kwargs, wrt)
+
+
+@pytest.fixture(scope="session")
+def make_case():
+    """build_case(name, xp=np, dtype=np.float64, seed=0) -> Case."""
+    return build_case

@@ -1,0 +1,154 @@
+"""causal_self_attention: gradients, a per-head loop reference, the causal mask, errors."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import reference as ref
+from tinytok.backend import to_numpy
+from tinytok.errors import ConfigError, DTypeError, ShapeError, TinytokError
+from tinytok.gradcheck import assert_gradients_close
+from tinytok.ops import causal_self_attention_backward, causal_self_attention_forward
+
+
+def attention_inputs(B, T, n_head, hs, seed, xp=np, dtype=np.float64):
+    """x (B, T, C) and the four parameters, C = n_head * hs, on xp."""
+    C = n_head * hs
+    rng = np.random.default_rng(seed)
+    arrays = [rng.standard_normal((B, T, C)),
+              rng.standard_normal((C, 3 * C)) / np.sqrt(C),
+              rng.standard_normal(3 * C) * 0.1,
+              rng.standard_normal((C, C)) / np.sqrt(C),
+              rng.standard_normal(C) * 0.1]
+    return [xp.asarray(a, dtype=dtype) for a in arrays]
+
+
+shapes = st.tuples(st.integers(1, 2), st.integers(1, 6), st.integers(1, 3),
+                   st.integers(1, 3), st.integers(0, 2 ** 16))
+
+
+@settings(max_examples=30, deadline=None)
+@given(shape=shapes)
+def test_attention_gradients_match_finite_differences(xp, shape):
+    B, T, n_head, hs, seed = shape
+    args = attention_inputs(B, T, n_head, hs, seed, xp)
+    assert_gradients_close(causal_self_attention_forward, causal_self_attention_backward,
+                           args, {"n_head": n_head}, seed=seed)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=shapes)
+def test_attention_matches_per_head_loop(xp, shape):
+    B, T, n_head, hs, seed = shape
+    args = attention_inputs(B, T, n_head, hs, seed, xp)
+    out, _ = causal_self_attention_forward(*args, n_head=n_head)
+    expected = ref.causal_self_attention(*map(to_numpy, args), n_head=n_head)
+    np.testing.assert_allclose(to_numpy(out), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_attention_with_one_position_returns_the_projected_value(xp):
+    """At T=1 the only visible key is the position itself: y = v @ w_proj + b_proj."""
+    x, w_qkv, b_qkv, w_proj, b_proj = map(to_numpy, attention_inputs(3, 1, 2, 2, 0))
+    out, _ = causal_self_attention_forward(*(xp.asarray(a) for a in
+                                             (x, w_qkv, b_qkv, w_proj, b_proj)), n_head=2)
+    v = x @ w_qkv[:, 8:] + b_qkv[8:]
+    np.testing.assert_allclose(to_numpy(out), v @ w_proj + b_proj, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("t", range(6))
+def test_causal_mask_hides_the_future_bit_for_bit(xp, t):
+    """Changing tokens t+1.. leaves the outputs at positions <= t exactly unchanged."""
+    x, *params = attention_inputs(2, 7, 2, 3, seed=t, xp=xp)
+    before, _ = causal_self_attention_forward(x, *params, n_head=2)
+    changed = to_numpy(x).copy()
+    changed[:, t + 1:] = np.random.default_rng(100 + t).standard_normal(changed[:, t + 1:].shape)
+    after, _ = causal_self_attention_forward(xp.asarray(changed), *params, n_head=2)
+    before, after = to_numpy(before), to_numpy(after)
+    assert np.array_equal(before[:, :t + 1], after[:, :t + 1])
+    assert not np.allclose(before[:, t + 1:], after[:, t + 1:])
+
+
+@pytest.mark.parametrize("t", [0, 3, 6])
+def test_future_positions_get_no_gradient_from_the_past(xp, t):
+    """A gradient at position t reaches x only at positions <= t, exactly zero after."""
+    args = attention_inputs(2, 7, 2, 3, seed=1, xp=xp)
+    out, cache = causal_self_attention_forward(*args, n_head=2)
+    dout = np.zeros(out.shape)
+    dout[:, t] = np.random.default_rng(2).standard_normal(dout[:, t].shape)
+    dx = to_numpy(causal_self_attention_backward(xp.asarray(dout), cache)[0])
+    assert np.all(dx[:, t + 1:] == 0)
+    assert np.all(np.abs(dx[:, :t + 1]).sum(axis=-1) > 0)
+
+
+def test_heads_use_consecutive_column_chunks():
+    """Zeroing head 1's query/key/value columns changes head 1's output channels only."""
+    args = [a.copy() for a in attention_inputs(1, 4, 2, 3, seed=5)]
+    x, w_qkv, b_qkv, _, b_proj = args
+    w_proj, b_proj = np.eye(6), np.zeros(6)  # identity projection exposes the heads
+    y, _ = causal_self_attention_forward(x, w_qkv, b_qkv, w_proj, b_proj, n_head=2)
+    w_qkv2 = w_qkv.copy()
+    for part in range(3):                    # q, k, v blocks, head 1 = channels 3..5
+        w_qkv2[:, part * 6 + 3:part * 6 + 6] *= 2.0
+    y2, _ = causal_self_attention_forward(x, w_qkv2, b_qkv, w_proj, b_proj, n_head=2)
+    assert np.array_equal(y[..., :3], y2[..., :3])
+    assert not np.allclose(y[..., 3:], y2[..., 3:])
+
+
+# --- errors -------------------------------------------------------------------------------
+
+def test_attention_rejects_n_head_not_dividing_the_width():
+    args = attention_inputs(1, 3, 2, 3, seed=0)  # C = 6
+    with pytest.raises(ShapeError, match="n_head=4 must divide the width C=6"):
+        causal_self_attention_forward(*args, n_head=4)
+
+
+@pytest.mark.parametrize("n_head", [0, -2, 1.5])
+def test_attention_rejects_a_non_positive_or_fractional_n_head(n_head):
+    args = attention_inputs(1, 3, 2, 3, seed=0)
+    with pytest.raises(ConfigError, match="n_head must be an integer >= 1"):
+        causal_self_attention_forward(*args, n_head=n_head)
+
+
+def test_attention_rejects_x_without_three_axes():
+    x, *params = attention_inputs(1, 3, 2, 3, seed=0)
+    with pytest.raises(ShapeError, match=r"x must have shape \(B, T, C\), got shape \(3, 6\)"):
+        causal_self_attention_forward(x[0], *params, n_head=2)
+
+
+def test_attention_rejects_weights_of_the_wrong_shape():
+    x, w_qkv, b_qkv, w_proj, b_proj = attention_inputs(1, 3, 2, 3, seed=0)
+    with pytest.raises(ShapeError, match=r"w_qkv must have shape \(C, 3C\) = \(6, 18\)"):
+        causal_self_attention_forward(x, w_qkv.T, b_qkv, w_proj, b_proj, n_head=2)
+    with pytest.raises(ShapeError, match=r"w_proj must have shape \(C, C\) = \(6, 6\)"):
+        causal_self_attention_forward(x, w_qkv, b_qkv, w_proj[:, :5], b_proj, n_head=2)
+
+
+def test_attention_rejects_biases_of_the_wrong_shape():
+    """The message names the bias the caller passed, not the inner linear layer's 'b'."""
+    x, w_qkv, b_qkv, w_proj, b_proj = attention_inputs(1, 3, 2, 3, seed=0)
+    with pytest.raises(ShapeError, match=r"b_qkv must have shape .*\(18,\)"):
+        causal_self_attention_forward(x, w_qkv, b_qkv[:17], w_proj, b_proj, n_head=2)
+    with pytest.raises(ShapeError, match=r"b_proj must have shape .*\(6,\)"):
+        causal_self_attention_forward(x, w_qkv, b_qkv, w_proj, b_proj[:5], n_head=2)
+
+
+def test_attention_rejects_integer_input():
+    x, *params = attention_inputs(1, 3, 2, 3, seed=0)
+    with pytest.raises(DTypeError, match="must be float32 or float64, got int64"):
+        causal_self_attention_forward(x.astype(np.int64), *params, n_head=2)
+
+
+@pytest.mark.parametrize("position, name", [(1, "w_qkv"), (2, "b_qkv"), (3, "w_proj"),
+                                            (4, "b_proj")])
+def test_attention_rejects_mixed_float32_and_float64(position, name):
+    """The message names the argument the caller passed (w_proj, ...), not an inner 'w'."""
+    args = attention_inputs(1, 3, 2, 3, seed=0, dtype=np.float32)
+    args[position] = args[position].astype(np.float64)
+    with pytest.raises(DTypeError, match=f"{name} is float64 but x is float32"):
+        causal_self_attention_forward(*args, n_head=2)
+
+
+def test_attention_errors_are_tinytok_errors():
+    args = attention_inputs(1, 3, 2, 3, seed=0)
+    with pytest.raises(TinytokError):
+        causal_self_attention_forward(*args, n_head=4)

@@ -1,0 +1,137 @@
+"""Every op pair against torch.nn.functional, in float32: outputs and gradients.
+
+Torch's gradients come from torch.autograd with the same random upstream gradient that is
+fed to our backward. Agreement is to float32 rounding (rtol 1e-4, atol 1e-5).
+"""
+import numpy as np
+import pytest
+
+from tinytok.ops import PAIRS
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+torch.set_num_threads(1)
+
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def torch_attention(x, w_qkv, b_qkv, w_proj, b_proj, n_head):
+    """nanoGPT's layout: [q | k | v] columns, heads as consecutive chunks of C // n_head."""
+    B, T, C = x.shape
+    q, k, v = (x @ w_qkv + b_qkv).split(C, dim=-1)
+
+    def heads(t):
+        return t.view(B, T, n_head, C // n_head).transpose(1, 2)  # (B, nh, T, hs)
+
+    y = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), is_causal=True)
+    return y.transpose(1, 2).reshape(B, T, C) @ w_proj + b_proj
+
+
+def torch_cross_entropy(logits, targets, ignore_index=-1):
+    V = logits.shape[-1]
+    return F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), ignore_index=ignore_index)
+
+
+TORCH = {
+    "linear": lambda x, w, b: F.linear(x, w.T, b),  # torch stores w as (out, in)
+    "conv2d": F.conv2d,
+    "conv_transpose2d": F.conv_transpose2d,
+    "relu": F.relu,
+    "gelu": lambda x: F.gelu(x, approximate="tanh"),
+    "layer_norm": lambda x, gamma, beta: F.layer_norm(x, gamma.shape, gamma, beta, eps=1e-5),
+    "embedding": F.embedding,
+    "causal_self_attention": torch_attention,
+    "cross_entropy": torch_cross_entropy,
+    "mse": F.mse_loss,
+}
+
+
+def assert_matches_torch(name, args, kwargs, wrt, seed=0):
+    """Run our pair and torch's function on the same float32 arrays and compare."""
+    forward, backward = PAIRS[name]
+    out, cache = forward(*args, **kwargs)
+    dout = np.random.default_rng(seed).standard_normal(np.shape(out)).astype(np.float32)
+    grads = backward(dout, cache)
+    grads = grads if isinstance(grads, tuple) else (grads,)
+
+    tensors = [torch.from_numpy(np.array(a)) for a in args]
+    for i in wrt:
+        tensors[i].requires_grad_(True)
+    t_out = TORCH[name](*tensors, **kwargs)
+    t_grads = torch.autograd.grad(t_out, [tensors[i] for i in wrt], torch.from_numpy(dout))
+
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(np.asarray(out), t_out.detach().numpy(), rtol=RTOL, atol=ATOL,
+                               err_msg=f"{name} output")
+    for i, g, tg in zip(wrt, grads, t_grads):
+        assert g.dtype == np.float32
+        np.testing.assert_allclose(g, tg.numpy(), rtol=RTOL, atol=ATOL,
+                                   err_msg=f"{name} gradient of argument {i}")
+
+
+@pytest.mark.parametrize("name", list(PAIRS))
+def test_pair_matches_torch_in_float32(make_case, name):
+    case = make_case(name, dtype=np.float32)
+    assert_matches_torch(name, case.args, case.kwargs, case.wrt)
+
+
+CONV_SHAPES = [  # C, F, H, W, kh, kw, stride, padding
+    (3, 4, 8, 8, 3, 3, 1, 1),
+    (3, 4, 9, 7, 4, 4, 2, 1),
+    (2, 3, 7, 8, 5, 2, 3, 2),
+    (4, 2, 5, 5, 1, 1, 2, 0),
+    (2, 2, 6, 5, 2, 3, 1, 2),
+]
+
+
+@pytest.mark.parametrize("shape", CONV_SHAPES)
+@pytest.mark.parametrize("name", ["conv2d", "conv_transpose2d"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_convolutions_match_torch_across_kernels_strides_paddings(name, shape, bias):
+    C, F_, H, W, kh, kw, stride, padding = shape
+    rng = np.random.default_rng(sum(shape))
+    w_shape = (F_, C, kh, kw) if name == "conv2d" else (C, F_, kh, kw)
+    x = rng.standard_normal((2, C, H, W)).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    b = rng.standard_normal(F_).astype(np.float32) if bias else None
+    wrt = [0, 1, 2] if bias else [0, 1]
+
+    forward, backward = PAIRS[name]
+    out, cache = forward(x, w, b, stride=stride, padding=padding)
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    grads = [g for g in backward(dout, cache) if g is not None]
+    tensors = [torch.from_numpy(a).requires_grad_(True) for a in (x, w, b) if a is not None]
+    t_out = TORCH[name](tensors[0], tensors[1], tensors[2] if bias else None,
+                        stride=stride, padding=padding)
+    t_grads = torch.autograd.grad(t_out, tensors, torch.from_numpy(dout))
+    np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=RTOL, atol=ATOL)
+    assert len(grads) == len(wrt)
+    for g, tg in zip(grads, t_grads):
+        np.testing.assert_allclose(g, tg.numpy(), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("B, T, n_head, hs", [(1, 1, 1, 4), (2, 8, 4, 4), (3, 5, 2, 8)])
+def test_attention_matches_torch_sdpa(B, T, n_head, hs):
+    C = n_head * hs
+    rng = np.random.default_rng(T)
+    args = [rng.standard_normal(s).astype(np.float32) * scale for s, scale in
+            [((B, T, C), 1.0), ((C, 3 * C), C ** -0.5), ((3 * C,), 0.1), ((C, C), C ** -0.5),
+             ((C,), 0.1)]]
+    assert_matches_torch("causal_self_attention", args, {"n_head": n_head}, [0, 1, 2, 3, 4])
+
+
+@pytest.mark.parametrize("ignore_index", [-1, -100])
+def test_cross_entropy_matches_torch_with_ignore_index(ignore_index):
+    rng = np.random.default_rng(0)
+    logits = (3 * rng.standard_normal((4, 6, 11))).astype(np.float32)
+    targets = rng.integers(0, 11, size=(4, 6))
+    targets[rng.random((4, 6)) < 0.25] = ignore_index
+    assert_matches_torch("cross_entropy", [logits, targets], {"ignore_index": ignore_index},
+                         [0])
+
+
+def test_embedding_with_repeated_ids_matches_torch():
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 4, size=(3, 9))  # 27 lookups into 4 rows: many repeats
+    table = rng.standard_normal((4, 5)).astype(np.float32)
+    assert_matches_torch("embedding", [ids, table], {}, [1])
