@@ -1,0 +1,244 @@
+"""The objects a user holds: a Tokenizer, a Prior, and a Pipeline joining them.
+
+    tok = Tokenizer.load("data/checkpoints/shapes_tokenizer.npz")
+    ids = tok.encode(images)            # uint8 (N, 32, 32, 3) -> int (N, 8, 8)
+    images = tok.decode(ids)            # and back
+
+    pipe = Pipeline.load()              # the shipped shapes tokenizer and prior
+    images = pipe.generate(["a small blue triangle at the bottom right"], n=8)
+    captions = pipe.caption(images)
+
+They hold parameters on the active backend and call the model pairs; nothing here trains.
+"""
+import os
+from pathlib import Path
+
+import numpy as np
+
+from tinytok import backend
+from tinytok.checkpoint import check_params_match, load_checkpoint, save_checkpoint
+from tinytok.errors import ConfigError, ShapeError
+from tinytok.gpt import gpt_config, init_gpt_params
+from tinytok.images import check_images
+from tinytok.quantize import latents_as_columns, nearest_codes
+from tinytok.sample import (NextTokenLogits, check_sampling_args, draw, filter_logits,
+                            guided)
+from tinytok.vocab import (EOS, Vocab, caption_from_tokens, caption_prompt, image_prompt,
+                           image_token_mask, text_token_mask, unconditional_prompt)
+from tinytok.vqvae import (decoder_forward, encoder_forward, init_tokenizer_params,
+                           tokenizer_config)
+
+CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
+SHIPPED = {"shapes-tokenizer": CHECKPOINT_DIR / "shapes_tokenizer.npz",
+           "photos-tokenizer": CHECKPOINT_DIR / "photos_tokenizer.npz",
+           "shapes-prior": CHECKPOINT_DIR / "shapes_prior.npz"}
+
+
+def images_to_model(images):
+    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [-0.5, 0.5], on the active backend."""
+    xp = backend.xp()
+    x = xp.asarray(images).astype(xp.float32)
+    return (x / 255 - 0.5).transpose(0, 3, 1, 2)
+
+
+def model_to_images(x):
+    """float (N, 3, H, W) around [-0.5, 0.5] -> uint8 (N, H, W, 3) on the host."""
+    x = backend.to_numpy(x).transpose(0, 2, 3, 1)
+    return np.clip(np.rint((x + 0.5) * 255), 0, 255).astype(np.uint8)
+
+
+def psnr(a, b):
+    """Peak signal-to-noise ratio in dB of uint8 images, one figure per image (N,)."""
+    diff = a.astype(np.float64) - b.astype(np.float64)
+    mse = (diff ** 2).reshape(len(a), -1).mean(axis=1)
+    return 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10))
+
+
+def _load_params(path, kind, expected_params):
+    ckpt = load_checkpoint(path, kind=kind)
+    check_params_match(ckpt.params, expected_params, path)
+    return ckpt
+
+
+class Tokenizer:
+    """A trained VQ-VAE: images to token grids and back."""
+
+    def __init__(self, params, config):
+        self.config = tokenizer_config(config)
+        self.params = backend.params_to_device(params)
+
+    @classmethod
+    def load(cls, path=None):
+        """Load a tokenizer checkpoint (default: the shipped shapes tokenizer)."""
+        path = path or SHIPPED["shapes-tokenizer"]
+        ckpt = load_checkpoint(path, kind="tokenizer")
+        config = tokenizer_config(ckpt.config["model"])
+        check_params_match(ckpt.params, init_tokenizer_params(config), path)
+        return cls(ckpt.params, config)
+
+    def save(self, path):
+        """Write the parameters and config (no optimizer state) to path, atomically."""
+        save_checkpoint(path, kind="tokenizer", params=self.params,
+                        config={"model": _asdict(self.config)})
+
+    @property
+    def grid_size(self):
+        return self.config.grid_size
+
+    def _check(self, images):
+        return check_images(images, self.config.image_size)
+
+    def encode(self, images, batch_size=256):
+        """uint8 images (N, S, S, 3) or one (S, S, 3) -> int64 token ids (N, S/4, S/4)."""
+        images = self._check(images)
+        return np.concatenate([self._encode_batch(images[i:i + batch_size])
+                               for i in range(0, len(images), batch_size)])
+
+    def _encode_batch(self, images):
+        z, _ = encoder_forward(images_to_model(images), self.params, self.config)
+        N, _, h, w = z.shape
+        xp = backend.get_array_module(z)
+        if self.config.quantizer == "gumbel":
+            ids = xp.argmax(latents_as_columns(z), axis=0)
+        else:
+            ids = nearest_codes(latents_as_columns(z), self.params["quant.codebook"])
+        return backend.to_numpy(ids.reshape(h, w, N).transpose(2, 0, 1)).astype(np.int64)
+
+    def check_ids(self, ids):
+        """ids must be integers in [0, num_codes) shaped (N, g, g) or (g, g)."""
+        ids = np.asarray(backend.to_numpy(ids))
+        g, K = self.grid_size, self.config.num_codes
+        if ids.ndim == 2:
+            ids = ids[None]
+        if ids.ndim != 3 or ids.shape[1:] != (g, g):
+            raise ShapeError(f"token ids must have shape (N, {g}, {g}) or ({g}, {g}) for this "
+                             f"tokenizer, got {ids.shape}")
+        if ids.dtype.kind not in "iu":
+            raise ShapeError(f"token ids must be integers, got {ids.dtype}")
+        if ids.size and (ids.min() < 0 or ids.max() >= K):
+            raise ShapeError(f"token ids must lie in [0, {K}) for a codebook of {K} codes, got "
+                             f"values from {ids.min()} to {ids.max()}")
+        return ids
+
+    def decode(self, ids, batch_size=256):
+        """int ids (N, g, g) or (g, g) -> uint8 images (N, S, S, 3)."""
+        ids = self.check_ids(ids)
+        return np.concatenate([self._decode_batch(ids[i:i + batch_size])
+                               for i in range(0, len(ids), batch_size)])
+
+    def _decode_batch(self, ids):
+        xp = backend.xp()
+        z_q = self.params["quant.codebook"][xp.asarray(ids)]            # (N, g, g, D)
+        x_hat, _ = decoder_forward(z_q.transpose(0, 3, 1, 2), self.params, self.config)
+        return model_to_images(x_hat)
+
+    def reconstruct(self, images):
+        """encode then decode: what the tokenizer keeps of each image."""
+        return self.decode(self.encode(images))
+
+
+class Prior:
+    """A trained prior: a GPT over the joint vocabulary of caption words and image codes."""
+
+    def __init__(self, params, config, vocab):
+        self.config, self.vocab = config, vocab
+        self.params = backend.params_to_device(params)
+
+    @classmethod
+    def load(cls, path=None):
+        path = path or SHIPPED["shapes-prior"]
+        ckpt = load_checkpoint(path, kind="prior")
+        config = gpt_config(ckpt.config["model"])
+        vocab = Vocab.from_dict(ckpt.config["vocab"])
+        check_params_match(ckpt.params, init_gpt_params(config), path)
+        return cls(ckpt.params, config, vocab)
+
+    def save(self, path, tokenizer_path=None):
+        save_checkpoint(path, kind="prior", params=self.params,
+                        config={"model": _asdict(self.config), "vocab": self.vocab.to_dict()})
+
+
+def _asdict(config):
+    from dataclasses import asdict
+    return asdict(config)
+
+
+class Pipeline:
+    """Tokenizer + prior: captions to pictures, pictures to captions."""
+
+    def __init__(self, tokenizer, prior):
+        if prior.vocab.num_codes != tokenizer.config.num_codes:
+            raise ConfigError(f"the prior writes {prior.vocab.num_codes} image codes but the "
+                              f"tokenizer has {tokenizer.config.num_codes}; use the tokenizer "
+                              "the prior was trained with")
+        self.tokenizer, self.prior = tokenizer, prior
+
+    @classmethod
+    def load(cls, tokenizer_path=None, prior_path=None):
+        """Default: the shipped shapes tokenizer and prior in data/checkpoints/."""
+        return cls(Tokenizer.load(tokenizer_path), Prior.load(prior_path))
+
+    def generate_codes(self, prompt, n=1, temperature=1.0, top_k=None, top_p=None,
+                       cfg_scale=1.0, seed=0, use_cache=True):
+        """n token grids (n, g, g) for one caption; see generate for the arguments."""
+        check_sampling_args(temperature, top_k, top_p, cfg_scale)
+        vocab, prior = self.prior.vocab, self.prior
+        rng = np.random.default_rng(seed)
+        allowed = image_token_mask(vocab)
+        cond = NextTokenLogits(prior.params, prior.config, n, use_cache)
+        logits = cond.step(np.tile(image_prompt(vocab, prompt, prior.config.context), (n, 1)))
+        guide = cfg_scale != 1.0
+        if guide:  # the same model without the caption: the unconditional half of guidance
+            uncond = NextTokenLogits(prior.params, prior.config, n, use_cache)
+            u_logits = uncond.step(np.tile(unconditional_prompt(vocab), (n, 1)))
+        tokens = []
+        for i in range(vocab.image_len):
+            mixed = guided(logits, u_logits, cfg_scale) if guide else logits
+            token = draw(filter_logits(mixed, temperature, top_k, top_p, allowed), rng)
+            tokens.append(backend.to_numpy(token))
+            if i + 1 < vocab.image_len:
+                logits = cond.step(token[:, None])
+                if guide:
+                    u_logits = uncond.step(token[:, None])
+        codes = np.stack(tokens, axis=1) - vocab.image_offset               # (n, g*g)
+        return codes.reshape(n, vocab.grid_size, vocab.grid_size)
+
+    def generate(self, prompts, n=1, temperature=1.0, top_k=None, top_p=None, cfg_scale=1.0,
+                 seed=0, use_cache=True):
+        """uint8 images (len(prompts) * n, S, S, 3): n samples per caption, prompt by prompt.
+
+        temperature > 0 sharpens (< 1) or flattens (> 1) the next-token distribution; top_k
+        keeps the k likeliest tokens; top_p the smallest set with that much probability;
+        cfg_scale > 1 applies classifier-free guidance (1 = off); seed fixes the draws.
+        """
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        codes = [self.generate_codes(p, n, temperature, top_k, top_p, cfg_scale,
+                                     seed + 1000 * i, use_cache)
+                 for i, p in enumerate(prompts)]   # one batch per prompt: prompts differ in length
+        return self.tokenizer.decode(np.concatenate(codes))
+
+    def caption(self, images, greedy=True, temperature=1.0, seed=0):
+        """A caption (str) for each uint8 image (N, S, S, 3), written by the prior."""
+        codes = self.tokenizer.encode(images)
+        return self.caption_codes(codes, greedy, temperature, seed)
+
+    def caption_codes(self, codes, greedy=True, temperature=1.0, seed=0):
+        """Captions for token grids (N, g, g)."""
+        vocab, prior = self.prior.vocab, self.prior
+        rng = np.random.default_rng(seed)
+        prompts = np.stack([caption_prompt(vocab, c) for c in codes])       # (N, L)
+        state = NextTokenLogits(prior.params, prior.config, len(codes))
+        logits = state.step(prompts)
+        allowed = text_token_mask(vocab)
+        written = []
+        done = np.zeros(len(codes), dtype=bool)
+        for i in range(prior.config.context - prompts.shape[1]):
+            token = draw(filter_logits(logits, temperature, allowed=allowed), rng, greedy)
+            host = backend.to_numpy(token)
+            written.append(np.where(done, EOS, host))
+            done |= host == EOS
+            if done.all() or prompts.shape[1] + i + 1 >= prior.config.context:
+                break
+            logits = state.step(token[:, None])
+        return caption_from_tokens(vocab, np.stack(written, axis=1))
