@@ -193,7 +193,10 @@ def gpt_backward(dlogits, cache, grads, config):
 
 
 def gpt_loss_forward(ids, targets, params, config):
-    """Mean next-token cross-entropy over targets != -1. ids, targets (B, T) -> loss, cache."""
+    """Mean next-token cross-entropy over targets != -1.
+
+    ids, targets (B, T) -> loss (0-d), logits (B, T, V), cache.
+    """
     logits, cache = gpt_forward(ids, params, config)
     loss, c_loss = cross_entropy_forward(logits, targets, ignore_index=-1)
     return loss, logits, (cache, c_loss)

@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from tinytok.backend import get_array_module
-from tinytok.errors import ShapeError
+from tinytok.errors import ConfigError, ShapeError
 from tinytok.ops.attention import softmax
 from tinytok.ops.checks import require_float, require_ndim, require_same_dtype
 from tinytok.quantize import columns_as_latents, latents_as_columns
@@ -50,6 +50,8 @@ def gumbel_quantize_forward(logits, codebook, tau=1.0, noise=None):
     if codebook.shape[0] != logits.shape[1]:
         raise ShapeError(f"logits (N, K, H, W) = {tuple(logits.shape)} score K = "
                          f"{logits.shape[1]} codes but the codebook has {codebook.shape[0]}")
+    if not tau > 0:
+        raise ConfigError(f"the Gumbel temperature tau must be > 0, got {tau}")
     xp = get_array_module(logits)
     N, K, H, W = logits.shape
     l_cols = latents_as_columns(logits)                              # (K, M)

@@ -166,21 +166,26 @@ def kmeans_init(z, num_codes, seed=0, iterations=20):
 
 
 def restart_dead_codes(codebook, counts, z, seed=0, min_count=1, ema_state=None):
-    """Replace codes chosen fewer than min_count times (over a window) by recent encoder outputs.
+    """Move codes chosen fewer than min_count times (over a window) onto encoder outputs.
 
     codebook (K, D) is changed in place; counts (K,) are the window's code counts; z
-    (N, D, H, W) recent encoder outputs to draw replacements from. A dead code gets no
-    gradient and would stay dead forever; moving it onto a real vector gives it a chance.
+    (N, D, H, W) recent encoder outputs. A dead code gets no gradient and would stay dead
+    forever. Its replacement is drawn with probability proportional to each vector's squared
+    distance from its nearest code (as in k-means++): vectors the codebook already covers
+    well (on plain backgrounds, most of them) are rarely picked, badly covered ones often.
     Returns the number of codes restarted.
     """
     xp = get_array_module(codebook)
     dead = np.flatnonzero(to_numpy(counts) < min_count)
     if dead.size == 0:
         return 0
-    z_rows = latents_as_columns(z).T                                    # (M, D)
-    picks = host_rng(seed).integers(0, z_rows.shape[0], size=dead.size)
+    z_cols = latents_as_columns(z)                                      # (D, M)
+    nearest = codebook[nearest_codes(z_cols, codebook)].T               # (D, M)
+    error = to_numpy(((z_cols - nearest) ** 2).sum(axis=0)).astype(np.float64)  # (M,)
+    p = error / error.sum() if error.sum() > 0 else None
+    picks = host_rng(seed).choice(z_cols.shape[1], size=dead.size, p=p)
     dead_dev = xp.asarray(dead)
-    codebook[dead_dev] = z_rows[xp.asarray(picks)]
+    codebook[dead_dev] = z_cols[:, xp.asarray(picks)].T
     if ema_state is not None:  # keep the EMA statistics consistent with the new codes
         ema_state["cluster_size"][dead_dev] = 1
         ema_state["embed_sum"][dead_dev] = codebook[dead_dev]

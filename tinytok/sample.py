@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from tinytok.backend import get_array_module, to_numpy
-from tinytok.errors import ConfigError
+from tinytok.errors import ConfigError, ShapeError
 from tinytok.gpt import check_ids, gpt_forward, layer_norm_named_forward, mlp_forward
 from tinytok.ops import embedding_forward, linear_forward
 from tinytok.ops.attention import merge_heads, softmax, split_heads
@@ -54,6 +54,8 @@ def gpt_forward_cached(ids, params, config, kv):
     """Logits (B, t, V) for new tokens ids (B, t) appended after the kv cache's prefix."""
     B, t = ids.shape
     L = kv["length"]
+    if B != kv["k"][0].shape[0]:
+        raise ShapeError(f"this KV cache holds {kv['k'][0].shape[0]} sequences, got {B}")
     if L + t > config.context:
         raise ConfigError(f"generation would run past the context of {config.context} tokens")
     tok, _ = embedding_forward(ids, params["gpt.wte"])
@@ -97,7 +99,8 @@ def check_sampling_args(temperature, top_k, top_p, cfg_scale=1.0):
     """Raise ConfigError for settings outside their ranges."""
     if not temperature > 0:
         raise ConfigError(f"temperature must be > 0, got {temperature}")
-    if top_k is not None and (int(top_k) != top_k or top_k < 1):
+    if top_k is not None and not (isinstance(top_k, (int, float, np.integer)) and
+                                  math.isfinite(top_k) and int(top_k) == top_k and top_k >= 1):
         raise ConfigError(f"top_k must be a whole number >= 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ConfigError(f"top_p must lie in (0, 1], got {top_p}")

@@ -250,7 +250,11 @@ def tokenizer_forward(x, params, config, tau=1.0, noise=None):
 
 
 def tokenizer_backward(cache, grads, config, dloss=1.0):
-    """Gradients of the total loss, added into grads. Returns dx (N, 3, S, S)."""
+    """Gradients of the total loss, added into grads.
+
+    Returns dx (N, 3, S, S) through the encoder only: the input is also the reconstruction
+    target, but nothing upstream of an image needs that gradient.
+    """
     enc_cache, vq_cache, dec_cache, mse_cache = cache
     dx_hat = mse_backward(dloss, mse_cache)
     dz_q = decoder_backward(dx_hat, dec_cache, grads, config)

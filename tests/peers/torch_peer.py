@@ -1,0 +1,401 @@
+"""The same benchmark parts in PyTorch (CPU, 2 threads), timed side by side with tinytok.
+
+    python tests/peers/torch_peer.py [--json] [--only NAME] [--quick] [--no-rss]
+
+Not a test (pytest does not collect this file): it is how the ratios tinytok / torch are
+measured honestly. Both run in this one process, on the same machine, with the same models,
+the same initial weights (copied from tinytok's init) and the same inputs. Repeats alternate
+between the two (and the order rotates each round), so machine noise hits both alike.
+
+Peak resident memory cannot be split inside one process, so (unless --no-rss) each section is
+run once more, alone, in a fresh process for each library, with its import baseline.
+
+The torch models are written functionally on the same flat param dict:
+vqvae-ref as in DESIGN.md with a straight-through VQ; gpt-ref nanoGPT-style with the head
+tied to the token embedding, attention explicit (masked softmax) or
+F.scaled_dot_product_attention ("sdpa"). Optimizer: torch.optim.AdamW with its defaults
+(lr 3e-4; weight decay 0.1 on matrices for gpt, none for vqvae, as tinytok's bench).
+"""
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tinytok import backend, bench
+from tinytok.gpt import gpt_config, gpt_loss_forward, init_gpt_params
+from tinytok.vqvae import init_tokenizer_params, tokenizer_config, tokenizer_forward
+
+torch.set_num_threads(2)
+PARTS = ("sgemm", "vqvae-ref", "gpt-ref")
+
+
+def as_torch(params):
+    return {k: torch.from_numpy(np.array(v)).requires_grad_(True) for k, v in params.items()}
+
+
+# ---------------------------------------------------------------- vqvae-ref in torch
+
+def conv(x, P, name, stride=1, padding=0):
+    return F.conv2d(x, P[name + ".w"], P[name + ".b"], stride, padding)
+
+
+def residual(x, P, name):
+    return x + conv(F.relu(conv(F.relu(x), P, name + ".conv1", padding=1)), P, name + ".conv2")
+
+
+def encoder(x, P, c):
+    h = F.relu(conv(x, P, "enc.conv1", 2, 1))
+    h = conv(F.relu(conv(h, P, "enc.conv2", 2, 1)), P, "enc.conv3", padding=1)
+    for i in range(c.n_res):
+        h = residual(h, P, f"enc.res{i}")
+    return conv(F.relu(h), P, "enc.out")
+
+
+def decoder(z, P, c):
+    h = conv(z, P, "dec.conv1", padding=1)
+    for i in range(c.n_res):
+        h = residual(h, P, f"dec.res{i}")
+    h = F.relu(F.conv_transpose2d(F.relu(h), P["dec.up1.w"], P["dec.up1.b"], 2, 1))
+    return F.conv_transpose2d(h, P["dec.up2.w"], P["dec.up2.b"], 2, 1)
+
+
+def nearest(z, codebook):
+    """z (N, D, H, W) -> ids (N*H*W,) of the nearest codes (no gradient)."""
+    with torch.no_grad():
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        return ((codebook * codebook).sum(1) - 2 * flat @ codebook.t()).argmin(1)
+
+
+def vq(z, codebook, beta):
+    N, D, H, W = z.shape
+    e = codebook[nearest(z, codebook)].view(N, H, W, D).permute(0, 3, 1, 2)
+    loss = F.mse_loss(e, z.detach()) + beta * F.mse_loss(z, e.detach())
+    return z + (e - z).detach(), loss                                # straight-through
+
+
+def vqvae_loss(x, P, c):
+    z_q, vq_loss = vq(encoder(x, P, c), P["quant.codebook"], c.beta)
+    return F.mse_loss(decoder(z_q, P, c), x) + vq_loss
+
+
+# ---------------------------------------------------------------- gpt-ref in torch
+
+def attention(x, P, name, n_head, sdpa, kv=None, layer=0):
+    B, T, C = x.shape
+    q, k, v = F.linear(x, P[name + ".w_qkv"].t(), P[name + ".b_qkv"]).split(C, dim=-1)
+    q, k, v = (t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in (q, k, v))
+    causal = True
+    if kv is not None:                                               # append, read the prefix
+        L = kv["length"]
+        kv["k"][layer][:, :, L:L + T] = k
+        kv["v"][layer][:, :, L:L + T] = v
+        k, v = kv["k"][layer][:, :, :L + T], kv["v"][layer][:, :, :L + T]
+        causal = T > 1                                               # one new token sees all
+        assert T == 1 or L == 0
+    if sdpa:
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    else:
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(C // n_head))
+        if causal:
+            att = att.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+        y = F.softmax(att, dim=-1) @ v
+    return F.linear(y.transpose(1, 2).reshape(B, T, C), P[name + ".w_proj"].t(),
+                    P[name + ".b_proj"])
+
+
+def gpt_logits(ids, P, c, sdpa=True, kv=None):
+    B, T = ids.shape
+    L = kv["length"] if kv is not None else 0
+    C = c.n_embd
+    x = F.embedding(ids, P["gpt.wte"]) + P["gpt.wpe"][L:L + T]
+    for i in range(c.n_layer):
+        h = f"gpt.h{i}"
+        a = F.layer_norm(x, (C,), P[h + ".ln1.g"], P[h + ".ln1.b"])
+        x = x + attention(a, P, h + ".attn", c.n_head, sdpa, kv, i)
+        m = F.layer_norm(x, (C,), P[h + ".ln2.g"], P[h + ".ln2.b"])
+        m = F.gelu(F.linear(m, P[h + ".mlp.fc.w"].t(), P[h + ".mlp.fc.b"]), approximate="tanh")
+        x = x + F.linear(m, P[h + ".mlp.proj.w"].t(), P[h + ".mlp.proj.b"])
+    if kv is not None:
+        kv["length"] = L + T
+    x = F.layer_norm(x, (C,), P["gpt.ln_f.g"], P["gpt.ln_f.b"])
+    return F.linear(x, P["gpt.wte"])                                 # tied head
+
+
+# ---------------------------------------------------------------- the torch closures
+
+def train_step_fn(P, loss_fn, decay):
+    params = list(P.values())
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=3e-4)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        return loss
+
+    return step
+
+
+def torch_vqvae_train(sizes):
+    c = tokenizer_config(sizes["vqvae"])
+    P = as_torch(init_tokenizer_params(c))
+    x = torch.from_numpy(backend.rng(0).uniform(-0.5, 0.5, (sizes["vq_batch"], 3, c.image_size,
+                                                           c.image_size)).astype(np.float32))
+    return train_step_fn(P, lambda: vqvae_loss(x, P, c), 0.0)
+
+
+def torch_vqvae_encode(sizes):
+    c = tokenizer_config(sizes["vqvae"])
+    P = {k: v.detach() for k, v in as_torch(init_tokenizer_params(c)).items()}
+    x = torch.from_numpy(backend.rng(0).uniform(
+        -0.5, 0.5, (sizes["encode_batch"], 3, c.image_size, c.image_size)).astype(np.float32))
+
+    def encode():
+        with torch.inference_mode():
+            return nearest(encoder(x, P, c), P["quant.codebook"])
+
+    return encode
+
+
+def _gpt_setup(sizes):
+    c = gpt_config(sizes["gpt"], vocab_size=sizes["vocab"])
+    return c, as_torch(init_gpt_params(c))
+
+
+def torch_gpt_train(sizes, sdpa):
+    c, P = _gpt_setup(sizes)
+    rng = backend.rng(0)
+    B, T = sizes["gpt_batch"], sizes["gpt_T"]
+    ids = torch.from_numpy(rng.integers(0, c.vocab_size, (B, T)))
+    targets = torch.from_numpy(rng.integers(0, c.vocab_size, (B, T)))
+    loss_fn = lambda: F.cross_entropy(gpt_logits(ids, P, c, sdpa).view(B * T, -1),
+                                      targets.view(-1), ignore_index=-1)
+    return train_step_fn(P, loss_fn, 0.1)
+
+
+def torch_gpt_sample(sizes, use_cache):
+    c, P = _gpt_setup(sizes)
+    P = {k: v.detach() for k, v in P.items()}
+    B, n_new = sizes["sample_batch"], sizes["sample_new"]
+    prompt = torch.from_numpy(backend.rng(0).integers(0, c.vocab_size, (B, 1)))
+    hs = c.n_embd // c.n_head
+
+    def sample():
+        g = torch.Generator().manual_seed(0)
+        with torch.inference_mode():
+            kv = None
+            if use_cache:
+                kv = {"k": [torch.zeros(B, c.n_head, c.context, hs) for _ in range(c.n_layer)],
+                      "v": [torch.zeros(B, c.n_head, c.context, hs) for _ in range(c.n_layer)],
+                      "length": 0}
+            seq, new = prompt, prompt
+            for _ in range(n_new):
+                logits = gpt_logits(new if use_cache else seq, P, c, True, kv)[:, -1]
+                new = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=g)
+                seq = torch.cat([seq, new], 1)
+            return seq
+
+    return sample
+
+
+def torch_sgemm(n):
+    g = torch.Generator().manual_seed(n)
+    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    c = torch.empty(n, n)
+    return lambda: torch.mm(a, b, out=c)
+
+
+def numpy_sgemm(n):
+    rng = np.random.default_rng(n)
+    a, b = (rng.standard_normal((n, n)).astype(np.float32) for _ in "ab")
+    c = np.empty((n, n), np.float32)
+    return lambda: np.matmul(a, b, out=c)
+
+
+# ---------------------------------------------------------------- what is compared
+
+def measurements(part, sizes):
+    """[(label, reps key, {runner: zero-argument builder}, unit count, unit)] of a part."""
+    tk, tt = "tinytok", "torch"
+    n_tok = sizes["sample_batch"] * sizes["sample_new"]
+    if part == "sgemm":
+        return [(f"sgemm {n}", "sgemm", {"numpy": lambda n=n: numpy_sgemm(n),
+                                         tt: lambda n=n: torch_sgemm(n)}, 2 * n ** 3 / 1e9,
+                 "GFLOP") for n in sizes["sgemm_sizes"]]
+    if part == "vqvae-ref":
+        return [("vqvae train step", "vqvae_train",
+                 {tk: lambda: bench.vqvae_train_step(sizes)[0],
+                  tt: lambda: torch_vqvae_train(sizes)}, sizes["vq_batch"], "images"),
+                (f"vqvae encode {sizes['encode_batch']}", "vqvae_encode",
+                 {tk: lambda: bench.vqvae_encode(sizes)[0],
+                  tt: lambda: torch_vqvae_encode(sizes)}, sizes["encode_batch"], "images")]
+    return [("gpt train step", "gpt_train",
+             {tk: lambda: bench.gpt_train_step(sizes)[0],
+              "torch-sdpa": lambda: torch_gpt_train(sizes, True),
+              "torch-explicit": lambda: torch_gpt_train(sizes, False)},
+             sizes["gpt_batch"] * sizes["gpt_T"], "tokens"),
+            ("gpt sample kv-cache", "sample_kv",
+             {tk: lambda: bench.gpt_sample(sizes, True), tt: lambda: torch_gpt_sample(sizes, True)},
+             n_tok, "tokens"),
+            ("gpt sample no cache", "sample_nocache",
+             {tk: lambda: bench.gpt_sample(sizes, False),
+              tt: lambda: torch_gpt_sample(sizes, False)}, n_tok, "tokens")]
+
+
+def interleaved(fns, warmup, repeats, settle=0.3):
+    """{name: [ms, ...]}: warm each up, then time them in turn, rotating the order per round.
+
+    Before each timed run we sleep `settle` seconds. Idle OpenBLAS threads (numpy) and
+    OpenMP threads (torch) busy-wait for a while after their last job (OpenBLAS: ~2^28
+    cycles, about 0.1 s); on two cores, the other library's spinning threads would steal the
+    CPU from whichever runs next and both would look slow. The pause lets them go to sleep.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    names, times = list(fns), {name: [] for name in fns}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            time.sleep(settle)
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def same_model_check(sizes):
+    """The first losses of both libraries on the same weights and data (they should agree)."""
+    c = tokenizer_config(sizes["vqvae"])
+    params = init_tokenizer_params(c)
+    x = backend.rng(0).uniform(-0.5, 0.5, (4, 3, c.image_size, c.image_size)).astype(np.float32)
+    ours = float(tokenizer_forward(x, params, c)[0]["loss"])
+    with torch.no_grad():
+        theirs = float(vqvae_loss(torch.from_numpy(x), as_torch(params), c))
+    g = gpt_config(sizes["gpt"], vocab_size=sizes["vocab"])
+    gp = init_gpt_params(g)
+    ids = backend.rng(1).integers(0, g.vocab_size, (2, 16))
+    tgt = backend.rng(2).integers(0, g.vocab_size, (2, 16))
+    ours_g = float(gpt_loss_forward(ids, tgt, gp, g)[0])
+    with torch.no_grad():
+        theirs_g = float(F.cross_entropy(gpt_logits(torch.from_numpy(ids), as_torch(gp), g)
+                                         .view(32, -1), torch.from_numpy(tgt).view(-1)))
+    return {"vqvae_loss": [ours, theirs], "gpt_loss": [ours_g, theirs_g]}
+
+
+# ---------------------------------------------------------------- peak RSS, one process each
+
+RSS_SECTIONS = {"vqvae-ref": ("vqvae_train", "vqvae_encode"), "gpt-ref": ("gpt_train",
+                                                                         "gpt_sample")}
+
+
+def torch_rss_child(section, quick):
+    """Run one torch section alone (1 warm-up, 3 runs); print import and peak RSS as JSON."""
+    import_rss, _ = bench.rss_mb()
+    sizes = bench.QUICK if quick else bench.FULL
+    fns = {"vqvae_train": lambda: [torch_vqvae_train(sizes)],
+           "vqvae_encode": lambda: [torch_vqvae_encode(sizes)],
+           "gpt_train": lambda: [torch_gpt_train(sizes, True)],
+           "gpt_sample": lambda: [torch_gpt_sample(sizes, True),
+                                  torch_gpt_sample(sizes, False)]}[section]()
+    for fn in fns:
+        for _ in range(4):
+            fn()
+    print(json.dumps({"import_rss_mb": import_rss, "peak_rss_mb": bench.peak_rss_mb()}))
+
+
+def rss_table(parts, quick):
+    rows = {}
+    tk_sections = {"vqvae_train": ("vqvae-ref", "train_step"),
+                   "vqvae_encode": ("vqvae-ref", "encode"),
+                   "gpt_train": ("gpt-ref", "train_step"), "gpt_sample": ("gpt-ref", "sample")}
+    for part in parts:
+        for section in RSS_SECTIONS.get(part, ()):
+            p, s = tk_sections[section]
+            ours = bench._run_isolated(dict(part=p, section=s, quick=quick, repeats=3, warmup=1))
+            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--rss-child",
+                                   section] + (["--quick"] if quick else []),
+                                  capture_output=True, text=True, check=True)
+            theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+            rows[section] = {"tinytok": {k: ours[k] for k in ("import_rss_mb", "peak_rss_mb")},
+                             "torch": theirs}
+    return rows
+
+
+# ---------------------------------------------------------------- main
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--only", action="append", metavar="NAME")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-rss", action="store_true")
+    ap.add_argument("--settle", type=float, default=0.3,
+                    help="seconds of pause before each timed run (see interleaved)")
+    ap.add_argument("--rss-child", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.rss_child:
+        return torch_rss_child(args.rss_child, args.quick)
+    parts = bench.parse_only(args.only)
+    sizes = bench.QUICK if args.quick else bench.FULL
+    backend.use("numpy")
+    backend.reuse_freed_host_memory()
+    out = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+           "numpy": np.__version__, "quick": args.quick, "same_model_losses":
+           same_model_check(sizes), "timings": {}}
+    for part in parts:
+        for label, key, builders, units, unit in measurements(part, sizes):
+            warmup, repeats = bench.QUICK_REPEATS if args.quick else bench.REPEATS[key]
+            fns = {name: build() for name, build in builders.items()}
+            times = interleaved(fns, warmup, repeats, args.settle)
+            med = {n: statistics.median(t) for n, t in times.items()}
+            first = next(iter(med))
+            out["timings"][label] = {
+                n: {"median_ms": med[n], "min_ms": min(t), "max_ms": max(t),
+                    f"{unit}_per_s": units / (med[n] * 1e-3),
+                    f"ratio_{first}_over_this": med[first] / med[n]}
+                for n, t in times.items()}
+            del fns
+    if not args.no_rss:
+        out["peak_rss_mb"] = rss_table(parts, args.quick)
+    print(json.dumps(out, indent=2) if args.json else table(out))
+    return 0
+
+
+def table(out):
+    lines = [f"torch {out['torch']} ({out['torch_threads']} threads) vs tinytok (numpy "
+             f"{out['numpy']}), same process, interleaved; medians (min-max)",
+             "same weights, first loss tinytok / torch: "
+             + ", ".join(f"{k} {a:.6f} / {b:.6f}" for k, (a, b) in out["same_model_losses"].items()),
+             f"{'measurement':<24}{'runner':<16}{'median ms':>10}{'min-max':>18}{'rate':>16}"
+             f"{'ratio':>10}"]
+    for label, runs in out["timings"].items():
+        first = next(iter(runs))
+        for name, r in runs.items():
+            rate_key = next(k for k in r if k.endswith("_per_s"))
+            ratio = "" if name == first else f"{first}/this {r[f'ratio_{first}_over_this']:.2f}x"
+            lines.append(f"{label:<24}{name:<16}{r['median_ms']:>10.1f}"
+                         f"{r['min_ms']:>9.1f}-{r['max_ms']:<8.1f}"
+                         f"{r[rate_key]:>12.0f} {rate_key.split('_')[0][:6]:<6}  {ratio}")
+    if "peak_rss_mb" in out:
+        lines.append("peak RSS MB, one fresh process per section (import baseline in brackets):")
+        for section, r in out["peak_rss_mb"].items():
+            lines.append(f"  {section:<14} tinytok {r['tinytok']['peak_rss_mb']:6.0f} "
+                         f"({r['tinytok']['import_rss_mb']:.0f})   torch "
+                         f"{r['torch']['peak_rss_mb']:6.0f} ({r['torch']['import_rss_mb']:.0f})")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""The benchmark runs and reports every figure it promises. Nothing here is timed: the quick
+sizes only prove the code paths work; speed and memory are read from `tinytok bench` itself."""
+import json
+import numbers
+
+import pytest
+
+from tinytok import bench
+from tinytok.errors import ConfigError
+from tinytok.gpt import gpt_config
+from tinytok.vqvae import tokenizer_config
+
+REQUIRED = {
+    "sgemm": ["ceiling_gflops", "sgemm_64_gflops", "sgemm_128_gflops", "sgemm_64_ms"],
+    "vqvae-ref": ["train_step_ms", "train_step_ms_min", "train_step_ms_max",
+                  "train_images_per_s", "train_gflops", "train_share_of_sgemm", "encode_ms",
+                  "encode_images_per_s", "peak_rss_mb", "import_rss_mb"],
+    "gpt-ref": ["train_step_ms", "train_tokens_per_s", "train_gflops", "train_share_of_sgemm",
+                "sample_kv_tokens_per_s", "sample_nocache_tokens_per_s", "peak_rss_mb",
+                "import_rss_mb"],
+}
+
+
+@pytest.fixture(scope="module")
+def quick_result():
+    return bench.run_bench(quick=True)
+
+
+def test_quick_run_has_every_figure(quick_result):
+    assert quick_result["meta"]["quick"] is True
+    for part, keys in REQUIRED.items():
+        for key in keys:
+            value = quick_result[part][key]
+            assert isinstance(value, numbers.Real) and value > 0, (part, key, value)
+        assert quick_result[part]["reuse_freed_host_memory"] in (True, False)
+        assert set(quick_result[part]["peak_rss_mb_by_section"]) == set(bench.SECTIONS[part])
+    assert quick_result["vqvae-ref"]["config"] == "vqvae-tiny"
+
+
+def test_table_formats(quick_result):
+    table = bench.format_table(quick_result)
+    for word in ("sgemm", "train step", "encode", "sample", "peak RSS"):
+        assert word in table
+
+
+def test_json_output_parses_and_only_filters(capsys):
+    assert bench.main(["--quick", "--json", "--only", "gpt-ref"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) == {"meta", "gpt-ref"}
+    assert result["gpt-ref"]["train_share_of_sgemm"] is None  # no sgemm, no ceiling
+    assert result["gpt-ref"]["sample_kv_tokens_per_s"] > 0
+
+
+def test_only_accepts_lists_and_keeps_order():
+    assert bench.parse_only("gpt-ref,sgemm") == ["sgemm", "gpt-ref"]
+    assert bench.parse_only(["vqvae-ref", "sgemm"]) == ["sgemm", "vqvae-ref"]
+    assert bench.parse_only(None) == list(bench.PARTS)
+
+
+def test_in_process_run_works():
+    result = bench.run_bench(quick=True, only="sgemm", isolate=False, repeats=1, warmup=0)
+    assert result["sgemm"]["sgemm_64_ms_repeats"] == 1
+    assert result["meta"]["per_section_process"] is False
+
+
+def test_unknown_part_is_a_clear_error(capsys):
+    with pytest.raises(ConfigError, match="unknown benchmark part 'nope'.*sgemm"):
+        bench.run_bench(quick=True, only="nope")
+    assert bench.main(["--quick", "--only", "nope"]) == 2
+    assert "unknown benchmark part 'nope'" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="backend"):
+        bench.run_bench(backend="jax", quick=True)
+
+
+def test_add_arguments_registers_on_a_subparser():
+    import argparse
+    parser = argparse.ArgumentParser(prog="tinytok")
+    sub = parser.add_subparsers(dest="command")
+    bench.add_arguments(sub.add_parser("bench"))
+    args = parser.parse_args(["bench", "--json", "--only", "sgemm", "--quick"])
+    assert args.json and args.quick and args.only == ["sgemm"] and args.backend == "numpy"
+
+
+# ---------------------------------------------------------------- FLOP counters, by hand
+
+def test_conv_flops_by_hand():
+    # 1 image, 3 -> 2 channels, 4x4 input, 3x3 kernel, no padding: 2x2 outputs.
+    # Each output value is 3*3*3 = 27 multiply-adds: 2 * (2*2*2) * 27 = 432.
+    assert bench.conv2d_flops(1, 3, 4, 4, 2, 3, 3) == 432
+    # stride 2, padding 1, 4x4 kernel on 32x32: 16x16 outputs.
+    assert bench.conv2d_flops(2, 3, 32, 32, 64, 4, 4, 2, 1) == 2 * 2 * 16 * 16 * 64 * 3 * 16
+    # Transposed: each of the 2*3 input pixels paints a 4x4 patch of 5 channels from 2.
+    assert bench.conv_transpose2d_flops(1, 2, 2, 3, 5, 4, 4) == 2 * 6 * 2 * 5 * 16
+
+
+def test_linear_and_attention_flops_by_hand():
+    assert bench.linear_flops(3, 4, 5) == 120
+    # B=1, T=2, C=3: QK^T is (2,3)@(3,2) = 12 MACs, att@V (2,2)@(2,3) = 12 MACs -> 48 FLOPs.
+    assert bench.attention_flops(1, 2, 3) == 48
+
+
+def test_gpt_flops_by_hand():
+    c = gpt_config("gpt-tiny", vocab_size=10)           # 2 layers, C = 32
+    B, T, C = 1, 4, 32
+    M = B * T
+    per_layer = 2 * M * (C * 3 * C + C * C + C * 4 * C + 4 * C * C) + 4 * B * T * T * C
+    assert bench.gpt_flops(c, B, T) == 2 * per_layer + 2 * M * C * 10
+    assert bench.gpt_train_flops(c, B, T) == 3 * bench.gpt_flops(c, B, T)
+
+
+def test_vqvae_ref_flops_by_hand():
+    f = bench.vqvae_flops(tokenizer_config("vqvae-ref"), 1)
+    res = 2 * (2 * 64 * 32 * 128 * 9 + 2 * 64 * 128 * 32)           # two blocks at 8x8
+    enc = (2 * 256 * 64 * 3 * 16 + 2 * 64 * 128 * 64 * 16 + 2 * 64 * 128 * 128 * 9 + res
+           + 2 * 64 * 64 * 128)
+    dec = 2 * 64 * 128 * 64 * 9 + res + 2 * 64 * 128 * 64 * 16 + 2 * 256 * 64 * 3 * 16
+    assert f == {"encoder": enc, "vq": 2 * 64 * 64 * 512, "decoder": dec}
+    assert bench.vqvae_train_flops("vqvae-ref", 1) == 3 * (enc + dec) + f["vq"]
+    # About 2.9 GFLOP for a forward pass at batch 32: a figure to sanity-check the sum.
+    assert 2.9e9 < 32 * (enc + dec + f["vq"]) < 2.95e9

@@ -1,0 +1,392 @@
+"""The `tinytok` command: train, encode, decode, sample, caption, evaluate, benchmark, demo.
+
+Every subcommand is a thin layer over the Python API. Bad input of any kind ends in one line
+on stderr ("tinytok: error: ...") and exit code 2; Ctrl-C during training writes a
+checkpoint first and exits with 130.
+"""
+import argparse
+import json
+import os
+import sys
+
+from tinytok import backend
+from tinytok.errors import ConfigError, TinytokError
+
+
+# ---------------------------------------------------------------- argument types
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def probability(text):
+    value = positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {text}")
+    return value
+
+
+def non_negative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 2 (no usage block)."""
+
+    def error(self, message):
+        sys.stderr.write(f"tinytok: error: {self.prog.replace('tinytok ', '')}: {message}\n")
+        sys.exit(2)
+
+
+# ---------------------------------------------------------------- subcommands
+
+def cmd_train_tokenizer(args):
+    from tinytok.datasets import training_images
+    from tinytok.train import TokenizerRecipe, TrainSettings, train_tokenizer
+    from tinytok.vqvae import tokenizer_config, with_quantizer
+    from dataclasses import replace
+    config = with_quantizer(tokenizer_config(args.config), args.quantizer)
+    if args.codes:
+        config = replace(config, num_codes=args.codes)
+    images = training_images(args.data, args.n_images if args.data in ("shapes", "photos")
+                             else None, seed=args.seed)
+    settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                             warmup=args.warmup, seed=args.seed,
+                             checkpoint_every=args.checkpoint_every, log_every=args.log_every)
+    recipe = TokenizerRecipe(kmeans_init=not args.no_kmeans,
+                             restart_every=0 if args.no_restarts else args.restart_every)
+    print(f"training a {config.name} tokenizer ({config.quantizer}, {config.num_codes} codes) "
+          f"on {len(images)} {args.data} images for {args.steps} steps -> {args.out}",
+          file=sys.stderr)
+    train_tokenizer(images, config, settings, args.out, recipe, resume=args.resume)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _add_train_arguments(p, lr, steps, batch_size=32):
+    p.add_argument("--steps", type=positive_int, default=steps, help="total optimizer steps")
+    p.add_argument("--batch-size", type=positive_int, default=batch_size)
+    p.add_argument("--lr", type=positive_float, default=lr, help="peak learning rate")
+    p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="checkpoint file to write (.npz)")
+    p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
+    p.add_argument("--checkpoint-every", type=positive_int, default=500)
+    p.add_argument("--log-every", type=positive_int, default=50)
+
+
+def cmd_train_prior(args):
+    from tinytok.gpt import gpt_config
+    from tinytok.pipeline import Tokenizer
+    from tinytok.prior_data import shapes_prior_data
+    from tinytok.train import TrainSettings, train_prior
+    tokenizer = Tokenizer.load(args.tokenizer)
+    data = shapes_prior_data(tokenizer, args.n_images, args.seed, cache=args.out + ".tokens",
+                             tokenizer_path=args.tokenizer)
+    config = gpt_config(args.config, vocab_size=data.vocab.size)
+    settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                             warmup=args.warmup, seed=args.seed, weight_decay=0.1,
+                             checkpoint_every=args.checkpoint_every, log_every=args.log_every)
+    print(f"training a {config.name} prior on {len(data.codes)} captioned shapes for "
+          f"{args.steps} steps -> {args.out}", file=sys.stderr)
+    train_prior(data, config, settings, args.out, resume=args.resume)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_encode(args):
+    from tinytok.images import load_image
+    from tinytok.pipeline import Tokenizer
+    tokenizer = Tokenizer.load(args.tokenizer)
+    size = tokenizer.config.image_size
+    import numpy as np
+    images = np.stack([load_image(path, size) for path in args.images])
+    ids = tokenizer.encode(images)
+    if args.json:
+        print(json.dumps({path: grid.tolist() for path, grid in zip(args.images, ids)}))
+    else:
+        width = len(str(tokenizer.config.num_codes - 1))
+        for path, grid in zip(args.images, ids):
+            print(f"{path}:")
+            for row in grid:
+                print("  " + " ".join(f"{v:>{width}d}" for v in row))
+    return 0
+
+
+def _read_ids_json(path):
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read token ids from {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise ConfigError(f"{path} is not valid JSON: {e}") from None
+    if isinstance(data, dict):  # the output of `tinytok encode --json`
+        data = list(data.values())
+    import numpy as np
+    try:
+        ids = np.asarray(data)
+    except ValueError:
+        ids = np.asarray([], dtype=object)
+    if ids.dtype.kind not in "iu":
+        raise ConfigError(f"{path} must hold integer token grids (a list of g x g lists, or "
+                          "the output of `tinytok encode --json`)")
+    return ids
+
+
+def cmd_decode(args):
+    from tinytok.pipeline import Tokenizer
+    from tinytok.viz import image_grid
+    tokenizer = Tokenizer.load(args.tokenizer)
+    images = tokenizer.decode(_read_ids_json(args.ids))
+    image_grid(images, scale=args.scale, path=args.out)
+    print(f"wrote {args.out} ({len(images)} image{'s' * (len(images) != 1)})")
+    return 0
+
+
+def cmd_eval_tokenizer(args):
+    from tinytok.datasets import training_images
+    from tinytok.evaluate import eval_tokenizer
+    from tinytok.pipeline import Tokenizer
+    tokenizer = Tokenizer.load(args.tokenizer)
+    split = {"shapes": "all", "photos": "val"}.get(args.data, "val")
+    seed = 12345  # validation images never overlap the training seed's draws
+    images = training_images(args.data, args.n_images if args.data in ("shapes", "photos")
+                             else None, seed=seed, split=split)
+    figures, recon, ids = eval_tokenizer(tokenizer, images)
+    figures["data"] = f"{args.data} ({split} split)"
+    if args.pictures:
+        _tokenizer_pictures(tokenizer, images, recon, ids, args.pictures)
+        figures["pictures"] = args.pictures
+    _print_figures(figures, args.json)
+    return 0
+
+
+def _tokenizer_pictures(tokenizer, images, recon, ids, folder):
+    """Reconstructions, the palette and a token map, written into folder."""
+    import numpy as np
+    from tinytok.quantize import code_counts
+    from tinytok.viz import codebook_palette, comparison_grid, token_map
+    os.makedirs(folder, exist_ok=True)
+    comparison_grid([images[:16], recon[:16]], ["original", "tokens"],
+                    path=os.path.join(folder, "reconstructions.png"))
+    K, g = tokenizer.config.num_codes, tokenizer.grid_size
+    tiles = tokenizer.decode(np.repeat(np.arange(K), g * g).reshape(K, g, g))
+    codebook_palette(tiles, code_counts(ids, K), path=os.path.join(folder, "palette.png"))
+    token_map(images[0], ids[0], path=os.path.join(folder, "token_map.png"))
+
+
+def _print_figures(figures, as_json):
+    if as_json:
+        print(json.dumps(figures))
+        return
+    for key, value in figures.items():
+        shown = f"{value:.4g}" if isinstance(value, float) else value
+        if key.startswith(("adherence", "caption_accuracy", "usage")):
+            shown = f"{value:.1%}"
+        print(f"{key:>26}: {shown}")
+
+
+def _sampling_arguments(p):
+    p.add_argument("--temperature", type=positive_float, default=1.0)
+    p.add_argument("--top-k", type=positive_int, default=None)
+    p.add_argument("--top-p", type=probability, default=None)
+    p.add_argument("--cfg", type=non_negative_float, default=3.0,
+                   help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _pipeline_arguments(p):
+    p.add_argument("--tokenizer", default=None, help="tokenizer checkpoint (default: shipped)")
+    p.add_argument("--prior", default=None, help="prior checkpoint (default: shipped)")
+
+
+def cmd_sample(args):
+    from tinytok.datasets import parse_caption, read_attributes
+    from tinytok.pipeline import Pipeline
+    from tinytok.viz import prompt_grid
+    import numpy as np
+    pipe = Pipeline.load(args.tokenizer, args.prior)
+    prompts = args.prompt
+    images = pipe.generate(prompts, args.n, args.temperature, args.top_k, args.top_p,
+                           args.cfg, args.seed)
+    marks = None
+    try:  # a shapes caption can be checked by reading the picture back
+        wanted = np.repeat(np.array([parse_caption(p) for p in prompts]), args.n, axis=0)
+        marks = (read_attributes(images) == wanted).all(axis=1)
+    except (TinytokError, ValueError):
+        pass
+    prompt_grid(images, prompts, args.n, marks=marks, path=args.out)
+    note = f"; {marks.mean():.0%} match their prompt" if marks is not None else ""
+    print(f"wrote {args.out} ({len(images)} images{note})")
+    return 0
+
+
+def cmd_caption(args):
+    import numpy as np
+    from tinytok.images import load_image
+    from tinytok.pipeline import Pipeline
+    pipe = Pipeline.load(args.tokenizer, args.prior)
+    size = pipe.tokenizer.config.image_size
+    images = np.stack([load_image(path, size) for path in args.images])
+    for path, caption in zip(args.images, pipe.caption(images)):
+        print(f"{path}: {caption}")
+    return 0
+
+
+def cmd_eval_prior(args):
+    from tinytok.evaluate import eval_prior
+    from tinytok.pipeline import Pipeline
+    pipe = Pipeline.load(args.tokenizer, args.prior)
+    figures = eval_prior(pipe, args.prompts, args.n, args.cfg, args.seed, args.captions,
+                         args.temperature, args.top_k, args.top_p)
+    _print_figures(figures, args.json)
+    return 0
+
+
+def cmd_demo(args):
+    from tinytok.demo import run_demo
+    return run_demo(args.out, quick=args.quick, seed=args.seed)
+
+
+def cmd_bench(args):
+    from tinytok import bench
+    return bench.run(args)
+
+
+# ---------------------------------------------------------------- the parser
+
+def build_parser():
+    parser = OneLineParser(prog="tinytok", description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=backend.BACKENDS, default=None,
+                        help="numpy (default, or $TINYTOK_BACKEND) or cupy")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    p = sub.add_parser("demo", help="train a tiny tokenizer and prior on shapes, write pictures")
+    p.add_argument("--out", default="tinytok-demo", help="output folder")
+    p.add_argument("--quick", action="store_true", help="a one-minute smoke run")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train-tokenizer", help="train a VQ-VAE tokenizer")
+    p.add_argument("--data", default="shapes", help="shapes, photos, faces, digits or a folder")
+    p.add_argument("--config", default="vqvae-ref")
+    p.add_argument("--quantizer", default="ema", choices=("vq", "ema", "gumbel"))
+    p.add_argument("--codes", type=positive_int, default=None, help="codebook size override")
+    p.add_argument("--n-images", type=positive_int, default=20000,
+                   help="images (or crops) generated for shapes and photos")
+    p.add_argument("--no-kmeans", action="store_true", help="random codebook start")
+    p.add_argument("--no-restarts", action="store_true", help="never restart dead codes")
+    p.add_argument("--restart-every", type=positive_int, default=100)
+    _add_train_arguments(p, lr=1e-3, steps=5000)
+    p.set_defaults(func=cmd_train_tokenizer)
+
+    p = sub.add_parser("train-prior", help="train the prior on captioned shapes")
+    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--data", default="shapes", choices=("shapes",))
+    p.add_argument("--config", default="gpt-ref")
+    p.add_argument("--n-images", type=positive_int, default=20000)
+    _add_train_arguments(p, lr=1e-3, steps=5000)
+    p.set_defaults(func=cmd_train_prior)
+
+    p = sub.add_parser("encode", help="print the token grid of each image")
+    p.add_argument("--tokenizer", default=None)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("images", nargs="+")
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("decode", help="turn token grids (JSON) back into a picture")
+    p.add_argument("--tokenizer", default=None)
+    p.add_argument("--ids", required=True, help="JSON file of token grids")
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--scale", type=positive_int, default=4)
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("eval-tokenizer", help="PSNR and codebook usage on held-out images")
+    p.add_argument("--tokenizer", default=None)
+    p.add_argument("--data", default="shapes")
+    p.add_argument("--n-images", type=positive_int, default=2000)
+    p.add_argument("--pictures", default=None, help="folder for reconstructions and palette")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval_tokenizer)
+
+    p = sub.add_parser("sample", help="draw pictures from captions")
+    p.add_argument("--prompt", action="append", required=True,
+                   help="a caption; repeat for several")
+    p.add_argument("-n", type=positive_int, default=8, help="samples per prompt")
+    p.add_argument("--out", default="samples.png")
+    _sampling_arguments(p)
+    _pipeline_arguments(p)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("caption", help="write a caption for each image")
+    p.add_argument("images", nargs="+")
+    _pipeline_arguments(p)
+    p.set_defaults(func=cmd_caption)
+
+    p = sub.add_parser("eval-prior", help="prompt adherence and caption accuracy")
+    p.add_argument("--prompts", type=positive_int, default=24, help="prompts per split")
+    p.add_argument("-n", type=positive_int, default=4, help="samples per prompt")
+    p.add_argument("--captions", type=positive_int, default=200, help="held-out images to caption")
+    p.add_argument("--json", action="store_true")
+    _sampling_arguments(p)
+    _pipeline_arguments(p)
+    p.set_defaults(func=cmd_eval_prior)
+
+    p = sub.add_parser("bench", help="speed and memory of the reference models")
+    try:
+        from tinytok import bench
+        bench.add_arguments(p)
+    except ImportError:
+        pass
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.backend:
+            backend.use(args.backend)
+        else:
+            backend.xp()  # validates $TINYTOK_BACKEND now, with a clear message
+        backend.reuse_freed_host_memory()
+        return args.func(args)
+    except KeyboardInterrupt:
+        sys.stderr.write("tinytok: interrupted\n")
+        return 130
+    except TinytokError as e:
+        from tinytok.train import TrainingStopped
+        sys.stderr.write(f"tinytok: {'stopped' if isinstance(e, TrainingStopped) else 'error'}: "
+                         f"{e}\n")
+        return 130 if isinstance(e, TrainingStopped) else 2
+    except ImportError as e:
+        sys.stderr.write(f"tinytok: error: {e}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

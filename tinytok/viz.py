@@ -1,0 +1,432 @@
+"""Pictures of images, tokens and training: what the README and the lessons show.
+
+Every function takes uint8 NHWC images (NumPy or CuPy: they are copied to the host here,
+at the edge), returns a ``PIL.Image`` and, given ``path``, also saves it (atomically: a temp
+file in the same folder, then ``os.replace``). The look is shared by all of them:
+
+* nearest-neighbour upscaling by a whole factor (``scale``), so every pixel stays a crisp
+  square: tile pixels are exactly ``image.repeat(scale, 0).repeat(scale, 1)``;
+* tiles ``gap`` pixels apart on a dark neutral background, with ``MARGIN`` pixels around;
+* small labels in Pillow's default font.
+
+    image_grid(x, labels=captions)                 # a grid of images with captions
+    comparison_grid([x, x_rec], ["original", "reconstruction"])
+    codebook_palette(decoded, counts)              # every code, most used first
+    token_map(x[0], ids[0])                        # an image with its 8x8 token ids over it
+    token_fill_strip(partials, [8, 16, 32, 64])    # an image filling in token by token
+    prompt_grid(samples, prompts, 4, marks=ok)     # one row per prompt, green/red dots
+    loss_curve(losses, log=True)                   # a line plot without matplotlib
+"""
+from functools import lru_cache
+import math
+import os
+import tempfile
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from tinytok.backend import to_numpy
+from tinytok.errors import ConfigError, DTypeError, ShapeError
+from tinytok.quantize import usage_stats
+
+BACKGROUND = (28, 28, 32)    # dark neutral grey, a little blue
+TEXT = (222, 222, 228)
+MUTED = (140, 140, 150)
+ACCENT = (110, 170, 255)     # the loss curve
+ACCENT_FAINT = (55, 75, 105)  # its raw values, under the per-pixel-column mean
+GOOD, BAD = (70, 200, 110), (235, 75, 75)
+MARGIN = 8                   # pixels around the whole picture
+PAD = 6                      # pixels between a text column / header and the tiles
+FONT_SIZE = 11
+CAPTION_LINES = 2            # a caption under a tile wraps to at most this many lines
+ROW_LABEL_WIDTH = 140        # row labels wrap to at most this many pixels
+
+
+# ---------------------------------------------------------------- checks and conversions
+
+def _check_images(images, what="images"):
+    """images as a host uint8 array (N, H, W, 3); one image (H, W, 3) gets a batch axis."""
+    a = to_numpy(images)
+    if a.ndim == 3 and a.shape[-1] == 3:
+        a = a[None]
+    if a.ndim != 4 or a.shape[-1] != 3 or 0 in a.shape:
+        hint = "; this looks like NCHW, use x.transpose(0, 2, 3, 1)" if (
+            a.ndim == 4 and a.shape[1] == 3) else ""
+        raise ShapeError(f"{what}: expected uint8 images of shape (N, H, W, 3), "
+                         f"got shape {a.shape}{hint}")
+    if a.dtype != np.uint8:
+        hint = "; for floats in [0, 1] use (x * 255).round().astype(np.uint8)" if (
+            a.dtype.kind == "f") else ""
+        raise DTypeError(f"{what}: expected dtype uint8 (0..255), got {a.dtype}{hint}")
+    return a
+
+
+def _check_len(items, n, what):
+    """items as a list of length n (or None when items is None)."""
+    items = None if items is None else list(items)
+    if items is not None and len(items) != n:
+        raise ShapeError(f"{what}: expected {n} entries, got {len(items)}")
+    return items
+
+
+def _check_int(value, what, minimum=1):
+    """value as an int >= minimum (scale, gap, ...), or a ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ConfigError(f"{what} must be a whole number >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def upscale(images, scale):
+    """Nearest-neighbour upscaling of (..., H, W, 3) by a whole factor: (..., H*s, W*s, 3)."""
+    return images.repeat(scale, axis=-3).repeat(scale, axis=-2)
+
+
+# ---------------------------------------------------------------- text
+
+@lru_cache(maxsize=None)
+def _font(size=FONT_SIZE):
+    """Pillow's default font at `size` px (Pillow >= 10.1), else its fixed bitmap font."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # older Pillow, or built without FreeType
+        return ImageFont.load_default()
+
+
+def _text_width(font, text):
+    left, _, right, _ = font.getbbox(text)
+    return right - left
+
+
+def _line_height(font):
+    return font.getbbox("Ag")[3] + 3
+
+
+def _wrap(text, font, width, max_lines):
+    """text split into lines no wider than `width` px; cut with an ellipsis past max_lines.
+
+    Pillow's default scalable font (Aileron) has a space only 2 px wide at small sizes,
+    which runs words together; lines are joined with two spaces when the space is that thin.
+    Its old bitmap font knows Latin-1 only: other characters become "?" and "…" is "...".
+    """
+    dots = "…"
+    if not isinstance(font, ImageFont.FreeTypeFont):
+        text, dots = str(text).encode("latin-1", "replace").decode("latin-1"), "..."
+    sep = "  " if _text_width(font, "a a") - _text_width(font, "aa") < 3 else " "
+    lines, line = [], ""
+    for word in str(text).split():
+        candidate = f"{line}{sep}{word}" if line else word
+        if line and _text_width(font, candidate) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = candidate
+    lines.append(line)
+    cut = len(lines) > max_lines
+    lines = lines[:max_lines]
+    for i, line in enumerate(lines):
+        end = cut and i == len(lines) - 1
+        while line and (end or _text_width(font, line) > width):
+            if _text_width(font, line + dots) <= width:
+                lines[i] = line + dots
+                break
+            line = line[:-1]
+            end = True
+    return lines
+
+
+def _outlined_text(draw, xy, text, font, fill=TEXT, outline=(0, 0, 0)):
+    """Text with a 1 px outline, readable on any colour (works with any Pillow font)."""
+    for dx, dy in [(-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1)]:
+        draw.text((xy[0] + dx, xy[1] + dy), text, font=font, fill=outline)
+    draw.text(xy, text, font=font, fill=fill)
+
+
+# ---------------------------------------------------------------- saving
+
+def save_image(img, path):
+    """Save img to path atomically (temp file in the same folder, then os.replace)."""
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in Image.registered_extensions():
+        raise ConfigError(f"cannot save a picture as {path!r}: unknown extension {ext!r}; "
+                          "use .png (or .jpg, .webp, ...)")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=ext)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            img.save(f, format=Image.registered_extensions()[ext])
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return img
+
+
+def _finish(img, path):
+    return save_image(img, path) if path is not None else img
+
+
+# ---------------------------------------------------------------- grids
+
+def _grid(tiles, ncols, gap, labels=None, row_labels=None, title=None):
+    """Lay out tiles (N, h, w, 3) uint8 in rows; return (image, boxes).
+
+    Size: width  = 2*MARGIN + label_w + ncols*w + (ncols-1)*gap,
+          height = 2*MARGIN + title_h + nrows*(h + caption_h) + (nrows-1)*gap,
+    where label_w, caption_h and title_h are 0 when there is no such text.
+    boxes[i] = (x, y) is the top-left corner of tile i.
+    """
+    n, h, w = tiles.shape[:3]
+    ncols = max(1, min(int(ncols or math.ceil(math.sqrt(n))), n))
+    nrows = math.ceil(n / ncols)
+    font = _font()
+    lh = _line_height(font)
+    labels = _check_len(labels, n, "labels")
+    row_labels = _check_len(row_labels, nrows, "row_labels (one per row)")
+    captions = [_wrap(t, font, w - 4, CAPTION_LINES) for t in labels] if labels else None
+    cap_h = max(len(c) for c in captions) * lh + 6 if captions else 0
+    rows = [_wrap(t, font, ROW_LABEL_WIDTH, max(1, h // lh)) for t in row_labels or []]
+    label_w = max((_text_width(font, s) for r in rows for s in r), default=-PAD) + PAD
+    title_h = lh + PAD if title else 0
+
+    width = 2 * MARGIN + label_w + ncols * w + (ncols - 1) * gap
+    height = 2 * MARGIN + title_h + nrows * (h + cap_h) + (nrows - 1) * gap
+    img = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(img)
+    if title:
+        draw.text((MARGIN, MARGIN), _wrap(title, font, width - 2 * MARGIN, 1)[0],
+                  font=font, fill=TEXT)
+    boxes = []
+    for i in range(n):
+        r, c = divmod(i, ncols)
+        x = MARGIN + label_w + c * (w + gap)
+        y = MARGIN + title_h + r * (h + cap_h + gap)
+        img.paste(Image.fromarray(tiles[i]), (x, y))
+        boxes.append((x, y))
+        for k, line in enumerate(captions[i] if captions else []):
+            tx = x + (w - _text_width(font, line)) // 2
+            draw.text((tx, y + h + 2 + k * lh), line, font=font, fill=MUTED)
+    for r, lines in enumerate(rows):
+        y = MARGIN + title_h + r * (h + cap_h + gap) + (h - len(lines) * lh) // 2
+        for k, line in enumerate(lines):
+            draw.text((MARGIN, y + k * lh), line, font=font, fill=TEXT)
+    return img, boxes
+
+
+def image_grid(images, ncols=None, scale=4, gap=2, labels=None, row_labels=None,
+               title=None, path=None):
+    """A grid of images (N, H, W, 3) uint8, each upscaled `scale` times (nearest neighbour).
+
+    ncols: tiles per row (default: about a square). labels: N captions drawn under the tiles
+    (wrapped to two lines, then cut with "…"). row_labels: one text per row, at the left.
+    title: one line above the grid. Returns a PIL.Image; saves it when `path` is given.
+    """
+    tiles = upscale(_check_images(images), _check_int(scale, "scale"))
+    img, _ = _grid(tiles, ncols, _check_int(gap, "gap", 0), labels, row_labels, title)
+    return _finish(img, path)
+
+
+def comparison_grid(rows, row_names, scale=4, gap=2, path=None):
+    """One row per array of `rows` (each (N, H, W, 3) uint8, all the same shape), named at left.
+
+    For example ``comparison_grid([x, decode(encode(x))], ["original", "reconstruction"])``.
+    """
+    arrays = [_check_images(r, f"rows[{i}]") for i, r in enumerate(rows)]
+    if not arrays:
+        raise ShapeError("comparison_grid: expected at least one row of images")
+    for i, a in enumerate(arrays):
+        if a.shape != arrays[0].shape:
+            raise ShapeError(f"comparison_grid: rows[{i}] has shape {a.shape}, "
+                             f"rows[0] has {arrays[0].shape}; all rows must match")
+    return image_grid(np.concatenate(arrays), ncols=len(arrays[0]), scale=scale, gap=gap,
+                      row_labels=_check_len(row_names, len(arrays), "row_names"), path=path)
+
+
+def palette_title(counts):
+    """The palette's header for (K,) usage counts: "K codes, U used, perplexity P"."""
+    counts = to_numpy(counts)
+    perplexity = usage_stats(counts)["perplexity"]
+    return f"{counts.size} codes, {int((counts > 0).sum())} used, perplexity {perplexity:.1f}"
+
+
+def codebook_palette(decoded_codes, counts=None, ncols=32, scale=2, gap=1, path=None):
+    """Every code of a codebook as a small tile, most used first when `counts` are given.
+
+    decoded_codes: (K, H, W, 3) uint8, tile k showing what code k looks like. Make it by
+    decoding, for each k, a token grid (e.g. 8x8) filled with k alone and passing the whole
+    decoded image or its centre crop (the centre is free of padding effects at the borders).
+    counts: (K,) how often each code was chosen (``quantize.code_counts``), or None.
+    With counts, unused codes are dimmed and crossed out and the header reads
+    "K codes, U used, perplexity P".
+    """
+    tiles = upscale(_check_images(decoded_codes, "decoded_codes"), _check_int(scale, "scale"))
+    k = len(tiles)
+    title = f"{k} codes"  # without counts, usage is unknown
+    if counts is not None:
+        counts = to_numpy(counts)
+        if counts.shape != (k,):
+            raise ShapeError(f"codebook_palette: counts must have shape ({k},), one per code, "
+                             f"got {counts.shape}")
+        order = np.argsort(-counts, kind="stable")  # most used first, ties by id
+        tiles, counts = tiles[order], counts[order]
+        used = counts > 0
+        dim = (0.3 * tiles + 0.7 * np.array(BACKGROUND)).astype(np.uint8)
+        tiles = np.where(used[:, None, None, None], tiles, dim)
+        title = palette_title(counts) + " (most used first)"
+    img, boxes = _grid(tiles, ncols, _check_int(gap, "gap", 0), title=title)
+    if counts is not None:
+        draw = ImageDraw.Draw(img)
+        h, w = tiles.shape[1:3]
+        for (x, y), u in zip(boxes, used):
+            if not u:
+                draw.line([(x, y + h - 1), (x + w - 1, y)], fill=(150, 62, 62), width=1)
+    return _finish(img, path)
+
+
+# ---------------------------------------------------------------- tokens
+
+def token_map(image, ids, scale=8, path=None):
+    """One image (H, W, 3) uint8 with its token grid `ids` (g, g) drawn over it.
+
+    The picture is exactly (W*scale, H*scale): the upscaled image, faint grid lines between
+    the cells that each token covers, and each cell's id in outlined text. H and W must be
+    multiples of g.
+    """
+    image = _check_images(image, "image")
+    if len(image) != 1:
+        raise ShapeError(f"token_map: expected one image (H, W, 3), got {image.shape}")
+    ids = to_numpy(ids)
+    if ids.ndim != 2:
+        raise ShapeError(f"token_map: expected ids of shape (g, g), got {ids.shape}")
+    if ids.dtype.kind not in "iu":
+        raise DTypeError(f"token_map: expected integer ids, got dtype {ids.dtype}")
+    (h, w), (gh, gw) = image.shape[1:3], ids.shape
+    if h % gh or w % gw:
+        raise ShapeError(f"token_map: the image ({h}x{w}) must split evenly into the "
+                         f"{gh}x{gw} token grid")
+    scale = _check_int(scale, "scale")
+    ch, cw = h * scale // gh, w * scale // gw  # one cell, in output pixels
+    base = Image.fromarray(upscale(image[0], scale)).convert("RGBA")
+    overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(overlay)
+    lines = [[(0, i * ch), (base.width, i * ch)] for i in range(1, gh)]
+    lines += [[(j * cw, 0), (j * cw, base.height)] for j in range(1, gw)]
+    for line in lines:
+        draw.line(line, fill=(255, 255, 255, 70))
+    img = Image.alpha_composite(base, overlay).convert("RGB")
+    draw = ImageDraw.Draw(img)
+    font = _font(max(8, min(FONT_SIZE, cw // 3)))
+    for i in range(gh):
+        for j in range(gw):
+            text = str(int(ids[i, j]))
+            l, t, r, b = font.getbbox(text)
+            x = j * cw + (cw - (r - l)) // 2 - l
+            y = i * ch + (ch - (b - t)) // 2 - t
+            _outlined_text(draw, (x, y), text, font)
+    return _finish(img, path)
+
+
+def token_fill_strip(partial_images, steps, scale=4, gap=2, path=None):
+    """A row of images (each (H, W, 3) uint8) filling in token by token, labelled by `steps`.
+
+    partial_images[i] is the image decoded after steps[i] tokens were written (the rest
+    left blank or filled by the caller); the labels read "8 tokens", "16 tokens", ...
+    """
+    images = np.stack([_check_images(p, f"partial_images[{i}]")[0]
+                       for i, p in enumerate(partial_images)]) if len(partial_images) else []
+    steps = _check_len(steps, len(images), "steps (one per image)")
+    labels = [f"{int(s)} token{'s' if int(s) != 1 else ''}" for s in steps]
+    return image_grid(images, ncols=len(images), scale=scale, gap=gap, labels=labels,
+                      path=path)
+
+
+def prompt_grid(images, prompts, n_per_prompt, marks=None, scale=4, gap=2, path=None):
+    """Samples (P*n, H, W, 3) uint8, one row of n per prompt, the prompt at the row's left.
+
+    marks: optional P*n booleans, True when the attributes read back from a sample match its
+    prompt; drawn as a green (True) or red (False) dot in the tile's top-right corner.
+    """
+    images, prompts = _check_images(images), list(prompts)
+    n = _check_int(n_per_prompt, "n_per_prompt")
+    if len(images) != len(prompts) * n:
+        raise ShapeError(f"prompt_grid: expected {len(prompts)} prompts x {n} samples = "
+                         f"{len(prompts) * n} images, got {len(images)}")
+    marks = _check_len(None if marks is None else to_numpy(marks).reshape(-1), len(images),
+                       "marks (one per image)")
+    tiles = upscale(images, _check_int(scale, "scale"))
+    img, boxes = _grid(tiles, n, _check_int(gap, "gap", 0), row_labels=prompts)
+    draw = ImageDraw.Draw(img)
+    r = max(3, tiles.shape[2] // 20)  # dot radius
+    for (x, y), ok in zip(boxes, marks or []):
+        cx, cy = x + tiles.shape[2] - r - 3, y + r + 3
+        draw.ellipse([cx - r - 1, cy - r - 1, cx + r + 1, cy + r + 1], fill=(0, 0, 0))
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=GOOD if ok else BAD)
+    return _finish(img, path)
+
+
+# ---------------------------------------------------------------- plots
+
+def loss_curve(values, path=None, title=None, width=480, height=240, log=False):
+    """A line plot of `values` (a 1-D sequence, e.g. one loss per step), drawn with Pillow.
+
+    Non-finite values (nan, inf) are skipped. log=True puts the y axis on a log scale (all
+    values must then be positive). The y axis is labelled at its max, middle and min, the x
+    axis at the first and last step; the last value is shown at the top right.
+    """
+    v = to_numpy(values).astype(np.float64)
+    if v.ndim != 1 or v.size == 0:
+        raise ShapeError(f"loss_curve: expected a non-empty 1-D sequence, got shape {v.shape}")
+    steps, v = np.flatnonzero(np.isfinite(v)), v[np.isfinite(v)]
+    if v.size == 0:
+        raise ShapeError("loss_curve: every value is nan or inf; nothing to plot")
+    if log and (v <= 0).any():
+        raise ConfigError("loss_curve: log=True needs positive values")
+    y = np.log10(v) if log else v
+    lo, hi = float(y.min()), float(y.max())
+    ticks = [hi, (lo + hi) / 2, lo] if hi > lo else [hi]
+    tick_text = [f"{10 ** t if log else t:.4g}" for t in ticks]
+    if hi == lo:
+        lo, hi = lo - 1, hi + 1  # a flat line: draw it across the middle
+
+    font = _font()
+    lh = _line_height(font)
+    left = MARGIN + max(_text_width(font, t) for t in tick_text) + PAD
+    top, bottom, right = MARGIN + lh + PAD, height - MARGIN - lh - 2, width - MARGIN
+    if right - left < 20 or bottom - top < 20:
+        raise ConfigError(f"loss_curve: {width}x{height} is too small for a plot")
+    img = Image.new("RGB", (int(width), int(height)), BACKGROUND)
+    draw = ImageDraw.Draw(img)
+
+    def to_y(t):  # data (log10 when log) -> pixel row
+        return bottom - (t - lo) / (hi - lo) * (bottom - top)
+
+    def text(x, yy, t, fill=MUTED, anchor_right=False):
+        t = _wrap(t, font, width, 1)[0]
+        draw.text((x - _text_width(font, t) if anchor_right else x, yy), t, font=font, fill=fill)
+
+    text(MARGIN, MARGIN, (title or "") + ("  (log scale)" if log else ""), fill=TEXT)
+    text(right, MARGIN, f"last {v[-1]:.4g}", anchor_right=True)
+    for t, label in zip(ticks, tick_text):  # faint grid lines with their values
+        draw.line([(left, to_y(t)), (right, to_y(t))], fill=(50, 50, 58))
+        text(left - PAD, to_y(t) - lh // 2 - 1, label, anchor_right=True)
+    draw.line([(left, top), (left, bottom), (right, bottom)], fill=MUTED)
+    text(left, bottom + 3, str(steps[0]))
+    text(right, bottom + 3, str(steps[-1]), anchor_right=True)
+
+    xs = left + (steps - steps[0]) / max(steps[-1] - steps[0], 1) * (right - left)
+    ys = to_y(y)
+    if len(xs) == 1:
+        draw.ellipse([xs[0] - 2, ys[0] - 2, xs[0] + 2, ys[0] + 2], fill=ACCENT)
+    elif len(xs) <= right - left:
+        draw.line(list(zip(xs.tolist(), ys.tolist())), fill=ACCENT, width=2, joint="curve")
+    else:  # more points than pixel columns: the raw values faintly, each column's mean over
+        draw.line(list(zip(xs.tolist(), ys.tolist())), fill=ACCENT_FAINT)
+        col = np.round(xs - left).astype(int)
+        n = np.bincount(col)
+        x_mean = np.flatnonzero(n) + left
+        y_mean = np.bincount(col, weights=ys)[n > 0] / n[n > 0]
+        draw.line(list(zip(x_mean.tolist(), y_mean.tolist())), fill=ACCENT, width=2,
+                  joint="curve")
+    return _finish(img, path)
