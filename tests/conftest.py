@@ -1,8 +1,16 @@
 """Shared fixtures: the array backends to run on, and one small example call per op pair."""
-from dataclasses import dataclass, field
+import os
 
-import numpy as np
-import pytest
+# One BLAS thread per test process, set before NumPy loads OpenBLAS: the tests multiply
+# small matrices, where a second thread costs more in hand-offs than it saves, and on a
+# busy machine spinning BLAS threads slow everything down (10x was measured here).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+from dataclasses import dataclass, field  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 from tinytok import backend
 from tinytok.errors import BackendError

@@ -211,7 +211,7 @@ def vqvae_encode(sizes, seed=0):
         -0.5, 0.5, (N, 3, config.image_size, config.image_size)), dtype="float32")
 
     def encode():
-        z, _ = encoder_forward(x, params, config)
+        z, _ = encoder_forward(x, params, config, keep_cache=False)
         return nearest_codes(latents_as_columns(z), params["quant.codebook"])
 
     f = vqvae_flops(config, N)

@@ -35,6 +35,26 @@ def positive_float(text):
     return value
 
 
+def seed_value(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 2**32), got {value}")
+    return value
+
+
+def non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def probability(text):
     value = positive_float(text)
     if value > 1:
@@ -77,6 +97,7 @@ def cmd_train_tokenizer(args):
                              checkpoint_every=args.checkpoint_every, log_every=args.log_every)
     recipe = TokenizerRecipe(kmeans_init=not args.no_kmeans,
                              restart_every=0 if args.no_restarts else args.restart_every)
+    settings.check()  # before anything is printed: a bad argument is one line, not two
     print(f"training a {config.name} tokenizer ({config.quantizer}, {config.num_codes} codes) "
           f"on {len(images)} {args.data} images for {args.steps} steps -> {args.out}",
           file=sys.stderr)
@@ -89,8 +110,8 @@ def _add_train_arguments(p, lr, steps, batch_size=32):
     p.add_argument("--steps", type=positive_int, default=steps, help="total optimizer steps")
     p.add_argument("--batch-size", type=positive_int, default=batch_size)
     p.add_argument("--lr", type=positive_float, default=lr, help="peak learning rate")
-    p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup", type=non_negative_int, default=100, help="linear warm-up steps")
+    p.add_argument("--seed", type=seed_value, default=0)
     p.add_argument("--out", required=True, help="checkpoint file to write (.npz)")
     p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
     p.add_argument("--checkpoint-every", type=positive_int, default=500)
@@ -109,6 +130,7 @@ def cmd_train_prior(args):
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                              warmup=args.warmup, seed=args.seed, weight_decay=0.1,
                              checkpoint_every=args.checkpoint_every, log_every=args.log_every)
+    settings.check()
     print(f"training a {config.name} prior on {len(data.codes)} captioned shapes for "
           f"{args.steps} steps -> {args.out}", file=sys.stderr)
     train_prior(data, config, settings, args.out, resume=args.resume)
@@ -141,8 +163,8 @@ def _read_ids_json(path):
             data = json.load(f)
     except OSError as e:
         raise ConfigError(f"cannot read token ids from {path}: {e.strerror}") from None
-    except ValueError as e:
-        raise ConfigError(f"{path} is not valid JSON: {e}") from None
+    except (ValueError, RecursionError) as e:
+        raise ConfigError(f"{path} is not valid JSON: {str(e) or 'nested too deeply'}") from None
     if isinstance(data, dict):  # the output of `tinytok encode --json`
         data = list(data.values())
     import numpy as np
@@ -186,14 +208,13 @@ def cmd_eval_tokenizer(args):
 
 def _tokenizer_pictures(tokenizer, images, recon, ids, folder):
     """Reconstructions, the palette and a token map, written into folder."""
-    import numpy as np
     from tinytok.quantize import code_counts
     from tinytok.viz import codebook_palette, comparison_grid, token_map
     os.makedirs(folder, exist_ok=True)
     comparison_grid([images[:16], recon[:16]], ["original", "tokens"],
                     path=os.path.join(folder, "reconstructions.png"))
-    K, g = tokenizer.config.num_codes, tokenizer.grid_size
-    tiles = tokenizer.decode(np.repeat(np.arange(K), g * g).reshape(K, g, g))
+    K = tokenizer.config.num_codes
+    tiles = tokenizer.code_tiles()
     codebook_palette(tiles, code_counts(ids, K), path=os.path.join(folder, "palette.png"))
     token_map(images[0], ids[0], path=os.path.join(folder, "token_map.png"))
 
@@ -215,7 +236,7 @@ def _sampling_arguments(p):
     p.add_argument("--top-p", type=probability, default=None)
     p.add_argument("--cfg", type=non_negative_float, default=3.0,
                    help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_value, default=0)
 
 
 def _pipeline_arguments(p):
@@ -287,7 +308,7 @@ def build_parser():
     p = sub.add_parser("demo", help="train a tiny tokenizer and prior on shapes, write pictures")
     p.add_argument("--out", default="tinytok-demo", help="output folder")
     p.add_argument("--quick", action="store_true", help="a one-minute smoke run")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_value, default=0)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train-tokenizer", help="train a VQ-VAE tokenizer")

@@ -12,9 +12,7 @@ import sys
 import time
 from dataclasses import replace
 
-import numpy as np
-
-from tinytok.datasets import caption_for, make_shapes, read_attributes
+from tinytok.datasets import caption_for, make_shapes
 from tinytok.evaluate import adherence, caption_accuracy, eval_tokenizer
 from tinytok.gpt import gpt_config
 from tinytok.pipeline import Pipeline, Prior, Tokenizer
@@ -90,8 +88,8 @@ def write_pictures(pipe, tokenizer, out, n_prompts, seed, cfg_scale=3.0):
     tok_figures, recon, ids = eval_tokenizer(tokenizer, val.images)
     comparison_grid([val.images[:12], recon[:12]], ["original", "from 64 tokens"],
                     path=os.path.join(out, "reconstructions.png"))
-    K, g = tokenizer.config.num_codes, tokenizer.grid_size
-    tiles = tokenizer.decode(np.repeat(np.arange(K), g * g).reshape(K, g, g))
+    K = tokenizer.config.num_codes
+    tiles = tokenizer.code_tiles()
     codebook_palette(tiles, code_counts(ids, K), ncols=16, scale=2,
                      path=os.path.join(out, "palette.png"))
     figures = {"tokenizer_psnr_db": tok_figures["psnr_db"],

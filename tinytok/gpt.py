@@ -15,13 +15,14 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from tinytok.backend import get_array_module, rng as host_rng, to_device
+from tinytok.backend import rng as host_rng, to_device
 from tinytok.errors import ConfigError, ShapeError
 from tinytok.ops import (causal_self_attention_backward, causal_self_attention_forward,
                          cross_entropy_backward, cross_entropy_forward, embedding_backward,
                          embedding_forward, gelu_backward, gelu_forward, layer_norm_backward,
                          layer_norm_forward, linear_backward, linear_forward)
 from tinytok.ops.checks import require_int, require_ndim
+from tinytok.optim import zeros_like_params  # noqa: F401 (re-exported for convenience)
 
 
 @dataclass
@@ -33,6 +34,16 @@ class GPTConfig:
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
+
+    def __post_init__(self):
+        for name in ("vocab_size", "context", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"prior config: {name} must be a whole number >= 1, "
+                                  f"got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"prior config: n_head={self.n_head} must divide "
+                              f"n_embd={self.n_embd}")
 
 
 CONFIGS = {
@@ -54,6 +65,9 @@ def gpt_config(name_or_dict, **overrides):
         raise ConfigError(f"unknown prior config {name_or_dict!r}; choose one of "
                           f"{', '.join(CONFIGS)}")
     base.update(overrides)
+    unknown = set(base) - set(GPTConfig.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"unknown prior config fields: {', '.join(sorted(unknown))}")
     return GPTConfig(**base)
 
 
@@ -207,7 +221,3 @@ def gpt_loss_backward(cache, grads, config, dloss=1.0):
     model_cache, c_loss = cache
     gpt_backward(cross_entropy_backward(dloss, c_loss), model_cache, grads, config)
 
-
-def zeros_like_params(params):
-    """A grads dict of zeros (zeroed once per step; backward passes then add into it)."""
-    return {k: get_array_module(v).zeros_like(v) for k, v in params.items()}

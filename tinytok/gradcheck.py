@@ -72,7 +72,7 @@ def check_pair(forward, backward, args, kwargs=None, wrt=None, seed=0, max_eleme
 
     out, cache = forward(*args, **kwargs)
     if dout is None:
-        dout = xp.asarray(rng.standard_normal(np.shape(out)), dtype=out.dtype)
+        dout = xp.asarray(rng.standard_normal(out.shape), dtype=out.dtype)
     grads = backward(dout, cache)
     if not isinstance(grads, tuple):
         grads = (grads,)

@@ -26,6 +26,15 @@ from tinytok.errors import ConfigError, DTypeError, ShapeError
 
 
 # ----------------------------------------------------------------------------------------
+# Gradients
+
+def zeros_like_params(params):
+    """A grads dict of zeros, one per parameter: zeroed once per step, then every backward
+    pass adds (+=) into it, which is what lets a weight used twice collect both gradients."""
+    return {k: backend.get_array_module(p).zeros_like(p) for k, p in params.items()}
+
+
+# ----------------------------------------------------------------------------------------
 # AdamW
 
 def default_decay_filter(name, p):

@@ -10,14 +10,13 @@
 
 They hold parameters on the active backend and call the model pairs; nothing here trains.
 """
-import os
 from pathlib import Path
 
 import numpy as np
 
 from tinytok import backend
 from tinytok.checkpoint import check_params_match, load_checkpoint, save_checkpoint
-from tinytok.errors import ConfigError, ShapeError
+from tinytok.errors import CheckpointError, ConfigError, ShapeError
 from tinytok.gpt import gpt_config, init_gpt_params
 from tinytok.images import check_images
 from tinytok.quantize import latents_as_columns, nearest_codes
@@ -49,15 +48,19 @@ def model_to_images(x):
 
 def psnr(a, b):
     """Peak signal-to-noise ratio in dB of uint8 images, one figure per image (N,)."""
+    a, b = backend.to_numpy(a), backend.to_numpy(b)
     diff = a.astype(np.float64) - b.astype(np.float64)
     mse = (diff ** 2).reshape(len(a), -1).mean(axis=1)
     return 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10))
 
 
-def _load_params(path, kind, expected_params):
-    ckpt = load_checkpoint(path, kind=kind)
-    check_params_match(ckpt.params, expected_params, path)
-    return ckpt
+def _from_checkpoint(path, what, make):
+    """make() builds a config from a checkpoint's metadata; any failure names the file."""
+    try:
+        return make()
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        detail = f"missing {e}" if isinstance(e, KeyError) else str(e)
+        raise CheckpointError(f"{path} holds a malformed {what}: {detail}") from None
 
 
 class Tokenizer:
@@ -72,7 +75,8 @@ class Tokenizer:
         """Load a tokenizer checkpoint (default: the shipped shapes tokenizer)."""
         path = path or SHIPPED["shapes-tokenizer"]
         ckpt = load_checkpoint(path, kind="tokenizer")
-        config = tokenizer_config(ckpt.config["model"])
+        config = _from_checkpoint(path, "tokenizer config",
+                                  lambda: tokenizer_config(dict(ckpt.config["model"])))
         check_params_match(ckpt.params, init_tokenizer_params(config), path)
         return cls(ckpt.params, config)
 
@@ -95,7 +99,8 @@ class Tokenizer:
                                for i in range(0, len(images), batch_size)])
 
     def _encode_batch(self, images):
-        z, _ = encoder_forward(images_to_model(images), self.params, self.config)
+        z, _ = encoder_forward(images_to_model(images), self.params, self.config,
+                               keep_cache=False)
         N, _, h, w = z.shape
         xp = backend.get_array_module(z)
         if self.config.quantizer == "gumbel":
@@ -106,8 +111,12 @@ class Tokenizer:
 
     def check_ids(self, ids):
         """ids must be integers in [0, num_codes) shaped (N, g, g) or (g, g)."""
-        ids = np.asarray(backend.to_numpy(ids))
         g, K = self.grid_size, self.config.num_codes
+        try:
+            ids = np.asarray(backend.to_numpy(ids))
+        except (ValueError, TypeError):
+            raise ShapeError(f"token ids must be a rectangular array (N, {g}, {g}) of "
+                             "integers") from None
         if ids.ndim == 2:
             ids = ids[None]
         if ids.ndim != 3 or ids.shape[1:] != (g, g):
@@ -115,6 +124,8 @@ class Tokenizer:
                              f"tokenizer, got {ids.shape}")
         if ids.dtype.kind not in "iu":
             raise ShapeError(f"token ids must be integers, got {ids.dtype}")
+        if len(ids) == 0:
+            raise ShapeError("no token grids given (an empty batch)")
         if ids.size and (ids.min() < 0 or ids.max() >= K):
             raise ShapeError(f"token ids must lie in [0, {K}) for a codebook of {K} codes, got "
                              f"values from {ids.min()} to {ids.max()}")
@@ -129,8 +140,17 @@ class Tokenizer:
     def _decode_batch(self, ids):
         xp = backend.xp()
         z_q = self.params["quant.codebook"][xp.asarray(ids)]            # (N, g, g, D)
-        x_hat, _ = decoder_forward(z_q.transpose(0, 3, 1, 2), self.params, self.config)
+        x_hat, _ = decoder_forward(z_q.transpose(0, 3, 1, 2), self.params, self.config,
+                                   keep_cache=False)
         return model_to_images(x_hat)
+
+    def code_tiles(self):
+        """Every code drawn on its own: uint8 (K, S, S, 3), image k a grid filled with code k.
+
+        This is the visual vocabulary's "palette" (see tinytok.viz.codebook_palette).
+        """
+        K, g = self.config.num_codes, self.grid_size
+        return self.decode(np.repeat(np.arange(K), g * g).reshape(K, g, g))
 
     def reconstruct(self, images):
         """encode then decode: what the tokenizer keeps of each image."""
@@ -148,8 +168,13 @@ class Prior:
     def load(cls, path=None):
         path = path or SHIPPED["shapes-prior"]
         ckpt = load_checkpoint(path, kind="prior")
-        config = gpt_config(ckpt.config["model"])
-        vocab = Vocab.from_dict(ckpt.config["vocab"])
+        config = _from_checkpoint(path, "prior config",
+                                  lambda: gpt_config(dict(ckpt.config["model"])))
+        vocab = _from_checkpoint(path, "vocabulary",
+                                 lambda: Vocab.from_dict(ckpt.config["vocab"]))
+        if vocab.size != config.vocab_size:
+            raise CheckpointError(f"{path}: its vocabulary has {vocab.size} tokens but the "
+                                  f"model {config.vocab_size}")
         check_params_match(ckpt.params, init_gpt_params(config), path)
         return cls(ckpt.params, config, vocab)
 
@@ -182,6 +207,8 @@ class Pipeline:
                        cfg_scale=1.0, seed=0, use_cache=True):
         """n token grids (n, g, g) for one caption; see generate for the arguments."""
         check_sampling_args(temperature, top_k, top_p, cfg_scale)
+        if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32:
+            raise ConfigError(f"seed must be a whole number in [0, 2**32), got {seed!r}")
         vocab, prior = self.prior.vocab, self.prior
         rng = np.random.default_rng(seed)
         allowed = image_token_mask(vocab)
@@ -225,6 +252,7 @@ class Pipeline:
 
     def caption_codes(self, codes, greedy=True, temperature=1.0, seed=0):
         """Captions for token grids (N, g, g)."""
+        codes = backend.to_numpy(codes)
         vocab, prior = self.prior.vocab, self.prior
         rng = np.random.default_rng(seed)
         prompts = np.stack([caption_prompt(vocab, c) for c in codes])       # (N, L)

@@ -5,14 +5,18 @@ token grids means every training step reads ready-made ids. The cache file remem
 tokenizer, how many images and which seed made it, and is rebuilt when any of them changes.
 """
 import hashlib
+import json
 import os
+from typing import NamedTuple
 
 import numpy as np
 
+from tinytok import backend
+from tinytok.checkpoint import read_npz_safely, write_npz_atomic
 from tinytok.datasets import CAPTION_WORDS, make_shapes
-from tinytok.errors import CheckpointError
+from tinytok.errors import CheckpointError, ConfigError, ShapeError
 from tinytok.train import PriorData, default_print
-from tinytok.vocab import Vocab, encode_dataset_tokens, load_token_cache, save_token_cache
+from tinytok.vocab import Vocab
 
 
 def file_digest(path):
@@ -54,3 +58,81 @@ def shapes_prior_data(tokenizer, n_images, seed=0, cache=None, tokenizer_path=No
             save_token_cache(cache, codes, data.captions, data.labels)
     captions = [vocab.encode_text(c) for c in data.captions]
     return PriorData(np.asarray(codes), captions, vocab)
+
+
+# ----------------------------------------------------------------------------------------
+# Caching token grids: the tokenizer encodes the dataset once, the prior reads the ids
+
+def encode_dataset_tokens(encode_fn, images, batch_size=256):
+    """encode_fn(images[i:i+batch_size]) for each batch, stacked: int64 (N, g, g) on the host.
+
+    encode_fn takes uint8 images (b, H, W, 3) and returns codes (b, g, g), NumPy or CuPy.
+    """
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if len(images) == 0:
+        raise ShapeError("no images to encode")
+    parts = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        codes = backend.to_numpy(encode_fn(batch))
+        if codes.ndim != 3 or codes.shape[0] != len(batch):
+            raise ShapeError(f"encode_fn must return codes (b, g, g) for a batch of "
+                             f"{len(batch)} images, got shape {codes.shape}")
+        parts.append(codes.astype(np.int64))
+    return np.concatenate(parts)
+
+
+class TokenCache(NamedTuple):
+    """What load_token_cache returns: codes int64 (N, g, g), N captions (or None), labels."""
+    codes: np.ndarray
+    captions: list
+    labels: np.ndarray
+
+
+CACHE_FORMAT = "tinytok-token-cache"
+
+
+def save_token_cache(path, codes, captions=None, labels=None):
+    """Write codes (N, g, g) int, optional captions (N strings) and labels (N, ...) to `path`.
+
+    A plain .npz, no pickle: captions go in as UTF-8 JSON in a uint8 array. Written to a
+    temporary file and renamed, so `path` never holds half a cache.
+    """
+    codes = np.asarray(codes)
+    if codes.ndim != 3 or codes.dtype.kind not in "iu":
+        raise ShapeError(f"codes must be an integer array (N, g, g), got {codes.dtype} "
+                         f"{codes.shape}")
+    meta = {"format": CACHE_FORMAT, "version": 1, "captions": None}
+    if captions is not None:
+        captions = [str(c) for c in captions]
+        if len(captions) != len(codes):
+            raise ShapeError(f"{len(captions)} captions for {len(codes)} code grids")
+        meta["captions"] = captions
+    arrays = {"codes": codes.astype(np.int64),
+              "meta": np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)}
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.dtype == object or len(labels) != len(codes):
+            raise ShapeError(f"labels must be a numeric array with {len(codes)} rows, got "
+                             f"{labels.dtype} {labels.shape}")
+        arrays["labels"] = labels
+    write_npz_atomic(os.fspath(path), arrays)
+
+
+def load_token_cache(path):
+    """TokenCache(codes, captions, labels) saved by save_token_cache; CheckpointError if
+    the file is missing, corrupt or something else."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"token cache {path} does not exist")
+    arrays = read_npz_safely(path)                     # allow_pickle=False, clear errors
+    try:
+        meta = json.loads(arrays["meta"].tobytes().decode("utf-8"))
+        codes = arrays["codes"]
+        ok = meta["format"] == CACHE_FORMAT and codes.ndim == 3
+    except Exception:
+        ok = False
+    if not ok:
+        raise CheckpointError(f"{path} is not a tinytok token cache")
+    return TokenCache(codes, meta["captions"], arrays.get("labels"))

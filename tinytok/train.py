@@ -25,9 +25,9 @@ import numpy as np
 
 from tinytok import backend
 from tinytok.checkpoint import check_params_match, load_checkpoint, save_checkpoint
-from tinytok.errors import ConfigError, TinytokError
+from tinytok.errors import CheckpointError, ConfigError, TinytokError
 from tinytok.optim import (adamw_init, adamw_state_to_device, adamw_step, clip_grad_norm,
-                           has_nonfinite, lr_schedule)
+                           has_nonfinite, lr_schedule, zeros_like_params)
 
 
 class TrainingStopped(TinytokError):
@@ -62,6 +62,8 @@ class TrainSettings:
             raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
         if self.warmup < 0:
             raise ConfigError(f"warmup must be >= 0, got {self.warmup!r}")
+        if not 0 <= self.seed < 2 ** 32:
+            raise ConfigError(f"seed must lie in [0, 2**32), got {self.seed!r}")
         return self
 
     def lr_at(self, step):
@@ -83,12 +85,13 @@ class Progress:
     log_every steps, so a log stays short but shows the run moving.
     """
 
-    def __init__(self, total, start=0, log_every=50, stream=None, unit="step"):
+    def __init__(self, total, start=0, log_every=50, stream=None, items_per_step=None,
+                 item="tok"):
         self.total, self.start, self.log_every = total, start, log_every
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.t0 = time.perf_counter()
-        self.unit = unit
+        self.items_per_step, self.item = items_per_step, item
 
     def line(self, step, figures):
         done = step / max(self.total, 1)
@@ -97,8 +100,9 @@ class Progress:
         rate = (step - self.start) / elapsed if elapsed > 0 else 0.0
         eta = (self.total - step) / rate if rate > 0 else 0.0
         text = "  ".join(f"{k} {v}" for k, v in figures.items())
-        return (f"[{bar}] {step}/{self.total}  {text}  "
-                f"{rate:.1f} {self.unit}/s  eta {eta:.0f}s")
+        speed = (f"{rate * self.items_per_step:,.0f} {self.item}/s" if self.items_per_step
+                 else f"{rate:.1f} step/s")
+        return f"[{bar}] {step}/{self.total}  {text}  {speed}  eta {eta:.0f}s"
 
     def update(self, step, figures, force=False):
         if self.tty:
@@ -152,11 +156,11 @@ def _can_handle_signals():
 
 def optimizer_step(params, grads, opt_state, settings, step, trainable=None):
     """Guard, clip and update: the end of every training step. Returns the gradient norm."""
-    bad = has_nonfinite(grads)
-    if bad is not None:
-        raise TrainingDiverged(f"the gradient of {bad} became NaN or infinite at step "
-                               f"{step + 1}; the last good checkpoint was kept (try a lower "
-                               "--lr)")
+    for what, tree in (("the gradient of", grads), ("the parameter", params)):
+        bad = has_nonfinite(tree)
+        if bad is not None:
+            raise TrainingDiverged(f"{what} {bad} became NaN or infinite at step {step + 1}; "
+                                   "the last good checkpoint was kept (try a lower --lr)")
     norm = clip_grad_norm(grads, settings.clip) if settings.clip else None
     if trainable is not None:
         params = {k: params[k] for k in trainable}
@@ -172,33 +176,66 @@ def check_finite_loss(loss, step):
                                "checkpoint was kept (try a lower --lr)")
 
 
-def run_loop(settings, start, step_fn, save_fn, progress):
-    """Run step_fn(step) -> figures for steps start..settings.steps-1, saving as we go.
+def host_copy(tree):
+    """A copy of nested dicts/lists of arrays, arrays copied to the host: a frozen snapshot."""
+    if isinstance(tree, dict):
+        return {k: host_copy(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [host_copy(v) for v in tree]
+    if hasattr(tree, "shape"):
+        return np.array(backend.to_numpy(tree), copy=True)
+    return tree
 
-    save_fn(step_count) writes a checkpoint of the state after that many steps. Returns the
-    number of steps done. Raises TrainingStopped after a Ctrl-C (a checkpoint was written).
+
+def run_loop(settings, start, step_fn, snapshot_fn, probe_fn, out, progress):
+    """Run step_fn(step) -> figures for steps start..settings.steps-1, checkpointing to out.
+
+    snapshot_fn(step_count) returns save_checkpoint's arguments for the state after that many
+    steps, copied. A periodic snapshot is written only once the next step has gone through
+    without a NaN or inf: weights that an exploding learning rate pushed far off are still
+    finite, and only the next step shows it. Likewise probe_fn(step) computes one more loss
+    before the final write. Returns the number of steps done; raises TrainingStopped after a
+    Ctrl-C (the checkpoint is written first).
     """
-    done = start
+    if start >= settings.steps:
+        raise ConfigError(f"{out} already holds {start} steps and --steps is "
+                          f"{settings.steps}: nothing to do (ask for more steps to go on)")
+    done, pending = start, None
     with stop_on_interrupt() as interrupt:
         for step in range(start, settings.steps):
-            figures = step_fn(step)
+            figures = step_fn(step)            # raises TrainingDiverged on NaN or inf
+            if pending is not None:            # the state before this step proved sound
+                save_checkpoint(out, **pending)
+                pending = None
             done = step + 1
             progress.update(done, figures)
             if done % settings.checkpoint_every == 0 and done < settings.steps:
-                save_fn(done)
+                pending = snapshot_fn(done)
             if interrupt["stop"]:
                 break
     progress.close()
-    path = save_fn(done)
+    probe_fn(done)
+    save_checkpoint(out, **snapshot_fn(done))
     if done < settings.steps:
         raise TrainingStopped(f"stopped at step {done} of {settings.steps}; the checkpoint "
-                              f"{path} holds it: run the same command with --resume to go on")
+                              f"{out} holds it: run the same command with --resume to go on")
     return done
 
 
-def resume_state(path, kind, params, settings_dict):
-    """Load a checkpoint to resume from: (step, params, optimizer state, extra)."""
+def resume_state(path, kind, params, model_config):
+    """Load a checkpoint to resume from: (step, params, optimizer state, extra).
+
+    The checkpoint's model config must equal the one asked for: resuming a VQ run as EMA,
+    say, would silently train something else.
+    """
     ckpt = load_checkpoint(path, kind=kind)
+    saved = ckpt.config.get("model") if isinstance(ckpt.config, dict) else None
+    if saved != model_config:
+        differ = sorted(k for k in set(model_config) | set(saved or {})
+                        if (saved or {}).get(k) != model_config.get(k))
+        raise CheckpointError(f"cannot resume {path}: it was trained with another model "
+                              f"configuration (differs in {', '.join(differ)}); use the same "
+                              "--config/--quantizer/--codes, or a new --out")
     check_params_match(ckpt.params, params, path)
     return ckpt.step, backend.params_to_device(ckpt.params), ckpt.optimizer_state, ckpt.extra
 
@@ -219,6 +256,7 @@ class TokenizerRecipe:
     kmeans_init: bool = True        # start the codebook from k-means of encoder outputs
     kmeans_images: int = 1024       # images encoded for the k-means start
     restart_every: int = 100        # look for dead codes every this many steps (0: never)
+    stats_every: int = 100          # usage window when restarts are off
     ema_decay: float = 0.99
     tau_start: float = 1.0          # gumbel only: temperature annealed from start to end
     tau_end: float = 1 / 16
@@ -237,7 +275,6 @@ def train_tokenizer(images, config, settings, out, recipe=None, resume=False,
                                   restart_dead_codes, usage_stats)
     from tinytok.vqvae import config_dict, init_tokenizer_params, tokenizer_backward, \
         tokenizer_forward
-    from tinytok.gpt import zeros_like_params
 
     settings.check()
     recipe = recipe or TokenizerRecipe()
@@ -250,7 +287,8 @@ def train_tokenizer(images, config, settings, out, recipe=None, resume=False,
     opt_state = adamw_init({k: params[k] for k in trainable})
 
     if resume and os.path.exists(out):
-        start, params, state, extra = resume_state(out, "tokenizer", params, None)
+        start, params, state, extra = resume_state(out, "tokenizer", params,
+                                                   config_dict(config))
         opt_state = adamw_state_to_device(state["adam"])
         if state.get("ema") is not None:
             ema_state = backend.params_to_device(state["ema"])
@@ -266,17 +304,15 @@ def train_tokenizer(images, config, settings, out, recipe=None, resume=False,
         if config.quantizer == "ema":
             ema_state = ema_init(params["quant.codebook"])
 
-    def save(step_count):
-        save_checkpoint(out, kind="tokenizer", params=params,
-                        config={"model": config_dict(config),
-                                "train": settings_dict(settings), "recipe": asdict(recipe)},
-                        step=step_count,
-                        optimizer_state={"adam": opt_state, "ema": ema_state},
-                        extra={"history": history, "window_counts": backend.to_numpy(window)})
-        return out
+    def snapshot(step_count):
+        return host_copy(dict(
+            kind="tokenizer", params=params, step=step_count,
+            config={"model": config_dict(config), "train": settings_dict(settings),
+                    "recipe": asdict(recipe)},
+            optimizer_state={"adam": opt_state, "ema": ema_state},
+            extra={"history": history, "window_counts": window}))
 
-    def step_fn(step):
-        nonlocal window
+    def forward(step):
         from tinytok.datasets import batch_indices
         idx = batch_indices(len(images), settings.batch_size, settings.seed, step)
         x = images_to_model(images[idx])
@@ -289,6 +325,11 @@ def train_tokenizer(images, config, settings, out, recipe=None, resume=False,
         out_dict, cache = tokenizer_forward(x, params, config, tau, noise)
         loss = float(out_dict["loss"])
         check_finite_loss(loss, step)
+        return out_dict, cache, loss, tau
+
+    def step_fn(step):
+        nonlocal window
+        out_dict, cache, loss, tau = forward(step)
         grads = zeros_like_params(params)
         tokenizer_backward(cache, grads, config)
         optimizer_step(params, grads, opt_state, settings, step, trainable)
@@ -300,10 +341,11 @@ def train_tokenizer(images, config, settings, out, recipe=None, resume=False,
                    "psnr": f"{10 * math.log10(1 / max(float(out_dict['recon_loss']), 1e-10)):.2f}"}
         if config.quantizer == "gumbel":
             figures["tau"] = f"{tau:.3f}"
-        if recipe.restart_every and (step + 1) % recipe.restart_every == 0:
+        window_len = recipe.restart_every or recipe.stats_every  # steps of usage counting
+        if window_len and (step + 1) % window_len == 0:
             stats = usage_stats(window)
             figures.update(usage=f"{stats['usage']:.0%}", ppl=f"{stats['perplexity']:.0f}")
-            if config.quantizer != "gumbel":
+            if recipe.restart_every and config.quantizer != "gumbel":
                 restarted = restart_dead_codes(params["quant.codebook"], window, out_dict["z"],
                                                seed=[settings.seed, step, 2],
                                                ema_state=ema_state)
@@ -313,7 +355,7 @@ def train_tokenizer(images, config, settings, out, recipe=None, resume=False,
         return figures
 
     progress = Progress(settings.steps, start, settings.log_every, progress_stream)
-    run_loop(settings, start, step_fn, save, progress)
+    run_loop(settings, start, step_fn, snapshot, forward, out, progress)
     return history
 
 
@@ -322,7 +364,8 @@ def _encode_latents(images, params, config, batch_size=256):
     from tinytok.pipeline import images_to_model
     from tinytok.vqvae import encoder_forward
     xp = backend.xp()
-    zs = [encoder_forward(images_to_model(images[i:i + batch_size]), params, config)[0]
+    zs = [encoder_forward(images_to_model(images[i:i + batch_size]), params, config,
+                          keep_cache=False)[0]
           for i in range(0, len(images), batch_size)]
     return xp.concatenate(zs), None
 
@@ -341,7 +384,7 @@ def train_prior(data, config, settings, out, resume=False, p_caption_layout=0.5,
                 p_drop_caption=0.1, log=default_print, progress_stream=None):
     """Train the prior on PriorData; checkpoints go to `out`. Returns the loss history."""
     from tinytok.gpt import (config_dict, gpt_loss_backward, gpt_loss_forward,
-                             init_gpt_params, zeros_like_params)
+                             init_gpt_params)
     from tinytok.datasets import batch_indices
     from tinytok.vocab import make_training_batch
 
@@ -351,24 +394,22 @@ def train_prior(data, config, settings, out, resume=False, p_caption_layout=0.5,
     opt_state = adamw_init(params)
     start, history = 0, []
     if resume and os.path.exists(out):
-        start, params, state, extra = resume_state(out, "prior", params, None)
+        start, params, state, extra = resume_state(out, "prior", params, config_dict(config))
         opt_state = adamw_state_to_device(state["adam"])
         history = extra["history"]
         log(f"resuming {out} at step {start} of {settings.steps}")
-    tokens_per_step = settings.batch_size * config.context
     running = {"loss": None}
 
-    def save(step_count):
-        save_checkpoint(out, kind="prior", params=params,
-                        config={"model": config_dict(config), "vocab": data.vocab.to_dict(),
-                                "train": settings_dict(settings),
-                                "layouts": {"p_caption_layout": p_caption_layout,
-                                            "p_drop_caption": p_drop_caption}},
-                        step=step_count, optimizer_state={"adam": opt_state},
-                        extra={"history": history})
-        return out
+    def snapshot(step_count):
+        return host_copy(dict(
+            kind="prior", params=params, step=step_count,
+            config={"model": config_dict(config), "vocab": data.vocab.to_dict(),
+                    "train": settings_dict(settings),
+                    "layouts": {"p_caption_layout": p_caption_layout,
+                                "p_drop_caption": p_drop_caption}},
+            optimizer_state={"adam": opt_state}, extra={"history": history}))
 
-    def step_fn(step):
+    def forward(step):
         idx = batch_indices(len(data.codes), settings.batch_size, settings.seed, step)
         inputs, targets = make_training_batch(
             data.vocab, [data.captions[i] for i in idx], data.codes[idx],
@@ -376,6 +417,10 @@ def train_prior(data, config, settings, out, resume=False, p_caption_layout=0.5,
         loss, _, cache = gpt_loss_forward(xp.asarray(inputs), xp.asarray(targets), params, config)
         loss = float(loss)
         check_finite_loss(loss, step)
+        return cache, loss
+
+    def step_fn(step):
+        cache, loss = forward(step)
         grads = zeros_like_params(params)
         gpt_loss_backward(cache, grads, config)
         optimizer_step(params, grads, opt_state, settings, step)
@@ -385,7 +430,7 @@ def train_prior(data, config, settings, out, resume=False, p_caption_layout=0.5,
             history.append({"step": step + 1, "loss": loss})
         return {"loss": f"{running['loss']:.4f}", "lr": f"{settings.lr_at(step):.1e}"}
 
-    progress = Progress(settings.steps, start, settings.log_every, progress_stream)
-    progress.unit = "step"
-    run_loop(settings, start, step_fn, save, progress)
+    progress = Progress(settings.steps, start, settings.log_every, progress_stream,
+                        items_per_step=settings.batch_size * config.context)
+    run_loop(settings, start, step_fn, snapshot, forward, out, progress)
     return history

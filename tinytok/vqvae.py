@@ -20,6 +20,9 @@ from tinytok.gumbel import gumbel_quantize_backward, gumbel_quantize_forward
 from tinytok.quantize import vector_quantize_backward, vector_quantize_forward
 
 
+QUANTIZERS = ("vq", "ema", "gumbel")
+
+
 @dataclass
 class TokenizerConfig:
     """Sizes of a tokenizer. The defaults are vqvae-ref (DESIGN.md): 32x32 in, 8x8 tokens out."""
@@ -33,6 +36,25 @@ class TokenizerConfig:
     beta: float = 0.25      # weight of the commitment loss
     quantizer: str = "vq"   # "vq" (codebook loss), "ema" (EMA codebook) or "gumbel" (dVAE)
     kl_weight: float = 5e-4  # gumbel only: weight of the KL term to the uniform prior
+
+    def __post_init__(self):
+        for name in ("image_size", "hidden", "res_hidden", "code_dim", "num_codes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"tokenizer config: {name} must be a whole number >= 1, "
+                                  f"got {value!r}")
+        if isinstance(self.n_res, bool) or not isinstance(self.n_res, int) or self.n_res < 0:
+            raise ConfigError(f"tokenizer config: n_res must be a whole number >= 0, "
+                              f"got {self.n_res!r}")
+        if self.image_size % 4 or self.hidden % 2:
+            raise ConfigError("tokenizer config: image_size must be a multiple of 4 and "
+                              f"hidden even, got {self.image_size} and {self.hidden}")
+        if self.quantizer not in QUANTIZERS:
+            raise ConfigError(f"tokenizer config: unknown quantizer {self.quantizer!r}; "
+                              f"choose one of {', '.join(QUANTIZERS)}")
+        for name in ("beta", "kl_weight"):
+            if not isinstance(getattr(self, name), (int, float)) or not getattr(self, name) >= 0:
+                raise ConfigError(f"tokenizer config: {name} must be a number >= 0")
 
     @property
     def grid_size(self):
@@ -54,14 +76,15 @@ def tokenizer_config(name_or_dict):
     if isinstance(name_or_dict, TokenizerConfig):
         return name_or_dict
     if isinstance(name_or_dict, dict):
+        unknown = set(name_or_dict) - set(TokenizerConfig.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"unknown tokenizer config fields: {', '.join(sorted(unknown))}")
         return TokenizerConfig(**name_or_dict)
     if name_or_dict not in CONFIGS:
         raise ConfigError(f"unknown tokenizer config {name_or_dict!r}; choose one of "
                           f"{', '.join(CONFIGS)}")
     return CONFIGS[name_or_dict]
 
-
-QUANTIZERS = ("vq", "ema", "gumbel")
 
 
 def with_quantizer(config, quantizer):
@@ -159,18 +182,23 @@ def residual_block_backward(dy, cache, grads, name):
 
 # ---------------------------------------------------------------- encoder and decoder
 
-def encoder_forward(x, params, config):
-    """x (N, 3, S, S) in [-0.5, 0.5] -> z (N, D, S/4, S/4)."""
+def encoder_forward(x, params, config, keep_cache=True):
+    """x (N, 3, S, S) in [-0.5, 0.5] -> z (N, D, S/4, S/4).
+
+    keep_cache=False (encoding only) lets each layer's im2col columns go as soon as the
+    layer is done, instead of holding them all for a backward pass that never comes.
+    """
     caches = []
-    h, c = conv_forward(x, params, "enc.conv1", stride=2, padding=1); caches.append(c)
-    h, c = relu_forward(h); caches.append(c)
-    h, c = conv_forward(h, params, "enc.conv2", stride=2, padding=1); caches.append(c)
-    h, c = relu_forward(h); caches.append(c)
-    h, c = conv_forward(h, params, "enc.conv3", padding=1); caches.append(c)
+    keep = caches.append if keep_cache else (lambda cache: None)
+    h, c = conv_forward(x, params, "enc.conv1", stride=2, padding=1); keep(c)
+    h, c = relu_forward(h); keep(c)
+    h, c = conv_forward(h, params, "enc.conv2", stride=2, padding=1); keep(c)
+    h, c = relu_forward(h); keep(c)
+    h, c = conv_forward(h, params, "enc.conv3", padding=1); keep(c)
     for i in range(config.n_res):
-        h, c = residual_block_forward(h, params, f"enc.res{i}"); caches.append(c)
-    h, c = relu_forward(h); caches.append(c)
-    z, c = conv_forward(h, params, "enc.out"); caches.append(c)
+        h, c = residual_block_forward(h, params, f"enc.res{i}"); keep(c)
+    h, c = relu_forward(h); keep(c)
+    z, c = conv_forward(h, params, "enc.out"); keep(c)
     return z, caches
 
 
@@ -188,16 +216,17 @@ def encoder_backward(dz, caches, grads, config):
     return conv_backward(dh, caches.pop(), grads, "enc.conv1")
 
 
-def decoder_forward(z_q, params, config):
+def decoder_forward(z_q, params, config, keep_cache=True):
     """z_q (N, D, S/4, S/4) -> image (N, 3, S, S), roughly in [-0.5, 0.5]."""
     caches = []
-    h, c = conv_forward(z_q, params, "dec.conv1", padding=1); caches.append(c)
+    keep = caches.append if keep_cache else (lambda cache: None)
+    h, c = conv_forward(z_q, params, "dec.conv1", padding=1); keep(c)
     for i in range(config.n_res):
-        h, c = residual_block_forward(h, params, f"dec.res{i}"); caches.append(c)
-    h, c = relu_forward(h); caches.append(c)
-    h, c = up_forward(h, params, "dec.up1"); caches.append(c)
-    h, c = relu_forward(h); caches.append(c)
-    x_hat, c = up_forward(h, params, "dec.up2"); caches.append(c)
+        h, c = residual_block_forward(h, params, f"dec.res{i}"); keep(c)
+    h, c = relu_forward(h); keep(c)
+    h, c = up_forward(h, params, "dec.up1"); keep(c)
+    h, c = relu_forward(h); keep(c)
+    x_hat, c = up_forward(h, params, "dec.up2"); keep(c)
     return x_hat, caches
 
 

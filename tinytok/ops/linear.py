@@ -14,7 +14,9 @@ def linear_forward(x, w, b):
     if w.ndim != 2 or x.ndim < 1 or x.shape[-1] != w.shape[0]:
         raise ShapeError(f"linear: x (..., in) and w (in, out) must agree on 'in', got "
                          f"x {tuple(x.shape)} and w {tuple(w.shape)}")
-    y = x @ w
+    # One (M, in) @ (in, out) product over all leading axes: x @ w on a 3-D x would make
+    # NumPy run one small product per sequence instead of a single large one.
+    y = (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[1])
     if b is not None:
         require_shape("b", b, (w.shape[1],), "(out,)")
         y += b
@@ -29,7 +31,7 @@ def linear_backward(dy, cache):
     x, w, has_bias = cache
     x2 = x.reshape(-1, x.shape[-1])    # (M, in): all leading axes are rows
     dy2 = dy.reshape(-1, dy.shape[-1])  # (M, out)
-    dx = dy @ w.T                      # (..., in)
+    dx = (dy2 @ w.T).reshape(x.shape)  # (..., in)
     dw = x2.T @ dy2                    # (in, out)
     db = dy2.sum(axis=0) if has_bias else None  # (out,)
     return dx, dw, db

@@ -1,0 +1,140 @@
+"""The `tinytok` command, every subcommand once, on tiny configs, in a real subprocess."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tinytok.checkpoint import load_checkpoint
+from tinytok.datasets import make_shapes
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+       "MKL_NUM_THREADS": "1", "TINYTOK_BACKEND": "numpy"}
+
+
+def tinytok(*args, cwd, timeout=120, script=False):
+    """Run the command (the console script, or python -m tinytok.cli); return the result."""
+    exe = [shutil.which("tinytok")] if script else [sys.executable, "-m", "tinytok.cli"]
+    r = subprocess.run(exe + [str(a) for a in args], cwd=cwd, env=ENV, capture_output=True,
+                       text=True, timeout=timeout)
+    assert "Traceback" not in r.stderr, r.stderr
+    return r
+
+
+def ok(r):
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A folder holding a tiny tokenizer and prior trained by the command line, and images."""
+    d = tmp_path_factory.mktemp("cli")
+    r = ok(tinytok("train-tokenizer", "--config", "vqvae-tiny", "--n-images", 32,
+                   "--steps", 3, "--batch-size", 4, "--checkpoint-every", 2, "--log-every", 1,
+                   "--restart-every", 2, "--out", "tok.npz", cwd=d))
+    assert "wrote tok.npz" in r.stdout
+    assert "3/3" in r.stderr                       # the progress line reached the end
+    r = ok(tinytok("train-prior", "--tokenizer", "tok.npz", "--config", "gpt-tiny",
+                   "--n-images", 32, "--steps", 3, "--batch-size", 4, "--log-every", 1,
+                   "--out", "prior.npz", cwd=d))
+    assert "wrote prior.npz" in r.stdout
+    for i, img in enumerate(make_shapes(2, seed=4).images):
+        Image.fromarray(img).save(d / f"shape{i}.png")
+    return d
+
+
+def test_train_tokenizer_and_prior_write_checkpoints(work):
+    tok = load_checkpoint(work / "tok.npz", kind="tokenizer")
+    assert tok.step == 3 and tok.config["model"]["name"] == "vqvae-tiny"
+    prior = load_checkpoint(work / "prior.npz", kind="prior")
+    assert prior.step == 3 and prior.config["model"]["name"] == "gpt-tiny"
+    assert not [f for f in os.listdir(work) if f.endswith(".tmp")]
+
+
+def test_eval_tokenizer_json_and_pictures(work):
+    r = ok(tinytok("eval-tokenizer", "--tokenizer", "tok.npz", "--n-images", 8,
+                   "--pictures", "pics", "--json", cwd=work))
+    figures = json.loads(r.stdout)
+    assert figures["pictures"] == "pics"
+    assert any("psnr" in k for k in figures), figures
+    for name in ("reconstructions.png", "palette.png", "token_map.png"):
+        with Image.open(work / "pics" / name) as img:
+            assert img.size[0] > 0
+    r = ok(tinytok("eval-tokenizer", "--tokenizer", "tok.npz", "--n-images", 8, cwd=work))
+    assert "psnr" in r.stdout.lower()
+
+
+def test_encode_json_then_decode(work):
+    r = ok(tinytok("encode", "--tokenizer", "tok.npz", "--json", "shape0.png", "shape1.png",
+                   cwd=work, script=True))
+    grids = json.loads(r.stdout)
+    assert list(grids) == ["shape0.png", "shape1.png"]
+    ids = np.array(list(grids.values()))
+    assert ids.shape == (2, 8, 8) and ids.min() >= 0 and ids.max() < 64
+    (work / "ids.json").write_text(r.stdout)
+    r = ok(tinytok("decode", "--tokenizer", "tok.npz", "--ids", "ids.json", "--out",
+                   "decoded.png", "--scale", 2, cwd=work))
+    assert "wrote decoded.png (2 images)" in r.stdout
+    with Image.open(work / "decoded.png") as img:
+        assert img.mode in ("RGB", "RGBA") and min(img.size) >= 64
+    # the plain (not --json) listing: one header line per image, then 8 rows of 8 ids
+    r = ok(tinytok("encode", "--tokenizer", "tok.npz", "shape0.png", cwd=work))
+    lines = r.stdout.splitlines()
+    assert lines[0] == "shape0.png:" and len(lines) == 9
+    assert [int(v) for v in lines[1].split()] == grids["shape0.png"][0]
+
+
+def test_sample_caption_and_eval_prior(work):
+    r = ok(tinytok("sample", "--tokenizer", "tok.npz", "--prior", "prior.npz", "--prompt",
+                   "a large red circle at the top left", "--prompt", "a small blue square",
+                   "-n", 2, "--cfg", 2, "--top-k", 10, "--top-p", 0.9, "--temperature", 0.8,
+                   "--out", "samples.png", cwd=work))
+    assert "wrote samples.png (4 images" in r.stdout
+    with Image.open(work / "samples.png") as img:
+        assert min(img.size) >= 64
+    r = ok(tinytok("caption", "--tokenizer", "tok.npz", "--prior", "prior.npz", "shape0.png",
+                   "shape1.png", cwd=work))
+    lines = r.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["shape0.png", "shape1.png"]
+    r = ok(tinytok("eval-prior", "--tokenizer", "tok.npz", "--prior", "prior.npz",
+                   "--prompts", 1, "-n", 1, "--captions", 2, "--json", cwd=work))
+    figures = json.loads(r.stdout)
+    for key in ("adherence_train", "adherence_heldout", "caption_accuracy_heldout"):
+        assert 0 <= figures[key] <= 1
+
+
+def test_sample_with_the_same_seed_is_the_same_picture(work):
+    for out in ("a.png", "b.png"):
+        ok(tinytok("sample", "--tokenizer", "tok.npz", "--prior", "prior.npz", "--prompt",
+                   "a small red circle at the center", "-n", 1, "--seed", 5, "--out", out,
+                   cwd=work))
+    assert np.array_equal(np.asarray(Image.open(work / "a.png")),
+                          np.asarray(Image.open(work / "b.png")))
+
+
+def test_help_lists_every_subcommand(tmp_path):
+    r = ok(tinytok("--help", cwd=tmp_path))
+    for name in ("demo", "train-tokenizer", "train-prior", "encode", "decode",
+                 "eval-tokenizer", "sample", "caption", "eval-prior", "bench"):
+        assert name in r.stdout
+
+
+# `tinytok demo --quick` took about 4 minutes on this 2-core machine (well over a minute),
+# so it only runs when asked: TINYTOK_SLOW=1 pytest tests/test_cli.py -k demo
+@pytest.mark.skipif(not os.environ.get("TINYTOK_SLOW"),
+                    reason="slow (minutes on two cores): set TINYTOK_SLOW=1 to run")
+def test_demo_quick(tmp_path):
+    t0 = time.monotonic()
+    r = ok(tinytok("demo", "--quick", "--out", "demo", cwd=tmp_path, timeout=1800))
+    for name in ("samples.png", "heldout_samples.png", "reconstructions.png", "palette.png",
+                 "captions.png", "tokenizer.npz", "prior.npz", "figures.json"):
+        assert (tmp_path / "demo" / name).exists(), name
+    figures = json.loads((tmp_path / "demo" / "figures.json").read_text())
+    assert figures["tokenizer_psnr_db"] > 15
+    print(f"demo --quick took {time.monotonic() - t0:.0f} s; {r.stdout}")
