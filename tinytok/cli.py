@@ -195,8 +195,13 @@ def cmd_eval_tokenizer(args):
     tokenizer = Tokenizer.load(args.tokenizer)
     split = {"shapes": "all", "photos": "val"}.get(args.data, "val")
     seed = 12345  # validation images never overlap the training seed's draws
-    images = training_images(args.data, args.n_images if args.data in ("shapes", "photos")
-                             else None, seed=seed, split=split)
+    if args.data == "photos":  # held-out photographs, downscaled 2x and 4x: CIFAR-like detail
+        from tinytok.datasets import photo_crops
+        images = photo_crops(args.n_images, seed=seed, split="val", scales=(2, 4))
+        split = "val, 2x and 4x"
+    else:
+        images = training_images(args.data, args.n_images if args.data == "shapes" else None,
+                                 seed=seed, split=split)
     figures, recon, ids = eval_tokenizer(tokenizer, images)
     figures["data"] = f"{args.data} ({split} split)"
     if args.pictures:

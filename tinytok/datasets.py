@@ -309,19 +309,20 @@ def augment(images, rng):
     return np.clip(np.round(out * gain), 0, 255).astype(np.uint8)
 
 
-def photo_crops(n, seed=0, split="train", size=32, augmented=False):
+def photo_crops(n, seed=0, split="train", size=32, augmented=False, scales=PHOTO_SCALES):
     """n random size x size crops of the photographs, uint8 (n, size, size, 3).
 
     Each crop picks a photo of the split ("train": PHOTOS not in VALIDATION_PHOTOS,
-    "val": VALIDATION_PHOTOS, "all"), a scale from PHOTO_SCALES and a position, all
-    uniformly; the same seed gives the same crops. ``augmented`` applies ``augment``.
+    "val": VALIDATION_PHOTOS, "all"), a scale from ``scales`` (downscale factors) and a
+    position, all uniformly; the same seed gives the same crops. ``augmented`` applies
+    ``augment``.
     """
     names = {"train": [p for p in PHOTOS if p not in VALIDATION_PHOTOS],
              "val": list(VALIDATION_PHOTOS), "all": list(PHOTOS)}.get(split)
     if names is None:
         raise ConfigError(f"unknown photos split {split!r}; choose train, val or all")
     names = [name for name in names if name in available_photos()]
-    sources = [(name, s) for name in names for s in PHOTO_SCALES
+    sources = [(name, s) for name in names for s in scales
                if min(load_photo(name, s).shape[:2]) >= size]
     if not sources:
         raise ImageError(f"no photographs of the {split} split load here; "

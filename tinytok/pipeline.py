@@ -92,8 +92,12 @@ class Tokenizer:
     def _check(self, images):
         return check_images(images, self.config.image_size)
 
-    def encode(self, images, batch_size=256):
-        """uint8 images (N, S, S, 3) or one (S, S, 3) -> int64 token ids (N, S/4, S/4)."""
+    def encode(self, images, batch_size=64):
+        """uint8 images (N, S, S, 3) or one (S, S, 3) -> int64 token ids (N, S/4, S/4).
+
+        Works through the images batch_size at a time: smaller batches keep each layer's
+        columns in cache (64 was 10% faster than 256 on a 2-core laptop-class CPU).
+        """
         images = self._check(images)
         return np.concatenate([self._encode_batch(images[i:i + batch_size])
                                for i in range(0, len(images), batch_size)])

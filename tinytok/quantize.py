@@ -39,13 +39,13 @@ def nearest_codes(z_cols, codebook):
     """Index of the nearest code (squared L2) for each column: (D, M), (K, D) -> (M,) int.
 
     |z - e|^2 = |z|^2 - 2 z.e + |e|^2; |z|^2 is the same for every code, so only the last two
-    terms decide, and z.e for all pairs is one matrix product.
+    terms decide, and z.e for all pairs is one matrix product. The scores are laid out
+    (M, K) so that the argmin runs along contiguous memory.
     """
     xp = get_array_module(z_cols)
-    scores = codebook @ z_cols                                          # (K, M)
-    scores *= -2
-    scores += (codebook * codebook).sum(axis=1)[:, None]
-    return xp.argmin(scores, axis=0)
+    scores = z_cols.T @ (-2 * codebook.T)                               # (M, K)
+    scores += (codebook * codebook).sum(axis=1)
+    return xp.argmin(scores, axis=1)
 
 
 def vector_quantize_forward(z, codebook, beta=0.25):
@@ -149,6 +149,25 @@ def ema_update(codebook, state, z, ids, decay=0.99, eps=1e-5):
 
 # ---------------------------------------------------------------- initialisation and restarts
 
+def kmeans_plus_plus(vectors, num_codes, rng):
+    """k-means++ seeding on the host: (M, D) float64 -> (K, D) starting centroids.
+
+    Each new centroid is drawn with probability proportional to its squared distance from
+    the nearest one chosen so far, so the seeds spread over the data. Keeping that distance
+    up to date costs one pass per centroid: O(K M D), where SciPy's own "++" is O(K^2 M D).
+    """
+    centroids = np.empty((num_codes, vectors.shape[1]))
+    centroids[0] = vectors[rng.integers(len(vectors))]
+    nearest = ((vectors - centroids[0]) ** 2).sum(axis=1)                # (M,)
+    for k in range(1, num_codes):
+        total = nearest.sum()
+        pick = rng.choice(len(vectors), p=nearest / total) if total > 0 else rng.integers(
+            len(vectors))
+        centroids[k] = vectors[pick]
+        np.minimum(nearest, ((vectors - centroids[k]) ** 2).sum(axis=1), out=nearest)
+    return centroids
+
+
 def kmeans_init(z, num_codes, seed=0, iterations=20):
     """A codebook (K, D) from k-means on encoder outputs z (N, D, H, W), on the host (SciPy).
 
@@ -161,7 +180,10 @@ def kmeans_init(z, num_codes, seed=0, iterations=20):
     if vectors.shape[0] < num_codes:
         raise ShapeError(f"k-means needs at least {num_codes} vectors for {num_codes} codes, "
                          f"got {vectors.shape[0]}; encode more images first")
-    centroids, _ = kmeans2(vectors, num_codes, iter=iterations, minit="++", seed=seed)
+    rng = host_rng(seed)
+    start = kmeans_plus_plus(vectors, num_codes, rng)
+    centroids, _ = kmeans2(vectors, start, iter=iterations, minit="matrix", missing="warn",
+                           seed=rng)
     return xp.asarray(centroids, dtype=z.dtype)
 
 

@@ -24,16 +24,36 @@ def relu_backward(dy, cache):
 
 
 def gelu_forward(x):
-    """y = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3). x -> y (same shape)."""
+    """y = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3). x -> y (same shape).
+
+    Written as in-place steps on two buffers: the MLP's activations are the largest arrays
+    of the prior, and each avoided temporary is a whole pass over memory.
+    """
     require_float("x", x)
     xp = get_array_module(x)
-    t = xp.tanh(GELU_C * (x + 0.044715 * x * x * x))
-    y = 0.5 * x * (1 + t)
+    t = x * x
+    t *= 0.044715
+    t += 1
+    t *= x
+    t *= GELU_C                   # u = sqrt(2/pi) (x + 0.044715 x^3)
+    xp.tanh(t, out=t)             # t = tanh(u)
+    y = t + 1
+    y *= x
+    y *= 0.5
     return y, (x, t)
 
 
 def gelu_backward(dy, cache):
-    """dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx, with du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)."""
+    """dx = dy * (0.5 (1 + t) + 0.5 x (1 - t^2) du/dx), du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)."""
     x, t = cache
-    du_dx = GELU_C * (1 + 3 * 0.044715 * x * x)
-    return dy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du_dx)
+    g = x * x
+    g *= 3 * 0.044715
+    g += 1
+    g *= GELU_C                   # du/dx
+    g *= x
+    g *= 1 - t * t                # x (1 - t^2) du/dx
+    g += t
+    g += 1
+    g *= 0.5
+    g *= dy
+    return g

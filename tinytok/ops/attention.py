@@ -36,7 +36,8 @@ def merge_heads(x):
 def softmax(scores, axis=-1):
     """Numerically stable softmax (shifted by the row maximum)."""
     xp = get_array_module(scores)
-    e = xp.exp(scores - scores.max(axis=axis, keepdims=True))
+    e = scores - scores.max(axis=axis, keepdims=True)
+    xp.exp(e, out=e)
     e /= e.sum(axis=axis, keepdims=True)
     return e
 
@@ -81,9 +82,15 @@ def causal_self_attention_backward(dout, cache):
     dy = split_heads(dy, n_head)                                     # (B, nh, T, hs)
     datt = dy @ v.transpose(0, 1, 3, 2)                              # (B, nh, T, T)
     dv = att.transpose(0, 1, 3, 2) @ dy                              # (B, nh, T, hs)
-    dscores = att * (datt - (datt * att).sum(axis=-1, keepdims=True))
-    dq = (dscores @ k) * scale                                       # (B, nh, T, hs)
-    dk = dscores.transpose(0, 1, 3, 2) @ (q * scale)                 # (B, nh, T, hs)
-    dqkv = xp.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)
-    dx, dw_qkv, db_qkv = linear_backward(dqkv, qkv_cache)            # (B, T, C)
+    dscores = datt                                                   # reuse the buffer:
+    dscores -= (datt * att).sum(axis=-1, keepdims=True)              # datt - sum(datt * att)
+    dscores *= att
+    dscores *= scale                     # the scores were (q * scale) @ k^T: both get scale
+    # dq, dk, dv go straight into their columns of dqkv: (B, T, [q|k|v], heads, hs)
+    B, nh, T, hs = dy.shape
+    dqkv = xp.empty((B, T, 3, nh, hs), dtype=dy.dtype)
+    dqkv[:, :, 0] = (dscores @ k).transpose(0, 2, 1, 3)                      # dq
+    dqkv[:, :, 1] = (dscores.transpose(0, 1, 3, 2) @ q).transpose(0, 2, 1, 3)  # dk
+    dqkv[:, :, 2] = dv.transpose(0, 2, 1, 3)                                 # dv
+    dx, dw_qkv, db_qkv = linear_backward(dqkv.reshape(B, T, 3 * nh * hs), qkv_cache)
     return dx, dw_qkv, db_qkv, dw_proj, db_proj

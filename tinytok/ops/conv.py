@@ -44,6 +44,9 @@ def im2col(x, kh, kw, stride, padding):
     N, C, H, W = x.shape
     Ho = conv_output_size(H, kh, stride, padding)
     Wo = conv_output_size(W, kw, stride, padding)
+    if kh == kw == stride == 1 and padding == 0:
+        # A 1x1 field is one pixel: the columns are the image itself (no copy if CHWN).
+        return x.transpose(1, 2, 3, 0).reshape(C, H * W * N), (H, W)
     # Pad into a (C, H, W, N) buffer: one copy that both pads and puts the batch last.
     x_pad = xp.zeros((C, H + 2 * padding, W + 2 * padding, N), dtype=x.dtype)
     x_pad[:, padding:padding + H, padding:padding + W] = x.transpose(1, 2, 3, 0)
@@ -64,6 +67,8 @@ def col2im(cols, x_shape, kh, kw, stride, padding):
     N, C, H, W = x_shape
     Ho = conv_output_size(H, kh, stride, padding)
     Wo = conv_output_size(W, kw, stride, padding)
+    if kh == kw == stride == 1 and padding == 0:  # the mirror of im2col's 1x1 case
+        return cols.reshape(C, H, W, N).transpose(3, 0, 1, 2)
     cols = cols.reshape(C, kh, kw, Ho, Wo, N)
     x_pad = xp.zeros((C, H + 2 * padding, W + 2 * padding, N), dtype=cols.dtype)
     for i in range(kh):

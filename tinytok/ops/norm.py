@@ -13,11 +13,11 @@ def layer_norm_forward(x, gamma, beta, eps=1e-5):
     require_shape("gamma", gamma, x.shape[-1:], "(C,)")
     require_shape("beta", beta, x.shape[-1:], "(C,)")
     xp = get_array_module(x)
-    mean = x.mean(axis=-1, keepdims=True)                       # (..., 1)
-    centered = x - mean
-    rstd = 1 / xp.sqrt((centered * centered).mean(axis=-1, keepdims=True) + eps)  # (..., 1)
-    xhat = centered * rstd                                      # (..., C)
-    y = xhat * gamma + beta
+    xhat = x - x.mean(axis=-1, keepdims=True)                   # centred, (..., C)
+    rstd = 1 / xp.sqrt((xhat * xhat).mean(axis=-1, keepdims=True) + eps)  # (..., 1)
+    xhat *= rstd                                                # normalised, in place
+    y = xhat * gamma
+    y += beta
     return y, (xhat, gamma, rstd)
 
 
@@ -31,7 +31,10 @@ def layer_norm_backward(dy, cache):
     lead = tuple(range(dy.ndim - 1))
     dgamma = (dy * xhat).sum(axis=lead)
     dbeta = dy.sum(axis=lead)
-    g = dy * gamma
-    dx = g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True)
+    dx = dy * gamma                                             # g, then dx in place
+    correction = dx * xhat
+    correction = xhat * correction.mean(axis=-1, keepdims=True)  # xhat * mean(g * xhat)
+    dx -= dx.mean(axis=-1, keepdims=True)
+    dx -= correction
     dx *= rstd
     return dx, dgamma, dbeta
