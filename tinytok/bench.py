@@ -44,10 +44,9 @@ import numpy as np
 
 from tinytok import backend
 from tinytok.errors import ConfigError
-from tinytok.gpt import (gpt_config, gpt_loss_backward, gpt_loss_forward, init_gpt_params,
-                         zeros_like_params)
-from tinytok.ops.conv import conv_output_size, conv_transpose_output_size
-from tinytok.optim import adamw_init, adamw_step, clip_grad_norm
+from tinytok.gpt import gpt_config, gpt_loss_backward, gpt_loss_forward, init_gpt_params
+from tinytok.ops.conv import conv_output_size
+from tinytok.optim import adamw_init, adamw_step, clip_grad_norm, zeros_like_params
 from tinytok.quantize import latents_as_columns, nearest_codes
 from tinytok.sample import NextTokenLogits, draw, filter_logits
 from tinytok.vqvae import (encoder_forward, init_tokenizer_params, tokenizer_backward,
@@ -333,12 +332,18 @@ SECTIONS = {
 }
 
 
-def run_section(part, section, backend_name="numpy", quick=False, repeats=None, warmup=None):
-    """Run one section in this process; returns its figures plus memory and allocator facts."""
+def run_section(part, section, backend_name="numpy", quick=False, repeats=None, warmup=None,
+                batch=None):
+    """Run one section in this process; returns its figures plus memory and allocator facts.
+
+    batch overrides the training batch of both models (e.g. 256 to compare with a GPU).
+    """
     import_rss, _ = rss_mb()
     xp = backend.use(backend_name)
     reused = backend.reuse_freed_host_memory()
-    sizes = QUICK if quick else FULL
+    sizes = dict(QUICK if quick else FULL)
+    if batch:
+        sizes.update(vq_batch=batch, gpt_batch=batch)
     out = SECTIONS[part][section](xp, sizes, quick, repeats, warmup)
     synchronize(xp)
     out.update(import_rss_mb=import_rss, peak_rss_mb=peak_rss_mb(),
@@ -386,7 +391,8 @@ def parse_only(only):
     return [p for p in PARTS if p in names]
 
 
-def run_bench(backend="numpy", only=None, repeats=None, quick=False, warmup=None, isolate=True):
+def run_bench(backend="numpy", only=None, repeats=None, quick=False, warmup=None, isolate=True,
+              batch=None):
     """Run the selected parts; returns {"meta": ..., part: {figures}, ...} (see module doc).
 
     repeats / warmup override the per-measurement defaults (REPEATS). quick shrinks every
@@ -401,7 +407,7 @@ def run_bench(backend="numpy", only=None, repeats=None, quick=False, warmup=None
         figures = {"peak_rss_mb_by_section": {}}
         for section in SECTIONS[part]:
             spec = dict(part=part, section=section, backend_name=backend, quick=quick,
-                        repeats=repeats, warmup=warmup)
+                        repeats=repeats, warmup=warmup, batch=batch)
             got = _run_isolated(spec) if isolate else run_section(**spec)
             figures["peak_rss_mb_by_section"][section] = got.pop("peak_rss_mb")
             figures.update(got)
@@ -434,6 +440,8 @@ def add_arguments(parser):
                              "or repeated")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes and repeats: checks that it runs, measures nothing")
+    parser.add_argument("--batch", type=int, help="training batch of both models (default 32; "
+                        "256 compares a GPU with the CPU)")
     parser.add_argument("--repeats", type=int, help="timed runs per measurement")
     parser.add_argument("--warmup", type=int, help="untimed runs before them")
     parser.add_argument("--in-process", action="store_true",
@@ -445,7 +453,8 @@ def run(args):
     """Execute parsed arguments; returns the exit status."""
     try:
         result = run_bench(backend=args.backend, only=args.only, repeats=args.repeats,
-                           quick=args.quick, warmup=args.warmup, isolate=not args.in_process)
+                           quick=args.quick, warmup=args.warmup, isolate=not args.in_process,
+                           batch=args.batch)
     except ConfigError as e:
         print(f"tinytok bench: error: {e}", file=sys.stderr)
         return 2

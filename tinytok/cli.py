@@ -239,7 +239,7 @@ def _sampling_arguments(p):
     p.add_argument("--temperature", type=positive_float, default=1.0)
     p.add_argument("--top-k", type=positive_int, default=None)
     p.add_argument("--top-p", type=probability, default=None)
-    p.add_argument("--cfg", type=non_negative_float, default=3.0,
+    p.add_argument("--cfg", type=non_negative_float, default=1.5,
                    help="classifier-free guidance scale (1 = off)")
     p.add_argument("--seed", type=seed_value, default=0)
 

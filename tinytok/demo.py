@@ -24,8 +24,8 @@ from tinytok.vqvae import tokenizer_config, with_quantizer
 PLAN = {
     "images": (8000, 2000),
     "tokenizer_steps": (1500, 300),
-    "prior_steps": (2500, 300),
-    "prompts": (12, 6),
+    "prior_steps": (3000, 300),
+    "prompts": (16, 6),
 }
 DEMO_TOKENIZER = replace(with_quantizer(tokenizer_config("vqvae-small"), "ema"),
                          name="vqvae-demo", num_codes=128)
@@ -80,7 +80,7 @@ def run_demo(out="tinytok-demo", quick=False, seed=0):
     return 0
 
 
-def write_pictures(pipe, tokenizer, out, n_prompts, seed, cfg_scale=3.0):
+def write_pictures(pipe, tokenizer, out, n_prompts, seed, cfg_scale=1.5):
     """The demo's pictures and the figures measured on them."""
     from tinytok.quantize import code_counts
     from tinytok.viz import codebook_palette, comparison_grid, image_grid, prompt_grid

@@ -44,7 +44,7 @@ def caption_accuracy(pipeline, images, labels):
     return float(np.mean([w == t for w, t in zip(written, truth)])), written
 
 
-def eval_prior(pipeline, n_prompts=24, n_per_prompt=4, cfg_scale=3.0, seed=0, n_captions=200,
+def eval_prior(pipeline, n_prompts=24, n_per_prompt=4, cfg_scale=1.5, seed=0, n_captions=200,
                temperature=1.0, top_k=None, top_p=None):
     """Adherence on training and held-out combinations, and caption accuracy on held-out images."""
     train = make_shapes(n_prompts, seed=10_000 + seed, split="train").labels

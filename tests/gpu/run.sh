@@ -133,7 +133,8 @@ step cupy_tests 210 "${PYTEST[@]}" tests -k cupy \
     --junitxml="$OUT/cupy_tests.xml"
 
 # --- the benchmark on the GPU, then the same on the CPU for the speed-up
-read -r -a BENCH_ARGS <<< "${TINYTOK_BENCH_ARGS:-}"
+# batch 256 on both: the issue's 10x comparison of training-step throughput
+read -r -a BENCH_ARGS <<< "${TINYTOK_BENCH_ARGS:---batch 256 --repeats 5}"
 # stdout (the JSON) to the .json file; stderr to the step's log
 step bench_cupy 120 bash -c '"$@" > "$0"' "$OUT/bench_cupy.json" \
     "${TINYTOK[@]}" bench --backend cupy --json ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"}
