@@ -15,61 +15,27 @@ from tinytok.errors import ConfigError, TinytokError
 
 # ---------------------------------------------------------------- argument types
 
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _number(convert, allowed, rule):
+    """An argparse type: text -> convert(text), refused with a clear message unless allowed."""
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            kind = "a whole number" if convert is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        if not allowed(value):  # NaN fails every comparison, so it is refused too
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+    return parse
 
 
-def positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def seed_value(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 0 <= value < 2 ** 32:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 2**32), got {value}")
-    return value
-
-
-def non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def probability(text):
-    value = positive_float(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {text}")
-    return value
-
-
-def non_negative_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
+INF = float("inf")
+positive_int = _number(int, lambda v: v >= 1, ">= 1")
+non_negative_int = _number(int, lambda v: v >= 0, ">= 0")
+seed_value = _number(int, lambda v: 0 <= v < 2 ** 32, "in [0, 2**32)")
+positive_float = _number(float, lambda v: 0 < v < INF, "a finite number > 0")
+non_negative_float = _number(float, lambda v: 0 <= v < INF, "a finite number >= 0")
+probability = _number(float, lambda v: 0 < v <= 1, "in (0, 1]")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -297,6 +263,17 @@ def cmd_demo(args):
     return run_demo(args.out, quick=args.quick, seed=args.seed)
 
 
+def cmd_export(args):
+    """A copy of a checkpoint without the optimizer state: a third of the size, for sharing."""
+    from tinytok.checkpoint import load_checkpoint, save_checkpoint
+    ckpt = load_checkpoint(args.checkpoint)
+    save_checkpoint(args.out, kind=ckpt.kind, params=ckpt.params, config=ckpt.config,
+                    step=ckpt.step, extra={"history": ckpt.extra.get("history", [])})
+    print(f"wrote {args.out} ({ckpt.kind}, step {ckpt.step}, "
+          f"{os.path.getsize(args.out) / 2 ** 20:.1f} MB)")
+    return 0
+
+
 def cmd_bench(args):
     from tinytok import bench
     return bench.run(args)
@@ -380,6 +357,11 @@ def build_parser():
     _sampling_arguments(p)
     _pipeline_arguments(p)
     p.set_defaults(func=cmd_eval_prior)
+
+    p = sub.add_parser("export", help="copy a checkpoint without its optimizer state")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="speed and memory of the reference models")
     try:
