@@ -99,7 +99,8 @@ def cmd_train_prior(args):
     settings.check()
     print(f"training a {config.name} prior on {len(data.codes)} captioned shapes for "
           f"{args.steps} steps -> {args.out}", file=sys.stderr)
-    train_prior(data, config, settings, args.out, resume=args.resume)
+    train_prior(data, config, settings, args.out, resume=args.resume,
+                p_word_noise=args.word_noise)
     print(f"wrote {args.out}")
     return 0
 
@@ -311,6 +312,9 @@ def build_parser():
     p.add_argument("--data", default="shapes", choices=("shapes",))
     p.add_argument("--config", default="gpt-ref")
     p.add_argument("--n-images", type=positive_int, default=20000)
+    p.add_argument("--word-noise", type=_number(float, lambda v: 0 <= v <= 1, "in [0, 1]"),
+                   default=0.3, help="share of caption input words replaced at random in "
+                   "captioning examples (helps describe unseen combinations)")
     _add_train_arguments(p, lr=1e-3, steps=5000)
     p.set_defaults(func=cmd_train_prior)
 

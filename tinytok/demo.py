@@ -61,7 +61,8 @@ def run_demo(out="tinytok-demo", quick=False, seed=0):
         f"{pick['prior_steps']} steps) on caption + image token streams")
     train_prior(data, config, TrainSettings(steps=pick["prior_steps"], lr=2e-3, warmup=100,
                                             seed=seed, weight_decay=0.1, log_every=100,
-                                            checkpoint_every=10_000), prior_path)
+                                            checkpoint_every=10_000), prior_path,
+                p_word_noise=0.3)
     pipe = Pipeline(tokenizer, Prior.load(prior_path))
 
     say("[4/4] drawing, captioning and measuring")

@@ -381,7 +381,7 @@ class PriorData:
 
 
 def train_prior(data, config, settings, out, resume=False, p_caption_layout=0.5,
-                p_drop_caption=0.1, log=default_print, progress_stream=None):
+                p_drop_caption=0.1, p_word_noise=0.0, log=default_print, progress_stream=None):
     """Train the prior on PriorData; checkpoints go to `out`. Returns the loss history."""
     from tinytok.gpt import (config_dict, gpt_loss_backward, gpt_loss_forward,
                              init_gpt_params)
@@ -406,14 +406,16 @@ def train_prior(data, config, settings, out, resume=False, p_caption_layout=0.5,
             config={"model": config_dict(config), "vocab": data.vocab.to_dict(),
                     "train": settings_dict(settings),
                     "layouts": {"p_caption_layout": p_caption_layout,
-                                "p_drop_caption": p_drop_caption}},
+                                "p_drop_caption": p_drop_caption,
+                                "p_word_noise": p_word_noise}},
             optimizer_state={"adam": opt_state}, extra={"history": history}))
 
     def forward(step):
         idx = batch_indices(len(data.codes), settings.batch_size, settings.seed, step)
         inputs, targets = make_training_batch(
             data.vocab, [data.captions[i] for i in idx], data.codes[idx],
-            step_rng(settings.seed, step, 3), config.context, p_caption_layout, p_drop_caption)
+            step_rng(settings.seed, step, 3), config.context, p_caption_layout, p_drop_caption,
+            p_word_noise)
         loss, _, cache = gpt_loss_forward(xp.asarray(inputs), xp.asarray(targets), params, config)
         loss = float(loss)
         check_finite_loss(loss, step)

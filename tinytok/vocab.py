@@ -325,7 +325,7 @@ def choose_layouts(rng, n, p_caption_layout=0.5, p_drop_caption=0.1):
 
 
 def make_training_batch(vocab, caption_ids_list, image_codes, rng, context=DEFAULT_CONTEXT,
-                        p_caption_layout=0.5, p_drop_caption=0.1):
+                        p_caption_layout=0.5, p_drop_caption=0.1, p_word_noise=0.0):
     """One batch for the prior: inputs, targets, both int64 (N, context).
 
     caption_ids_list: N lists of word ids; image_codes: raw codes (N, g, g); rng: a NumPy
@@ -352,8 +352,17 @@ def make_training_batch(vocab, caption_ids_list, image_codes, rng, context=DEFAU
                               "image tokens and 5 special tokens")
         tokens = _layout(layout, caption, image[i])
         seq[i, :len(tokens)] = tokens
-    inputs, targets = seq[:, :-1], seq[:, 1:].copy()  # (N, context) each
+    inputs, targets = seq[:, :-1].copy(), seq[:, 1:].copy()  # (N, context) each
     targets[targets == PAD] = IGNORE_INDEX            # <pad> only ever appears as padding
+    if p_word_noise:
+        # In captions written after a picture, swap some *input* words for random words
+        # (the targets stay true): to write the next word the model must then look at the
+        # picture rather than guess from the words before it ("green" is followed by
+        # "triangle" in training), which is what lets it describe unseen combinations.
+        is_word = (inputs >= len(SPECIALS)) & (inputs < vocab.image_offset)
+        noisy = is_word & (rng.random(inputs.shape) < p_word_noise)
+        noisy &= (layouts == IMAGE_TO_TEXT)[:, None]
+        inputs[noisy] = rng.integers(len(SPECIALS), vocab.image_offset, int(noisy.sum()))
     return inputs, targets
 
 
