@@ -415,3 +415,23 @@ def test_token_cache_errors(tmp_path):
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
     with pytest.raises(CheckpointError, match="not a tinytok token cache"):
         load_token_cache(tmp_path / "other.npz")
+
+
+def test_word_noise_changes_only_caption_inputs_of_captioning_examples():
+    """Targets stay true; only input words after <caption> are swapped, never image tokens."""
+    vocab = Vocab.from_captions(CAPTIONS, K)
+    ids = [vocab.encode_text(c) for c in CAPTIONS] * 8
+    codes = np.random.default_rng(1).integers(0, K, (len(ids), 8, 8))
+    clean_in, clean_t = make_training_batch(vocab, ids, codes, np.random.default_rng(5))
+    noisy_in, noisy_t = make_training_batch(vocab, ids, codes, np.random.default_rng(5),
+                                            p_word_noise=1.0)
+    np.testing.assert_array_equal(noisy_t, clean_t)
+    changed = noisy_in != clean_in
+    assert changed.any()
+    rows = np.flatnonzero(changed.any(axis=1))
+    for r in rows:  # every changed row is a captioning example, changed only in its words
+        assert CAPTION in clean_in[r].tolist()
+        after_caption = np.arange(clean_in.shape[1]) > clean_in[r].tolist().index(CAPTION)
+        assert not (changed[r] & ~after_caption).any()
+    words = noisy_in[changed]
+    assert ((words >= len(SPECIALS)) & (words < vocab.image_offset)).all()
