@@ -125,10 +125,7 @@ def test_help_lists_every_subcommand(tmp_path):
         assert name in r.stdout
 
 
-# `tinytok demo --quick` took about 4 minutes on this 2-core machine (well over a minute),
-# so it only runs when asked: TINYTOK_SLOW=1 pytest tests/test_cli.py -k demo
-@pytest.mark.skipif(not os.environ.get("TINYTOK_SLOW"),
-                    reason="slow (minutes on two cores): set TINYTOK_SLOW=1 to run")
+# The README's main job, end to end at its smallest: about a minute on two cores.
 def test_demo_quick(tmp_path):
     t0 = time.monotonic()
     r = ok(tinytok("demo", "--quick", "--out", "demo", cwd=tmp_path, timeout=1800))

@@ -8,7 +8,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import reference_models as ref
-from tinytok.backend import to_numpy
 from tinytok.errors import DTypeError, ShapeError
 from tinytok.gradcheck import assert_gradients_close, numerical_gradient, relative_error
 from tinytok.gumbel import (gumbel_noise, gumbel_quantize_backward, gumbel_quantize_forward,
