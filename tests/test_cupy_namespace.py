@@ -195,6 +195,8 @@ HOST_EDGES = {
     ("backend", "to_device"): ({"asarray"}, "the NumPy backend's upload is a no-op asarray"),
     ("quantize", "usage_stats"): ({"exp", "log"}, "works on to_numpy(counts)"),
     ("quantize", "restart_dead_codes"): ({"flatnonzero"}, "on to_numpy(counts)"),
+    ("quantize", "kmeans_plus_plus"): ({"empty", "minimum"},
+                                       "k-means runs on the host (kmeans_init calls to_numpy)"),
     ("gumbel", "gumbel_noise"): ({"log"}, "noise is drawn on the host, then moved"),
     ("vqvae", "_conv_params"): ({"sqrt"}, "a Python float bound for host init draws"),
     ("gpt", "init_gpt_params"): ({"ones", "sqrt", "zeros"}, "host init, moved by to_device"),
