@@ -12,7 +12,6 @@ bug is off by far more). Training: the loss curves of a few steps agree to 1e-3 
 """
 import io
 import math
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ from conftest import build_case
 from tinytok import backend
 from tinytok.errors import BackendError
 from tinytok.ops import PAIRS
+from device_helpers import active, host
 
 TOL = {"float32": 1e-4, "float64": 1e-10}
 
@@ -36,24 +36,6 @@ def cp():
     finally:
         backend._active = saved
     return module
-
-
-@contextmanager
-def active(module):
-    saved = backend._active
-    backend._active = module
-    try:
-        yield module
-    finally:
-        backend._active = saved
-
-
-def host(x):
-    if isinstance(x, dict):
-        return {k: host(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(host(v) for v in x)
-    return backend.to_numpy(x) if backend.is_cupy_array(x) else x
 
 
 def assert_close(want, got, tol, what="result"):

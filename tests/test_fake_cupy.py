@@ -11,7 +11,6 @@ error names the call, and says whether real CuPy would have failed too.
 """
 import io
 import math
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -20,6 +19,7 @@ import fake_cupy
 from conftest import build_case
 from tinytok import backend
 from tinytok.ops import PAIRS
+from device_helpers import active, host
 
 FAKE = fake_cupy.cupy
 
@@ -31,28 +31,6 @@ def fake(monkeypatch):
     monkeypatch.setattr(backend, "_load_cupy", lambda: FAKE)
     monkeypatch.delenv("TINYTOK_BACKEND", raising=False)
     return FAKE
-
-
-@contextmanager
-def active(module):
-    """Run a block with `module` (np or the fake) as tinytok's backend."""
-    saved = backend._active
-    backend._active = module
-    try:
-        yield module
-    finally:
-        backend._active = saved
-
-
-def host(x):
-    """Device arrays (also inside dicts, lists, tuples) as NumPy; other values unchanged."""
-    if isinstance(x, dict):
-        return {k: host(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(host(v) for v in x)
-    if backend.is_cupy_array(x):
-        return x.get()
-    return x
 
 
 def on_device(x):
