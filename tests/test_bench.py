@@ -5,7 +5,7 @@ import numbers
 
 import pytest
 
-from tinytok import bench
+from tinytok import bench, flops
 from tinytok.errors import ConfigError
 from tinytok.gpt import gpt_config
 from tinytok.vqvae import tokenizer_config
@@ -86,17 +86,17 @@ def test_add_arguments_registers_on_a_subparser():
 def test_conv_flops_by_hand():
     # 1 image, 3 -> 2 channels, 4x4 input, 3x3 kernel, no padding: 2x2 outputs.
     # Each output value is 3*3*3 = 27 multiply-adds: 2 * (2*2*2) * 27 = 432.
-    assert bench.conv2d_flops(1, 3, 4, 4, 2, 3, 3) == 432
+    assert flops.conv2d_flops(1, 3, 4, 4, 2, 3, 3) == 432
     # stride 2, padding 1, 4x4 kernel on 32x32: 16x16 outputs.
-    assert bench.conv2d_flops(2, 3, 32, 32, 64, 4, 4, 2, 1) == 2 * 2 * 16 * 16 * 64 * 3 * 16
+    assert flops.conv2d_flops(2, 3, 32, 32, 64, 4, 4, 2, 1) == 2 * 2 * 16 * 16 * 64 * 3 * 16
     # Transposed: each of the 2*3 input pixels paints a 4x4 patch of 5 channels from 2.
-    assert bench.conv_transpose2d_flops(1, 2, 2, 3, 5, 4, 4) == 2 * 6 * 2 * 5 * 16
+    assert flops.conv_transpose2d_flops(1, 2, 2, 3, 5, 4, 4) == 2 * 6 * 2 * 5 * 16
 
 
 def test_linear_and_attention_flops_by_hand():
-    assert bench.linear_flops(3, 4, 5) == 120
+    assert flops.linear_flops(3, 4, 5) == 120
     # B=1, T=2, C=3: QK^T is (2,3)@(3,2) = 12 MACs, att@V (2,2)@(2,3) = 12 MACs -> 48 FLOPs.
-    assert bench.attention_flops(1, 2, 3) == 48
+    assert flops.attention_flops(1, 2, 3) == 48
 
 
 def test_gpt_flops_by_hand():
@@ -104,17 +104,17 @@ def test_gpt_flops_by_hand():
     B, T, C = 1, 4, 32
     M = B * T
     per_layer = 2 * M * (C * 3 * C + C * C + C * 4 * C + 4 * C * C) + 4 * B * T * T * C
-    assert bench.gpt_flops(c, B, T) == 2 * per_layer + 2 * M * C * 10
-    assert bench.gpt_train_flops(c, B, T) == 3 * bench.gpt_flops(c, B, T)
+    assert flops.gpt_flops(c, B, T) == 2 * per_layer + 2 * M * C * 10
+    assert flops.gpt_train_flops(c, B, T) == 3 * flops.gpt_flops(c, B, T)
 
 
 def test_vqvae_ref_flops_by_hand():
-    f = bench.vqvae_flops(tokenizer_config("vqvae-ref"), 1)
+    f = flops.vqvae_flops(tokenizer_config("vqvae-ref"), 1)
     res = 2 * (2 * 64 * 32 * 128 * 9 + 2 * 64 * 128 * 32)           # two blocks at 8x8
     enc = (2 * 256 * 64 * 3 * 16 + 2 * 64 * 128 * 64 * 16 + 2 * 64 * 128 * 128 * 9 + res
            + 2 * 64 * 64 * 128)
     dec = 2 * 64 * 128 * 64 * 9 + res + 2 * 64 * 128 * 64 * 16 + 2 * 256 * 64 * 3 * 16
     assert f == {"encoder": enc, "vq": 2 * 64 * 64 * 512, "decoder": dec}
-    assert bench.vqvae_train_flops("vqvae-ref", 1) == 3 * (enc + dec) + f["vq"]
+    assert flops.vqvae_train_flops("vqvae-ref", 1) == 3 * (enc + dec) + f["vq"]
     # About 2.9 GFLOP for a forward pass at batch 32: a figure to sanity-check the sum.
     assert 2.9e9 < 32 * (enc + dec + f["vq"]) < 2.95e9

@@ -27,7 +27,7 @@ product (2*M*K*D). Element-wise ops, norms, softmax and the optimizer are not co
 A training step counts 3x the forward FLOPs of every layer (the forward product and the two
 backward products, dx and dw), including the first convolution, whose dx (the gradient to the
 image) tinytok's backward does compute; the VQ distance product has no backward product and
-is counted once. GFLOP/s = counted FLOPs / median time.
+is counted once. GFLOP/s = counted FLOPs / median time. The counters live in tinytok/flops.py.
 
 Python use: ``run_bench(backend="numpy", only=None, repeats=None, quick=False) -> dict``.
 """
@@ -45,7 +45,7 @@ import numpy as np
 from tinytok import backend
 from tinytok.errors import ConfigError
 from tinytok.gpt import gpt_config, gpt_loss_backward, gpt_loss_forward, init_gpt_params
-from tinytok.ops.conv import conv_output_size
+from tinytok.flops import gpt_train_flops, vqvae_flops, vqvae_train_flops
 from tinytok.optim import adamw_init, adamw_step, clip_grad_norm, zeros_like_params
 from tinytok.quantize import latents_as_columns, nearest_codes
 from tinytok.sample import NextTokenLogits, draw, filter_logits
@@ -64,66 +64,6 @@ QUICK = dict(sgemm_sizes=(64, 128), vqvae="vqvae-tiny", vq_batch=4, encode_batch
 REPEATS = {"sgemm": (3, 15), "vqvae_train": (3, 15), "vqvae_encode": (2, 10),
            "gpt_train": (3, 15), "sample_kv": (1, 7), "sample_nocache": (1, 3)}
 QUICK_REPEATS = (0, 2)
-
-
-# ---------------------------------------------------------------- FLOP counting
-
-def conv2d_flops(N, C, H, W, F, kh, kw, stride=1, padding=0):
-    """Forward FLOPs of conv2d: 2 * N*Ho*Wo outputs per filter * F * (C*kh*kw) MACs."""
-    Ho = conv_output_size(H, kh, stride, padding)
-    Wo = conv_output_size(W, kw, stride, padding)
-    return 2 * N * Ho * Wo * F * C * kh * kw
-
-
-def conv_transpose2d_flops(N, C, H, W, F, kh, kw):
-    """Forward FLOPs of conv_transpose2d: every input pixel paints C*F*kh*kw products."""
-    return 2 * N * H * W * C * F * kh * kw
-
-
-def linear_flops(M, n_in, n_out):
-    """Forward FLOPs of (M, in) @ (in, out)."""
-    return 2 * M * n_in * n_out
-
-
-def attention_flops(B, T, C):
-    """QK^T and att@V over all heads: 2 * B*T*T*C each (the full square, masked or not)."""
-    return 2 * (2 * B * T * T * C)
-
-
-def vqvae_flops(config, batch):
-    """{"encoder", "vq", "decoder"}: forward FLOPs of a TokenizerConfig at a batch size."""
-    c = tokenizer_config(config)
-    S, h, r, N = c.image_size, c.hidden, c.res_hidden, batch
-    g = c.grid_size
-    res = c.n_res * (conv2d_flops(N, h, g, g, r, 3, 3, 1, 1) + conv2d_flops(N, r, g, g, h, 1, 1))
-    enc = (conv2d_flops(N, 3, S, S, h // 2, 4, 4, 2, 1)
-           + conv2d_flops(N, h // 2, S // 2, S // 2, h, 4, 4, 2, 1)
-           + conv2d_flops(N, h, g, g, h, 3, 3, 1, 1) + res
-           + conv2d_flops(N, h, g, g, c.code_dim, 1, 1))
-    dec = (conv2d_flops(N, c.code_dim, g, g, h, 3, 3, 1, 1) + res
-           + conv_transpose2d_flops(N, h, g, g, h // 2, 4, 4)
-           + conv_transpose2d_flops(N, h // 2, 2 * g, 2 * g, 3, 4, 4))
-    vq = linear_flops(N * g * g, c.code_dim, c.num_codes)            # the distance product
-    return {"encoder": enc, "vq": vq, "decoder": dec}
-
-
-def vqvae_train_flops(config, batch):
-    """FLOPs of a training step: 3x encoder and decoder forward, the VQ product once."""
-    f = vqvae_flops(config, batch)
-    return 3 * (f["encoder"] + f["decoder"]) + f["vq"]
-
-
-def gpt_flops(config, B, T):
-    """Forward FLOPs of a GPTConfig on (B, T) ids: per layer qkv, attention, proj, MLP; head."""
-    C, M = config.n_embd, B * T
-    layer = (linear_flops(M, C, 3 * C) + attention_flops(B, T, C) + linear_flops(M, C, C)
-             + linear_flops(M, C, 4 * C) + linear_flops(M, 4 * C, C))
-    return config.n_layer * layer + linear_flops(M, C, config.vocab_size)
-
-
-def gpt_train_flops(config, B, T):
-    """FLOPs of a training step: 3x the forward (the embedding lookup has no product)."""
-    return 3 * gpt_flops(config, B, T)
 
 
 # ---------------------------------------------------------------- timing and memory
