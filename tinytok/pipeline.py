@@ -10,6 +10,7 @@
 
 They hold parameters on the active backend and call the model pairs; nothing here trains.
 """
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +84,7 @@ class Tokenizer:
     def save(self, path):
         """Write the parameters and config (no optimizer state) to path, atomically."""
         save_checkpoint(path, kind="tokenizer", params=self.params,
-                        config={"model": _asdict(self.config)})
+                        config={"model": asdict(self.config)})
 
     @property
     def grid_size(self):
@@ -182,14 +183,10 @@ class Prior:
         check_params_match(ckpt.params, init_gpt_params(config), path)
         return cls(ckpt.params, config, vocab)
 
-    def save(self, path, tokenizer_path=None):
+    def save(self, path):
+        """Write the parameters, config and vocabulary (no optimizer state), atomically."""
         save_checkpoint(path, kind="prior", params=self.params,
-                        config={"model": _asdict(self.config), "vocab": self.vocab.to_dict()})
-
-
-def _asdict(config):
-    from dataclasses import asdict
-    return asdict(config)
+                        config={"model": asdict(self.config), "vocab": self.vocab.to_dict()})
 
 
 class Pipeline:
