@@ -18,6 +18,23 @@ from tinytok.errors import BackendError
 from reference import away_from_zero
 
 
+def _backend_or_skip(name):
+    """The array module of backend `name`, or skip the test with the BackendError's reason."""
+    saved = backend._active
+    try:
+        return backend.use(name)
+    except BackendError as e:
+        pytest.skip(str(e))
+    finally:
+        backend._active = saved
+
+
+@pytest.fixture(scope="session")
+def cupy_module():
+    """CuPy where it can really run (a GPU); elsewhere the test is skipped with the reason."""
+    return _backend_or_skip("cupy")
+
+
 @pytest.fixture(scope="session", params=["numpy", "cupy"])
 def xp(request):
     """The array module to run a test on: NumPy always, CuPy where it can really run.
@@ -25,14 +42,7 @@ def xp(request):
     Inputs are drawn on the host with a NumPy generator and moved with xp.asarray; results
     come back with tinytok.backend.to_numpy. The active backend is restored afterwards.
     """
-    saved = backend._active
-    try:
-        module = backend.use(request.param)
-    except BackendError as e:
-        pytest.skip(str(e))
-    finally:
-        backend._active = saved
-    return module
+    return _backend_or_skip(request.param)
 
 
 @dataclass

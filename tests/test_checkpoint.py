@@ -409,16 +409,8 @@ def test_check_params_match_shows_only_the_first_mismatches():
 # ---------------------------------------------------------------------------------------
 # CuPy arrays are saved through the host
 
-def test_saves_cupy_arrays(tmp_path):
-    from tinytok import backend
-    from tinytok.errors import BackendError
-    pytest.importorskip("cupy")
-    try:
-        cp = backend.use("cupy")
-    except BackendError as e:
-        pytest.skip(str(e))
-    finally:
-        backend.use("numpy")
+def test_saves_cupy_arrays(tmp_path, cupy_module):
+    cp = cupy_module
     params = {"w": cp.arange(6, dtype=cp.float32).reshape(2, 3)}
     save_checkpoint(tmp_path / "ck.npz", kind="prior", params=params, config={},
                     optimizer_state={"m": {"w": cp.ones((2, 3))}}, extra={"a": cp.zeros(2)})

@@ -69,6 +69,21 @@ def assert_same(numpy_result, device_result, what="result"):
             f"{what}: {a!r} vs {b!r}"
 
 
+def numpy_and_device(run, fake, *args):
+    """run(xp, *args) on NumPy and on the fake device: (NumPy result, device result)."""
+    with active(np):
+        want = run(np, *args)
+    return want, run(fake, *args)
+
+
+def assert_device_matches_numpy(run, fake, *args, what="result"):
+    """run on both backends: the device results stay on the device and equal NumPy's."""
+    want, got = numpy_and_device(run, fake, *args)
+    assert_all_on_device(got, what)
+    assert_same(want, got, what)
+    return got
+
+
 # ---------------------------------------------------------------- the fake itself
 
 def test_fake_refuses_what_cupy_refuses():
@@ -157,11 +172,7 @@ def run_pair(name, xp, dtype):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("name", sorted(PAIRS))
 def test_op_pair_on_device_equals_numpy(fake, name, dtype):
-    with active(np):
-        want = run_pair(name, np, dtype)
-    got = run_pair(name, fake, dtype)
-    assert_all_on_device(got, name)
-    assert_same(want, got, name)
+    assert_device_matches_numpy(lambda xp: run_pair(name, xp, dtype), fake, what=name)
 
 
 @pytest.mark.parametrize("name", ["linear", "layer_norm", "causal_self_attention", "conv2d"])
@@ -201,9 +212,7 @@ def _vq_run(xp):
 
 
 def test_vector_quantizer_and_ema_on_device(fake):
-    with active(np):
-        want = _vq_run(np)
-    got = _vq_run(fake)
+    want, got = numpy_and_device(_vq_run, fake)
     assert_all_on_device({k: v for k, v in got.items() if k != "stats"})
     assert_same(want, got, "vq")
 
@@ -220,9 +229,7 @@ def _kmeans_and_restart(xp):
 
 
 def test_kmeans_init_and_dead_code_restart_on_device(fake):
-    with active(np):
-        want = _kmeans_and_restart(np)
-    got = _kmeans_and_restart(fake)
+    want, got = numpy_and_device(_kmeans_and_restart, fake)
     assert got["restarted"] == 7
     assert_all_on_device(got["codebook"]), assert_all_on_device(got["state"])
     assert_same(want, got, "kmeans+restart")
@@ -240,11 +247,7 @@ def _gumbel_run(xp):
 
 
 def test_gumbel_quantizer_on_device(fake):
-    with active(np):
-        want = _gumbel_run(np)
-    got = _gumbel_run(fake)
-    assert_all_on_device(got)
-    assert_same(want, got, "gumbel")
+    assert_device_matches_numpy(_gumbel_run, fake, what="gumbel")
 
 
 # ---------------------------------------------------------------- models
@@ -273,11 +276,7 @@ def _tokenizer_run(xp, quantizer):
 
 @pytest.mark.parametrize("quantizer", ["vq", "gumbel"])
 def test_tokenizer_forward_backward_on_device(fake, quantizer):
-    with active(np):
-        want = _tokenizer_run(np, quantizer)
-    got = _tokenizer_run(fake, quantizer)
-    assert_all_on_device(got)
-    assert_same(want, got, "tokenizer")
+    assert_device_matches_numpy(_tokenizer_run, fake, quantizer, what="tokenizer")
 
 
 def _gpt_run(xp):
@@ -296,11 +295,7 @@ def _gpt_run(xp):
 
 
 def test_gpt_forward_backward_on_device(fake):
-    with active(np):
-        want = _gpt_run(np)
-    got = _gpt_run(fake)
-    assert_all_on_device(got)
-    assert_same(want, got, "gpt")
+    assert_device_matches_numpy(_gpt_run, fake, what="gpt")
 
 
 def _optim_run(xp):
@@ -320,9 +315,7 @@ def _optim_run(xp):
 
 
 def test_optimizer_on_device(fake):
-    with active(np):
-        want = _optim_run(np)
-    got = _optim_run(fake)
+    want, got = numpy_and_device(_optim_run, fake)
     assert got["bad"] == "b" and got["ok"] is None
     assert isinstance(got["norm"], float)
     assert_all_on_device(got["params"]), assert_all_on_device(got["state"]["m"])
@@ -355,11 +348,7 @@ def _sampling_run(xp):
 
 
 def test_sampling_with_and_without_kv_cache_on_device(fake):
-    with active(np):
-        want = _sampling_run(np)
-    got = _sampling_run(fake)
-    assert_all_on_device(got)
-    assert_same(want, got, "sampling")
+    got = assert_device_matches_numpy(_sampling_run, fake, what="sampling")
     np.testing.assert_allclose(got[True]["last_logits"].get(), got[False]["last_logits"].get(),
                                rtol=1e-4, atol=1e-5)
 

@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from tinytok import backend
 from tinytok.checkpoint import load_checkpoint, save_checkpoint
-from tinytok.errors import BackendError, ConfigError, DTypeError, ShapeError
+from tinytok.errors import ConfigError, DTypeError, ShapeError
 from tinytok.optim import (adamw_init, adamw_step, clip_grad_norm, default_decay_filter,
                            global_norm, has_nonfinite, lr_schedule)
 
@@ -318,14 +317,8 @@ def test_schedule_rejects_bad_arguments(args):
 # ---------------------------------------------------------------------------------------
 # CuPy: same numbers as NumPy
 
-def test_cupy_matches_numpy():
-    pytest.importorskip("cupy")
-    try:
-        cp = backend.use("cupy")
-    except BackendError as e:
-        pytest.skip(str(e))
-    finally:
-        backend.use("numpy")
+def test_cupy_matches_numpy(cupy_module):
+    cp = cupy_module
     host = make_params(np.float64)
     device = {k: cp.asarray(v) for k, v in host.items()}
     grads = random_grads(host, 3)

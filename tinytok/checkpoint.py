@@ -255,8 +255,8 @@ def read_npz_safely(path):
         raise _corrupt(path, e) from e
     except Exception as e:
         # A damaged zip makes zipfile and the .npy reader raise almost anything:
-        # BadZipFile, EOFError, OSError, zlib.error, lzma.LZMAError, NotImplementedError
-        # (a garbled compression method), struct.error, MemoryError (a garbled shape)...
+        # BadZipFile, EOFError, OSError, zlib.error, lzma.LZMAError, the error zipfile gives
+        # for a garbled compression method, struct.error, MemoryError (a garbled shape)...
         raise _corrupt(path, e) from e
     for name, a in arrays.items():
         if not isinstance(a, np.ndarray):                   # a zip member that is not .npy
