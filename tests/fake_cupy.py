@@ -340,6 +340,9 @@ class ufunc:
     def accumulate(self, *args, **kwargs):
         return self._call("accumulate", args, kwargs)
 
+    def reduceat(self, *args, **kwargs):
+        return self._call("reduceat", args, kwargs)
+
     def outer(self, *args, **kwargs):
         return self._call("outer", args, kwargs)
 

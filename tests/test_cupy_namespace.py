@@ -3,7 +3,7 @@
 CuPy installs and imports on a machine without a GPU, so its namespace can be compared with
 what the package uses:
 
-(a) every attribute the package takes from an array module (``xp.exp``, ``xp.add.at``,
+(a) every attribute the package takes from an array module (``xp.exp``, ``xp.add.reduceat``,
     ``backend.xp().float32``, ``get_array_module(x).argmin``, ``cupy.cuda.Device``) exists
     in the real ``cupy`` module;
 (b) every array method or attribute used in the device-side modules that NumPy arrays have
@@ -95,13 +95,13 @@ def _chain(node):
 
 
 def array_module_uses():
-    """[(where, ("add", "at"))] for every attribute chain taken from an array module."""
+    """[(where, ("add", "reduceat"))] for every attribute chain taken from an array module."""
     uses = []
     for path in SOURCES:
         tree = parse(path)
         names = _module_names(tree)
         for node in ast.walk(tree):
-            # only the outermost attribute of a chain (xp.add.at, not also xp.add)
+            # only the outermost attribute of a chain (xp.add.reduceat, not also xp.add)
             if not isinstance(node, ast.Attribute) or isinstance(getattr(node, "_parent", None),
                                                                  ast.Attribute):
                 continue
@@ -116,7 +116,7 @@ def array_module_uses():
 def test_the_scan_finds_array_module_uses():
     uses = {attrs for _, attrs in array_module_uses()}
     # a few that must be seen, or the scanner has gone blind
-    for expected in [("zeros",), ("add", "at"), ("argmin",), ("asarray",), ("float32",)]:
+    for expected in [("zeros",), ("add", "reduceat"), ("argmin",), ("asarray",), ("float32",)]:
         assert expected in uses, f"the scan did not find xp.{'.'.join(expected)}"
 
 

@@ -42,7 +42,7 @@ import time
 
 import numpy as np
 
-from tinytok import backend
+from tinytok import backend, parallel
 from tinytok.errors import ConfigError
 from tinytok.gpt import gpt_config, gpt_loss_backward, gpt_loss_forward, init_gpt_params
 from tinytok.flops import gpt_train_flops, vqvae_flops, vqvae_train_flops
@@ -281,13 +281,15 @@ def run_section(part, section, backend_name="numpy", quick=False, repeats=None, 
     import_rss, _ = rss_mb()
     xp = backend.use(backend_name)
     reused = backend.reuse_freed_host_memory()
+    if part != "sgemm":  # the ceiling is BLAS on all its own threads; the models use ours
+        parallel.use_cores()
     sizes = dict(QUICK if quick else FULL)
     if batch:
         sizes.update(vq_batch=batch, gpt_batch=batch)
     out = SECTIONS[part][section](xp, sizes, quick, repeats, warmup)
     synchronize(xp)
     out.update(import_rss_mb=import_rss, peak_rss_mb=peak_rss_mb(),
-               reuse_freed_host_memory=reused)
+               reuse_freed_host_memory=reused, threads=parallel.threads())
     if xp.__name__ == "cupy":
         out["device_pool_mb"] = xp.get_default_memory_pool().total_bytes() / 2 ** 20
     return out

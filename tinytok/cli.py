@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-from tinytok import backend
+from tinytok import backend, parallel
 from tinytok.errors import ConfigError, TinytokError
 
 
@@ -57,7 +57,7 @@ def cmd_train_tokenizer(args):
     if args.codes:
         config = replace(config, num_codes=args.codes)
     images = training_images(args.data, args.n_images if args.data in ("shapes", "photos")
-                             else None, seed=args.seed)
+                             else None, seed=args.seed, split=args.split)
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                              warmup=args.warmup, seed=args.seed,
                              checkpoint_every=args.checkpoint_every, log_every=args.log_every)
@@ -301,6 +301,9 @@ def build_parser():
     p.add_argument("--codes", type=positive_int, default=None, help="codebook size override")
     p.add_argument("--n-images", type=positive_int, default=20000,
                    help="images (or crops) generated for shapes and photos")
+    p.add_argument("--split", default="train", choices=("train", "all"),
+                   help="train: leave out held-out shapes / validation photos; all: every "
+                        "image (the tokenizer never reads captions, see README)")
     p.add_argument("--no-kmeans", action="store_true", help="random codebook start")
     p.add_argument("--no-restarts", action="store_true", help="never restart dead codes")
     p.add_argument("--restart-every", type=positive_int, default=100)
@@ -386,6 +389,7 @@ def main(argv=None):
         else:
             backend.xp()  # validates $TINYTOK_BACKEND now, with a clear message
         backend.reuse_freed_host_memory()
+        parallel.use_cores()  # every core for element-wise work; see tinytok/parallel.py
         return args.func(args)
     except KeyboardInterrupt:
         sys.stderr.write("tinytok: interrupted\n")

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tinytok import backend, bench
+from tinytok import backend, bench, parallel
 from tinytok.gpt import gpt_config, gpt_loss_forward, init_gpt_params
 from tinytok.vqvae import init_tokenizer_params, tokenizer_config, tokenizer_forward
 
@@ -218,10 +218,17 @@ def torch_sgemm(n):
 
 
 def numpy_sgemm(n):
+    """NumPy's product with BLAS on all its threads (the ceiling; parallel.use_cores() sets
+    BLAS to one thread for the models, which cut their products into blocks themselves)."""
+    from threadpoolctl import threadpool_limits
     rng = np.random.default_rng(n)
     a, b = (rng.standard_normal((n, n)).astype(np.float32) for _ in "ab")
     c = np.empty((n, n), np.float32)
-    return lambda: np.matmul(a, b, out=c)
+
+    def run():
+        with threadpool_limits(limits=parallel.available_cores(), user_api="blas"):
+            np.matmul(a, b, out=c)
+    return run
 
 
 # ---------------------------------------------------------------- what is compared
@@ -351,6 +358,7 @@ def main(argv=None):
     sizes = bench.QUICK if args.quick else bench.FULL
     backend.use("numpy")
     backend.reuse_freed_host_memory()
+    parallel.use_cores()  # as the command line and `tinytok bench` do
     out = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
            "numpy": np.__version__, "quick": args.quick, "same_model_losses":
            same_model_check(sizes), "timings": {}}

@@ -8,12 +8,14 @@ Layout (nanoGPT's): the columns of w_qkv are [q | k | v], each C wide, and each 
 split into n_head consecutive chunks of hs = C // n_head channels.
 """
 import math
+from functools import partial
 
 from tinytok.backend import get_array_module
 from tinytok.errors import ShapeError
 from tinytok.ops.checks import (require_float, require_ndim, require_positive_int,
                                 require_same_dtype, require_shape)
 from tinytok.ops.linear import linear_backward, linear_forward
+from tinytok.parallel import for_row_blocks
 
 
 def causal_mask(T, xp, dtype):
@@ -34,12 +36,21 @@ def merge_heads(x):
 
 
 def softmax(scores, axis=-1):
-    """Numerically stable softmax (shifted by the row maximum)."""
+    """Numerically stable softmax (shifted by the row maximum), in a new array."""
     xp = get_array_module(scores)
     e = scores - scores.max(axis=axis, keepdims=True)
     xp.exp(e, out=e)
     e /= e.sum(axis=axis, keepdims=True)
     return e
+
+
+def softmax_(scores, axis=-1):
+    """softmax written over `scores` itself (no new array); returns it."""
+    xp = get_array_module(scores)
+    scores -= scores.max(axis=axis, keepdims=True)
+    xp.exp(scores, out=scores)
+    scores /= scores.sum(axis=axis, keepdims=True)
+    return scores
 
 
 def causal_self_attention_forward(x, w_qkv, b_qkv, w_proj, b_proj, n_head):
@@ -61,12 +72,24 @@ def causal_self_attention_forward(x, w_qkv, b_qkv, w_proj, b_proj, n_head):
 
     qkv, qkv_cache = linear_forward(x, w_qkv, b_qkv)                 # (B, T, 3C)
     q, k, v = (split_heads(qkv[..., i * C:(i + 1) * C], n_head) for i in range(3))
-    scores = (q * scale) @ k.transpose(0, 1, 3, 2)                   # (B, nh, T, T)
-    scores += causal_mask(T, xp, x.dtype)                            # hide the future
-    att = softmax(scores)                                            # (B, nh, T, T)
-    y = merge_heads(att @ v)                                         # (B, T, C)
-    out, proj_cache = linear_forward(y, w_proj, b_proj)              # (B, T, C)
+    att = xp.empty((B, n_head, T, T), dtype=x.dtype)                 # (B, nh, T, T)
+    heads = xp.empty(q.shape, dtype=x.dtype)                         # (B, nh, T, hs)
+    # every sequence attends on its own: blocks of sequences run in parallel
+    for_row_blocks(partial(_attend, scale=scale), q, k, v, att, heads)
+    out, proj_cache = linear_forward(merge_heads(heads), w_proj, b_proj)  # (B, T, C)
     return out, (qkv_cache, proj_cache, q, k, v, att, scale, n_head)
+
+
+def _attend(q, k, v, att, heads, scale):
+    """Writes att = softmax(q k^T * scale + mask) and heads = att @ v for a block of sequences.
+
+    q, k, v, heads (b, nh, T, hs); att (b, nh, T, T).
+    """
+    xp = get_array_module(q)
+    xp.matmul(q * scale, k.transpose(0, 1, 3, 2), out=att)           # the scores
+    att += causal_mask(q.shape[2], xp, q.dtype)                      # hide the future
+    softmax_(att)
+    xp.matmul(att, v, out=heads)
 
 
 def causal_self_attention_backward(dout, cache):
@@ -80,17 +103,23 @@ def causal_self_attention_backward(dout, cache):
     xp = get_array_module(dout)
     dy, dw_proj, db_proj = linear_backward(dout, proj_cache)         # (B, T, C)
     dy = split_heads(dy, n_head)                                     # (B, nh, T, hs)
-    datt = dy @ v.transpose(0, 1, 3, 2)                              # (B, nh, T, T)
-    dv = att.transpose(0, 1, 3, 2) @ dy                              # (B, nh, T, hs)
+    # dq, dk, dv go straight into their columns of dqkv: (B, T, [q|k|v], heads, hs)
+    B, nh, T, hs = dy.shape
+    dqkv = xp.empty((B, T, 3, nh, hs), dtype=dy.dtype)
+    for_row_blocks(partial(_attend_backward, scale=scale), dy, q, k, v, att, dqkv)
+    dx, dw_qkv, db_qkv = linear_backward(dqkv.reshape(B, T, 3 * nh * hs), qkv_cache)
+    return dx, dw_qkv, db_qkv, dw_proj, db_proj
+
+
+def _attend_backward(dy, q, k, v, att, dqkv, scale):
+    """Writes dq, dk, dv into dqkv (b, T, 3, nh, hs) for a block of sequences: the mirror
+    of _attend. dy, q, k, v (b, nh, T, hs); att (b, nh, T, T)."""
+    datt = dy @ v.transpose(0, 1, 3, 2)                              # (b, nh, T, T)
+    dv = att.transpose(0, 1, 3, 2) @ dy                              # (b, nh, T, hs)
     dscores = datt                                                   # reuse the buffer:
     dscores -= (datt * att).sum(axis=-1, keepdims=True)              # datt - sum(datt * att)
     dscores *= att
     dscores *= scale                     # the scores were (q * scale) @ k^T: both get scale
-    # dq, dk, dv go straight into their columns of dqkv: (B, T, [q|k|v], heads, hs)
-    B, nh, T, hs = dy.shape
-    dqkv = xp.empty((B, T, 3, nh, hs), dtype=dy.dtype)
     dqkv[:, :, 0] = (dscores @ k).transpose(0, 2, 1, 3)                      # dq
     dqkv[:, :, 1] = (dscores.transpose(0, 1, 3, 2) @ q).transpose(0, 2, 1, 3)  # dk
     dqkv[:, :, 2] = dv.transpose(0, 2, 1, 3)                                 # dv
-    dx, dw_qkv, db_qkv = linear_backward(dqkv.reshape(B, T, 3 * nh * hs), qkv_cache)
-    return dx, dw_qkv, db_qkv, dw_proj, db_proj

@@ -7,7 +7,7 @@ import operator
 
 from tinytok.errors import ConfigError, DTypeError, ShapeError
 
-FLOAT_DTYPES = ("float32", "float64")
+FLOAT_ITEMSIZES = (4, 8)  # float32, float64 (kind "f"; float16 is refused)
 
 
 def require_float(name, x):
@@ -15,7 +15,8 @@ def require_float(name, x):
     dtype = getattr(x, "dtype", None)
     if dtype is None:
         raise DTypeError(f"{name} must be a float32 or float64 array, got {type(x).__name__}")
-    if str(dtype) not in FLOAT_DTYPES:
+    # kind and itemsize, not str(dtype): this runs on every op call, and str() is slow
+    if dtype.kind != "f" or dtype.itemsize not in FLOAT_ITEMSIZES:
         raise DTypeError(f"{name} must be float32 or float64, got {dtype}"
                          " (convert with .astype('float32'))")
 

@@ -24,10 +24,13 @@ order: a matrix product that scatters every input pixel into a kh x kw patch of 
 col2im. Its backward is im2col plus a product, which is the convolution's forward: the two
 pairs are each other's mirror.
 """
+from functools import partial
+
 from tinytok.backend import get_array_module
 from tinytok.errors import ShapeError
 from tinytok.ops.checks import (require_float, require_ndim, require_positive_int,
                                 require_same_dtype, require_shape)
+from tinytok.parallel import for_column_blocks, for_row_blocks
 
 
 def conv_output_size(size, kernel, stride, padding):
@@ -47,14 +50,23 @@ def im2col(x, kh, kw, stride, padding):
     if kh == kw == stride == 1 and padding == 0:
         # A 1x1 field is one pixel: the columns are the image itself (no copy if CHWN).
         return x.transpose(1, 2, 3, 0).reshape(C, H * W * N), (H, W)
-    # Pad into a (C, H, W, N) buffer: one copy that both pads and puts the batch last.
-    x_pad = xp.zeros((C, H + 2 * padding, W + 2 * padding, N), dtype=x.dtype)
-    x_pad[:, padding:padding + H, padding:padding + W] = x.transpose(1, 2, 3, 0)
     cols = xp.empty((C, kh, kw, Ho, Wo, N), dtype=x.dtype)
-    for i in range(kh):          # kh*kw strided copies, each moving a whole (C, Ho, Wo, N)
+    # channels are independent: blocks of channels are copied in parallel (tinytok.parallel)
+    for_row_blocks(partial(_im2col_channels, stride=stride, padding=padding),
+                   x.transpose(1, 2, 3, 0), cols)
+    return cols.reshape(C * kh * kw, Ho * Wo * N), (Ho, Wo)
+
+
+def _im2col_channels(x, cols, stride, padding):
+    """Fills cols (c, kh, kw, Ho, Wo, N) from x (c, H, W, N), a block of channels."""
+    c, H, W, N = x.shape
+    _, kh, kw, Ho, Wo, _ = cols.shape
+    # Pad into a (c, H, W, N) buffer: one copy that both pads and puts the batch last.
+    x_pad = get_array_module(x).zeros((c, H + 2 * padding, W + 2 * padding, N), dtype=x.dtype)
+    x_pad[:, padding:padding + H, padding:padding + W] = x
+    for i in range(kh):          # kh*kw strided copies, each moving a whole (c, Ho, Wo, N)
         for j in range(kw):
             cols[:, i, j] = x_pad[:, i:i + stride * Ho:stride, j:j + stride * Wo:stride]
-    return cols.reshape(C * kh * kw, Ho * Wo * N), (Ho, Wo)
 
 
 def col2im(cols, x_shape, kh, kw, stride, padding):
@@ -69,12 +81,37 @@ def col2im(cols, x_shape, kh, kw, stride, padding):
     Wo = conv_output_size(W, kw, stride, padding)
     if kh == kw == stride == 1 and padding == 0:  # the mirror of im2col's 1x1 case
         return cols.reshape(C, H, W, N).transpose(3, 0, 1, 2)
-    cols = cols.reshape(C, kh, kw, Ho, Wo, N)
     x_pad = xp.zeros((C, H + 2 * padding, W + 2 * padding, N), dtype=cols.dtype)
+    for_row_blocks(partial(_col2im_channels, stride=stride), cols.reshape(C, kh, kw, Ho, Wo, N),
+                   x_pad)
+    return x_pad[:, padding:padding + H, padding:padding + W].transpose(3, 0, 1, 2)
+
+
+def _col2im_channels(cols, x_pad, stride):
+    """Adds cols (c, kh, kw, Ho, Wo, N) into x_pad (c, Hp, Wp, N), a block of channels."""
+    _, kh, kw, Ho, Wo, _ = cols.shape
     for i in range(kh):
         for j in range(kw):
             x_pad[:, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += cols[:, i, j]
-    return x_pad[:, padding:padding + H, padding:padding + W].transpose(3, 0, 1, 2)
+
+
+def product(a, b):
+    """a (m, k) @ b (k, n) -> (m, n), cut into independent blocks for the threads: blocks of
+    the long side's columns (pixels) when n is larger, else blocks of rows."""
+    out = get_array_module(a).empty((a.shape[0], b.shape[1]), dtype=a.dtype)
+    if b.shape[1] >= a.shape[0]:
+        for_column_blocks(partial(_matmul_columns, a=a), b, out)
+    else:
+        for_row_blocks(partial(_matmul_rows, b=b), a, out)
+    return out
+
+
+def _matmul_columns(b, out, a):
+    get_array_module(a).matmul(a, b, out=out)
+
+
+def _matmul_rows(a, out, b):
+    get_array_module(a).matmul(a, b, out=out)
 
 
 def _check_conv_args(x, w, b, stride, padding, w_layout, channels_axis):
@@ -106,7 +143,7 @@ def conv2d_forward(x, w, b, stride=1, padding=0):
         raise ShapeError(f"conv2d: a {kh}x{kw} kernel with padding {padding} does not fit "
                          f"in a {x.shape[2]}x{x.shape[3]} input")
     cols, (Ho, Wo) = im2col(x, kh, kw, stride, padding)     # (C*kh*kw, Ho*Wo*N)
-    out = w.reshape(F, -1) @ cols                           # (F, Ho*Wo*N)
+    out = product(w.reshape(F, -1), cols)                   # (F, Ho*Wo*N)
     if b is not None:
         out += b[:, None]
     out = out.reshape(F, Ho, Wo, N).transpose(3, 0, 1, 2)   # (N, F, Ho, Wo), CHWN memory
@@ -118,9 +155,9 @@ def conv2d_backward(dout, cache):
     cols, w, has_bias, x_shape, stride, padding = cache
     F, C, kh, kw = w.shape
     dout2 = dout.transpose(1, 2, 3, 0).reshape(F, -1)      # (F, Ho*Wo*N); free if CHWN
-    dw = (dout2 @ cols.T).reshape(w.shape)                  # (F, C*kh*kw)
+    dw = product(dout2, cols.T).reshape(w.shape)            # (F, C*kh*kw)
     db = dout2.sum(axis=1) if has_bias else None
-    dcols = w.reshape(F, -1).T @ dout2                      # (C*kh*kw, Ho*Wo*N)
+    dcols = product(w.reshape(F, -1).T, dout2)              # (C*kh*kw, Ho*Wo*N)
     dx = col2im(dcols, x_shape, kh, kw, stride, padding)    # (N, C, H, W)
     return dx, dw, db
 
@@ -147,7 +184,7 @@ def conv_transpose2d_forward(x, w, b, stride=1, padding=0):
         raise ShapeError(f"conv_transpose2d: padding {padding} crops away the whole "
                          f"{H}x{W} input's output")
     x2 = x.transpose(1, 2, 3, 0).reshape(C, -1)             # (C, H*W*N); free if CHWN
-    cols = w.reshape(C, -1).T @ x2                          # (F*kh*kw, H*W*N)
+    cols = product(w.reshape(C, -1).T, x2)                  # (F*kh*kw, H*W*N)
     out = col2im(cols, (N, F, Ho, Wo), kh, kw, stride, padding)  # (N, F, Ho, Wo)
     if b is not None:
         out += b[:, None, None]
@@ -160,7 +197,7 @@ def conv_transpose2d_backward(dout, cache):
     C, F, kh, kw = w.shape
     N, _, H, W = x_shape
     dcols, _ = im2col(dout, kh, kw, stride, padding)        # (F*kh*kw, H*W*N)
-    dx = (w.reshape(C, -1) @ dcols).reshape(C, H, W, N).transpose(3, 0, 1, 2)
-    dw = (x2 @ dcols.T).reshape(w.shape)                    # (C, F*kh*kw)
+    dx = product(w.reshape(C, -1), dcols).reshape(C, H, W, N).transpose(3, 0, 1, 2)
+    dw = product(x2, dcols.T).reshape(w.shape)              # (C, F*kh*kw)
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dw, db

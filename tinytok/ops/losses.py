@@ -6,6 +6,7 @@ backward takes the upstream gradient dloss first, usually 1.0.
 from tinytok.backend import get_array_module
 from tinytok.errors import ShapeError
 from tinytok.ops.checks import require_float, require_int, require_same_dtype
+from tinytok.parallel import for_row_blocks
 
 
 def mse_forward(pred, target):
@@ -45,15 +46,28 @@ def cross_entropy_forward(logits, targets, ignore_index=-1):
     if bool(((t < 0) | (t >= V))[keep].any()):
         raise ShapeError(f"targets must lie in [0, {V}) or equal ignore_index={ignore_index}")
     t_safe = xp.where(keep, t, 0)                    # any valid column for ignored rows
-    shifted = z - z.max(axis=1, keepdims=True)       # softmax is shift-invariant; avoids overflow
-    exp = xp.exp(shifted)
-    sum_exp = exp.sum(axis=1, keepdims=True)
+    probs = xp.empty_like(z)                         # softmax(z), kept for the backward
+    # per row: its maximum and log(sum(exp(z - max))), so log p = z - max - that
+    row_max, log_sum_exp = xp.empty((2, z.shape[0], 1), dtype=z.dtype)      # (M, 1) each
+    for_row_blocks(_softmax_rows, z, probs, row_max, log_sum_exp)  # rows are independent
     rows = xp.arange(z.shape[0])
-    nll = xp.log(sum_exp[:, 0]) - shifted[rows, t_safe]   # (M,) -log p[target]
+    nll = log_sum_exp[:, 0] - (z[rows, t_safe] - row_max[:, 0])   # (M,) -log p[target]
     count = max(int(keep.sum()), 1)
     loss = (nll * keep).sum() / count
-    probs = exp / sum_exp
     return loss, (probs, t_safe, keep, count, logits.shape)
+
+
+def _softmax_rows(z, probs, row_max, log_sum_exp):
+    """Writes probs = softmax(z), row_max and log_sum_exp = log(sum(exp(z - row_max))) for a
+    block of rows. Shifting by the row maximum changes nothing (softmax is shift-invariant)
+    but avoids overflow."""
+    xp = get_array_module(z)
+    z.max(axis=1, keepdims=True, out=row_max)
+    xp.subtract(z, row_max, out=probs)
+    xp.exp(probs, out=probs)
+    sum_exp = probs.sum(axis=1, keepdims=True)
+    xp.log(sum_exp, out=log_sum_exp)
+    probs /= sum_exp
 
 
 def cross_entropy_backward(dloss, cache):

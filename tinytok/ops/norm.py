@@ -1,6 +1,13 @@
-"""Layer normalization over the last axis (as in GPT-2 and nanoGPT)."""
+"""Layer normalization over the last axis (as in GPT-2 and nanoGPT).
+
+Every row is normalised on its own, so the work runs on blocks of rows in parallel
+(tinytok.parallel); only the parameter gradients sum across rows, on the whole arrays.
+"""
+from functools import partial
+
 from tinytok.backend import get_array_module
 from tinytok.ops.checks import require_float, require_same_dtype, require_shape
+from tinytok.parallel import for_row_blocks
 
 
 def layer_norm_forward(x, gamma, beta, eps=1e-5):
@@ -13,12 +20,21 @@ def layer_norm_forward(x, gamma, beta, eps=1e-5):
     require_shape("gamma", gamma, x.shape[-1:], "(C,)")
     require_shape("beta", beta, x.shape[-1:], "(C,)")
     xp = get_array_module(x)
-    xhat = x - x.mean(axis=-1, keepdims=True)                   # centred, (..., C)
-    rstd = 1 / xp.sqrt((xhat * xhat).mean(axis=-1, keepdims=True) + eps)  # (..., 1)
-    xhat *= rstd                                                # normalised, in place
-    y = xhat * gamma
-    y += beta
+    y, xhat = xp.empty_like(x), xp.empty_like(x)
+    rstd = xp.empty(x.shape[:-1] + (1,), dtype=x.dtype)               # (..., 1)
+    for_row_blocks(partial(_normalize_rows, gamma=gamma, beta=beta, eps=eps), x, y, xhat, rstd)
     return y, (xhat, gamma, rstd)
+
+
+def _normalize_rows(x, y, xhat, rstd, gamma, beta, eps):
+    """Writes xhat (normalised x), rstd = 1/std and y = xhat * gamma + beta for a block."""
+    xp = get_array_module(x)
+    xp.subtract(x, x.mean(axis=-1, keepdims=True), out=xhat)    # centred
+    var = (xhat * xhat).mean(axis=-1, keepdims=True)
+    xp.divide(1, xp.sqrt(var + eps), out=rstd)
+    xhat *= rstd                                                # normalised
+    xp.multiply(xhat, gamma, out=y)
+    y += beta
 
 
 def layer_norm_backward(dy, cache):
@@ -31,10 +47,17 @@ def layer_norm_backward(dy, cache):
     lead = tuple(range(dy.ndim - 1))
     dgamma = (dy * xhat).sum(axis=lead)
     dbeta = dy.sum(axis=lead)
-    dx = dy * gamma                                             # g, then dx in place
+    dx = get_array_module(dy).empty_like(dy)
+    for_row_blocks(partial(_normalize_rows_backward, gamma=gamma), dy, xhat, rstd, dx)
+    return dx, dgamma, dbeta
+
+
+def _normalize_rows_backward(dy, xhat, rstd, dx, gamma):
+    """Writes dx for a block of rows: the mirror of _normalize_rows."""
+    xp = get_array_module(dy)
+    xp.multiply(dy, gamma, out=dx)                              # g, then dx in place
     correction = dx * xhat
     correction = xhat * correction.mean(axis=-1, keepdims=True)  # xhat * mean(g * xhat)
     dx -= dx.mean(axis=-1, keepdims=True)
     dx -= correction
     dx *= rstd
-    return dx, dgamma, dbeta

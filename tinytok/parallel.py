@@ -1,0 +1,146 @@
+"""Row-parallel work on the CPU: NumPy's element-wise loops, run on every core.
+
+NumPy's matrix products already use every core (BLAS threads), but each element-wise ufunc
+(``tanh``, ``*=``, ``exp``, a row ``sum``) runs on one core. In the prior's training step
+those passes are about two thirds of the time, so on a 2-core machine half of the machine
+sits idle for most of the step; PyTorch spreads the same loops over its threads.
+
+NumPy releases the GIL inside its loops, so plain Python threads do run them side by side.
+``for_row_blocks(fn, a, b, ...)`` cuts the arrays into one block of rows (first axis) per
+thread and calls ``fn(a_block, b_block, ...)`` on each block at once; ``fn`` writes its
+results into blocks it was given (``out=`` and in-place operators), so nothing is gathered.
+
+What stays exact. The same thread count gives the same bits on every run, so training is
+reproducible and resuming is exact. Element-wise work and work along a row give the same
+bits on any number of threads; ``fn`` must therefore treat every row on its own, and sums
+*across* rows (bias gradients) are done on whole columns, never added up from blocks. A
+matrix product cut into blocks can differ from the uncut one in the last bit (BLAS treats
+the edges of its tiles with other code), exactly as BLAS's own threads do.
+
+Small arrays (under ``MIN_PARALLEL_SIZE`` elements) and CuPy arrays are not split: ``fn`` is
+called once on the whole arrays. The GPU is already parallel, and handing work to a thread
+costs more than a small loop (the KV-cache sampler works on a few rows at a time).
+
+Threads and BLAS. OpenBLAS runs its own threads, which keep spinning for a while after each
+product; Python threads started next to them fight them for the cores and everything gets
+slower. So the two are switched together: ``use_cores()`` (what the command line and the
+benchmark call) runs tinytok's blocks on every core *and* sets BLAS to one thread per call.
+The matrix products then go through for_row_blocks too (tinytok.ops.linear), each thread
+calling single-threaded BLAS on its own rows, which is about as fast as BLAS's own threads.
+Until ``use_cores()`` is called (or ``TINYTOK_THREADS`` is set), nothing here starts a
+thread: a library should not take a machine's cores behind its user's back.
+"""
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from tinytok.errors import ConfigError
+
+MIN_PARALLEL_SIZE = 1 << 16  # elements in the first array below which one call is faster
+
+_threads = None     # how many threads to use; None: not decided yet (see threads())
+_pool, _pool_size = None, 0  # the worker threads, started on first use
+
+
+def available_cores():
+    """The number of cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def threads():
+    """How many threads for_row_blocks uses (1 until use_cores or TINYTOK_THREADS)."""
+    if _threads is None:
+        value = os.environ.get("TINYTOK_THREADS", "").strip()
+        use_cores(_parse_threads(value) if value else 1)
+    return _threads
+
+
+def _parse_threads(value):
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"TINYTOK_THREADS must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def use_cores(n=None):
+    """Run tinytok's row blocks on n threads, and BLAS on one thread per call when n > 1
+    (see the module docstring). Returns the previous count.
+
+    n=None: TINYTOK_THREADS if set, else every core this process may use. use_cores(1) goes
+    back to one thread here and leaves BLAS as it was set.
+    """
+    global _threads
+    if n is None:
+        value = os.environ.get("TINYTOK_THREADS", "").strip()
+        n = _parse_threads(value) if value else available_cores()
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+        raise ConfigError(f"the thread count must be a positive integer, got {n!r}")
+    previous, _threads = _threads or 1, int(n)
+    if n > 1:
+        _limit_blas_threads(1)
+    return previous
+
+
+def _limit_blas_threads(n):
+    """Set the BLAS libraries loaded in this process (NumPy's OpenBLAS, ...) to n threads."""
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(limits=n, user_api="blas")
+
+
+def row_blocks(n_rows, n_blocks):
+    """Split range(n_rows) into at most n_blocks contiguous (start, stop) pairs."""
+    n_blocks = max(1, min(n_blocks, n_rows))
+    edges = [n_rows * i // n_blocks for i in range(n_blocks + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _worth_splitting(arrays):
+    """Split only NumPy arrays of two or more axes (a 1-D array is one row), large enough."""
+    return (threads() > 1 and all(isinstance(a, np.ndarray) and a.ndim >= 2 for a in arrays)
+            and arrays[0].shape[0] > 1 and arrays[0].size >= MIN_PARALLEL_SIZE)
+
+
+def for_row_blocks(fn, *arrays):
+    """fn(*blocks) for blocks of rows (first axis) of the arrays, one block per thread.
+
+    arrays: NumPy or CuPy arrays with the same first-axis length. fn writes its results
+    into the blocks (they are views) and returns nothing. The first array's size decides
+    whether splitting is worth it. See the module docstring for what fn may do.
+    """
+    if not _worth_splitting(arrays):
+        fn(*arrays)
+        return
+    n_rows = arrays[0].shape[0]
+    if any(a.shape[0] != n_rows for a in arrays):
+        raise ValueError("for_row_blocks: arrays must share their first axis, got "
+                         f"{[a.shape for a in arrays]}")
+    global _pool, _pool_size
+    if _pool_size < threads():
+        _pool, _pool_size = ThreadPoolExecutor(threads(), thread_name_prefix="tinytok"), threads()
+    jobs = [_pool.submit(fn, *(a[start:stop] for a in arrays))
+            for start, stop in row_blocks(n_rows, threads())]
+    for job in jobs:
+        job.result()  # re-raises an exception from a worker here
+
+
+def for_column_blocks(fn, *arrays):
+    """fn(*blocks) for blocks of columns (last axis) of 2-D arrays, one block per thread.
+
+    The same as for_row_blocks on the transposed arrays; fn sees untransposed blocks. Used
+    where each column is one independent result (a column of a weight gradient).
+    """
+    for_row_blocks(lambda *rows: fn(*(r.T for r in rows)), *(a.T for a in arrays))
+
+
+def for_elementwise_blocks(fn, *arrays):
+    """fn(*blocks) for arrays of one shape whose elements are treated one by one.
+
+    Like for_row_blocks, but cut along the axis that is outermost *in memory* (the first
+    array's largest stride): for the convolutions' NCHW views of CHWN memory that is the
+    channel axis, so each thread gets one contiguous stretch instead of every N-th float.
+    """
+    order = sorted(range(arrays[0].ndim), key=lambda axis: -abs(arrays[0].strides[axis]))
+    for_row_blocks(fn, *(a.transpose(order) for a in arrays))
