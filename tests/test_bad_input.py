@@ -497,7 +497,7 @@ TRAIN = ["train-tokenizer", "--config", "vqvae-tiny", "--n-images", 4, "--steps"
     (["--warmup", -5], "warmup"), (["--n-images", 0], "--n-images"), (["--codes", 0], "--codes"),
     (["--restart-every", 0], "--restart-every"), (["--quantizer", "fsq"], "--quantizer"),
     (["--config", "vqvae-huge"], "vqvae-huge"), (["--data", "imagenet"], "imagenet"),
-    (["--seed", -1], "seed"), (["--seed", 2 ** 70], "seed")])
+    (["--seed", -1], "seed"), (["--seed", 2 ** 70], "seed"), (["--split", "heldout"], "--split")])
 def test_bad_training_arguments(extra, named, capsys, tmp_path):
     code, _, err = cli(capsys, *TRAIN, "--out", tmp_path / "t.npz", *extra)
     assert_one_line_error(code, err, named)

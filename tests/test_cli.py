@@ -57,6 +57,23 @@ def test_train_tokenizer_and_prior_write_checkpoints(work):
     assert not [f for f in os.listdir(work) if f.endswith(".tmp")]
 
 
+def test_train_tokenizer_split_all_sees_held_out_shapes(tmp_path, monkeypatch):
+    """--split all hands the trainer every combination (the tokenizer reads no captions);
+    the default keeps the prior's held-out pairs out."""
+    from tinytok import datasets
+    from tinytok import train as train_module
+    seen = {}
+    monkeypatch.setattr(train_module, "train_tokenizer",
+                        lambda images, *a, **k: seen.setdefault("images", images))
+    from tinytok.cli import main
+    for split in ("all", "train"):
+        seen.clear()
+        assert main(["train-tokenizer", "--config", "vqvae-tiny", "--n-images", "300",
+                     "--steps", "1", "--split", split, "--out", str(tmp_path / "t.npz")]) == 0
+        labels = datasets.read_attributes(seen["images"])
+        assert datasets.is_heldout(labels).any() == (split == "all")
+
+
 def test_eval_tokenizer_json_and_pictures(work):
     r = ok(tinytok("eval-tokenizer", "--tokenizer", "tok.npz", "--n-images", 8,
                    "--pictures", "pics", "--json", cwd=work))

@@ -17,7 +17,10 @@ runs, read with ``time.perf_counter`` after synchronising the device (a no-op on
 Each section runs in a fresh Python process, so its peak resident memory (VmHWM, else
 ``ru_maxrss``; whole process: interpreter, NumPy, tinytok and the section's arrays) is its own; the
 resident size right after the imports is reported beside it as ``import_rss_mb``. Every
-process first calls ``backend.reuse_freed_host_memory()`` (see its docstring).
+process first calls ``backend.reuse_freed_host_memory()`` (see its docstring), and the
+model sections call ``parallel.use_cores()`` as the command line does (every core for
+tinytok's blocks, BLAS on one thread per call; ``TINYTOK_THREADS=1`` turns that off and
+leaves BLAS its own threads). ``sgemm`` keeps BLAS on all its threads: it is the ceiling.
 
 How FLOPs are counted. A multiply-add is 2 FLOPs. Counted: convolutions
 (2*N*Ho*Wo*F*C*kh*kw), transposed convolutions (2*N*H*W*C*F*kh*kw, over the input pixels),

@@ -209,6 +209,9 @@ def _sampling_arguments(p):
     p.add_argument("--cfg", type=non_negative_float, default=1.5,
                    help="classifier-free guidance scale (1 = off)")
     p.add_argument("--seed", type=seed_value, default=0)
+    p.add_argument("--rerank", type=positive_int, default=1,
+                   help="draw K candidates per picture, keep the one the prior's own caption "
+                        "likelihood prefers (K times slower; 1 = off)")
 
 
 def _pipeline_arguments(p):
@@ -224,7 +227,7 @@ def cmd_sample(args):
     pipe = Pipeline.load(args.tokenizer, args.prior)
     prompts = args.prompt
     images = pipe.generate(prompts, args.n, args.temperature, args.top_k, args.top_p,
-                           args.cfg, args.seed)
+                           args.cfg, args.seed, rerank=args.rerank)
     marks = None
     try:  # a shapes caption can be checked by reading the picture back
         wanted = np.repeat(np.array([parse_caption(p) for p in prompts]), args.n, axis=0)
@@ -254,7 +257,7 @@ def cmd_eval_prior(args):
     from tinytok.pipeline import Pipeline
     pipe = Pipeline.load(args.tokenizer, args.prior)
     figures = eval_prior(pipe, args.prompts, args.n, args.cfg, args.seed, args.captions,
-                         args.temperature, args.top_k, args.top_p)
+                         args.temperature, args.top_k, args.top_p, rerank=args.rerank)
     _print_figures(figures, args.json)
     return 0
 

@@ -41,7 +41,9 @@ def run_demo(out="tinytok-demo", quick=False, seed=0):
     pick = {k: v[1] if quick else v[0] for k, v in PLAN.items()}
     os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()
-    shapes = make_shapes(pick["images"], seed=seed, split="train")
+    # The tokenizer learns from pictures alone (it never reads a caption), so it sees every
+    # combination; only the prior, which learns words, is kept from the held-out pairs.
+    shapes = make_shapes(pick["images"], seed=seed, split="all")
     say(f"[1/4] rendered {len(shapes.images)} captioned shapes, e.g. "
         f"'{shapes.captions[0]}'")
 

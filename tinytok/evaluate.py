@@ -24,14 +24,14 @@ def eval_tokenizer(tokenizer, images, batch_size=256):
 
 
 def adherence(pipeline, labels, n_per_prompt=4, cfg_scale=1.0, temperature=1.0, top_k=None,
-              top_p=None, seed=0):
+              top_p=None, seed=0, rerank=1):
     """Share of generated images matching their prompt on all four attributes.
 
     labels (P, 4): one prompt per row (its caption). Returns (share, images, matches).
     """
     prompts = caption_for(labels)
     images = pipeline.generate(prompts, n_per_prompt, temperature, top_k, top_p, cfg_scale,
-                               seed)
+                               seed, rerank=rerank)
     wanted = np.repeat(labels, n_per_prompt, axis=0)
     matches = (read_attributes(images) == wanted).all(axis=1)
     return float(matches.mean()), images, matches
@@ -45,14 +45,15 @@ def caption_accuracy(pipeline, images, labels):
 
 
 def eval_prior(pipeline, n_prompts=24, n_per_prompt=4, cfg_scale=1.5, seed=0, n_captions=200,
-               temperature=1.0, top_k=None, top_p=None):
+               temperature=1.0, top_k=None, top_p=None, rerank=1):
     """Adherence on training and held-out combinations, and caption accuracy on held-out images."""
     train = make_shapes(n_prompts, seed=10_000 + seed, split="train").labels
     heldout = make_shapes(n_prompts, seed=20_000 + seed, split="heldout").labels
-    figures = {"cfg_scale": cfg_scale, "prompts": n_prompts, "samples_per_prompt": n_per_prompt}
+    figures = {"cfg_scale": cfg_scale, "rerank": rerank, "prompts": n_prompts,
+               "samples_per_prompt": n_per_prompt}
     for name, labels in (("train", train), ("heldout", heldout)):
         share, _, _ = adherence(pipeline, labels, n_per_prompt, cfg_scale, temperature, top_k,
-                                top_p, seed)
+                                top_p, seed, rerank)
         figures[f"adherence_{name}"] = share
     shapes = make_shapes(n_captions, seed=30_000 + seed, split="heldout")
     figures["caption_accuracy_heldout"], _ = caption_accuracy(pipeline, shapes.images,

@@ -18,13 +18,14 @@ import numpy as np
 from tinytok import backend
 from tinytok.checkpoint import check_params_match, load_checkpoint, save_checkpoint
 from tinytok.errors import CheckpointError, ConfigError, ShapeError
-from tinytok.gpt import gpt_config, init_gpt_params
+from tinytok.gpt import gpt_config, gpt_forward, init_gpt_params
 from tinytok.images import check_images
 from tinytok.quantize import latents_as_columns, nearest_codes
 from tinytok.sample import (NextTokenLogits, check_sampling_args, draw, filter_logits,
                             guided)
 from tinytok.vocab import (EOS, Vocab, caption_from_tokens, caption_prompt, image_prompt,
-                           image_token_mask, text_token_mask, unconditional_prompt)
+                           image_to_text_sequence, image_token_mask, text_token_mask,
+                           unconditional_prompt)
 from tinytok.vqvae import (decoder_forward, encoder_forward, init_tokenizer_params,
                            tokenizer_config)
 
@@ -232,19 +233,60 @@ class Pipeline:
         return codes.reshape(n, vocab.grid_size, vocab.grid_size)
 
     def generate(self, prompts, n=1, temperature=1.0, top_k=None, top_p=None, cfg_scale=1.0,
-                 seed=0, use_cache=True):
+                 seed=0, use_cache=True, rerank=1):
         """uint8 images (len(prompts) * n, S, S, 3): n samples per caption, prompt by prompt.
 
         temperature > 0 sharpens (< 1) or flattens (> 1) the next-token distribution; top_k
         keeps the k likeliest tokens; top_p the smallest set with that much probability;
         cfg_scale > 1 applies classifier-free guidance (1 = off); seed fixes the draws.
+        rerank=k draws k candidates for every picture and keeps the one whose caption the
+        same prior finds likeliest (see caption_log_likelihood): DALL-E's reranking, with the
+        one-stream model as its own judge. k times the drawing work.
         """
         if isinstance(prompts, str):
             prompts = [prompts]
-        codes = [self.generate_codes(p, n, temperature, top_k, top_p, cfg_scale,
-                                     seed + 1000 * i, use_cache)
-                 for i, p in enumerate(prompts)]   # one batch per prompt: prompts differ in length
+        if isinstance(rerank, bool) or not isinstance(rerank, (int, np.integer)) or rerank < 1:
+            raise ConfigError(f"rerank must be a whole number >= 1, got {rerank!r}")
+        codes = []
+        for i, prompt in enumerate(prompts):  # one batch per prompt: prompts differ in length
+            drawn = self.generate_codes(prompt, n * rerank, temperature, top_k, top_p,
+                                        cfg_scale, seed + 1000 * i, use_cache)
+            if rerank > 1:
+                drawn = self.best_of(drawn.reshape(n, rerank, *drawn.shape[1:]), prompt)
+            codes.append(drawn)
         return self.tokenizer.decode(np.concatenate(codes))
+
+    def best_of(self, candidates, prompt):
+        """candidates (n, k, g, g) -> (n, g, g): in each row, the grid the prompt fits best."""
+        n, k = candidates.shape[:2]
+        flat = candidates.reshape(n * k, *candidates.shape[2:])
+        scores = self.caption_log_likelihood(flat, prompt).reshape(n, k)
+        return candidates[np.arange(n), scores.argmax(axis=1)]
+
+    def caption_log_likelihood(self, codes, caption, batch_size=64):
+        """log p(caption words, then <eos> | picture) under the prior, for each token grid.
+
+        codes (N, g, g) int -> (N,) float64. The captioning layout read forwards: how likely
+        the model is to write exactly this caption after seeing each picture.
+        """
+        vocab, prior = self.prior.vocab, self.prior
+        words = vocab.encode_text(caption)
+        codes = backend.to_numpy(codes)
+        seqs = np.stack([image_to_text_sequence(vocab, words, c, prior.config.context)
+                         for c in codes])                                  # (N, L)
+        n_scored = len(words) + 1                                         # the words and <eos>
+        scores = []
+        for start in range(0, len(seqs), batch_size):
+            part = backend.to_device(seqs[start:start + batch_size])
+            logits, _ = gpt_forward(part[:, :-1], prior.params, prior.config)  # (b, L-1, V)
+            logits = logits[:, -n_scored:].astype("float64")
+            xp = backend.get_array_module(logits)
+            log_probs = logits - logits.max(axis=-1, keepdims=True)
+            log_probs -= xp.log(xp.exp(log_probs).sum(axis=-1, keepdims=True))
+            targets = part[:, -n_scored:]                                  # (b, n_scored)
+            picked = xp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+            scores.append(backend.to_numpy(picked.sum(axis=1)))
+        return np.concatenate(scores)
 
     def caption(self, images, greedy=True, temperature=1.0, seed=0):
         """A caption (str) for each uint8 image (N, S, S, 3), written by the prior."""

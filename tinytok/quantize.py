@@ -14,9 +14,12 @@ Alternatives that train the codebook without a loss (EMA), start it well (k-mean
 it in use (dead-code restarts) live here too, with the usage statistics that show whether
 they work.
 """
+from functools import partial
+
 import numpy as np
 
 from tinytok.backend import get_array_module, rng as host_rng, scatter_add, to_numpy
+from tinytok.parallel import for_row_blocks
 from tinytok.errors import ShapeError
 from tinytok.ops.checks import require_float, require_ndim, require_same_dtype
 
@@ -43,9 +46,19 @@ def nearest_codes(z_cols, codebook):
     (M, K) so that the argmin runs along contiguous memory.
     """
     xp = get_array_module(z_cols)
-    scores = z_cols.T @ (-2 * codebook.T)                               # (M, K)
-    scores += (codebook * codebook).sum(axis=1)
-    return xp.argmin(scores, axis=1)
+    ids = xp.empty(z_cols.shape[1], dtype=xp.int64)                     # (M,)
+    # every column finds its code alone: blocks of columns run in parallel (tinytok.parallel)
+    for_row_blocks(partial(_nearest_rows, codes_t=-2 * codebook.T,
+                           code_norms=(codebook * codebook).sum(axis=1)), z_cols.T, ids)
+    return ids
+
+
+def _nearest_rows(z_rows, ids, codes_t, code_norms):
+    """Writes ids (m,) for a block of rows z_rows (m, D): argmin of -2 z.e + |e|^2."""
+    xp = get_array_module(z_rows)
+    scores = z_rows @ codes_t                                           # (m, K)
+    scores += code_norms
+    xp.argmin(scores, axis=1, out=ids)
 
 
 def vector_quantize_forward(z, codebook, beta=0.25):

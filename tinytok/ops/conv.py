@@ -95,23 +95,29 @@ def _col2im_channels(cols, x_pad, stride):
             x_pad[:, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += cols[:, i, j]
 
 
-def product(a, b):
-    """a (m, k) @ b (k, n) -> (m, n), cut into independent blocks for the threads: blocks of
-    the long side's columns (pixels) when n is larger, else blocks of rows."""
+def product(a, b, row_bias=None):
+    """a (m, k) @ b (k, n) (+ row_bias (m,) on every column) -> (m, n), cut into independent
+    blocks for the threads: blocks of the long side's columns (pixels) when n is the larger,
+    else blocks of rows. Adding the bias inside the block saves a separate pass."""
     out = get_array_module(a).empty((a.shape[0], b.shape[1]), dtype=a.dtype)
     if b.shape[1] >= a.shape[0]:
-        for_column_blocks(partial(_matmul_columns, a=a), b, out)
+        for_column_blocks(partial(_product_columns, a=a, row_bias=row_bias), b, out)
     else:
-        for_row_blocks(partial(_matmul_rows, b=b), a, out)
+        rows = (a, out) if row_bias is None else (a, out, row_bias[:, None])
+        for_row_blocks(partial(_product_rows, b=b), *rows)
     return out
 
 
-def _matmul_columns(b, out, a):
+def _product_columns(b, out, a, row_bias):
     get_array_module(a).matmul(a, b, out=out)
+    if row_bias is not None:
+        out += row_bias[:, None]
 
 
-def _matmul_rows(a, out, b):
+def _product_rows(a, out, row_bias=None, *, b):
     get_array_module(a).matmul(a, b, out=out)
+    if row_bias is not None:
+        out += row_bias                                  # (m, 1) block: one per row
 
 
 def _check_conv_args(x, w, b, stride, padding, w_layout, channels_axis):
@@ -143,9 +149,7 @@ def conv2d_forward(x, w, b, stride=1, padding=0):
         raise ShapeError(f"conv2d: a {kh}x{kw} kernel with padding {padding} does not fit "
                          f"in a {x.shape[2]}x{x.shape[3]} input")
     cols, (Ho, Wo) = im2col(x, kh, kw, stride, padding)     # (C*kh*kw, Ho*Wo*N)
-    out = product(w.reshape(F, -1), cols)                   # (F, Ho*Wo*N)
-    if b is not None:
-        out += b[:, None]
+    out = product(w.reshape(F, -1), cols, row_bias=b)       # (F, Ho*Wo*N), + b per filter
     out = out.reshape(F, Ho, Wo, N).transpose(3, 0, 1, 2)   # (N, F, Ho, Wo), CHWN memory
     return out, (cols, w, b is not None, x.shape, stride, padding)
 

@@ -1,0 +1,56 @@
+"""Draw the README's pictures from the shipped checkpoints (data/checkpoints/).
+
+    python data/samples/make_readme_pictures.py        # from the repository root
+
+Writes samples.png (six drawings per caption, the last three captions held out of
+training, a green dot where the attributes read back from the pixels match), captions.png
+(captions the prior writes for held-out pictures), shapes_reconstructions.png and
+shapes_palette.png into data/samples/, and prints what it measured on them.
+"""
+import os
+
+import numpy as np
+
+from tinytok import parallel
+from tinytok.datasets import make_shapes, parse_caption, read_attributes
+from tinytok.evaluate import caption_accuracy, eval_tokenizer
+from tinytok.pipeline import Pipeline
+from tinytok.quantize import code_counts
+from tinytok.viz import codebook_palette, comparison_grid, image_grid, prompt_grid
+
+OUT = os.path.dirname(os.path.abspath(__file__))
+PROMPTS = ["a large red circle at the top left", "a small blue triangle at the bottom right",
+           "a large yellow square at the center",
+           # held-out (shape, colour) pairs: never in the prior's training captions
+           "a small green circle at the top", "a large purple square at the left",
+           "a small orange triangle at the bottom left"]
+PER_PROMPT = 6
+
+
+def main():
+    parallel.use_cores()
+    pipe = Pipeline.load()
+    images = pipe.generate(PROMPTS, PER_PROMPT, cfg_scale=1.5, seed=0)
+    wanted = np.repeat(np.stack([parse_caption(p) for p in PROMPTS]), PER_PROMPT, axis=0)
+    matches = (read_attributes(images) == wanted).all(axis=1)
+    prompt_grid(images, PROMPTS, PER_PROMPT, marks=matches, path=os.path.join(OUT, "samples.png"))
+    print(f"samples.png: {matches[:3 * PER_PROMPT].mean():.0%} of training-combination "
+          f"drawings match, {matches[3 * PER_PROMPT:].mean():.0%} of held-out ones")
+
+    held = make_shapes(12, seed=3, split="heldout")
+    accuracy, written = caption_accuracy(pipe, held.images, held.labels)
+    image_grid(held.images, ncols=4, labels=written, path=os.path.join(OUT, "captions.png"))
+    print(f"captions.png: {accuracy:.0%} of 12 captions exact")
+
+    shapes = make_shapes(500, seed=777, split="all")
+    figures, recon, ids = eval_tokenizer(pipe.tokenizer, shapes.images)
+    comparison_grid([shapes.images[:12], recon[:12]], ["original", "from 64 tokens"],
+                    path=os.path.join(OUT, "shapes_reconstructions.png"))
+    codebook_palette(pipe.tokenizer.code_tiles(),
+                     code_counts(ids, pipe.tokenizer.config.num_codes), ncols=16, scale=2,
+                     path=os.path.join(OUT, "shapes_palette.png"))
+    print(f"shapes_reconstructions.png: {figures['psnr_db']:.1f} dB on 500 shapes")
+
+
+if __name__ == "__main__":
+    main()
