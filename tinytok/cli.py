@@ -209,9 +209,9 @@ def _sampling_arguments(p):
     p.add_argument("--cfg", type=non_negative_float, default=1.5,
                    help="classifier-free guidance scale (1 = off)")
     p.add_argument("--seed", type=seed_value, default=0)
-    p.add_argument("--rerank", type=positive_int, default=1,
+    p.add_argument("--rerank", type=positive_int, default=4,
                    help="draw K candidates per picture, keep the one the prior's own caption "
-                        "likelihood prefers (K times slower; 1 = off)")
+                        "likelihood prefers (K times the drawing work; 1 = off)")
 
 
 def _pipeline_arguments(p):

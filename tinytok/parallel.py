@@ -118,12 +118,16 @@ def for_row_blocks(fn, *arrays):
         raise ValueError("for_row_blocks: arrays must share their first axis, got "
                          f"{[a.shape for a in arrays]}")
     global _pool, _pool_size
-    if _pool_size < threads():
-        _pool, _pool_size = ThreadPoolExecutor(threads(), thread_name_prefix="tinytok"), threads()
-    jobs = [_pool.submit(fn, *(a[start:stop] for a in arrays))
-            for start, stop in row_blocks(n_rows, threads())]
-    for job in jobs:
-        job.result()  # re-raises an exception from a worker here
+    if _pool_size < threads() - 1:       # the calling thread does one block itself
+        _pool = ThreadPoolExecutor(threads() - 1, thread_name_prefix="tinytok")
+        _pool_size = threads() - 1
+    (start, stop), *others = row_blocks(n_rows, threads())
+    jobs = [_pool.submit(fn, *(a[lo:hi] for a in arrays)) for lo, hi in others]
+    try:
+        fn(*(a[start:stop] for a in arrays))
+    finally:
+        for job in jobs:
+            job.result()  # waits, and re-raises an exception from a worker here
 
 
 def for_column_blocks(fn, *arrays):
