@@ -18,11 +18,13 @@ so ``tinytok.checkpoint.save_checkpoint(..., optimizer_state=state)`` stores it 
 """
 import math
 import numbers
+from functools import partial
 
 import numpy as np
 
 from tinytok import backend
 from tinytok.errors import ConfigError, DTypeError, ShapeError
+from tinytok.parallel import for_elementwise_blocks
 
 
 # ----------------------------------------------------------------------------------------
@@ -92,8 +94,10 @@ def adamw_step(params, grads, state, lr, betas=(0.9, 0.999), eps=1e-8, weight_de
     sqrt_bc2 = math.sqrt(1.0 - beta2 ** t)
     for name, p in params.items():
         shrink = lr * weight_decay if weight_decay and decay_filter(name, p) else 0.0
-        _adamw_update(p, grads[name], state["m"][name], state["v"][name],
-                      beta1, beta2, eps, shrink, step_size, sqrt_bc2)
+        update = partial(_adamw_update, beta1=beta1, beta2=beta2, eps=eps, shrink=shrink,
+                         step_size=step_size, sqrt_bc2=sqrt_bc2)
+        # element by element: large matrices are updated in blocks on every core
+        for_elementwise_blocks(update, p, grads[name], state["m"][name], state["v"][name])
 
 
 def _adamw_update(p, g, m, v, beta1, beta2, eps, shrink, step_size, sqrt_bc2):

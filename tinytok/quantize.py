@@ -19,9 +19,9 @@ from functools import partial
 import numpy as np
 
 from tinytok.backend import get_array_module, rng as host_rng, scatter_add, to_numpy
-from tinytok.parallel import for_row_blocks
 from tinytok.errors import ShapeError
 from tinytok.ops.checks import require_float, require_ndim, require_same_dtype
+from tinytok.parallel import for_row_blocks
 
 
 def latents_as_columns(z):

@@ -44,10 +44,11 @@ def layer_norm_backward(dy, cache):
     gives the two correction terms:  dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).
     """
     xhat, gamma, rstd = cache
-    lead = tuple(range(dy.ndim - 1))
-    dgamma = (dy * xhat).sum(axis=lead)
-    dbeta = dy.sum(axis=lead)
-    dx = get_array_module(dy).empty_like(dy)
+    xp = get_array_module(dy)
+    dy2, xhat2 = dy.reshape(-1, dy.shape[-1]), xhat.reshape(-1, dy.shape[-1])  # (M, C) each
+    dgamma = xp.einsum("mc,mc->c", dy2, xhat2)    # sum over rows of dy * xhat, no temporary
+    dbeta = dy2.sum(axis=0)
+    dx = xp.empty_like(dy)
     for_row_blocks(partial(_normalize_rows_backward, gamma=gamma), dy, xhat, rstd, dx)
     return dx, dgamma, dbeta
 
