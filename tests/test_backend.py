@@ -7,6 +7,7 @@ import types
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from tinytok import backend
 from tinytok.errors import BackendError
@@ -225,3 +226,18 @@ def test_scatter_add_adds_whole_rows_in_place_and_returns_the_target():
     out = backend.scatter_add(target, index, values)
     assert out is target
     np.testing.assert_allclose(target, expected, rtol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(K=st.integers(1, 8), M=st.integers(0, 40), tail=st.sampled_from([(), (3,), (2, 2)]),
+       seed=st.integers(0, 2 ** 16))
+def test_scatter_add_equals_numpy_add_at(K, M, tail, seed):
+    """Sorted runs summed with add.reduceat against the one-at-a-time reference, add.at:
+    any number of repeats, ids never used, no ids at all, rows of any shape."""
+    rng = np.random.default_rng(seed)
+    target = rng.standard_normal((K, *tail))
+    index, values = rng.integers(0, K, M), rng.standard_normal((M, *tail))
+    expected = target.copy()
+    np.add.at(expected, index, values)
+    backend.scatter_add(target, index, values)
+    np.testing.assert_allclose(target, expected, rtol=1e-12, atol=1e-12)

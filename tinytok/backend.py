@@ -132,12 +132,13 @@ def scatter_add(target, index, values):
     index (M,) int, values (M, ...) -> target (K, ...), changed in place and returned. Used
     for gradients of lookups (embedding rows, codebook rows). ``add.at`` would do this one
     element at a time; sorting the indices and summing each run of equal ones with
-    ``add.reduceat`` does the same in a few vectorised passes, on NumPy and CuPy alike.
+    ``add.reduceat`` does the same in a few vectorised passes, on NumPy and CuPy (12+)
+    alike.
     """
     xp = get_array_module(target)
     if len(index) == 0:
         return target
-    order = xp.argsort(index, kind="stable")
+    order = xp.argsort(index)     # deterministic: the same ids give the same summation order
     sorted_index = index[order]
     is_start = xp.ones(len(index), dtype=bool)
     is_start[1:] = sorted_index[1:] != sorted_index[:-1]     # first of each run of equal ids
