@@ -98,9 +98,13 @@ def row_blocks(n_rows, n_blocks):
 
 
 def _worth_splitting(arrays):
-    """Split only NumPy arrays of two or more axes (a 1-D array is one row), large enough."""
-    return (threads() > 1 and all(isinstance(a, np.ndarray) and a.ndim >= 2 for a in arrays)
-            and arrays[0].shape[0] > 1 and arrays[0].size >= MIN_PARALLEL_SIZE)
+    """Split only NumPy arrays of two or more axes (a 1-D array is one row), large enough.
+
+    The cheap tests come first: the KV-cache sampler calls this thousands of times a second
+    on small arrays."""
+    return (arrays[0].size >= MIN_PARALLEL_SIZE and threads() > 1
+            and all(isinstance(a, np.ndarray) and a.ndim >= 2 for a in arrays)
+            and arrays[0].shape[0] > 1)
 
 
 def for_row_blocks(fn, *arrays):
@@ -146,5 +150,8 @@ def for_elementwise_blocks(fn, *arrays):
     array's largest stride): for the convolutions' NCHW views of CHWN memory that is the
     channel axis, so each thread gets one contiguous stretch instead of every N-th float.
     """
+    if not _worth_splitting(arrays):
+        fn(*arrays)                      # element by element: any axis order will do
+        return
     order = sorted(range(arrays[0].ndim), key=lambda axis: -abs(arrays[0].strides[axis]))
     for_row_blocks(fn, *(a.transpose(order) for a in arrays))

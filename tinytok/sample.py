@@ -43,8 +43,8 @@ def cached_attention(x, params, name, n_head, kv, layer):
     kv["v"][layer][:, :, L:L + t] = v                                # the whole prefix
     keys, values = kv["k"][layer][:, :, :L + t], kv["v"][layer][:, :, :L + t]
     scores = (q * (1 / math.sqrt(C // n_head))) @ keys.transpose(0, 1, 3, 2)  # (B, nh, t, L+t)
-    # new position i sits at L + i and may see keys 0 .. L + i
-    scores += xp.triu(xp.full((t, L + t), -xp.inf, dtype=x.dtype), k=L + 1)
+    if t > 1:  # new position i sits at L + i and may see keys 0 .. L + i (one token: all)
+        scores += xp.triu(xp.full((t, L + t), -xp.inf, dtype=x.dtype), k=L + 1)
     y = merge_heads(softmax(scores) @ values)                        # (B, t, C)
     out, _ = linear_forward(y, params[name + ".w_proj"], params[name + ".b_proj"])
     return out
