@@ -120,16 +120,22 @@ def test_the_scan_finds_array_module_uses():
         assert expected in uses, f"the scan did not find xp.{'.'.join(expected)}"
 
 
-def test_every_array_module_attribute_exists_in_cupy():
-    cupy = real_cupy()
+def missing_names(module, uses):
+    """For each (where, attribute chain) the module lacks: "where: xp.chain-up-to-the-gap"."""
     missing = []
-    for where, attrs in array_module_uses():
-        obj = cupy
+    for where, attrs in uses:
+        obj = module
         for i, attr in enumerate(attrs):
             if not hasattr(obj, attr):
                 missing.append(f"{where}: xp.{'.'.join(attrs[:i + 1])}")
                 break
             obj = getattr(obj, attr)
+    return missing
+
+
+def test_every_array_module_attribute_exists_in_cupy():
+    cupy = real_cupy()
+    missing = missing_names(cupy, array_module_uses())
     assert not missing, ("tinytok uses names that CuPy does not have "
                          f"(CuPy {cupy.__version__}):\n" + "\n".join(missing))
 
@@ -138,16 +144,8 @@ def test_array_module_attributes_exist_in_numpy_too():
     """The same names on NumPy, except CuPy-only ones used under an `is cupy` guard."""
     cupy_only = {"cuda", "get_default_memory_pool", "get_default_pinned_memory_pool",
                  "ndarray", "random", "is_available", "asnumpy"}
-    missing = []
-    for where, attrs in array_module_uses():
-        if attrs[0] in cupy_only or attrs[0].startswith("__"):
-            continue
-        obj = np
-        for i, attr in enumerate(attrs):
-            if not hasattr(obj, attr):
-                missing.append(f"{where}: xp.{'.'.join(attrs[:i + 1])}")
-                break
-            obj = getattr(obj, attr)
+    missing = missing_names(np, [(where, attrs) for where, attrs in array_module_uses()
+                                 if attrs[0] not in cupy_only and not attrs[0].startswith("__")])
     assert not missing, "names NumPy does not have:\n" + "\n".join(missing)
 
 

@@ -14,15 +14,20 @@ LOSSES = ("cross_entropy", "mse")
 every_pair = pytest.mark.parametrize("name", list(PAIRS))
 
 
+def forward_and_dout(name, case, seed=1):
+    """(out, cache, dout) for one forward call; dout random, shaped and typed like out."""
+    forward, _ = PAIRS[name]
+    out, cache = forward(*case.args, **case.kwargs)
+    xp = get_array_module(*case.args)
+    dout = xp.asarray(np.random.default_rng(seed).standard_normal(out.shape), dtype=out.dtype)
+    return out, cache, dout
+
+
 def run_pair(name, case, dout=None, seed=1):
     """(out, dout, grads) for one forward and backward call; random dout of out's dtype."""
-    forward, backward = PAIRS[name]
-    out, cache = forward(*case.args, **case.kwargs)
-    if dout is None:
-        xp = get_array_module(*case.args)
-        dout = xp.asarray(np.random.default_rng(seed).standard_normal(out.shape),
-                          dtype=out.dtype)
-    grads = backward(dout, cache)
+    out, cache, random_dout = forward_and_dout(name, case, seed)
+    dout = random_dout if dout is None else dout
+    grads = PAIRS[name][1](dout, cache)
     return out, dout, grads if isinstance(grads, tuple) else (grads,)
 
 
@@ -45,9 +50,8 @@ def test_forward_and_backward_leave_their_inputs_unchanged(xp, make_case, name):
 def test_backward_leaves_dout_unchanged(xp, make_case, name):
     """A backward must not write into its upstream gradient (relu's in-place mask trap)."""
     case = make_case(name, xp)
-    forward, backward = PAIRS[name]
-    out, cache = forward(*case.args, **case.kwargs)
-    dout = xp.asarray(np.random.default_rng(1).standard_normal(out.shape), dtype=out.dtype)
+    _, cache, dout = forward_and_dout(name, case)
+    backward = PAIRS[name][1]
     kept = to_numpy(dout).copy()
     backward(dout, cache)
     assert np.array_equal(to_numpy(dout), kept)
@@ -57,9 +61,8 @@ def test_backward_leaves_dout_unchanged(xp, make_case, name):
 def test_backward_can_run_twice_on_one_cache(xp, make_case, name):
     """The cache is not consumed or modified: a pair can be replayed (guidance, tied weights)."""
     case = make_case(name, xp)
-    forward, backward = PAIRS[name]
-    out, cache = forward(*case.args, **case.kwargs)
-    dout = xp.asarray(np.random.default_rng(1).standard_normal(out.shape), dtype=out.dtype)
+    _, cache, dout = forward_and_dout(name, case)
+    backward = PAIRS[name][1]
     first = [to_numpy(g).copy() for g in _as_tuple(backward(dout, cache))]
     second = [to_numpy(g) for g in _as_tuple(backward(dout, cache))]
     for a, b in zip(first, second):

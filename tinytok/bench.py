@@ -284,7 +284,9 @@ def run_section(part, section, backend_name="numpy", quick=False, repeats=None, 
     import_rss, _ = rss_mb()
     xp = backend.use(backend_name)
     reused = backend.reuse_freed_host_memory()
-    if part != "sgemm":  # the ceiling is BLAS on all its own threads; the models use ours
+    if part == "sgemm":  # the ceiling is BLAS on all its own threads; the models use ours
+        parallel.blas_alone()
+    else:
         parallel.use_cores()
     sizes = dict(QUICK if quick else FULL)
     if batch:

@@ -25,16 +25,19 @@ Threads and BLAS. OpenBLAS runs its own threads, which keep spinning for a while
 product; Python threads started next to them fight them for the cores and everything gets
 slower. So the two are switched together: ``use_cores()`` (what the command line and the
 benchmark call) runs tinytok's blocks on every core *and* sets BLAS to one thread per call.
-The matrix products then go through for_row_blocks too (tinytok.ops.linear), each thread
-calling single-threaded BLAS on its own rows, which is about as fast as BLAS's own threads.
+The matrix products are then cut into blocks too (``matmul_blocks``, and tinytok.ops.linear),
+each thread calling single-threaded BLAS on its own block, which is about as fast as BLAS's
+own threads.
 Until ``use_cores()`` is called (or ``TINYTOK_THREADS`` is set), nothing here starts a
 thread: a library should not take a machine's cores behind its user's back.
 """
 import os
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 
+from tinytok.backend import get_array_module
 from tinytok.errors import ConfigError
 
 MIN_PARALLEL_SIZE = 1 << 16  # elements in the first array below which one call is faster
@@ -54,12 +57,15 @@ def available_cores():
 def threads():
     """How many threads for_row_blocks uses (1 until use_cores or TINYTOK_THREADS)."""
     if _threads is None:
-        value = os.environ.get("TINYTOK_THREADS", "").strip()
-        use_cores(_parse_threads(value) if value else 1)
+        use_cores(_threads_from_env(default=1))
     return _threads
 
 
-def _parse_threads(value):
+def _threads_from_env(default):
+    """TINYTOK_THREADS as a positive integer, or `default` when it is not set."""
+    value = os.environ.get("TINYTOK_THREADS", "").strip()
+    if not value:
+        return default
     if not value.isdigit() or int(value) < 1:
         raise ConfigError(f"TINYTOK_THREADS must be a positive integer, got {value!r}")
     return int(value)
@@ -74,14 +80,20 @@ def use_cores(n=None):
     """
     global _threads
     if n is None:
-        value = os.environ.get("TINYTOK_THREADS", "").strip()
-        n = _parse_threads(value) if value else available_cores()
+        n = _threads_from_env(default=available_cores())
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
         raise ConfigError(f"the thread count must be a positive integer, got {n!r}")
     previous, _threads = _threads or 1, int(n)
     if n > 1:
         _limit_blas_threads(1)
     return previous
+
+
+def blas_alone():
+    """One thread here and BLAS on its own threads, every core: how the sgemm ceiling is
+    measured (tinytok bench, tests/peers/torch_peer.py)."""
+    use_cores(1)
+    _limit_blas_threads(available_cores())
 
 
 def _limit_blas_threads(n):
@@ -114,9 +126,14 @@ def for_row_blocks(fn, *arrays):
     into the blocks (they are views) and returns nothing. The first array's size decides
     whether splitting is worth it. See the module docstring for what fn may do.
     """
-    if not _worth_splitting(arrays):
+    if _worth_splitting(arrays):
+        _run_in_row_blocks(fn, arrays)
+    else:
         fn(*arrays)
-        return
+
+
+def _run_in_row_blocks(fn, arrays):
+    """The splitting itself: this thread takes the first block, the pool the others."""
     n_rows = arrays[0].shape[0]
     if any(a.shape[0] != n_rows for a in arrays):
         raise ValueError("for_row_blocks: arrays must share their first axis, got "
@@ -143,6 +160,32 @@ def for_column_blocks(fn, *arrays):
     for_row_blocks(lambda *rows: fn(*(r.T for r in rows)), *(a.T for a in arrays))
 
 
+def matmul_blocks(a, b, row_bias=None):
+    """a (m, k) @ b (k, n) (+ row_bias (m,) on every column) -> (m, n), cut into independent
+    blocks for the threads: blocks of b's columns when n is the larger side (the pixels of
+    a convolution), else blocks of a's rows. The bias is added inside each block, which
+    saves a separate pass over the result."""
+    out = get_array_module(a).empty((a.shape[0], b.shape[1]), dtype=a.dtype)
+    if b.shape[1] >= a.shape[0]:
+        for_column_blocks(partial(_matmul_columns, a=a, row_bias=row_bias), b, out)
+    else:
+        rows = (a, out) if row_bias is None else (a, out, row_bias[:, None])
+        for_row_blocks(partial(_matmul_rows, b=b), *rows)
+    return out
+
+
+def _matmul_columns(b, out, a, row_bias):
+    get_array_module(a).matmul(a, b, out=out)
+    if row_bias is not None:
+        out += row_bias[:, None]
+
+
+def _matmul_rows(a, out, row_bias=None, *, b):
+    get_array_module(a).matmul(a, b, out=out)
+    if row_bias is not None:
+        out += row_bias                                  # (m, 1) block: one per row
+
+
 def for_elementwise_blocks(fn, *arrays):
     """fn(*blocks) for arrays of one shape whose elements are treated one by one.
 
@@ -150,8 +193,8 @@ def for_elementwise_blocks(fn, *arrays):
     array's largest stride): for the convolutions' NCHW views of CHWN memory that is the
     channel axis, so each thread gets one contiguous stretch instead of every N-th float.
     """
-    if not _worth_splitting(arrays):
+    if _worth_splitting(arrays):
+        order = sorted(range(arrays[0].ndim), key=lambda axis: -abs(arrays[0].strides[axis]))
+        _run_in_row_blocks(fn, [a.transpose(order) for a in arrays])
+    else:
         fn(*arrays)                      # element by element: any axis order will do
-        return
-    order = sorted(range(arrays[0].ndim), key=lambda axis: -abs(arrays[0].strides[axis]))
-    for_row_blocks(fn, *(a.transpose(order) for a in arrays))

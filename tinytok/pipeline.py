@@ -20,6 +20,7 @@ from tinytok.checkpoint import check_params_match, load_checkpoint, save_checkpo
 from tinytok.errors import CheckpointError, ConfigError, ShapeError
 from tinytok.gpt import gpt_config, gpt_forward, init_gpt_params
 from tinytok.images import check_images
+from tinytok.ops.attention import log_softmax
 from tinytok.quantize import latents_as_columns, nearest_codes
 from tinytok.sample import (NextTokenLogits, check_sampling_args, draw, filter_logits,
                             guided)
@@ -279,12 +280,10 @@ class Pipeline:
         for start in range(0, len(seqs), batch_size):
             part = backend.to_device(seqs[start:start + batch_size])
             logits, _ = gpt_forward(part[:, :-1], prior.params, prior.config)  # (b, L-1, V)
-            logits = logits[:, -n_scored:].astype("float64")
-            xp = backend.get_array_module(logits)
-            log_probs = logits - logits.max(axis=-1, keepdims=True)
-            log_probs -= xp.log(xp.exp(log_probs).sum(axis=-1, keepdims=True))
+            log_probs = log_softmax(logits[:, -n_scored:].astype("float64"))
             targets = part[:, -n_scored:]                                  # (b, n_scored)
-            picked = xp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+            picked = backend.get_array_module(log_probs).take_along_axis(
+                log_probs, targets[..., None], axis=-1)[..., 0]
             scores.append(backend.to_numpy(picked.sum(axis=1)))
         return np.concatenate(scores)
 

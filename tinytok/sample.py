@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from tinytok.backend import get_array_module, to_numpy
+from tinytok.backend import get_array_module
 from tinytok.errors import ConfigError, ShapeError
 from tinytok.gpt import check_ids, gpt_forward, layer_norm_named_forward, mlp_forward
 from tinytok.ops import embedding_forward, linear_forward
@@ -150,7 +150,3 @@ def draw(logits, rng, greedy=False):
 def guided(cond, uncond, scale):
     """Classifier-free guidance: uncond + scale * (cond - uncond); scale 1 is plain sampling."""
     return uncond + scale * (cond - uncond)
-
-
-def to_host_ints(x):
-    return to_numpy(x).astype(np.int64)

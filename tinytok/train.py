@@ -263,7 +263,7 @@ class TokenizerRecipe:
 
 
 def train_tokenizer(images, config, settings, out, recipe=None, resume=False,
-                    val_images=None, log=default_print, progress_stream=None):
+                    log=default_print, progress_stream=None):
     """Train a tokenizer on uint8 images (N, S, S, 3); checkpoints go to `out`.
 
     config: a TokenizerConfig (its quantizer picks VQ, EMA or Gumbel). Returns the history,

@@ -218,17 +218,10 @@ def torch_sgemm(n):
 
 
 def numpy_sgemm(n):
-    """NumPy's product with BLAS on all its threads (the ceiling; parallel.use_cores() sets
-    BLAS to one thread for the models, which cut their products into blocks themselves)."""
-    from threadpoolctl import threadpool_limits
     rng = np.random.default_rng(n)
     a, b = (rng.standard_normal((n, n)).astype(np.float32) for _ in "ab")
     c = np.empty((n, n), np.float32)
-
-    def run():
-        with threadpool_limits(limits=parallel.available_cores(), user_api="blas"):
-            np.matmul(a, b, out=c)
-    return run
+    return lambda: np.matmul(a, b, out=c)
 
 
 # ---------------------------------------------------------------- what is compared
@@ -358,11 +351,14 @@ def main(argv=None):
     sizes = bench.QUICK if args.quick else bench.FULL
     backend.use("numpy")
     backend.reuse_freed_host_memory()
-    parallel.use_cores()  # as the command line and `tinytok bench` do
     out = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
            "numpy": np.__version__, "quick": args.quick, "same_model_losses":
            same_model_check(sizes), "timings": {}}
     for part in parts:
+        if part == "sgemm":  # as `tinytok bench`: the ceiling with BLAS on all its threads,
+            parallel.blas_alone()
+        else:                # the models on every core through tinytok.parallel
+            parallel.use_cores()
         for label, key, builders, units, unit in measurements(part, sizes):
             warmup, repeats = bench.QUICK_REPEATS if args.quick else bench.REPEATS[key]
             fns = {name: build() for name, build in builders.items()}

@@ -35,22 +35,22 @@ def merge_heads(x):
     return x.transpose(0, 2, 1, 3).reshape(B, T, nh * hs)
 
 
-def softmax(scores, axis=-1):
-    """Numerically stable softmax (shifted by the row maximum), in a new array."""
+def softmax(scores, axis=-1, out=None):
+    """Numerically stable softmax (shifted by the row maximum); into `out` if given
+    (out=scores overwrites the scores, saving an array), else into a new array."""
     xp = get_array_module(scores)
-    e = scores - scores.max(axis=axis, keepdims=True)
+    e = xp.subtract(scores, scores.max(axis=axis, keepdims=True), out=out)
     xp.exp(e, out=e)
     e /= e.sum(axis=axis, keepdims=True)
     return e
 
 
-def softmax_(scores, axis=-1):
-    """softmax written over `scores` itself (no new array); returns it."""
+def log_softmax(scores, axis=-1):
+    """log(softmax(scores)) without forming the softmax: scores - max - log(sum(exp(...)))."""
     xp = get_array_module(scores)
-    scores -= scores.max(axis=axis, keepdims=True)
-    xp.exp(scores, out=scores)
-    scores /= scores.sum(axis=axis, keepdims=True)
-    return scores
+    shifted = scores - scores.max(axis=axis, keepdims=True)
+    shifted -= xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+    return shifted
 
 
 def causal_self_attention_forward(x, w_qkv, b_qkv, w_proj, b_proj, n_head):
@@ -88,7 +88,7 @@ def _attend(q, k, v, att, heads, scale):
     xp = get_array_module(q)
     xp.matmul(q * scale, k.transpose(0, 1, 3, 2), out=att)           # the scores
     att += causal_mask(q.shape[2], xp, q.dtype)                      # hide the future
-    softmax_(att)
+    softmax(att, out=att)
     xp.matmul(att, v, out=heads)
 
 

@@ -30,7 +30,7 @@ from tinytok.backend import get_array_module
 from tinytok.errors import ShapeError
 from tinytok.ops.checks import (require_float, require_ndim, require_positive_int,
                                 require_same_dtype, require_shape)
-from tinytok.parallel import for_column_blocks, for_row_blocks
+from tinytok.parallel import for_row_blocks, matmul_blocks
 
 
 def conv_output_size(size, kernel, stride, padding):
@@ -95,31 +95,6 @@ def _col2im_channels(cols, x_pad, stride):
             x_pad[:, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += cols[:, i, j]
 
 
-def product(a, b, row_bias=None):
-    """a (m, k) @ b (k, n) (+ row_bias (m,) on every column) -> (m, n), cut into independent
-    blocks for the threads: blocks of the long side's columns (pixels) when n is the larger,
-    else blocks of rows. Adding the bias inside the block saves a separate pass."""
-    out = get_array_module(a).empty((a.shape[0], b.shape[1]), dtype=a.dtype)
-    if b.shape[1] >= a.shape[0]:
-        for_column_blocks(partial(_product_columns, a=a, row_bias=row_bias), b, out)
-    else:
-        rows = (a, out) if row_bias is None else (a, out, row_bias[:, None])
-        for_row_blocks(partial(_product_rows, b=b), *rows)
-    return out
-
-
-def _product_columns(b, out, a, row_bias):
-    get_array_module(a).matmul(a, b, out=out)
-    if row_bias is not None:
-        out += row_bias[:, None]
-
-
-def _product_rows(a, out, row_bias=None, *, b):
-    get_array_module(a).matmul(a, b, out=out)
-    if row_bias is not None:
-        out += row_bias                                  # (m, 1) block: one per row
-
-
 def _check_conv_args(x, w, b, stride, padding, w_layout, channels_axis):
     require_float("x", x)
     require_same_dtype("x", x, ("w", w), ("b", b))
@@ -149,7 +124,7 @@ def conv2d_forward(x, w, b, stride=1, padding=0):
         raise ShapeError(f"conv2d: a {kh}x{kw} kernel with padding {padding} does not fit "
                          f"in a {x.shape[2]}x{x.shape[3]} input")
     cols, (Ho, Wo) = im2col(x, kh, kw, stride, padding)     # (C*kh*kw, Ho*Wo*N)
-    out = product(w.reshape(F, -1), cols, row_bias=b)       # (F, Ho*Wo*N), + b per filter
+    out = matmul_blocks(w.reshape(F, -1), cols, row_bias=b)  # (F, Ho*Wo*N), + b per filter
     out = out.reshape(F, Ho, Wo, N).transpose(3, 0, 1, 2)   # (N, F, Ho, Wo), CHWN memory
     return out, (cols, w, b is not None, x.shape, stride, padding)
 
@@ -159,9 +134,9 @@ def conv2d_backward(dout, cache):
     cols, w, has_bias, x_shape, stride, padding = cache
     F, C, kh, kw = w.shape
     dout2 = dout.transpose(1, 2, 3, 0).reshape(F, -1)      # (F, Ho*Wo*N); free if CHWN
-    dw = product(dout2, cols.T).reshape(w.shape)            # (F, C*kh*kw)
+    dw = matmul_blocks(dout2, cols.T).reshape(w.shape)      # (F, C*kh*kw)
     db = dout2.sum(axis=1) if has_bias else None
-    dcols = product(w.reshape(F, -1).T, dout2)              # (C*kh*kw, Ho*Wo*N)
+    dcols = matmul_blocks(w.reshape(F, -1).T, dout2)        # (C*kh*kw, Ho*Wo*N)
     dx = col2im(dcols, x_shape, kh, kw, stride, padding)    # (N, C, H, W)
     return dx, dw, db
 
@@ -188,7 +163,7 @@ def conv_transpose2d_forward(x, w, b, stride=1, padding=0):
         raise ShapeError(f"conv_transpose2d: padding {padding} crops away the whole "
                          f"{H}x{W} input's output")
     x2 = x.transpose(1, 2, 3, 0).reshape(C, -1)             # (C, H*W*N); free if CHWN
-    cols = product(w.reshape(C, -1).T, x2)                  # (F*kh*kw, H*W*N)
+    cols = matmul_blocks(w.reshape(C, -1).T, x2)            # (F*kh*kw, H*W*N)
     out = col2im(cols, (N, F, Ho, Wo), kh, kw, stride, padding)  # (N, F, Ho, Wo)
     if b is not None:
         out += b[:, None, None]
@@ -201,7 +176,7 @@ def conv_transpose2d_backward(dout, cache):
     C, F, kh, kw = w.shape
     N, _, H, W = x_shape
     dcols, _ = im2col(dout, kh, kw, stride, padding)        # (F*kh*kw, H*W*N)
-    dx = product(w.reshape(C, -1), dcols).reshape(C, H, W, N).transpose(3, 0, 1, 2)
-    dw = product(x2, dcols.T).reshape(w.shape)              # (C, F*kh*kw)
+    dx = matmul_blocks(w.reshape(C, -1), dcols).reshape(C, H, W, N).transpose(3, 0, 1, 2)
+    dw = matmul_blocks(x2, dcols.T).reshape(w.shape)        # (C, F*kh*kw)
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dw, db

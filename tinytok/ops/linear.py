@@ -9,7 +9,7 @@ from functools import partial
 from tinytok.backend import get_array_module
 from tinytok.errors import ShapeError
 from tinytok.ops.checks import require_float, require_same_dtype, require_shape
-from tinytok.parallel import for_column_blocks, for_row_blocks
+from tinytok.parallel import for_column_blocks, for_row_blocks, matmul_blocks
 
 
 def linear_forward(x, w, b):
@@ -49,8 +49,7 @@ def linear_backward(dy, cache):
     xp = get_array_module(dy)
     x2 = x.reshape(-1, x.shape[-1])    # (M, in): all leading axes are rows
     dy2 = dy.reshape(-1, dy.shape[-1])  # (M, out)
-    dx2 = xp.empty(x2.shape, dtype=dy.dtype)
-    for_row_blocks(partial(_matmul_into, right=w.T), dy2, dx2)        # dx = dy @ w^T
+    dx2 = matmul_blocks(dy2, w.T)                                     # (M, in) = dy @ w^T
     dw = xp.empty(w.shape, dtype=dy.dtype)                            # (in, out)
     db = xp.empty(w.shape[1], dtype=dy.dtype) if has_bias else None   # (out,)
     if has_bias:
@@ -58,10 +57,6 @@ def linear_backward(dy, cache):
     else:
         for_column_blocks(partial(_weight_grad_columns, x2=x2, db=None), dy2, dw)
     return dx2.reshape(x.shape), dw, db
-
-
-def _matmul_into(left, out, right):
-    get_array_module(left).matmul(left, right, out=out)
 
 
 def _weight_grad_columns(dy, dw, db, x2):
