@@ -124,6 +124,8 @@ SMALL_CASES = [  # C, F, H, W, kh, kw, stride, padding
     (1, 2, 7, 6, 4, 4, 2, 1),
     (3, 2, 6, 7, 2, 3, 3, 0),
     (2, 2, 4, 4, 1, 1, 2, 2),
+    (3, 2, 5, 6, 3, 3, 1, 1),  # F < C, stride 1: conv2d runs as a transposed convolution
+    (4, 1, 5, 5, 3, 3, 1, 2),
 ]
 
 
@@ -164,6 +166,29 @@ def test_conv_transpose2d_is_the_adjoint_of_conv2d(xp):
     assert back.shape == x.shape
     np.testing.assert_allclose(float((to_numpy(y) * g).sum()),
                                float((x * to_numpy(back)).sum()), rtol=1e-12)
+
+
+@pytest.mark.parametrize("C, F, k, padding", [(4, 2, 3, 1), (3, 1, 3, 0), (5, 2, 1, 0),
+                                               (3, 2, 4, 3)])
+def test_narrowing_conv2d_gives_the_same_numbers_both_ways(xp, monkeypatch, C, F, k, padding):
+    """F < C at stride 1 runs as conv_transpose2d of the flipped kernel (fewer bytes moved);
+    forcing the im2col way must give the same output and gradients."""
+    import tinytok.ops.conv as conv
+    rng = np.random.default_rng(5)
+    x, w, b = (xp.asarray(a) for a in (rng.standard_normal((2, C, 6, 5)),
+                                        rng.standard_normal((F, C, k, k)),
+                                        rng.standard_normal(F)))
+    out, cache = conv2d_forward(x, w, b, padding=padding)
+    assert len(cache) == 1                       # the transposed way was taken
+    dout = xp.asarray(rng.standard_normal(out.shape))
+    grads = conv2d_backward(dout, cache)
+    monkeypatch.setattr(conv, "_cheaper_as_transposed", lambda *args: False)
+    out_im2col, cache_im2col = conv2d_forward(x, w, b, padding=padding)
+    assert len(cache_im2col) > 1
+    np.testing.assert_allclose(to_numpy(out), to_numpy(out_im2col), rtol=1e-12, atol=1e-12)
+    for got, expected in zip(grads, conv2d_backward(dout, cache_im2col)):
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(to_numpy(got), to_numpy(expected), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("H, k, stride, padding, Ho", [(32, 4, 2, 1, 16), (8, 3, 1, 1, 8),
