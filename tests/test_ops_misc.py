@@ -131,6 +131,24 @@ def test_layer_norm_matches_loops(xp, eps):
     close(y, ref.layer_norm(x, gamma, beta, eps))
 
 
+@settings(max_examples=20, deadline=None)
+@given(rows=st.integers(2, 40), C=st.integers(1, 300), start=st.integers(0, 39),
+       seed=seeds)
+def test_layer_norm_of_a_row_does_not_depend_on_the_other_rows(rows, C, start, seed):
+    """Same bits for a row alone or in a batch (float32): a picture's score (lesson 12's
+    reranking) and a KV-cache step must not change with what else is in the batch."""
+    start = min(start, rows - 1)
+    rng = np.random.default_rng(seed)
+    x, dy = (rng.standard_normal((rows, C)).astype(np.float32) for _ in range(2))
+    gamma, beta = (rng.standard_normal(C).astype(np.float32) for _ in range(2))
+    y_all, cache_all = layer_norm_forward(x, gamma, beta)
+    y_one, cache_one = layer_norm_forward(x[start:start + 1], gamma, beta)
+    np.testing.assert_array_equal(y_one, y_all[start:start + 1])
+    dx_all = layer_norm_backward(dy, cache_all)[0]
+    dx_one = layer_norm_backward(dy[start:start + 1], cache_one)[0]
+    np.testing.assert_array_equal(dx_one, dx_all[start:start + 1])
+
+
 def test_layer_norm_rows_have_zero_mean_and_unit_variance(xp):
     x = normal(3, 4, 16) * 5 + 7
     y = to_numpy(layer_norm_forward(xp.asarray(x), xp.ones(16), xp.zeros(16))[0])

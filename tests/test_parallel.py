@@ -20,6 +20,7 @@ from tinytok.ops.conv import (conv2d_backward, conv2d_forward, conv_transpose2d_
 from tinytok.ops.linear import linear_backward, linear_forward
 from tinytok.ops.losses import cross_entropy_backward, cross_entropy_forward
 from tinytok.ops.norm import layer_norm_backward, layer_norm_forward
+from tinytok.quantize import nearest_codes
 
 
 @pytest.fixture
@@ -52,6 +53,7 @@ def pair_cases(rng):
     logits = normal(rng, 5, 7, 11)
     targets = rng.integers(0, 11, (5, 7))
     targets[0, :3] = -1                                   # some ignored positions
+    latents, codebook = normal(rng, 4, 150), normal(rng, 7, 4)
 
     def gelu():
         y, c = gelu_forward(x3)
@@ -81,6 +83,13 @@ def pair_cases(rng):
         y, c = conv2d_forward(img, w_conv, b_conv, stride=2, padding=1)
         return (y, *conv2d_backward(chwn(np.ones(y.shape, np.float32) * 0.5 + y), c))
 
+    def conv_narrowing():  # F < C at stride 1: runs as a transposed convolution
+        y, c = conv2d_forward(img, w_conv[:3], b_conv[:3], stride=1, padding=1)
+        return (y, *conv2d_backward(chwn(y * 0.5), c))
+
+    def nearest():  # one id per latent: the second array is 1-D
+        return (nearest_codes(latents, codebook),)
+
     def conv_transpose():
         y, c = conv_transpose2d_forward(img, w_up, b_up, stride=2, padding=1)
         return (y, *conv_transpose2d_backward(chwn(y * 0.5), c))
@@ -90,7 +99,8 @@ def pair_cases(rng):
         return loss, cross_entropy_backward(1.0, c)
 
     return {f.__name__: f for f in (gelu, relu, layer_norm, linear, linear_no_bias, attention,
-                                    conv, conv_transpose, cross_entropy)}
+                                    conv, conv_narrowing, conv_transpose, cross_entropy,
+                                    nearest)}
 
 
 NO_PRODUCT = {"gelu", "relu", "layer_norm", "cross_entropy"}
@@ -124,6 +134,9 @@ def test_ops_really_split_when_asked(split_everything, monkeypatch):
     for name in ("attention", "conv", "conv_transpose"):
         pair_cases(np.random.default_rng(0))[name]()
     assert calls.count(3) >= 10           # products, attention rows and conv channels split
+    calls.clear()
+    pair_cases(np.random.default_rng(0))["nearest"]()
+    assert calls == [3]                   # 150 latents, one id each, in three blocks
 
 
 @settings(max_examples=60, deadline=None)

@@ -110,13 +110,14 @@ def row_blocks(n_rows, n_blocks):
 
 
 def _worth_splitting(arrays):
-    """Split only NumPy arrays of two or more axes (a 1-D array is one row), large enough.
+    """Split only NumPy arrays, when the first one is large enough and has rows (two or
+    more axes: a 1-D first array is one row). The others may be 1-D, one value per row
+    (the nearest-code search writes one id per row).
 
     The cheap tests come first: the KV-cache sampler calls this thousands of times a second
     on small arrays."""
-    return (arrays[0].size >= MIN_PARALLEL_SIZE and threads() > 1
-            and all(isinstance(a, np.ndarray) and a.ndim >= 2 for a in arrays)
-            and arrays[0].shape[0] > 1)
+    return (arrays[0].size >= MIN_PARALLEL_SIZE and threads() > 1 and arrays[0].ndim >= 2
+            and arrays[0].shape[0] > 1 and all(isinstance(a, np.ndarray) for a in arrays))
 
 
 def for_row_blocks(fn, *arrays):

@@ -39,51 +39,50 @@ def _multiply_into(a, b, out):
 
 
 def gelu_forward(x):
-    """y = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3). x -> y (same shape).
+    """y = x * s, s = 0.5 (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3). x -> y (same shape).
 
-    Written as in-place steps on two buffers (the MLP's activations are the largest arrays
-    of the prior, and each avoided temporary is a whole pass over memory), run on blocks of
-    rows in parallel (tinytok.parallel).
+    s, the "gate" (a smooth step from 0 to 1), is kept for the backward. Written as in-place
+    steps on two buffers, with the constants folded together: the MLP's activations are the
+    largest arrays of the prior, and every pass over them counts. Runs on blocks in parallel
+    (tinytok.parallel).
     """
     require_float("x", x)
     xp = get_array_module(x)
-    y, t = xp.empty_like(x), xp.empty_like(x)
-    for_elementwise_blocks(_gelu_forward_rows, x, y, t)
-    return y, (x, t)
+    y, s = xp.empty_like(x), xp.empty_like(x)
+    for_elementwise_blocks(_gelu_forward_rows, x, y, s)
+    return y, (x, s)
 
 
-def _gelu_forward_rows(x, y, t):
-    """Writes y = GELU(x) and t = tanh(u) (kept for the backward) for a block of rows."""
+def _gelu_forward_rows(x, y, s):
+    """Writes y = GELU(x) and the gate s for a block of rows."""
     xp = get_array_module(x)
-    xp.multiply(x, x, out=t)
-    t *= 0.044715
-    t += 1
-    t *= x
-    t *= GELU_C                   # u = sqrt(2/pi) (x + 0.044715 x^3)
-    xp.tanh(t, out=t)             # t = tanh(u)
-    xp.add(t, 1, out=y)
-    y *= x
-    y *= 0.5
+    xp.multiply(x, x, out=s)
+    s *= GELU_C * 0.044715
+    s += GELU_C
+    s *= x                        # u = sqrt(2/pi) (x + 0.044715 x^3)
+    xp.tanh(s, out=s)
+    s *= 0.5
+    s += 0.5                      # s = 0.5 (1 + tanh(u))
+    xp.multiply(x, s, out=y)
 
 
 def gelu_backward(dy, cache):
-    """dx = dy * (0.5 (1 + t) + 0.5 x (1 - t^2) du/dx), du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)."""
-    x, t = cache
+    """dx = dy * (s + x ds/dx), ds/dx = 0.5 (1 - tanh(u)^2) du/dx = 2 s (1 - s) du/dx,
+    du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)."""
+    x, s = cache
     dx = get_array_module(dy).empty_like(dy)
-    for_elementwise_blocks(_gelu_backward_rows, dy, x, t, dx)
+    for_elementwise_blocks(_gelu_backward_rows, dy, x, s, dx)
     return dx
 
 
-def _gelu_backward_rows(dy, x, t, g):
+def _gelu_backward_rows(dy, x, s, g):
     """Writes g = dL/dx for a block of rows (the mirror of _gelu_forward_rows)."""
     xp = get_array_module(x)
     xp.multiply(x, x, out=g)
-    g *= 3 * 0.044715
-    g += 1
-    g *= GELU_C                   # du/dx
+    g *= 2 * GELU_C * 3 * 0.044715
+    g += 2 * GELU_C               # 2 du/dx
     g *= x
-    g *= 1 - t * t                # x (1 - t^2) du/dx
-    g += t
-    g += 1
-    g *= 0.5
+    g *= s
+    g *= xp.subtract(1, s)        # x * 2 s (1 - s) du/dx = x ds/dx
+    g += s
     g *= dy

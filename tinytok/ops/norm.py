@@ -29,8 +29,8 @@ def layer_norm_forward(x, gamma, beta, eps=1e-5):
 def _normalize_rows(x, y, xhat, rstd, gamma, beta, eps):
     """Writes xhat (normalised x), rstd = 1/std and y = xhat * gamma + beta for a block."""
     xp = get_array_module(x)
-    xp.subtract(x, x.mean(axis=-1, keepdims=True), out=xhat)    # centred
-    var = (xhat * xhat).mean(axis=-1, keepdims=True)
+    xp.subtract(x, row_mean(x), out=xhat)                       # centred
+    var = row_mean(xhat, xhat)
     xp.divide(1, xp.sqrt(var + eps), out=rstd)
     xhat *= rstd                                                # normalised
     xp.multiply(xhat, gamma, out=y)
@@ -57,8 +57,21 @@ def _normalize_rows_backward(dy, xhat, rstd, dx, gamma):
     """Writes dx for a block of rows: the mirror of _normalize_rows."""
     xp = get_array_module(dy)
     xp.multiply(dy, gamma, out=dx)                              # g, then dx in place
-    correction = dx * xhat
-    correction = xhat * correction.mean(axis=-1, keepdims=True)  # xhat * mean(g * xhat)
-    dx -= dx.mean(axis=-1, keepdims=True)
+    correction = xhat * row_mean(dx, xhat)                      # xhat * mean(g * xhat)
+    dx -= row_mean(dx)
     dx -= correction
     dx *= rstd
+
+
+def row_mean(a, b=None):
+    """The mean over the last axis of a, or of a * b without forming it: (..., C) -> (..., 1).
+
+    With einsum, which sums each row in one tight loop: NumPy's a.mean(axis=-1) runs its
+    inner loop once per row, and for rows of a few hundred floats that costs more than the
+    additions (einsum is about 3x faster here). Not a product with a vector of ones: BLAS
+    would sum a row differently depending on how many rows came with it, and a picture's
+    score must not depend on its batch.
+    """
+    xp = get_array_module(a)
+    sums = xp.einsum("...c->...", a) if b is None else xp.einsum("...c,...c->...", a, b)
+    return sums[..., None] / a.shape[-1]
