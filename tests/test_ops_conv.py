@@ -168,6 +168,25 @@ def test_conv_transpose2d_is_the_adjoint_of_conv2d(xp):
                                float((x * to_numpy(back)).sum()), rtol=1e-12)
 
 
+@pytest.mark.parametrize("forward, backward, transposed, stride", [
+    (conv2d_forward, conv2d_backward, False, 2),
+    (conv2d_forward, conv2d_backward, False, 1),        # C > F: the transposed way
+    (conv_transpose2d_forward, conv_transpose2d_backward, True, 2),
+])
+def test_backward_without_dx_gives_the_same_weight_gradients(xp, forward, backward,
+                                                             transposed, stride):
+    """need_dx=False (a first layer, whose input is data) returns dx None, dw and db as usual."""
+    cfg = ConvConfig(C=3, F=2, H=6, W=5, kh=3, kw=3, stride=stride, padding=1, seed=6)
+    x, w, b = cfg.inputs(xp, transposed=transposed)
+    out, cache = forward(x, w, b, **cfg.hyper)
+    dout = xp.asarray(np.random.default_rng(7).standard_normal(out.shape))
+    dx, dw, db = backward(dout, cache)
+    none, dw_alone, db_alone = backward(dout, cache, need_dx=False)
+    assert dx is not None and none is None
+    np.testing.assert_array_equal(to_numpy(dw_alone), to_numpy(dw))
+    np.testing.assert_array_equal(to_numpy(db_alone), to_numpy(db))
+
+
 @pytest.mark.parametrize("C, F, k, padding", [(4, 2, 3, 1), (3, 1, 3, 0), (5, 2, 1, 0),
                                                (3, 2, 4, 3)])
 def test_narrowing_conv2d_gives_the_same_numbers_both_ways(xp, monkeypatch, C, F, k, padding):

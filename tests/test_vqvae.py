@@ -211,6 +211,19 @@ def test_tokenizer_gradients_accumulate_into_grads(quantizer):
         np.testing.assert_allclose(half[k], 0.5 * once[k], rtol=1e-12, atol=1e-300)
 
 
+@pytest.mark.parametrize("quantizer", ["vq", "gumbel"])
+def test_training_without_the_image_gradient_gives_the_same_weight_gradients(quantizer):
+    """image_grad=False (what training uses) skips only dx: every weight gradient is equal."""
+    cfg = tiny(quantizer, kl_weight=0.5)
+    params = tiny_params(cfg)
+    out, cache = tokenizer_forward(images(0), params, cfg)
+    with_dx, without = zero_grads(params), zero_grads(params)
+    assert tokenizer_backward(cache, with_dx, cfg).shape == images(0).shape
+    assert tokenizer_backward(cache, without, cfg, image_grad=False) is None
+    for k in params:
+        np.testing.assert_array_equal(without[k], with_dx[k], err_msg=k)
+
+
 # --- shapes, sizes, determinism, dtypes -----------------------------------------------------
 
 REF_SHAPES = {

@@ -28,9 +28,9 @@ linear layers (2*M*in*out), the two attention products (QK^T and att@V, 2*B*T*T*
 whole T x T square although half of it is masked), the tied head, and the VQ distance
 product (2*M*K*D). Element-wise ops, norms, softmax and the optimizer are not counted.
 A training step counts 3x the forward FLOPs of every layer (the forward product and the two
-backward products, dx and dw), including the first convolution, whose dx (the gradient to the
-image) tinytok's backward does compute; the VQ distance product has no backward product and
-is counted once. GFLOP/s = counted FLOPs / median time. The counters live in tinytok/flops.py.
+backward products, dx and dw), except the first convolution's dx (the gradient to the images,
+which training does not ask for: ``tokenizer_backward(..., image_grad=False)``); the VQ
+distance product has no backward product and is counted once. GFLOP/s = counted FLOPs / median time. The counters live in tinytok/flops.py.
 
 Python use: ``run_bench(backend="numpy", only=None, repeats=None, quick=False) -> dict``.
 """
@@ -136,7 +136,7 @@ def vqvae_train_step(sizes, seed=0):
         for g in grads.values():
             g[...] = 0
         out, cache = tokenizer_forward(x, params, config)
-        tokenizer_backward(cache, grads, config)
+        tokenizer_backward(cache, grads, config, image_grad=False)
         clip_grad_norm(grads, 1.0)
         adamw_step(params, grads, state, lr=3e-4)
         return out["loss"]

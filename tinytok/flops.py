@@ -3,7 +3,8 @@
 A multiply-add counts as 2 FLOPs. Only the matrix products are counted (convolutions,
 transposed convolutions, linear layers, the two attention products, the tied head, the VQ
 distance product); element-wise work, norms, softmax and the optimizer are not. A training
-step is 3x the forward (the forward product and the two backward products, dx and dw).
+step is 3x the forward (the forward product and the two backward products, dx and dw),
+except for the first convolution, whose input is the data: it has no dx product.
 """
 from tinytok.ops.conv import conv_output_size
 from tinytok.vqvae import tokenizer_config
@@ -49,9 +50,12 @@ def vqvae_flops(config, batch):
 
 
 def vqvae_train_flops(config, batch):
-    """FLOPs of a training step: 3x encoder and decoder forward, the VQ product once."""
-    f = vqvae_flops(config, batch)
-    return 3 * (f["encoder"] + f["decoder"]) + f["vq"]
+    """FLOPs of a training step: 3x encoder and decoder forward, less the first layer's dx
+    (training asks for no gradient of the images), and the VQ product once."""
+    c = tokenizer_config(config)
+    f = vqvae_flops(c, batch)
+    first_layer = conv2d_flops(batch, 3, c.image_size, c.image_size, c.hidden // 2, 4, 4, 2, 1)
+    return 3 * (f["encoder"] + f["decoder"]) - first_layer + f["vq"]
 
 
 def gpt_flops(config, B, T):

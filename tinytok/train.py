@@ -331,7 +331,7 @@ def train_tokenizer(images, config, settings, out, recipe=None, resume=False,
         nonlocal window
         out_dict, cache, loss, tau = forward(step)
         grads = zeros_like_params(params)
-        tokenizer_backward(cache, grads, config)
+        tokenizer_backward(cache, grads, config, image_grad=False)
         optimizer_step(params, grads, opt_state, settings, step, trainable)
         if ema_state is not None:
             ema_update(params["quant.codebook"], ema_state, out_dict["z"], out_dict["ids"],

@@ -141,8 +141,8 @@ def conv_forward(x, params, name, stride=1, padding=0):
     return conv2d_forward(x, params[name + ".w"], params[name + ".b"], stride, padding)
 
 
-def conv_backward(dy, cache, grads, name):
-    dx, dw, db = conv2d_backward(dy, cache)
+def conv_backward(dy, cache, grads, name, need_dx=True):
+    dx, dw, db = conv2d_backward(dy, cache, need_dx)
     add_grad(grads, name + ".w", dw)
     add_grad(grads, name + ".b", db)
     return dx
@@ -202,8 +202,12 @@ def encoder_forward(x, params, config, keep_cache=True):
     return z, caches
 
 
-def encoder_backward(dz, caches, grads, config):
-    """dz (N, D, S/4, S/4) -> dx (N, 3, S, S); parameter gradients added into grads."""
+def encoder_backward(dz, caches, grads, config, image_grad=True):
+    """dz (N, D, S/4, S/4) -> dx (N, 3, S, S); parameter gradients added into grads.
+
+    image_grad=False skips the gradient to the images (returns None), which training never
+    uses: it saves the first layer's input-gradient product.
+    """
     caches = list(caches)
     dh = conv_backward(dz, caches.pop(), grads, "enc.out")
     dh = relu_backward(dh, caches.pop())
@@ -213,7 +217,7 @@ def encoder_backward(dz, caches, grads, config):
     dh = relu_backward(dh, caches.pop())
     dh = conv_backward(dh, caches.pop(), grads, "enc.conv2")
     dh = relu_backward(dh, caches.pop())
-    return conv_backward(dh, caches.pop(), grads, "enc.conv1")
+    return conv_backward(dh, caches.pop(), grads, "enc.conv1", need_dx=image_grad)
 
 
 def decoder_forward(z_q, params, config, keep_cache=True):
@@ -278,17 +282,18 @@ def tokenizer_forward(x, params, config, tau=1.0, noise=None):
     return out, (enc_cache, vq_cache, dec_cache, mse_cache)
 
 
-def tokenizer_backward(cache, grads, config, dloss=1.0):
+def tokenizer_backward(cache, grads, config, dloss=1.0, image_grad=True):
     """Gradients of the total loss, added into grads.
 
     Returns dx (N, 3, S, S) through the encoder only: the input is also the reconstruction
-    target, but nothing upstream of an image needs that gradient.
+    target, but nothing upstream of an image needs that gradient. Training passes
+    image_grad=False and gets None: nothing needs the images' gradient at all.
     """
     enc_cache, vq_cache, dec_cache, mse_cache = cache
     dx_hat = mse_backward(dloss, mse_cache)
     dz_q = decoder_backward(dx_hat, dec_cache, grads, config)
     dz = quantize_backward(dz_q, vq_cache, grads, config, dloss)
-    return encoder_backward(dz, enc_cache, grads, config)
+    return encoder_backward(dz, enc_cache, grads, config, image_grad)
 
 
 def config_dict(config):

@@ -132,16 +132,22 @@ def conv2d_forward(x, w, b, stride=1, padding=0):
     return out, (cols, w, b is not None, x.shape, stride, padding)
 
 
-def conv2d_backward(dout, cache):
-    """dout (N, F, Ho, Wo) -> dx (N, C, H, W), dw (F, C, kh, kw), db (F,) or None."""
+def conv2d_backward(dout, cache, need_dx=True):
+    """dout (N, F, Ho, Wo) -> dx (N, C, H, W), dw (F, C, kh, kw), db (F,) or None.
+
+    need_dx=False skips dx (returned as None): a network's first layer, whose input is the
+    data, needs only its weight gradients.
+    """
     if len(cache) == 1:  # computed as a transposed convolution: its backward, kernel flipped
-        dx, dw_flipped, db = conv_transpose2d_backward(dout, cache[0])
+        dx, dw_flipped, db = conv_transpose2d_backward(dout, cache[0], need_dx)
         return dx, flip_kernel(dw_flipped), db
     cols, w, has_bias, x_shape, stride, padding = cache
     F, C, kh, kw = w.shape
     dout2 = dout.transpose(1, 2, 3, 0).reshape(F, -1)      # (F, Ho*Wo*N); free if CHWN
     dw = weight_gradient(dout2, cols).reshape(w.shape)      # (F, C*kh*kw)
     db = dout2.sum(axis=1) if has_bias else None
+    if not need_dx:
+        return None, dw, db
     dcols = matmul_blocks(w.reshape(F, -1).T, dout2)        # (C*kh*kw, Ho*Wo*N)
     dx = col2im(dcols, x_shape, kh, kw, stride, padding)    # (N, C, H, W)
     return dx, dw, db
@@ -215,13 +221,16 @@ def conv_transpose2d_forward(x, w, b, stride=1, padding=0):
     return out, (x2, w, b is not None, x.shape, stride, padding)
 
 
-def conv_transpose2d_backward(dout, cache):
-    """dout (N, F, Ho, Wo) -> dx (N, C, H, W), dw (C, F, kh, kw), db (F,) or None."""
+def conv_transpose2d_backward(dout, cache, need_dx=True):
+    """dout (N, F, Ho, Wo) -> dx (N, C, H, W) or None (need_dx=False), dw (C, F, kh, kw),
+    db (F,) or None."""
     x2, w, has_bias, x_shape, stride, padding = cache
     C, F, kh, kw = w.shape
     N, _, H, W = x_shape
     dcols, _ = im2col(dout, kh, kw, stride, padding)        # (F*kh*kw, H*W*N)
-    dx = matmul_blocks(w.reshape(C, -1), dcols).reshape(C, H, W, N).transpose(3, 0, 1, 2)
     dw = weight_gradient(x2, dcols).reshape(w.shape)        # (C, F*kh*kw)
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
+    if not need_dx:
+        return None, dw, db
+    dx = matmul_blocks(w.reshape(C, -1), dcols).reshape(C, H, W, N).transpose(3, 0, 1, 2)
     return dx, dw, db
