@@ -101,3 +101,16 @@ def build_case(name, xp=np, dtype=np.float64, seed=0):
 def make_case():
     """build_case(name, xp=np, dtype=np.float64, seed=0) -> Case."""
     return build_case
+
+
+@pytest.fixture(autouse=True)
+def one_thread_unless_a_test_asks():
+    """Each test starts with tinytok.parallel on one thread, and whatever a test sets (the
+    command line calls use_cores()) ends with it: with several threads a training step runs
+    on parts of the batch, whose summed gradients differ in the last bits, and tests that
+    compare two runs bit for bit must not depend on which test ran before them."""
+    from tinytok import parallel
+    saved = parallel._threads
+    parallel._threads = 1
+    yield
+    parallel._threads = saved

@@ -628,6 +628,8 @@ def test_non_finite_gradient_or_loss_names_step_and_parameter(what, ck, tmp_path
     """NaN injected at step 4 (1-based): TrainingDiverged naming step and parameter; the
     periodic checkpoint of step 2 is kept byte for byte."""
     import tinytok.vqvae as vqvae
+    from tinytok import parallel
+    monkeypatch.setattr(parallel, "_threads", 1)  # one batch part: a call per step
     calls = {"n": 0}
     if what == "gradient":
         original = vqvae.tokenizer_backward

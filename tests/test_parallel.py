@@ -193,3 +193,50 @@ def test_thread_count_comes_from_the_environment(monkeypatch):
         assert parallel.threads() == 3
     finally:
         parallel.use_cores(1)
+
+
+def test_batch_parts_cover_the_batch_in_order_and_add_the_gradients(split_everything):
+    parallel.use_cores(3)
+    grads = {"w": np.zeros((2, 2)), "b": np.zeros(3)}
+
+    def part(lo, hi, part_grads):
+        part_grads["w"] += hi - lo           # each part adds its size: the sum is the batch
+        part_grads["b"][0] += lo
+        return lo, hi
+
+    assert parallel.for_batch_parts(part, 7, grads) == [(0, 2), (2, 4), (4, 7)]
+    np.testing.assert_array_equal(grads["w"], np.full((2, 2), 7.0))
+    assert grads["b"][0] == 0 + 2 + 4
+
+
+def test_nothing_is_split_inside_a_batch_part(split_everything):
+    parallel.use_cores(3)
+    big = np.zeros((8, 8))
+    seen = []
+
+    def part(lo, hi, part_grads):
+        seen.append((parallel._worth_splitting([big]),
+                     len(parallel.for_batch_parts(lambda *a: None, 4, part_grads))))
+
+    parallel.for_batch_parts(part, 3, {"w": np.zeros(1)})
+    assert seen == [(False, 1)] * 3
+    assert parallel._worth_splitting([big])       # and splitting is back on afterwards
+
+
+def test_a_batch_part_exception_reaches_the_caller(split_everything):
+    parallel.use_cores(2)
+
+    def part(lo, hi, part_grads):
+        if lo > 0:
+            raise RuntimeError("boom in the second part")
+
+    with pytest.raises(RuntimeError, match="second part"):
+        parallel.for_batch_parts(part, 4, {"w": np.zeros(1)})
+    assert not getattr(parallel._this_thread, "in_part", False)
+
+
+def test_one_thread_runs_the_whole_batch_on_the_given_grads():
+    parallel.use_cores(1)
+    grads = {"w": np.zeros(1)}
+    assert parallel.for_batch_parts(lambda lo, hi, g: (lo, hi, g is grads), 5, grads) \
+        == [(0, 5, True)]

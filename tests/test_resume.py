@@ -185,6 +185,33 @@ def test_prior_resume_after_ctrl_c_and_after_crash_is_exact(tmp_path):
     assert_same_checkpoint(ref, out)
 
 
+@pytest.mark.parametrize("model", ["vq", "gumbel", "prior"])
+def test_training_on_batch_parts_matches_one_thread(model, micro_images, tmp_path,
+                                                   monkeypatch):
+    """Three threads, each running a part of the batch (tinytok.parallel.for_batch_parts),
+    train what one thread trains up to float32 rounding (the parts' gradients are added in
+    another order), and give the same bits when run again."""
+    from tinytok import parallel
+    runs = {}
+    for name, threads in (("one", 1), ("three", 3), ("three_again", 3)):
+        monkeypatch.setattr(parallel, "_threads", threads)
+        out = tmp_path / f"{name}.npz"
+        if model == "prior":
+            runs[name] = (_prior_run(_micro_prior_data(), out), load_checkpoint(out))
+        else:
+            runs[name] = (_tok_run(micro_images, model, out), load_checkpoint(out))
+    history, ckpt = runs["three"]
+    assert_same(ckpt.params, runs["three_again"][1].params, "params")
+    assert history == runs["three_again"][0]
+    one_history, one_ckpt = runs["one"]
+    assert [h["step"] for h in history] == [h["step"] for h in one_history]
+    np.testing.assert_allclose([h["loss"] for h in history],
+                               [h["loss"] for h in one_history], rtol=1e-4)
+    for k in one_ckpt.params:
+        np.testing.assert_allclose(ckpt.params[k], one_ckpt.params[k], rtol=1e-3, atol=1e-4,
+                                   err_msg=k)
+
+
 def test_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(micro_images, tmp_path):
     """Two SIGINTs in one step: KeyboardInterrupt at once, the periodic checkpoint intact."""
     class Twice(StopAt):

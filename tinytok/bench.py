@@ -50,6 +50,7 @@ from tinytok.errors import ConfigError
 from tinytok.gpt import gpt_config, gpt_loss_backward, gpt_loss_forward, init_gpt_params
 from tinytok.flops import gpt_train_flops, vqvae_flops, vqvae_train_flops
 from tinytok.optim import adamw_init, adamw_step, clip_grad_norm, zeros_like_params
+from tinytok.parallel import for_batch_parts
 from tinytok.quantize import latents_as_columns, nearest_codes
 from tinytok.sample import NextTokenLogits, draw, filter_logits
 from tinytok.vqvae import (encoder_forward, init_tokenizer_params, tokenizer_backward,
@@ -132,16 +133,22 @@ def vqvae_train_step(sizes, seed=0):
     x = backend.to_device(rng.uniform(-0.5, 0.5, (sizes["vq_batch"], 3, config.image_size,
                                                  config.image_size)), dtype="float32")
 
+    N = sizes["vq_batch"]
+
+    def part(lo, hi, part_grads):  # one thread's share of the batch (tinytok.parallel)
+        out, cache = tokenizer_forward(x[lo:hi], params, config)
+        tokenizer_backward(cache, part_grads, config, dloss=(hi - lo) / N, image_grad=False)
+        return out["loss"] * ((hi - lo) / N)
+
     def step():
         for g in grads.values():
             g[...] = 0
-        out, cache = tokenizer_forward(x, params, config)
-        tokenizer_backward(cache, grads, config, image_grad=False)
+        loss = sum(for_batch_parts(part, N, grads))
         clip_grad_norm(grads, 1.0)
         adamw_step(params, grads, state, lr=3e-4)
-        return out["loss"]
+        return loss
 
-    return step, vqvae_train_flops(config, sizes["vq_batch"])
+    return step, vqvae_train_flops(config, N)
 
 
 def vqvae_encode(sizes, seed=0):
@@ -170,11 +177,15 @@ def gpt_train_step(sizes, seed=0):
     ids = backend.to_device(rng.integers(0, config.vocab_size, (B, T)))
     targets = backend.to_device(rng.integers(0, config.vocab_size, (B, T)))
 
+    def part(lo, hi, part_grads):  # one thread's share of the batch (tinytok.parallel)
+        loss, _, cache = gpt_loss_forward(ids[lo:hi], targets[lo:hi], params, config)
+        gpt_loss_backward(cache, part_grads, config, dloss=(hi - lo) / B)  # no ignored targets
+        return loss * ((hi - lo) / B)
+
     def step():
         for g in grads.values():
             g[...] = 0
-        loss, _, cache = gpt_loss_forward(ids, targets, params, config)
-        gpt_loss_backward(cache, grads, config)
+        loss = sum(for_batch_parts(part, B, grads))
         clip_grad_norm(grads, 1.0)
         adamw_step(params, grads, state, lr=3e-4, weight_decay=0.1)
         return loss

@@ -28,6 +28,7 @@ from tinytok.checkpoint import check_params_match, load_checkpoint, save_checkpo
 from tinytok.errors import CheckpointError, ConfigError, TinytokError
 from tinytok.optim import (adamw_init, adamw_state_to_device, adamw_step, clip_grad_norm,
                            has_nonfinite, lr_schedule, zeros_like_params)
+from tinytok.parallel import for_batch_parts
 
 
 class TrainingStopped(TinytokError):
@@ -176,6 +177,20 @@ def check_finite_loss(loss, step):
                                "checkpoint was kept (try a lower --lr)")
 
 
+def join_parts(outs, batch_size):
+    """One tokenizer_forward output dict from the outputs of the batch's parts (in order):
+    the losses weighted by each part's share of the batch (they are means over examples),
+    the codes' inputs z and the ids put back together along the batch axis."""
+    if len(outs) == 1:
+        return outs[0]
+    xp = backend.get_array_module(outs[0]["z"])
+    shares = [len(out["ids"]) / batch_size for out in outs]
+    joined = {key: sum(out[key] * share for out, share in zip(outs, shares))
+              for key in ("loss", "recon_loss", "vq_loss")}
+    joined.update({key: xp.concatenate([out[key] for out in outs]) for key in ("z", "ids")})
+    return joined
+
+
 def host_copy(tree):
     """A copy of nested dicts/lists of arrays, arrays copied to the host: a frozen snapshot."""
     if isinstance(tree, dict):
@@ -312,26 +327,39 @@ def train_tokenizer(images, config, settings, out, recipe=None, resume=False,
             optimizer_state={"adam": opt_state, "ema": ema_state},
             extra={"history": history, "window_counts": window}))
 
-    def forward(step):
+    def batch(step):
+        """The step's images, Gumbel temperature and noise (None for VQ)."""
         from tinytok.datasets import batch_indices
         idx = batch_indices(len(images), settings.batch_size, settings.seed, step)
-        x = images_to_model(images[idx])
         tau, noise = 1.0, None
         if config.quantizer == "gumbel":
             tau = temperature_at(step, settings.steps, recipe.tau_start, recipe.tau_end)
             g = config.grid_size
             noise = xp.asarray(gumbel_noise((len(idx), config.num_codes, g, g),
                                             step_rng(settings.seed, step, 1)))
-        out_dict, cache = tokenizer_forward(x, params, config, tau, noise)
-        loss = float(out_dict["loss"])
-        check_finite_loss(loss, step)
-        return out_dict, cache, loss, tau
+        return images_to_model(images[idx]), tau, noise
+
+    def forward(step):  # the loss alone: run_loop's last check before the final write
+        x, tau, noise = batch(step)
+        check_finite_loss(float(tokenizer_forward(x, params, config, tau, noise)[0]["loss"]),
+                          step)
 
     def step_fn(step):
         nonlocal window
-        out_dict, cache, loss, tau = forward(step)
+        x, tau, noise = batch(step)
+        N = len(x)
+
+        def part(lo, hi, part_grads):  # one thread's share of the batch (tinytok.parallel)
+            out, cache = tokenizer_forward(x[lo:hi], params, config, tau,
+                                           None if noise is None else noise[lo:hi])
+            tokenizer_backward(cache, part_grads, config, dloss=(hi - lo) / N,
+                               image_grad=False)
+            return out
+
         grads = zeros_like_params(params)
-        tokenizer_backward(cache, grads, config, image_grad=False)
+        out_dict = join_parts(for_batch_parts(part, N, grads), N)
+        loss = float(out_dict["loss"])
+        check_finite_loss(loss, step)
         optimizer_step(params, grads, opt_state, settings, step, trainable)
         if ema_state is not None:
             ema_update(params["quant.codebook"], ema_state, out_dict["z"], out_dict["ids"],
@@ -410,21 +438,31 @@ def train_prior(data, config, settings, out, resume=False, p_caption_layout=0.5,
                                 "p_word_noise": p_word_noise}},
             optimizer_state={"adam": opt_state}, extra={"history": history}))
 
-    def forward(step):
+    def batch(step):
         idx = batch_indices(len(data.codes), settings.batch_size, settings.seed, step)
         inputs, targets = make_training_batch(
             data.vocab, [data.captions[i] for i in idx], data.codes[idx],
             step_rng(settings.seed, step, 3), config.context, p_caption_layout, p_drop_caption,
             p_word_noise)
-        loss, _, cache = gpt_loss_forward(xp.asarray(inputs), xp.asarray(targets), params, config)
-        loss = float(loss)
-        check_finite_loss(loss, step)
-        return cache, loss
+        return xp.asarray(inputs), xp.asarray(targets)
+
+    def forward(step):  # the loss alone: run_loop's last check before the final write
+        check_finite_loss(float(gpt_loss_forward(*batch(step), params, config)[0]), step)
 
     def step_fn(step):
-        cache, loss = forward(step)
+        inputs, targets = batch(step)
+        counted = targets != -1                  # the loss is a mean over these targets
+        total = max(int(counted.sum()), 1)
+
+        def part(lo, hi, part_grads):  # one thread's share of the batch (tinytok.parallel)
+            share = int(counted[lo:hi].sum()) / total
+            loss, _, cache = gpt_loss_forward(inputs[lo:hi], targets[lo:hi], params, config)
+            gpt_loss_backward(cache, part_grads, config, dloss=share)
+            return float(loss) * share
+
         grads = zeros_like_params(params)
-        gpt_loss_backward(cache, grads, config)
+        loss = sum(for_batch_parts(part, len(inputs), grads))
+        check_finite_loss(loss, step)
         optimizer_step(params, grads, opt_state, settings, step)
         # an exponential moving average reads better than the noisy per-batch loss
         running["loss"] = loss if running["loss"] is None else 0.95 * running["loss"] + 0.05 * loss
