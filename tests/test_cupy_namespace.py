@@ -201,6 +201,8 @@ HOST_EDGES = {
     ("pipeline", "model_to_images"): ({"clip", "rint"}, "after to_numpy: uint8 images out"),
     ("pipeline", "psnr"): ({"log10", "maximum"}, "uint8 host images"),
     ("pipeline", "Tokenizer.encode"): ({"concatenate"}, "of host ids (_encode_batch)"),
+    ("pipeline", "Tokenizer._encode_batch"): ({"concatenate"},
+                                              "of host ids (_encode_part's to_numpy)"),
     ("pipeline", "Tokenizer.check_ids"): ({"asarray"}, "after to_numpy"),
     ("pipeline", "Tokenizer.decode"): ({"concatenate"}, "of host images (_decode_batch)"),
     ("pipeline", "Tokenizer.code_tiles"): ({"arange", "repeat"}, "host ids for decode"),

@@ -240,3 +240,17 @@ def test_one_thread_runs_the_whole_batch_on_the_given_grads():
     grads = {"w": np.zeros(1)}
     assert parallel.for_batch_parts(lambda lo, hi, g: (lo, hi, g is grads), 5, grads) \
         == [(0, 5, True)]
+
+
+def test_encoding_in_batch_parts_gives_the_one_thread_ids(split_everything):
+    """Tokenizer.encode runs each batch in parts (one per thread): the same ids."""
+    from tinytok.datasets import make_shapes
+    from tinytok.pipeline import Tokenizer
+    from tinytok.vqvae import init_tokenizer_params, tokenizer_config
+    config = tokenizer_config("vqvae-tiny")
+    tokenizer = Tokenizer(init_tokenizer_params(config, seed=3), config)
+    images = make_shapes(10, seed=4).images
+    parallel.use_cores(1)
+    want = tokenizer.encode(images, batch_size=7)
+    parallel.use_cores(3)
+    np.testing.assert_array_equal(tokenizer.encode(images, batch_size=7), want)

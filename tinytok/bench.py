@@ -159,9 +159,12 @@ def vqvae_encode(sizes, seed=0):
     x = backend.to_device(backend.rng(seed).uniform(
         -0.5, 0.5, (N, 3, config.image_size, config.image_size)), dtype="float32")
 
-    def encode():
-        z, _ = encoder_forward(x, params, config, keep_cache=False)
+    def encode_part(lo, hi):  # one thread's share of the images (tinytok.parallel)
+        z, _ = encoder_forward(x[lo:hi], params, config, keep_cache=False)
         return nearest_codes(latents_as_columns(z), params["quant.codebook"])
+
+    def encode():
+        return for_batch_parts(encode_part, N)
 
     f = vqvae_flops(config, N)
     return encode, f["encoder"] + f["vq"]

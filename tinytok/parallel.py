@@ -48,6 +48,7 @@ from functools import partial
 
 import numpy as np
 
+from tinytok import backend
 from tinytok.backend import get_array_module
 from tinytok.errors import ConfigError
 
@@ -219,10 +220,11 @@ def for_elementwise_blocks(fn, *arrays):
         fn(*arrays)                      # element by element: any axis order will do
 
 
-def for_batch_parts(fn, batch_size, grads):
+def for_batch_parts(fn, batch_size, grads=None):
     """Data parallelism for a training step: fn(lo, hi, part_grads) on one contiguous part
     [lo, hi) of the batch per thread, then the parts' gradients added into grads.
-    Returns fn's results, in batch order.
+    Returns fn's results, in batch order. Without grads (inference, e.g. encoding images)
+    fn(lo, hi) is called and only the results are gathered.
 
     fn runs the forward and backward of examples lo..hi-1 and adds their gradients into
     part_grads (grads itself for the first part, zeroed dicts of the same arrays for the
@@ -232,27 +234,44 @@ def for_batch_parts(fn, batch_size, grads):
     docstring). On one thread, for a batch of one, and on CuPy (the GPU is parallel
     already) there is a single part: fn(0, batch_size, grads).
     """
-    first = next(iter(grads.values()))
-    n_parts = 1 if getattr(_this_thread, "in_part", False) else min(threads(), batch_size)
-    if n_parts == 1 or not isinstance(first, np.ndarray):
-        return [fn(0, batch_size, grads)]
-    (lo, hi), *others = row_blocks(batch_size, n_parts)
-    extra = [{name: np.zeros_like(g) for name, g in grads.items()} for _ in others]
-    jobs = [_worker_pool().submit(_run_part, fn, a, b, g) for (a, b), g in zip(others, extra)]
-    try:
-        results = [_run_part(fn, lo, hi, grads)]
-    finally:
-        results_of_others = [job.result() for job in jobs]  # waits; re-raises a worker's error
+    if backend.name() != "numpy":  # the GPU is parallel already: one part
+        return [fn(0, batch_size) if grads is None else fn(0, batch_size, grads)]
+    if grads is None:
+        return _for_parts(fn, batch_size, lambda part: ())
+    extra = []  # a zeroed gradient dict for every part after the first
+
+    def grads_of(part):
+        if part == 0:
+            return (grads,)
+        extra.append({name: np.zeros_like(g) for name, g in grads.items()})
+        return (extra[-1],)
+
+    results = _for_parts(fn, batch_size, grads_of)
     for part_grads in extra:  # always in the same order: the same bits on every run
         for name, g in part_grads.items():
             grads[name] += g
+    return results
+
+
+def _for_parts(fn, batch_size, more_args):
+    """fn(lo, hi, *more_args(part)) for each part, this thread doing the first."""
+    n_parts = 1 if getattr(_this_thread, "in_part", False) else min(threads(), batch_size)
+    if n_parts <= 1:
+        return [fn(0, batch_size, *more_args(0))]
+    (lo, hi), *others = row_blocks(batch_size, n_parts)
+    jobs = [_worker_pool().submit(_run_part, fn, a, b, *more_args(i + 1))
+            for i, (a, b) in enumerate(others)]
+    try:
+        results = [_run_part(fn, lo, hi, *more_args(0))]
+    finally:
+        results_of_others = [job.result() for job in jobs]  # waits; re-raises a worker's error
     return results + results_of_others
 
 
-def _run_part(fn, lo, hi, part_grads):
+def _run_part(fn, lo, hi, *args):
     """fn on one part, with splitting switched off in this thread while it runs."""
     _this_thread.in_part = True
     try:
-        return fn(lo, hi, part_grads)
+        return fn(lo, hi, *args)
     finally:
         _this_thread.in_part = False

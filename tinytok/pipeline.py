@@ -21,6 +21,7 @@ from tinytok.errors import CheckpointError, ConfigError, ShapeError
 from tinytok.gpt import gpt_config, gpt_forward, init_gpt_params
 from tinytok.images import check_images
 from tinytok.ops.attention import log_softmax
+from tinytok.parallel import for_batch_parts
 from tinytok.quantize import latents_as_columns, nearest_codes
 from tinytok.sample import (NextTokenLogits, check_sampling_args, draw, filter_logits,
                             guided)
@@ -106,8 +107,13 @@ class Tokenizer:
                                for i in range(0, len(images), batch_size)])
 
     def _encode_batch(self, images):
-        z, _ = encoder_forward(images_to_model(images), self.params, self.config,
-                               keep_cache=False)
+        """One batch, in parts on the threads of tinytok.parallel (one part on one thread)."""
+        x = images_to_model(images)
+        return np.concatenate(for_batch_parts(lambda lo, hi: self._encode_part(x[lo:hi]),
+                                              len(x)))
+
+    def _encode_part(self, x):
+        z, _ = encoder_forward(x, self.params, self.config, keep_cache=False)
         N, _, h, w = z.shape
         xp = backend.get_array_module(z)
         if self.config.quantizer == "gumbel":

@@ -254,13 +254,24 @@ def measurements(part, sizes):
               tt: lambda: torch_gpt_sample(sizes, False)}, n_tok, "tokens")]
 
 
-def interleaved(fns, warmup, repeats, settle=0.3):
+SETTLE_S = {"sgemm": 0.3, "models": 0.05}  # the pause before each timed run, see below
+
+
+def interleaved(fns, warmup, repeats, settle):
     """{name: [ms, ...]}: warm each up, then time them in turn, rotating the order per round.
 
     Before each timed run we sleep `settle` seconds. Idle OpenBLAS threads (numpy) and
-    OpenMP threads (torch) busy-wait for a while after their last job (OpenBLAS: ~2^28
-    cycles, about 0.1 s); on two cores, the other library's spinning threads would steal the
-    CPU from whichever runs next and both would look slow. The pause lets them go to sleep.
+    OpenMP threads (torch) busy-wait for a while after their last job; on two cores, the
+    other library's spinning threads would steal the CPU from whichever runs next and both
+    would look slow. The pause lets them go to sleep. OpenBLAS's own threads (the sgemm
+    part) spin ~2^28 cycles, about 0.1 s: 0.3 s there. In the model parts tinytok calls BLAS
+    on one thread and torch's OpenMP threads spin for well under a millisecond, so 0.05 s is
+    enough; a longer pause is not neutral on this VM: after ~0.1 s idle, every thread
+    hand-off (tinytok's parts, the GIL) wakes a halted virtual CPU, and a tinytok step
+    measured 59 ms after no pause, 63 ms after 0.05 s, 75 ms after 0.1 s and 91 ms after
+    0.3 s, while torch's step, whose threads spin instead of sleeping, stayed at 53 ms. A
+    training loop never pauses between steps. Measured in separate processes without pauses,
+    both libraries give the medians they give here with 0.05 s.
     """
     for fn in fns.values():
         for _ in range(warmup):
@@ -341,8 +352,9 @@ def main(argv=None):
     ap.add_argument("--only", action="append", metavar="NAME")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-rss", action="store_true")
-    ap.add_argument("--settle", type=float, default=0.3,
-                    help="seconds of pause before each timed run (see interleaved)")
+    ap.add_argument("--settle", type=float, default=None,
+                    help="seconds of pause before each timed run (default 0.3 for sgemm, "
+                         "0.05 for the models; see interleaved)")
     ap.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.rss_child:
@@ -353,7 +365,8 @@ def main(argv=None):
     backend.reuse_freed_host_memory()
     out = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
            "numpy": np.__version__, "quick": args.quick, "same_model_losses":
-           same_model_check(sizes), "timings": {}}
+           same_model_check(sizes), "timings": {},
+           "settle_s": args.settle if args.settle is not None else SETTLE_S}
     for part in parts:
         if part == "sgemm":  # as `tinytok bench`: the ceiling with BLAS on all its threads,
             parallel.blas_alone()
@@ -362,7 +375,9 @@ def main(argv=None):
         for label, key, builders, units, unit in measurements(part, sizes):
             warmup, repeats = bench.QUICK_REPEATS if args.quick else bench.REPEATS[key]
             fns = {name: build() for name, build in builders.items()}
-            times = interleaved(fns, warmup, repeats, args.settle)
+            settle = args.settle if args.settle is not None else \
+                SETTLE_S["sgemm" if part == "sgemm" else "models"]
+            times = interleaved(fns, warmup, repeats, settle)
             med = {n: statistics.median(t) for n, t in times.items()}
             first = next(iter(med))
             out["timings"][label] = {
