@@ -76,13 +76,17 @@ def name():
 
 def is_cupy_array(x):
     """True when x is a CuPy array (checked without importing CuPy)."""
-    return type(x).__module__.split(".")[0] == "cupy"
+    module = type(x).__module__
+    return module == "cupy" or module.startswith("cupy.")
 
 
 def get_array_module(*arrays):
-    """numpy or cupy, whichever the given arrays belong to (numpy for plain Python values)."""
+    """numpy or cupy, whichever the given arrays belong to (numpy for plain Python values).
+
+    Called by every op, thousands of times a second when sampling: a NumPy array is
+    recognised first, by its exact type."""
     for a in arrays:
-        if is_cupy_array(a):
+        if type(a) is not np.ndarray and is_cupy_array(a):
             # the active device module if the array is its own (tests stand in a fake CuPy)
             if _active is not None and _active is not np and isinstance(a, _active.ndarray):
                 return _active
