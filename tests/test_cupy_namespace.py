@@ -206,7 +206,7 @@ HOST_EDGES = {
     ("pipeline", "Tokenizer.check_ids"): ({"asarray"}, "after to_numpy"),
     ("pipeline", "Tokenizer.decode"): ({"concatenate"}, "of host images (_decode_batch)"),
     ("pipeline", "Tokenizer.code_tiles"): ({"arange", "repeat"}, "host ids for decode"),
-    ("pipeline", "Pipeline.generate_codes"): ({"stack", "tile"},
+    ("pipeline", "Pipeline._generate_codes"): ({"stack", "tile"},
                                               "host prompts (uploaded by step) and host tokens"),
     ("pipeline", "Pipeline.generate"): ({"concatenate"}, "host codes"),
     ("pipeline", "Pipeline.best_of"): ({"arange"}, "host codes and scores"),

@@ -254,3 +254,18 @@ def test_encoding_in_batch_parts_gives_the_one_thread_ids(split_everything):
     want = tokenizer.encode(images, batch_size=7)
     parallel.use_cores(3)
     np.testing.assert_array_equal(tokenizer.encode(images, batch_size=7), want)
+
+
+def test_blas_threads_for_small_products_switch_and_come_back():
+    from threadpoolctl import threadpool_info
+    parallel.use_cores(2)
+    try:
+        with parallel.blas_threads_for_small_products():
+            assert parallel.threads() == 1                       # tinytok's blocks off
+            inside = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        assert parallel.threads() == 2
+        after = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        assert inside == [parallel.available_cores()] * len(inside)
+        assert after == [1] * len(after)                         # use_cores' setting again
+    finally:
+        parallel.use_cores(1)

@@ -50,7 +50,7 @@ from tinytok.errors import ConfigError
 from tinytok.gpt import gpt_config, gpt_loss_backward, gpt_loss_forward, init_gpt_params
 from tinytok.flops import gpt_train_flops, vqvae_flops, vqvae_train_flops
 from tinytok.optim import adamw_init, adamw_step, clip_grad_norm, zeros_like_params
-from tinytok.parallel import for_batch_parts
+from tinytok.parallel import blas_threads_for_small_products, for_batch_parts
 from tinytok.quantize import latents_as_columns, nearest_codes
 from tinytok.sample import NextTokenLogits, draw, filter_logits
 from tinytok.vqvae import (encoder_forward, init_tokenizer_params, tokenizer_backward,
@@ -203,16 +203,17 @@ def gpt_sample(sizes, use_cache, seed=0):
     B, n_new = sizes["sample_batch"], sizes["sample_new"]
     prompt = backend.rng(seed).integers(0, config.vocab_size, (B, 1))
 
-    def sample():
+    def sample():  # as Pipeline.generate_codes does it, BLAS threads included
         rng = backend.rng(seed)
-        model = NextTokenLogits(params, config, B, use_cache=use_cache)
-        logits = model.step(prompt)
-        out = []
-        for i in range(n_new):
-            token = draw(filter_logits(logits), rng)[:, None]        # (B, 1)
-            out.append(token)
-            if i + 1 < n_new:
-                logits = model.step(token)
+        with blas_threads_for_small_products():
+            model = NextTokenLogits(params, config, B, use_cache=use_cache)
+            logits = model.step(prompt)
+            out = []
+            for i in range(n_new):
+                token = draw(filter_logits(logits), rng)[:, None]        # (B, 1)
+                out.append(token)
+                if i + 1 < n_new:
+                    logits = model.step(token)
         return out
 
     return sample

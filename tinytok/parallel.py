@@ -43,6 +43,7 @@ about 11% (tinytok bench). The added gradients differ from one thread's in the l
 """
 import os
 import threading
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
@@ -100,6 +101,27 @@ def use_cores(n=None):
     if n > 1:
         _limit_blas_threads(1)
     return previous
+
+
+@contextmanager
+def blas_threads_for_small_products():
+    """Within the block: BLAS on every core with its own threads, tinytok's blocks off; the
+    previous setting comes back after. Does nothing unless use_cores() is on.
+
+    For sampling token by token: every product is a few rows times a weight matrix, far too
+    small to cut into blocks, and BLAS's threads, which spin between calls, take each one up
+    at once. Sampling the gpt-ref prior (16 sequences, 64 tokens) was 3-4% faster this way
+    than with use_cores()'s setting (same process, interleaved).
+    """
+    if threads() == 1:
+        yield
+        return
+    previous = use_cores(1)
+    _limit_blas_threads(available_cores())
+    try:
+        yield
+    finally:
+        use_cores(previous)
 
 
 def blas_alone():

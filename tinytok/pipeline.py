@@ -21,7 +21,7 @@ from tinytok.errors import CheckpointError, ConfigError, ShapeError
 from tinytok.gpt import gpt_config, gpt_forward, init_gpt_params
 from tinytok.images import check_images
 from tinytok.ops.attention import log_softmax
-from tinytok.parallel import for_batch_parts
+from tinytok.parallel import blas_threads_for_small_products, for_batch_parts
 from tinytok.quantize import latents_as_columns, nearest_codes
 from tinytok.sample import (NextTokenLogits, check_sampling_args, draw, filter_logits,
                             guided)
@@ -218,6 +218,12 @@ class Pipeline:
         check_sampling_args(temperature, top_k, top_p, cfg_scale)
         if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32:
             raise ConfigError(f"seed must be a whole number in [0, 2**32), got {seed!r}")
+        with blas_threads_for_small_products():  # a few rows per product (tinytok.parallel)
+            return self._generate_codes(prompt, n, temperature, top_k, top_p, cfg_scale, seed,
+                                        use_cache)
+
+    def _generate_codes(self, prompt, n, temperature, top_k, top_p, cfg_scale, seed,
+                        use_cache):
         vocab, prior = self.prior.vocab, self.prior
         rng = np.random.default_rng(seed)
         allowed = image_token_mask(vocab)

@@ -254,7 +254,10 @@ def measurements(part, sizes):
               tt: lambda: torch_gpt_sample(sizes, False)}, n_tok, "tokens")]
 
 
-SETTLE_S = {"sgemm": 0.3, "models": 0.05}  # the pause before each timed run, see below
+# the pause before each timed run, by measurement (see interleaved): 0.3 s where tinytok
+# runs BLAS on its own threads (sgemm, and sampling: blas_threads_for_small_products)
+SETTLE_S = {"sgemm": 0.3, "vqvae_train": 0.05, "vqvae_encode": 0.05, "gpt_train": 0.05,
+            "sample_kv": 0.3, "sample_nocache": 0.3}
 
 
 def interleaved(fns, warmup, repeats, settle):
@@ -263,10 +266,11 @@ def interleaved(fns, warmup, repeats, settle):
     Before each timed run we sleep `settle` seconds. Idle OpenBLAS threads (numpy) and
     OpenMP threads (torch) busy-wait for a while after their last job; on two cores, the
     other library's spinning threads would steal the CPU from whichever runs next and both
-    would look slow. The pause lets them go to sleep. OpenBLAS's own threads (the sgemm
-    part) spin ~2^28 cycles, about 0.1 s: 0.3 s there. In the model parts tinytok calls BLAS
-    on one thread and torch's OpenMP threads spin for well under a millisecond, so 0.05 s is
-    enough; a longer pause is not neutral on this VM: after ~0.1 s idle, every thread
+    would look slow. The pause lets them go to sleep. OpenBLAS's own threads (sgemm, and
+    tinytok's sampling) spin ~2^28 cycles, about 0.1 s: 0.3 s there. In the training and
+    encoding parts tinytok calls BLAS on one thread and torch's OpenMP threads spin for well
+    under a millisecond, so 0.05 s is enough there; a longer pause is not neutral on this VM:
+    after ~0.1 s idle, every thread
     hand-off (tinytok's parts, the GIL) wakes a halted virtual CPU, and a tinytok step
     measured 59 ms after no pause, 63 ms after 0.05 s, 75 ms after 0.1 s and 91 ms after
     0.3 s, while torch's step, whose threads spin instead of sleeping, stayed at 53 ms. A
@@ -353,8 +357,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-rss", action="store_true")
     ap.add_argument("--settle", type=float, default=None,
-                    help="seconds of pause before each timed run (default 0.3 for sgemm, "
-                         "0.05 for the models; see interleaved)")
+                    help="seconds of pause before each timed run (default: SETTLE_S, "
+                         "0.05 or 0.3 by measurement; see interleaved)")
     ap.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.rss_child:
@@ -375,8 +379,7 @@ def main(argv=None):
         for label, key, builders, units, unit in measurements(part, sizes):
             warmup, repeats = bench.QUICK_REPEATS if args.quick else bench.REPEATS[key]
             fns = {name: build() for name, build in builders.items()}
-            settle = args.settle if args.settle is not None else \
-                SETTLE_S["sgemm" if part == "sgemm" else "models"]
+            settle = args.settle if args.settle is not None else SETTLE_S[key]
             times = interleaved(fns, warmup, repeats, settle)
             med = {n: statistics.median(t) for n, t in times.items()}
             first = next(iter(med))
