@@ -387,7 +387,7 @@ def _meta(backend_name, quick, isolate):
     return {"backend": backend_name, "quick": quick, "per_section_process": isolate,
             "python": platform.python_version(), "numpy": np.__version__,
             "machine": platform.machine(), "cpus": os.cpu_count(),
-            "flops": "multiply-add = 2; train step = 3x forward (VQ distance product once)"}
+            "flops": "multiply-add = 2; train step = 3x forward, less the first conv's dx (VQ distance product once)"}
 
 
 # ---------------------------------------------------------------- command line

@@ -1,4 +1,4 @@
-"""Row-parallel work on the CPU: NumPy's element-wise loops, run on every core.
+"""Work on every CPU core: a training step's batch in parts, an op's arrays in blocks.
 
 NumPy's matrix products already use every core (BLAS threads), but each element-wise ufunc
 (``tanh``, ``*=``, ``exp``, a row ``sum``) runs on one core. In the prior's training step
@@ -38,8 +38,10 @@ the batch for the *whole* forward and backward (data parallelism, as PyTorch's
 DistributedDataParallel does across machines, here across the cores of one), and adds the
 parts' weight gradients at the end. Inside a part nothing is split again. One hand-off per
 step instead of a hundred made the vqvae-ref step about 18% faster and the gpt-ref step
-about 11% (tinytok bench). The added gradients differ from one thread's in the last bits
-(a sum in another order); the same thread count still gives the same bits every run.
+about 11% (same process, interleaved). The added gradients differ from one thread's in the
+last bits (a sum in another order); the same thread count still gives the same bits every
+run. Sampling goes the other way (``blas_threads_for_small_products``): its products are a
+few rows each, and BLAS's spinning threads take them up faster than ours.
 """
 import os
 import threading
