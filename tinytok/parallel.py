@@ -258,38 +258,38 @@ def for_batch_parts(fn, batch_size, grads=None):
     docstring). On one thread, for a batch of one, and on CuPy (the GPU is parallel
     already) there is a single part: fn(0, batch_size, grads).
     """
-    if backend.name() != "numpy":  # the GPU is parallel already: one part
-        return [fn(0, batch_size) if grads is None else fn(0, batch_size, grads)]
+    parts = _batch_parts(batch_size)
     if grads is None:
-        return _for_parts(fn, batch_size, lambda part: ())
-    extra = []  # a zeroed gradient dict for every part after the first
-
-    def grads_of(part):
-        if part == 0:
-            return (grads,)
-        extra.append({name: np.zeros_like(g) for name, g in grads.items()})
-        return (extra[-1],)
-
-    results = _for_parts(fn, batch_size, grads_of)
-    for part_grads in extra:  # always in the same order: the same bits on every run
-        for name, g in part_grads.items():
+        return _run_parts(fn, parts, [()] * len(parts))
+    part_grads = [grads] + [{name: np.zeros_like(g) for name, g in grads.items()}
+                            for _ in parts[1:]]
+    results = _run_parts(fn, parts, [(g,) for g in part_grads])
+    for extra in part_grads[1:]:  # always in the same order: the same bits on every run
+        for name, g in extra.items():
             grads[name] += g
     return results
 
 
-def _for_parts(fn, batch_size, more_args):
-    """fn(lo, hi, *more_args(part)) for each part, this thread doing the first."""
-    n_parts = 1 if getattr(_this_thread, "in_part", False) else min(threads(), batch_size)
-    if n_parts <= 1:
-        return [fn(0, batch_size, *more_args(0))]
-    (lo, hi), *others = row_blocks(batch_size, n_parts)
-    jobs = [_worker_pool().submit(_run_part, fn, a, b, *more_args(i + 1))
-            for i, (a, b) in enumerate(others)]
+def _batch_parts(batch_size):
+    """[(lo, hi), ...]: one part per thread, or a single part inside a part and on CuPy
+    (the GPU is parallel already)."""
+    if backend.name() != "numpy" or getattr(_this_thread, "in_part", False):
+        return [(0, batch_size)]
+    return row_blocks(batch_size, threads())
+
+
+def _run_parts(fn, parts, args):
+    """fn(lo, hi, *args[i]) for every part i, this thread doing the first; the results in
+    order."""
+    if len(parts) == 1:
+        return [fn(*parts[0], *args[0])]
+    jobs = [_worker_pool().submit(_run_part, fn, lo, hi, *more)
+            for (lo, hi), more in zip(parts[1:], args[1:])]
     try:
-        results = [_run_part(fn, lo, hi, *more_args(0))]
+        first = _run_part(fn, *parts[0], *args[0])
     finally:
-        results_of_others = [job.result() for job in jobs]  # waits; re-raises a worker's error
-    return results + results_of_others
+        others = [job.result() for job in jobs]  # waits; re-raises a worker's error here
+    return [first] + others
 
 
 def _run_part(fn, lo, hi, *args):
