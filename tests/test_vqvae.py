@@ -192,12 +192,17 @@ def test_vq_tokenizer_codebook_gradient_is_the_codebook_term():
     assert_param_grads(codebook_term, params, grads, ["quant.codebook"])
 
 
+def tiny_forward(quantizer):
+    """A tiny tokenizer's config, params and forward cache on images(0)."""
+    cfg = tiny(quantizer, kl_weight=0.5)
+    params = tiny_params(cfg)
+    return cfg, params, tokenizer_forward(images(0), params, cfg)[1]
+
+
 @pytest.mark.parametrize("quantizer", ["vq", "gumbel"])
 def test_tokenizer_gradients_accumulate_into_grads(quantizer):
     """Backward adds (+=): two backward passes give twice the gradient."""
-    cfg = tiny(quantizer, kl_weight=0.5)
-    params = tiny_params(cfg)
-    out, cache = tokenizer_forward(images(0), params, cfg)
+    cfg, params, cache = tiny_forward(quantizer)
     once, twice = zero_grads(params), zero_grads(params)
     tokenizer_backward(cache, once, cfg)
     tokenizer_backward(cache, twice, cfg)
@@ -214,9 +219,7 @@ def test_tokenizer_gradients_accumulate_into_grads(quantizer):
 @pytest.mark.parametrize("quantizer", ["vq", "gumbel"])
 def test_training_without_the_image_gradient_gives_the_same_weight_gradients(quantizer):
     """image_grad=False (what training uses) skips only dx: every weight gradient is equal."""
-    cfg = tiny(quantizer, kl_weight=0.5)
-    params = tiny_params(cfg)
-    out, cache = tokenizer_forward(images(0), params, cfg)
+    cfg, params, cache = tiny_forward(quantizer)
     with_dx, without = zero_grads(params), zero_grads(params)
     assert tokenizer_backward(cache, with_dx, cfg).shape == images(0).shape
     assert tokenizer_backward(cache, without, cfg, image_grad=False) is None

@@ -30,7 +30,8 @@ product (2*M*K*D). Element-wise ops, norms, softmax and the optimizer are not co
 A training step counts 3x the forward FLOPs of every layer (the forward product and the two
 backward products, dx and dw), except the first convolution's dx (the gradient to the images,
 which training does not ask for: ``tokenizer_backward(..., image_grad=False)``); the VQ
-distance product has no backward product and is counted once. GFLOP/s = counted FLOPs / median time. The counters live in tinytok/flops.py.
+distance product has no backward product and is counted once. GFLOP/s = counted FLOPs /
+median time. The counters live in tinytok/flops.py.
 
 Python use: ``run_bench(backend="numpy", only=None, repeats=None, quick=False) -> dict``.
 """
@@ -47,14 +48,14 @@ import numpy as np
 
 from tinytok import backend, parallel
 from tinytok.errors import ConfigError
-from tinytok.gpt import gpt_config, gpt_loss_backward, gpt_loss_forward, init_gpt_params
+from tinytok.gpt import gpt_config, gpt_loss_grads, init_gpt_params
 from tinytok.flops import gpt_train_flops, vqvae_flops, vqvae_train_flops
 from tinytok.optim import adamw_init, adamw_step, clip_grad_norm, zeros_like_params
 from tinytok.parallel import blas_threads_for_small_products, for_batch_parts
 from tinytok.quantize import latents_as_columns, nearest_codes
 from tinytok.sample import NextTokenLogits, draw, filter_logits
-from tinytok.vqvae import (encoder_forward, init_tokenizer_params, tokenizer_backward,
-                           tokenizer_config, tokenizer_forward)
+from tinytok.vqvae import (encoder_forward, init_tokenizer_params, tokenizer_config,
+                           tokenizer_grads)
 
 PARTS = ("sgemm", "vqvae-ref", "gpt-ref")
 
@@ -133,22 +134,15 @@ def vqvae_train_step(sizes, seed=0):
     x = backend.to_device(rng.uniform(-0.5, 0.5, (sizes["vq_batch"], 3, config.image_size,
                                                  config.image_size)), dtype="float32")
 
-    N = sizes["vq_batch"]
-
-    def part(lo, hi, part_grads):  # one thread's share of the batch (tinytok.parallel)
-        out, cache = tokenizer_forward(x[lo:hi], params, config)
-        tokenizer_backward(cache, part_grads, config, dloss=(hi - lo) / N, image_grad=False)
-        return out["loss"] * ((hi - lo) / N)
-
-    def step():
+    def step():  # as train_tokenizer does it: on batch parts, one per core
         for g in grads.values():
             g[...] = 0
-        loss = sum(for_batch_parts(part, N, grads))
+        loss = tokenizer_grads(x, params, config, grads)["loss"]
         clip_grad_norm(grads, 1.0)
         adamw_step(params, grads, state, lr=3e-4)
         return loss
 
-    return step, vqvae_train_flops(config, N)
+    return step, vqvae_train_flops(config, sizes["vq_batch"])
 
 
 def vqvae_encode(sizes, seed=0):
@@ -180,15 +174,10 @@ def gpt_train_step(sizes, seed=0):
     ids = backend.to_device(rng.integers(0, config.vocab_size, (B, T)))
     targets = backend.to_device(rng.integers(0, config.vocab_size, (B, T)))
 
-    def part(lo, hi, part_grads):  # one thread's share of the batch (tinytok.parallel)
-        loss, _, cache = gpt_loss_forward(ids[lo:hi], targets[lo:hi], params, config)
-        gpt_loss_backward(cache, part_grads, config, dloss=(hi - lo) / B)  # no ignored targets
-        return loss * ((hi - lo) / B)
-
-    def step():
+    def step():  # as train_prior does it: on batch parts, one per core
         for g in grads.values():
             g[...] = 0
-        loss = sum(for_batch_parts(part, B, grads))
+        loss = gpt_loss_grads(ids, targets, params, config, grads)
         clip_grad_norm(grads, 1.0)
         adamw_step(params, grads, state, lr=3e-4, weight_decay=0.1)
         return loss
@@ -387,7 +376,8 @@ def _meta(backend_name, quick, isolate):
     return {"backend": backend_name, "quick": quick, "per_section_process": isolate,
             "python": platform.python_version(), "numpy": np.__version__,
             "machine": platform.machine(), "cpus": os.cpu_count(),
-            "flops": "multiply-add = 2; train step = 3x forward, less the first conv's dx (VQ distance product once)"}
+            "flops": "multiply-add = 2; train step = 3x forward, less the first conv's dx "
+                     "(VQ distance product once)"}
 
 
 # ---------------------------------------------------------------- command line

@@ -23,6 +23,7 @@ from tinytok.ops import (causal_self_attention_backward, causal_self_attention_f
                          layer_norm_forward, linear_backward, linear_forward)
 from tinytok.ops.checks import require_int, require_ndim
 from tinytok.optim import zeros_like_params  # noqa: F401 (re-exported for convenience)
+from tinytok.parallel import for_batch_parts
 
 
 @dataclass
@@ -221,3 +222,21 @@ def gpt_loss_backward(cache, grads, config, dloss=1.0):
     model_cache, c_loss = cache
     gpt_backward(cross_entropy_backward(dloss, c_loss), model_cache, grads, config)
 
+
+def gpt_loss_grads(ids, targets, params, config, grads):
+    """One training step's forward and backward on ids, targets (B, T): gradients of the
+    mean loss over targets != -1 added into grads. Returns that loss (a float).
+
+    Runs on batch parts, one per core (tinytok.parallel.for_batch_parts): each part's loss
+    is a mean over its own counted targets, so its gradient is weighted by its share of them.
+    """
+    counted = targets != -1
+    total = max(int(counted.sum()), 1)
+
+    def part(lo, hi, part_grads):
+        share = int(counted[lo:hi].sum()) / total
+        loss, _, cache = gpt_loss_forward(ids[lo:hi], targets[lo:hi], params, config)
+        gpt_loss_backward(cache, part_grads, config, dloss=share)
+        return float(loss) * share
+
+    return sum(for_batch_parts(part, len(ids), grads))

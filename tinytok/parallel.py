@@ -118,8 +118,8 @@ def blas_threads_for_small_products():
     if threads() == 1:
         yield
         return
-    previous = use_cores(1)
-    _limit_blas_threads(available_cores())
+    previous = threads()
+    blas_alone()
     try:
         yield
     finally:
@@ -155,7 +155,12 @@ def _worth_splitting(arrays):
     on small arrays."""
     return (arrays[0].size >= MIN_PARALLEL_SIZE and threads() > 1 and arrays[0].ndim >= 2
             and arrays[0].shape[0] > 1 and all(isinstance(a, np.ndarray) for a in arrays)
-            and not getattr(_this_thread, "in_part", False))
+            and not _inside_part())
+
+
+def _inside_part():
+    """Whether this thread is running a part of a batch (then nothing is split again)."""
+    return getattr(_this_thread, "in_part", False)
 
 
 def for_row_blocks(fn, *arrays):
@@ -177,13 +182,19 @@ def _run_in_row_blocks(fn, arrays):
     if any(a.shape[0] != n_rows for a in arrays):
         raise ValueError("for_row_blocks: arrays must share their first axis, got "
                          f"{[a.shape for a in arrays]}")
-    (start, stop), *others = row_blocks(n_rows, threads())
-    jobs = [_worker_pool().submit(fn, *(a[lo:hi] for a in arrays)) for lo, hi in others]
+    _on_threads([partial(fn, *(a[lo:hi] for a in arrays))
+                 for lo, hi in row_blocks(n_rows, threads())])
+
+
+def _on_threads(calls):
+    """Run the zero-argument calls at once: the first on this thread, the others on the
+    pool. Returns their results, in order; a worker's exception is raised here."""
+    jobs = [_worker_pool().submit(call) for call in calls[1:]]
     try:
-        fn(*(a[start:stop] for a in arrays))
+        first = calls[0]()
     finally:
-        for job in jobs:
-            job.result()  # waits, and re-raises an exception from a worker here
+        others = [job.result() for job in jobs]  # waits for every worker
+    return [first] + others
 
 
 def _worker_pool():
@@ -273,29 +284,22 @@ def for_batch_parts(fn, batch_size, grads=None):
 def _batch_parts(batch_size):
     """[(lo, hi), ...]: one part per thread, or a single part inside a part and on CuPy
     (the GPU is parallel already)."""
-    if backend.name() != "numpy" or getattr(_this_thread, "in_part", False):
+    if backend.name() != "numpy" or _inside_part():
         return [(0, batch_size)]
     return row_blocks(batch_size, threads())
 
 
 def _run_parts(fn, parts, args):
-    """fn(lo, hi, *args[i]) for every part i, this thread doing the first; the results in
-    order."""
-    if len(parts) == 1:
-        return [fn(*parts[0], *args[0])]
-    jobs = [_worker_pool().submit(_run_part, fn, lo, hi, *more)
-            for (lo, hi), more in zip(parts[1:], args[1:])]
-    try:
-        first = _run_part(fn, *parts[0], *args[0])
-    finally:
-        others = [job.result() for job in jobs]  # waits; re-raises a worker's error here
-    return [first] + others
+    """fn(lo, hi, *args[i]) for every part i, each with splitting switched off in its
+    thread; the results in order."""
+    return _on_threads([partial(_run_part, fn, lo, hi, *more)
+                        for (lo, hi), more in zip(parts, args)])
 
 
 def _run_part(fn, lo, hi, *args):
     """fn on one part, with splitting switched off in this thread while it runs."""
-    _this_thread.in_part = True
+    outer, _this_thread.in_part = _inside_part(), True
     try:
         return fn(lo, hi, *args)
     finally:
-        _this_thread.in_part = False
+        _this_thread.in_part = outer

@@ -28,7 +28,6 @@ from tinytok.checkpoint import check_params_match, load_checkpoint, save_checkpo
 from tinytok.errors import CheckpointError, ConfigError, TinytokError
 from tinytok.optim import (adamw_init, adamw_state_to_device, adamw_step, clip_grad_norm,
                            has_nonfinite, lr_schedule, zeros_like_params)
-from tinytok.parallel import for_batch_parts
 
 
 class TrainingStopped(TinytokError):
@@ -177,20 +176,6 @@ def check_finite_loss(loss, step):
                                "checkpoint was kept (try a lower --lr)")
 
 
-def join_parts(outs, batch_size):
-    """One tokenizer_forward output dict from the outputs of the batch's parts (in order):
-    the losses weighted by each part's share of the batch (they are means over examples),
-    the codes' inputs z and the ids put back together along the batch axis."""
-    if len(outs) == 1:
-        return outs[0]
-    xp = backend.get_array_module(outs[0]["z"])
-    shares = [len(out["ids"]) / batch_size for out in outs]
-    joined = {key: sum(out[key] * share for out, share in zip(outs, shares))
-              for key in ("loss", "recon_loss", "vq_loss")}
-    joined.update({key: xp.concatenate([out[key] for out in outs]) for key in ("z", "ids")})
-    return joined
-
-
 def host_copy(tree):
     """A copy of nested dicts/lists of arrays, arrays copied to the host: a frozen snapshot."""
     if isinstance(tree, dict):
@@ -288,8 +273,8 @@ def train_tokenizer(images, config, settings, out, recipe=None, resume=False,
     from tinytok.pipeline import images_to_model
     from tinytok.quantize import (code_counts, ema_init, ema_update, kmeans_init,
                                   restart_dead_codes, usage_stats)
-    from tinytok.vqvae import config_dict, init_tokenizer_params, tokenizer_backward, \
-        tokenizer_forward
+    from tinytok.vqvae import config_dict, init_tokenizer_params, tokenizer_forward, \
+        tokenizer_grads
 
     settings.check()
     recipe = recipe or TokenizerRecipe()
@@ -346,18 +331,9 @@ def train_tokenizer(images, config, settings, out, recipe=None, resume=False,
 
     def step_fn(step):
         nonlocal window
-        x, tau, noise = batch(step)
-        N = len(x)
-
-        def part(lo, hi, part_grads):  # one thread's share of the batch (tinytok.parallel)
-            out, cache = tokenizer_forward(x[lo:hi], params, config, tau,
-                                           None if noise is None else noise[lo:hi])
-            tokenizer_backward(cache, part_grads, config, dloss=(hi - lo) / N,
-                               image_grad=False)
-            return out
-
         grads = zeros_like_params(params)
-        out_dict = join_parts(for_batch_parts(part, N, grads), N)
+        x, tau, noise = batch(step)
+        out_dict = tokenizer_grads(x, params, config, grads, tau, noise)  # on every core
         loss = float(out_dict["loss"])
         check_finite_loss(loss, step)
         optimizer_step(params, grads, opt_state, settings, step, trainable)
@@ -411,8 +387,7 @@ class PriorData:
 def train_prior(data, config, settings, out, resume=False, p_caption_layout=0.5,
                 p_drop_caption=0.1, p_word_noise=0.0, log=default_print, progress_stream=None):
     """Train the prior on PriorData; checkpoints go to `out`. Returns the loss history."""
-    from tinytok.gpt import (config_dict, gpt_loss_backward, gpt_loss_forward,
-                             init_gpt_params)
+    from tinytok.gpt import config_dict, gpt_loss_forward, gpt_loss_grads, init_gpt_params
     from tinytok.datasets import batch_indices
     from tinytok.vocab import make_training_batch
 
@@ -450,18 +425,8 @@ def train_prior(data, config, settings, out, resume=False, p_caption_layout=0.5,
         check_finite_loss(float(gpt_loss_forward(*batch(step), params, config)[0]), step)
 
     def step_fn(step):
-        inputs, targets = batch(step)
-        counted = targets != -1                  # the loss is a mean over these targets
-        total = max(int(counted.sum()), 1)
-
-        def part(lo, hi, part_grads):  # one thread's share of the batch (tinytok.parallel)
-            share = int(counted[lo:hi].sum()) / total
-            loss, _, cache = gpt_loss_forward(inputs[lo:hi], targets[lo:hi], params, config)
-            gpt_loss_backward(cache, part_grads, config, dloss=share)
-            return float(loss) * share
-
         grads = zeros_like_params(params)
-        loss = sum(for_batch_parts(part, len(inputs), grads))
+        loss = gpt_loss_grads(*batch(step), params, config, grads)         # on every core
         check_finite_loss(loss, step)
         optimizer_step(params, grads, opt_state, settings, step)
         # an exponential moving average reads better than the noisy per-batch loss

@@ -11,12 +11,13 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from tinytok.backend import rng as host_rng, to_device
+from tinytok.backend import get_array_module, rng as host_rng, to_device
 from tinytok.errors import ConfigError
 from tinytok.ops import (conv2d_backward, conv2d_forward, conv_transpose2d_backward,
                          conv_transpose2d_forward, mse_backward, mse_forward, relu_backward,
                          relu_forward)
 from tinytok.gumbel import gumbel_quantize_backward, gumbel_quantize_forward
+from tinytok.parallel import for_batch_parts
 from tinytok.quantize import vector_quantize_backward, vector_quantize_forward
 
 
@@ -294,6 +295,39 @@ def tokenizer_backward(cache, grads, config, dloss=1.0, image_grad=True):
     dz_q = decoder_backward(dx_hat, dec_cache, grads, config)
     dz = quantize_backward(dz_q, vq_cache, grads, config, dloss)
     return encoder_backward(dz, enc_cache, grads, config, image_grad)
+
+
+def tokenizer_grads(x, params, config, grads, tau=1.0, noise=None):
+    """One training step's forward and backward on x (N, 3, S, S): gradients of the mean
+    loss added into grads, no gradient of the images. Returns the forward's dict ("loss",
+    "recon_loss", "vq_loss", "z", "ids") for the whole batch.
+
+    Runs on batch parts, one per core (tinytok.parallel.for_batch_parts): each part's loss
+    is a mean over its examples, so its gradient is weighted by its share of the batch.
+    """
+    N = len(x)
+
+    def part(lo, hi, part_grads):
+        out, cache = tokenizer_forward(x[lo:hi], params, config, tau,
+                                       None if noise is None else noise[lo:hi])
+        tokenizer_backward(cache, part_grads, config, dloss=(hi - lo) / N, image_grad=False)
+        return out
+
+    return join_parts(for_batch_parts(part, N, grads), N)
+
+
+def join_parts(outs, batch_size):
+    """One tokenizer_forward output dict from the outputs of the batch's parts (in order):
+    the losses weighted by each part's share of the batch (they are means over examples),
+    the codes' inputs z and the ids put back together along the batch axis."""
+    if len(outs) == 1:
+        return outs[0]
+    xp = get_array_module(outs[0]["z"])
+    shares = [len(out["ids"]) / batch_size for out in outs]
+    joined = {key: sum(out[key] * share for out, share in zip(outs, shares))
+              for key in ("loss", "recon_loss", "vq_loss")}
+    joined.update({key: xp.concatenate([out[key] for out in outs]) for key in ("z", "ids")})
+    return joined
 
 
 def config_dict(config):
