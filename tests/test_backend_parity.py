@@ -117,9 +117,9 @@ def test_gradient_check_on_cupy(cp, name):
 # ---------------------------------------------------------------- models
 
 def _tokenizer_step(xp, quantizer, dtype):
-    from tinytok.gpt import zeros_like_params
-    from tinytok.gumbel import gumbel_noise
-    from tinytok.vqvae import (init_tokenizer_params, tokenizer_backward, tokenizer_config,
+    from tinytok.prior.gpt import zeros_like_params
+    from tinytok.tokenizer.gumbel import gumbel_noise
+    from tinytok.tokenizer.vqvae import (init_tokenizer_params, tokenizer_backward, tokenizer_config,
                                tokenizer_forward, with_quantizer)
     config = with_quantizer(tokenizer_config("vqvae-tiny"), quantizer)
     with active(xp):
@@ -145,7 +145,7 @@ def test_tokenizer_parity(cp, quantizer):
 
 
 def _gpt_step(xp, dtype):
-    from tinytok.gpt import (gpt_config, gpt_loss_backward, gpt_loss_forward, init_gpt_params,
+    from tinytok.prior.gpt import (gpt_config, gpt_loss_backward, gpt_loss_forward, init_gpt_params,
                              zeros_like_params)
     config = gpt_config("gpt-tiny", vocab_size=50, context=24)
     rng = np.random.default_rng(1)
@@ -168,8 +168,8 @@ def test_gpt_parity(cp, dtype):
 
 
 def test_kv_cache_sampling_parity(cp):
-    from tinytok.gpt import gpt_config, init_gpt_params
-    from tinytok.sample import NextTokenLogits, draw, filter_logits
+    from tinytok.prior.gpt import gpt_config, init_gpt_params
+    from tinytok.prior.sample import NextTokenLogits, draw, filter_logits
     config = gpt_config("gpt-tiny", vocab_size=40, context=16)
     prompt = np.random.default_rng(0).integers(0, 40, (4, 3))
     results = {}
@@ -192,9 +192,9 @@ def test_kv_cache_sampling_parity(cp):
 # ---------------------------------------------------------------- training
 
 def _loss_curve_tokenizer(xp, quantizer, out):
-    from tinytok.datasets import make_shapes
-    from tinytok.train import TokenizerRecipe, TrainSettings, train_tokenizer
-    from tinytok.vqvae import tokenizer_config, with_quantizer
+    from tinytok.data.datasets import make_shapes
+    from tinytok.training.train import TokenizerRecipe, TrainSettings, train_tokenizer
+    from tinytok.tokenizer.vqvae import tokenizer_config, with_quantizer
     config = with_quantizer(tokenizer_config("vqvae-tiny"), quantizer)
     settings = TrainSettings(steps=5, batch_size=8, lr=1e-3, warmup=1, checkpoint_every=100,
                              log_every=1)
@@ -214,10 +214,10 @@ def test_tokenizer_training_loss_curve_parity(cp, tmp_path, quantizer):
 
 
 def test_prior_training_loss_curve_parity(cp, tmp_path):
-    from tinytok.datasets import make_shapes
-    from tinytok.gpt import gpt_config
-    from tinytok.prior_data import shapes_vocab
-    from tinytok.train import PriorData, TrainSettings, train_prior
+    from tinytok.data.datasets import make_shapes
+    from tinytok.prior.gpt import gpt_config
+    from tinytok.training.prior_data import shapes_vocab
+    from tinytok.training.train import PriorData, TrainSettings, train_prior
     shapes = make_shapes(32, seed=0)
     vocab = shapes_vocab(16, grid_size=4)
     data = PriorData(np.random.default_rng(0).integers(0, 16, (32, 4, 4)),
@@ -237,9 +237,9 @@ def test_prior_training_loss_curve_parity(cp, tmp_path):
 # ---------------------------------------------------------------- checkpoints and bench
 
 def test_checkpoint_from_gpu_loads_on_cpu_and_back(cp, tmp_path):
-    from tinytok.checkpoint import load_checkpoint, save_checkpoint
-    from tinytok.optim import adamw_init, adamw_state_to_device
-    from tinytok.vqvae import config_dict, init_tokenizer_params, tokenizer_config
+    from tinytok.training.checkpoint import load_checkpoint, save_checkpoint
+    from tinytok.training.optim import adamw_init, adamw_state_to_device
+    from tinytok.tokenizer.vqvae import config_dict, init_tokenizer_params, tokenizer_config
     config = tokenizer_config("vqvae-tiny")
     with active(cp):
         params = init_tokenizer_params(config, seed=0)

@@ -20,18 +20,18 @@ import pytest
 from PIL import Image
 
 from tinytok import backend
-from tinytok.checkpoint import load_checkpoint, save_checkpoint
+from tinytok.training.checkpoint import load_checkpoint, save_checkpoint
 from tinytok.cli import main
-from tinytok.datasets import make_shapes
+from tinytok.data.datasets import make_shapes
 from tinytok.errors import (BackendError, CheckpointError, ConfigError, ImageError,
                             PromptError, ShapeError, TinytokError)
-from tinytok.gpt import gpt_config
-from tinytok.images import load_image
+from tinytok.prior.gpt import gpt_config
+from tinytok.data.images import load_image
 from tinytok.pipeline import Tokenizer
-from tinytok.prior_data import shapes_prior_data
-from tinytok.train import (TokenizerRecipe, TrainSettings, TrainingDiverged, train_prior,
+from tinytok.training.prior_data import shapes_prior_data
+from tinytok.training.train import (TokenizerRecipe, TrainSettings, TrainingDiverged, train_prior,
                            train_tokenizer)
-from tinytok.vqvae import TokenizerConfig, init_tokenizer_params, tokenizer_config, with_quantizer
+from tinytok.tokenizer.vqvae import TokenizerConfig, init_tokenizer_params, tokenizer_config, with_quantizer
 
 QUIET = dict(log=lambda *a: None, progress_stream=io.StringIO())
 
@@ -251,8 +251,8 @@ def test_bad_prior_checkpoint_is_one_line(kind, ck, capsys):
 def test_a_prior_of_another_codebook_size_is_refused(ck, capsys, tmp_path):
     """A prior written for 32 codes with a 64-code tokenizer: a clear error, not garbage."""
     good = load_checkpoint(ck / "prior.npz")
-    from tinytok.gpt import init_gpt_params
-    from tinytok.prior_data import shapes_vocab
+    from tinytok.prior.gpt import init_gpt_params
+    from tinytok.training.prior_data import shapes_vocab
     vocab = shapes_vocab(32, 8)
     config = gpt_config("gpt-tiny", vocab_size=vocab.size)
     path = tmp_path / "prior32.npz"
@@ -531,7 +531,7 @@ def test_bad_arguments_from_the_api():
                 dict(lr=float("inf")), dict(warmup=-1), dict(checkpoint_every=0)):
         with pytest.raises(ConfigError):
             TrainSettings(**bad).check()
-    from tinytok.sample import check_sampling_args
+    from tinytok.prior.sample import check_sampling_args
     for args in ((0, None, None), (-1, None, None), (float("nan"), None, None),
                  (1, 0, None), (1, 1.5, None), (1, None, 0), (1, None, 1.01),
                  (1, None, float("nan"))):
@@ -627,7 +627,7 @@ def test_non_finite_gradient_or_loss_names_step_and_parameter(what, ck, tmp_path
                                                               monkeypatch):
     """NaN injected at step 4 (1-based): TrainingDiverged naming step and parameter; the
     periodic checkpoint of step 2 is kept byte for byte."""
-    import tinytok.vqvae as vqvae
+    import tinytok.tokenizer.vqvae as vqvae
     from tinytok import parallel
     monkeypatch.setattr(parallel, "_threads", 1)  # one batch part: a call per step
     calls = {"n": 0}

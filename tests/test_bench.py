@@ -5,10 +5,12 @@ import numbers
 
 import pytest
 
-from tinytok import bench, flops
+from tinytok import bench
+
+from tinytok.bench import flops
 from tinytok.errors import ConfigError
-from tinytok.gpt import gpt_config
-from tinytok.vqvae import tokenizer_config
+from tinytok.prior.gpt import gpt_config
+from tinytok.tokenizer.vqvae import tokenizer_config
 
 REQUIRED = {
     "sgemm": ["ceiling_gflops", "sgemm_64_gflops", "sgemm_128_gflops", "sgemm_64_ms"],

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from tinytok.checkpoint import (Checkpoint, check_params_match, load_checkpoint,
+from tinytok.training.checkpoint import (Checkpoint, check_params_match, load_checkpoint,
                                 save_checkpoint)
 from tinytok.errors import CheckpointError
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tinytok.checkpoint import load_checkpoint
-from tinytok.datasets import make_shapes
+from tinytok.training.checkpoint import load_checkpoint
+from tinytok.data.datasets import make_shapes
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
        "MKL_NUM_THREADS": "1", "TINYTOK_BACKEND": "numpy"}
@@ -60,8 +60,8 @@ def test_train_tokenizer_and_prior_write_checkpoints(work):
 def test_train_tokenizer_split_all_sees_held_out_shapes(tmp_path, monkeypatch):
     """--split all hands the trainer every combination (the tokenizer reads no captions);
     the default keeps the prior's held-out pairs out."""
-    from tinytok import datasets
-    from tinytok import train as train_module
+    from tinytok.data import datasets
+    from tinytok.training import train as train_module
     seen = {}
     monkeypatch.setattr(train_module, "train_tokenizer",
                         lambda images, *a, **k: seen.setdefault("images", images))

@@ -1,4 +1,4 @@
-"""Tests for tinytok.datasets and tinytok.images: shapes, the attribute reader, files,
+"""Tests for tinytok.data.datasets and tinytok.data.images: shapes, the attribute reader, files,
 folders, scikit-image/scikit-learn sources and stateless batching."""
 import re
 import sys
@@ -9,8 +9,8 @@ from hypothesis import given, settings, strategies as st
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from tinytok import datasets as ds
-from tinytok import images as im
+from tinytok.data import datasets as ds
+from tinytok.data import images as im
 from tinytok.errors import ConfigError, DTypeError, ImageError, ShapeError
 
 

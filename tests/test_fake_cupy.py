@@ -197,7 +197,7 @@ def _latents(seed=0, shape=(2, 4, 3, 3)):
 
 
 def _vq_run(xp):
-    from tinytok.quantize import (code_counts, ema_init, ema_update, usage_stats,
+    from tinytok.tokenizer.quantize import (code_counts, ema_init, ema_update, usage_stats,
                                   vector_quantize_backward, vector_quantize_forward)
     z = xp.asarray(_latents())
     codebook = xp.asarray(np.random.default_rng(1).standard_normal((6, 4)), dtype="float32")
@@ -218,7 +218,7 @@ def test_vector_quantizer_and_ema_on_device(fake):
 
 
 def _kmeans_and_restart(xp):
-    from tinytok.quantize import code_counts, ema_init, kmeans_init, restart_dead_codes
+    from tinytok.tokenizer.quantize import code_counts, ema_init, kmeans_init, restart_dead_codes
     z = xp.asarray(_latents(3, (4, 4, 4, 4)))
     codebook = kmeans_init(z, 8, seed=0, iterations=5)
     assert codebook.dtype == np.float32
@@ -236,7 +236,7 @@ def test_kmeans_init_and_dead_code_restart_on_device(fake):
 
 
 def _gumbel_run(xp):
-    from tinytok.gumbel import gumbel_noise, gumbel_quantize_backward, gumbel_quantize_forward
+    from tinytok.tokenizer.gumbel import gumbel_noise, gumbel_quantize_backward, gumbel_quantize_forward
     logits = xp.asarray(_latents(4, (2, 5, 3, 3)))
     codebook = xp.asarray(_latents(5, (5, 4, 1, 1)).reshape(5, 4))
     noise = xp.asarray(gumbel_noise((2, 5, 3, 3), np.random.default_rng(6)))
@@ -253,15 +253,15 @@ def test_gumbel_quantizer_on_device(fake):
 # ---------------------------------------------------------------- models
 
 def _tiny_tokenizer_config(quantizer="vq"):
-    from tinytok.vqvae import TokenizerConfig
+    from tinytok.tokenizer.vqvae import TokenizerConfig
     return TokenizerConfig("test-tiny", image_size=32, hidden=16, res_hidden=8, n_res=1,
                            code_dim=8, num_codes=16, quantizer=quantizer)
 
 
 def _tokenizer_run(xp, quantizer):
-    from tinytok.gpt import zeros_like_params
-    from tinytok.gumbel import gumbel_noise
-    from tinytok.vqvae import init_tokenizer_params, tokenizer_backward, tokenizer_forward
+    from tinytok.prior.gpt import zeros_like_params
+    from tinytok.tokenizer.gumbel import gumbel_noise
+    from tinytok.tokenizer.vqvae import init_tokenizer_params, tokenizer_backward, tokenizer_forward
     config = _tiny_tokenizer_config(quantizer)
     params = init_tokenizer_params(config, seed=0)
     x = xp.asarray(np.random.default_rng(1).uniform(-0.5, 0.5, (2, 3, 32, 32)),
@@ -280,7 +280,7 @@ def test_tokenizer_forward_backward_on_device(fake, quantizer):
 
 
 def _gpt_run(xp):
-    from tinytok.gpt import gpt_config, gpt_loss_backward, gpt_loss_forward, init_gpt_params, \
+    from tinytok.prior.gpt import gpt_config, gpt_loss_backward, gpt_loss_forward, init_gpt_params, \
         zeros_like_params
     config = gpt_config("gpt-tiny", vocab_size=30, context=12)
     params = init_gpt_params(config, seed=0)
@@ -299,7 +299,7 @@ def test_gpt_forward_backward_on_device(fake):
 
 
 def _optim_run(xp):
-    from tinytok.optim import adamw_init, adamw_step, clip_grad_norm, global_norm, has_nonfinite
+    from tinytok.training.optim import adamw_init, adamw_step, clip_grad_norm, global_norm, has_nonfinite
     rng = np.random.default_rng(0)
     params = {"w": xp.asarray(rng.standard_normal((3, 4)), dtype="float32"),
               "b": xp.asarray(rng.standard_normal(4), dtype="float32")}
@@ -325,8 +325,8 @@ def test_optimizer_on_device(fake):
 # ---------------------------------------------------------------- sampling
 
 def _sampling_run(xp):
-    from tinytok.gpt import gpt_config, init_gpt_params
-    from tinytok.sample import NextTokenLogits, draw, filter_logits, guided
+    from tinytok.prior.gpt import gpt_config, init_gpt_params
+    from tinytok.prior.sample import NextTokenLogits, draw, filter_logits, guided
     config = gpt_config("gpt-tiny", vocab_size=20, context=10)
     params = init_gpt_params(config, seed=3)
     prompt = np.random.default_rng(0).integers(0, 20, (3, 4))
@@ -377,8 +377,8 @@ class _CtrlCAt:
 
 
 def _train_tokenizer(xp, quantizer, out, resume=False, stream=None):
-    from tinytok.datasets import make_shapes
-    from tinytok.train import TokenizerRecipe, TrainSettings, train_tokenizer
+    from tinytok.data.datasets import make_shapes
+    from tinytok.training.train import TokenizerRecipe, TrainSettings, train_tokenizer
     images = make_shapes(24, seed=0).images
     settings = TrainSettings(steps=4, batch_size=4, lr=1e-3, warmup=1,
                              checkpoint_every=100, log_every=1)
@@ -391,7 +391,7 @@ def _train_tokenizer(xp, quantizer, out, resume=False, stream=None):
 
 @pytest.mark.parametrize("quantizer", ["vq", "ema", "gumbel"])
 def test_train_tokenizer_on_device_matches_numpy(fake, tmp_path, quantizer):
-    from tinytok.checkpoint import load_checkpoint
+    from tinytok.training.checkpoint import load_checkpoint
     want = _train_tokenizer(np, quantizer, tmp_path / "numpy.npz")
     got = _train_tokenizer(fake, quantizer, tmp_path / "device.npz")
     assert len(got) == 2 and all(math.isfinite(h["loss"]) for h in got)
@@ -404,8 +404,8 @@ def test_train_tokenizer_on_device_matches_numpy(fake, tmp_path, quantizer):
 
 def test_train_tokenizer_stops_and_resumes_on_device(fake, tmp_path):
     """Ctrl-C after step 2 writes a checkpoint from the device; --resume finishes the run."""
-    from tinytok.checkpoint import load_checkpoint
-    from tinytok.train import TrainingStopped
+    from tinytok.training.checkpoint import load_checkpoint
+    from tinytok.training.train import TrainingStopped
     _train_tokenizer(fake, "ema", tmp_path / "straight.npz")
     with pytest.raises(TrainingStopped):
         _train_tokenizer(fake, "ema", tmp_path / "resumed.npz", stream=_CtrlCAt(2, 4))
@@ -418,9 +418,9 @@ def test_train_tokenizer_stops_and_resumes_on_device(fake, tmp_path):
 
 
 def _prior_data():
-    from tinytok.datasets import make_shapes
-    from tinytok.prior_data import shapes_vocab
-    from tinytok.train import PriorData
+    from tinytok.data.datasets import make_shapes
+    from tinytok.training.prior_data import shapes_vocab
+    from tinytok.training.train import PriorData
     shapes = make_shapes(12, seed=0)
     vocab = shapes_vocab(16, grid_size=2)
     codes = np.random.default_rng(0).integers(0, 16, (12, 2, 2))
@@ -428,8 +428,8 @@ def _prior_data():
 
 
 def _train_prior(xp, out, data):
-    from tinytok.gpt import gpt_config
-    from tinytok.train import TrainSettings, train_prior
+    from tinytok.prior.gpt import gpt_config
+    from tinytok.training.train import TrainSettings, train_prior
     config = gpt_config("gpt-tiny", vocab_size=data.vocab.size, context=20)
     settings = TrainSettings(steps=3, batch_size=4, lr=1e-3, warmup=1, weight_decay=0.1,
                              checkpoint_every=100, log_every=1)
@@ -438,7 +438,7 @@ def _train_prior(xp, out, data):
 
 
 def test_train_prior_on_device_matches_numpy(fake, tmp_path):
-    from tinytok.checkpoint import load_checkpoint
+    from tinytok.training.checkpoint import load_checkpoint
     data = _prior_data()
     want = _train_prior(np, tmp_path / "numpy.npz", data)
     got = _train_prior(fake, tmp_path / "device.npz", data)
@@ -451,9 +451,9 @@ def test_train_prior_on_device_matches_numpy(fake, tmp_path):
 # ---------------------------------------------------------------- checkpoints
 
 def test_checkpoint_saved_on_device_loads_on_host_and_back(fake, tmp_path):
-    from tinytok.checkpoint import load_checkpoint, save_checkpoint
-    from tinytok.optim import adamw_init, adamw_state_to_device
-    from tinytok.vqvae import config_dict, init_tokenizer_params
+    from tinytok.training.checkpoint import load_checkpoint, save_checkpoint
+    from tinytok.training.optim import adamw_init, adamw_state_to_device
+    from tinytok.tokenizer.vqvae import config_dict, init_tokenizer_params
     config = _tiny_tokenizer_config()
     params = init_tokenizer_params(config, seed=0)
     assert_all_on_device(params)
@@ -478,10 +478,10 @@ def test_checkpoint_saved_on_device_loads_on_host_and_back(fake, tmp_path):
 # ---------------------------------------------------------------- the user-facing objects
 
 def _tiny_pipeline(xp):
-    from tinytok.gpt import gpt_config, init_gpt_params
+    from tinytok.prior.gpt import gpt_config, init_gpt_params
     from tinytok.pipeline import Pipeline, Prior, Tokenizer
-    from tinytok.prior_data import shapes_vocab
-    from tinytok.vqvae import init_tokenizer_params
+    from tinytok.training.prior_data import shapes_vocab
+    from tinytok.tokenizer.vqvae import init_tokenizer_params
     config = _tiny_tokenizer_config()
     vocab = shapes_vocab(config.num_codes, config.grid_size)
     prior_config = gpt_config("gpt-tiny", vocab_size=vocab.size, context=80)
@@ -493,7 +493,7 @@ def _tiny_pipeline(xp):
 
 
 def _pipeline_run(xp, tmp_path):
-    from tinytok.datasets import make_shapes
+    from tinytok.data.datasets import make_shapes
     from tinytok.evaluate import adherence, caption_accuracy, eval_tokenizer
     from tinytok.pipeline import Tokenizer
     pipe = _tiny_pipeline(xp)
@@ -533,7 +533,7 @@ def test_tokenizer_pipeline_and_evaluation_on_device(fake, tmp_path):
 
 def test_tokenizer_accepts_device_images_and_ids(fake):
     pipe = _tiny_pipeline(fake)
-    from tinytok.datasets import make_shapes
+    from tinytok.data.datasets import make_shapes
     images = make_shapes(2, seed=2).images
     ids = pipe.tokenizer.encode(fake.asarray(images))
     np.testing.assert_array_equal(ids, pipe.tokenizer.encode(images))
@@ -543,7 +543,7 @@ def test_tokenizer_accepts_device_images_and_ids(fake):
 
 def test_evaluation_accepts_device_images(fake):
     """eval_tokenizer takes uint8 images; check_images accepts NumPy and CuPy arrays alike."""
-    from tinytok.datasets import make_shapes
+    from tinytok.data.datasets import make_shapes
     from tinytok.evaluate import eval_tokenizer
     pipe = _tiny_pipeline(fake)
     images = make_shapes(2, seed=2).images
@@ -554,7 +554,7 @@ def test_evaluation_accepts_device_images(fake):
 
 def test_caption_codes_accepts_device_ids(fake):
     """Token grids straight from the device (e.g. the quantizer's ids) can be captioned."""
-    from tinytok.datasets import make_shapes
+    from tinytok.data.datasets import make_shapes
     pipe = _tiny_pipeline(fake)
     codes = pipe.tokenizer.encode(make_shapes(2, seed=2).images)
     assert pipe.caption_codes(fake.asarray(codes)) == pipe.caption_codes(codes)
@@ -569,7 +569,7 @@ def test_cli_commands_with_backend_cupy(fake, tmp_path, capsys):
     from PIL import Image
 
     from tinytok import cli
-    from tinytok.datasets import make_shapes
+    from tinytok.data.datasets import make_shapes
 
     def run(*argv):
         code = cli.main(["--backend", "cupy", *map(str, argv)])
@@ -601,7 +601,7 @@ def test_cli_commands_with_backend_cupy(fake, tmp_path, capsys):
 
 def test_viz_takes_device_arrays(fake, tmp_path):
     from tinytok import viz
-    from tinytok.datasets import make_shapes
+    from tinytok.data.datasets import make_shapes
     images = fake.asarray(make_shapes(4, seed=0).images)
     ids = fake.asarray(np.arange(64).reshape(8, 8) % 5)
     counts = fake.asarray(np.array([3, 0, 1, 2]))

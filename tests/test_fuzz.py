@@ -10,14 +10,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
-from tinytok.checkpoint import load_checkpoint, save_checkpoint
-from tinytok.datasets import CAPTION_WORDS
+from tinytok.training.checkpoint import load_checkpoint, save_checkpoint
+from tinytok.data.datasets import CAPTION_WORDS
 from tinytok.errors import (CheckpointError, ImageError, PromptError, ShapeError,
                             TinytokError)
-from tinytok.images import load_image
+from tinytok.data.images import load_image
 from tinytok.pipeline import Tokenizer
-from tinytok.vocab import Vocab, image_prompt, split_words
-from tinytok.vqvae import TokenizerConfig, init_tokenizer_params
+from tinytok.prior.vocab import Vocab, image_prompt, split_words
+from tinytok.tokenizer.vqvae import TokenizerConfig, init_tokenizer_params
 
 FUZZ = settings(max_examples=40, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,

@@ -7,7 +7,7 @@ import pytest
 
 import reference_models as ref
 from tinytok.errors import ConfigError, DTypeError, ShapeError
-from tinytok.gpt import (GPTConfig, block_backward, block_forward, gpt_config, gpt_forward,
+from tinytok.prior.gpt import (GPTConfig, block_backward, block_forward, gpt_config, gpt_forward,
                          gpt_loss_backward, gpt_loss_forward, init_gpt_params,
                          layer_norm_named_backward, layer_norm_named_forward, mlp_backward,
                          mlp_forward, zeros_like_params)

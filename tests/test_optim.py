@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from tinytok.checkpoint import load_checkpoint, save_checkpoint
+from tinytok.training.checkpoint import load_checkpoint, save_checkpoint
 from tinytok.errors import ConfigError, DTypeError, ShapeError
-from tinytok.optim import (adamw_init, adamw_step, clip_grad_norm, default_decay_filter,
+from tinytok.training.optim import (adamw_init, adamw_step, clip_grad_norm, default_decay_filter,
                            global_norm, has_nonfinite, lr_schedule)
 
 quick = settings(max_examples=50, deadline=None)

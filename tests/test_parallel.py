@@ -20,7 +20,7 @@ from tinytok.ops.conv import (conv2d_backward, conv2d_forward, conv_transpose2d_
 from tinytok.ops.linear import linear_backward, linear_forward
 from tinytok.ops.losses import cross_entropy_backward, cross_entropy_forward
 from tinytok.ops.norm import layer_norm_backward, layer_norm_forward
-from tinytok.quantize import nearest_codes
+from tinytok.tokenizer.quantize import nearest_codes
 
 
 @pytest.fixture
@@ -244,9 +244,9 @@ def test_one_thread_runs_the_whole_batch_on_the_given_grads():
 
 def test_encoding_in_batch_parts_gives_the_one_thread_ids(split_everything):
     """Tokenizer.encode runs each batch in parts (one per thread): the same ids."""
-    from tinytok.datasets import make_shapes
+    from tinytok.data.datasets import make_shapes
     from tinytok.pipeline import Tokenizer
-    from tinytok.vqvae import init_tokenizer_params, tokenizer_config
+    from tinytok.tokenizer.vqvae import init_tokenizer_params, tokenizer_config
     config = tokenizer_config("vqvae-tiny")
     tokenizer = Tokenizer(init_tokenizer_params(config, seed=3), config)
     images = make_shapes(10, seed=4).images

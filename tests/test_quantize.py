@@ -18,7 +18,7 @@ import reference_models as ref
 from tinytok.backend import to_numpy
 from tinytok.errors import DTypeError, ShapeError
 from tinytok.gradcheck import numerical_gradient, relative_error
-from tinytok.quantize import (code_counts, ema_init, ema_update, kmeans_init,
+from tinytok.tokenizer.quantize import (code_counts, ema_init, ema_update, kmeans_init,
                               restart_dead_codes, usage_stats, vector_quantize_backward,
                               vector_quantize_forward)
 

@@ -8,11 +8,11 @@ argument checks and for leaving rerank=1 exactly as before.
 import numpy as np
 import pytest
 
-from tinytok.datasets import make_shapes
+from tinytok.data.datasets import make_shapes
 from tinytok.errors import ConfigError
 from tinytok.pipeline import Pipeline
-from tinytok.sample import NextTokenLogits
-from tinytok.vocab import EOS, caption_prompt
+from tinytok.prior.sample import NextTokenLogits
+from tinytok.prior.vocab import EOS, caption_prompt
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from tinytok.checkpoint import load_checkpoint
-from tinytok.datasets import CAPTION_WORDS, make_shapes
-from tinytok.gpt import GPTConfig
-from tinytok.train import (PriorData, TokenizerRecipe, TrainSettings, TrainingStopped,
+from tinytok.training.checkpoint import load_checkpoint
+from tinytok.data.datasets import CAPTION_WORDS, make_shapes
+from tinytok.prior.gpt import GPTConfig
+from tinytok.training.train import (PriorData, TokenizerRecipe, TrainSettings, TrainingStopped,
                            train_prior, train_tokenizer)
-from tinytok.vocab import Vocab
-from tinytok.vqvae import TokenizerConfig
+from tinytok.prior.vocab import Vocab
+from tinytok.tokenizer.vqvae import TokenizerConfig
 
 
 def assert_same(a, b, where="checkpoint"):
@@ -111,7 +111,7 @@ def _tok_run(images, quantizer, out, stream=None, resume=False):
 @pytest.mark.parametrize("quantizer", ["vq", "ema", "gumbel"])
 def test_tokenizer_resume_after_ctrl_c_and_after_crash_is_exact(quantizer, micro_images,
                                                                 tmp_path, monkeypatch):
-    import tinytok.quantize as quantize
+    import tinytok.tokenizer.quantize as quantize
     restarts = []
     original = quantize.restart_dead_codes
 

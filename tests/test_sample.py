@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 import reference_models as ref
 from tinytok.backend import to_numpy
 from tinytok.errors import ConfigError, TinytokError
-from tinytok.gpt import GPTConfig, gpt_forward, init_gpt_params
-from tinytok.sample import (NextTokenLogits, check_sampling_args, draw, filter_logits,
+from tinytok.prior.gpt import GPTConfig, gpt_forward, init_gpt_params
+from tinytok.prior.sample import (NextTokenLogits, check_sampling_args, draw, filter_logits,
                             gpt_forward_cached, guided, new_kv_cache)
 
 CFG = GPTConfig("test-sample", vocab_size=17, context=12, n_layer=2, n_head=2, n_embd=16)

@@ -10,9 +10,9 @@ import reference_models as ref
 from reference import away_from_zero
 from tinytok.errors import ConfigError
 from tinytok.gradcheck import assert_gradients_close, numerical_gradient, relative_error
-from tinytok.gumbel import gumbel_noise
-from tinytok.quantize import vector_quantize_forward
-from tinytok.vqvae import (decoder_backward, decoder_forward, encoder_backward, encoder_forward,
+from tinytok.tokenizer.gumbel import gumbel_noise
+from tinytok.tokenizer.quantize import vector_quantize_forward
+from tinytok.tokenizer.vqvae import (decoder_backward, decoder_forward, encoder_backward, encoder_forward,
                            init_tokenizer_params, residual_block_backward,
                            residual_block_forward, tokenizer_backward, tokenizer_config,
                            tokenizer_forward, with_quantizer)

@@ -49,9 +49,9 @@ class OneLineParser(argparse.ArgumentParser):
 # ---------------------------------------------------------------- subcommands
 
 def cmd_train_tokenizer(args):
-    from tinytok.datasets import training_images
-    from tinytok.train import TokenizerRecipe, TrainSettings, train_tokenizer
-    from tinytok.vqvae import tokenizer_config, with_quantizer
+    from tinytok.data.datasets import training_images
+    from tinytok.training.train import TokenizerRecipe, TrainSettings, train_tokenizer
+    from tinytok.tokenizer.vqvae import tokenizer_config, with_quantizer
     from dataclasses import replace
     config = with_quantizer(tokenizer_config(args.config), args.quantizer)
     if args.codes:
@@ -85,10 +85,10 @@ def _add_train_arguments(p, lr, steps, batch_size=32):
 
 
 def cmd_train_prior(args):
-    from tinytok.gpt import gpt_config
+    from tinytok.prior.gpt import gpt_config
     from tinytok.pipeline import Tokenizer
-    from tinytok.prior_data import shapes_prior_data
-    from tinytok.train import TrainSettings, train_prior
+    from tinytok.training.prior_data import shapes_prior_data
+    from tinytok.training.train import TrainSettings, train_prior
     tokenizer = Tokenizer.load(args.tokenizer)
     data = shapes_prior_data(tokenizer, args.n_images, args.seed, cache=args.out + ".tokens",
                              tokenizer_path=args.tokenizer)
@@ -106,7 +106,7 @@ def cmd_train_prior(args):
 
 
 def cmd_encode(args):
-    from tinytok.images import load_image
+    from tinytok.data.images import load_image
     from tinytok.pipeline import Tokenizer
     tokenizer = Tokenizer.load(args.tokenizer)
     size = tokenizer.config.image_size
@@ -156,14 +156,14 @@ def cmd_decode(args):
 
 
 def cmd_eval_tokenizer(args):
-    from tinytok.datasets import training_images
+    from tinytok.data.datasets import training_images
     from tinytok.evaluate import eval_tokenizer
     from tinytok.pipeline import Tokenizer
     tokenizer = Tokenizer.load(args.tokenizer)
     split = {"shapes": "all", "photos": "val"}.get(args.data, "val")
     seed = 12345  # validation images never overlap the training seed's draws
     if args.data == "photos":  # held-out photographs, downscaled 2x and 4x: CIFAR-like detail
-        from tinytok.datasets import photo_crops
+        from tinytok.data.datasets import photo_crops
         images = photo_crops(args.n_images, seed=seed, split="val", scales=(2, 4))
         split = "val, 2x and 4x"
     else:
@@ -180,7 +180,7 @@ def cmd_eval_tokenizer(args):
 
 def _tokenizer_pictures(tokenizer, images, recon, ids, folder):
     """Reconstructions, the palette and a token map, written into folder."""
-    from tinytok.quantize import code_counts
+    from tinytok.tokenizer.quantize import code_counts
     from tinytok.viz import codebook_palette, comparison_grid, token_map
     os.makedirs(folder, exist_ok=True)
     comparison_grid([images[:16], recon[:16]], ["original", "tokens"],
@@ -220,7 +220,7 @@ def _pipeline_arguments(p):
 
 
 def cmd_sample(args):
-    from tinytok.datasets import parse_caption, read_attributes
+    from tinytok.data.datasets import parse_caption, read_attributes
     from tinytok.pipeline import Pipeline
     from tinytok.viz import prompt_grid
     import numpy as np
@@ -242,7 +242,7 @@ def cmd_sample(args):
 
 def cmd_caption(args):
     import numpy as np
-    from tinytok.images import load_image
+    from tinytok.data.images import load_image
     from tinytok.pipeline import Pipeline
     pipe = Pipeline.load(args.tokenizer, args.prior)
     size = pipe.tokenizer.config.image_size
@@ -269,7 +269,7 @@ def cmd_demo(args):
 
 def cmd_export(args):
     """A copy of a checkpoint without the optimizer state: a third of the size, for sharing."""
-    from tinytok.checkpoint import load_checkpoint, save_checkpoint
+    from tinytok.training.checkpoint import load_checkpoint, save_checkpoint
     ckpt = load_checkpoint(args.checkpoint)
     save_checkpoint(args.out, kind=ckpt.kind, params=ckpt.params, config=ckpt.config,
                     step=ckpt.step, extra={"history": ckpt.extra.get("history", [])})
@@ -398,7 +398,7 @@ def main(argv=None):
         sys.stderr.write("tinytok: interrupted\n")
         return 130
     except TinytokError as e:
-        from tinytok.train import TrainingStopped
+        from tinytok.training.train import TrainingStopped
         sys.stderr.write(f"tinytok: {'stopped' if isinstance(e, TrainingStopped) else 'error'}: "
                          f"{e}\n")
         return 130 if isinstance(e, TrainingStopped) else 2

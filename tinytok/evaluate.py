@@ -2,15 +2,15 @@
 
 Tokenizer: PSNR of reconstructions (uint8, mean over images) and codebook usage on images it
 never saw. Prior: prompt adherence, the share of generated images whose attributes, read
-back from pixels by tinytok.datasets.read_attributes, all match the prompt, separately for
+back from pixels by tinytok.data.datasets.read_attributes, all match the prompt, separately for
 attribute combinations seen in training and for held-out ones; and caption accuracy, the
 share of held-out images whose written caption matches the true one exactly.
 """
 import numpy as np
 
-from tinytok.datasets import caption_for, make_shapes, read_attributes
+from tinytok.data.datasets import caption_for, make_shapes, read_attributes
 from tinytok.pipeline import psnr
-from tinytok.quantize import code_counts, usage_stats
+from tinytok.tokenizer.quantize import code_counts, usage_stats
 
 
 def eval_tokenizer(tokenizer, images, batch_size=256):

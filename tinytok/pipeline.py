@@ -16,19 +16,19 @@ from pathlib import Path
 import numpy as np
 
 from tinytok import backend
-from tinytok.checkpoint import check_params_match, load_checkpoint, save_checkpoint
+from tinytok.training.checkpoint import check_params_match, load_checkpoint, save_checkpoint
 from tinytok.errors import CheckpointError, ConfigError, ShapeError
-from tinytok.gpt import gpt_config, gpt_forward, init_gpt_params
-from tinytok.images import check_images
+from tinytok.prior.gpt import gpt_config, gpt_forward, init_gpt_params
+from tinytok.data.images import check_images
 from tinytok.ops.attention import log_softmax
 from tinytok.parallel import blas_threads_for_small_products, for_batch_parts
-from tinytok.quantize import latents_as_columns, nearest_codes
-from tinytok.sample import (NextTokenLogits, check_sampling_args, draw, filter_logits,
+from tinytok.tokenizer.quantize import latents_as_columns, nearest_codes
+from tinytok.prior.sample import (NextTokenLogits, check_sampling_args, draw, filter_logits,
                             guided)
-from tinytok.vocab import (EOS, Vocab, caption_from_tokens, caption_prompt, image_prompt,
+from tinytok.prior.vocab import (EOS, Vocab, caption_from_tokens, caption_prompt, image_prompt,
                            image_to_text_sequence, image_token_mask, text_token_mask,
                            unconditional_prompt)
-from tinytok.vqvae import (decoder_forward, encoder_forward, init_tokenizer_params,
+from tinytok.tokenizer.vqvae import (decoder_forward, encoder_forward, init_tokenizer_params,
                            tokenizer_config)
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "data" / "checkpoints"

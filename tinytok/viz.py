@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from tinytok.backend import to_numpy
 from tinytok.errors import ConfigError, DTypeError, ShapeError
-from tinytok.quantize import usage_stats
+from tinytok.tokenizer.quantize import usage_stats
 
 BACKGROUND = (28, 28, 32)    # dark neutral grey, a little blue
 TEXT = (222, 222, 228)

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from tinytok import backend, bench, parallel
-from tinytok.gpt import gpt_config, gpt_loss_forward, init_gpt_params
-from tinytok.vqvae import init_tokenizer_params, tokenizer_config, tokenizer_forward
+from tinytok.prior.gpt import gpt_config, gpt_loss_forward, init_gpt_params
+from tinytok.tokenizer.vqvae import init_tokenizer_params, tokenizer_config, tokenizer_forward
 
 torch.set_num_threads(2)
 PARTS = ("sgemm", "vqvae-ref", "gpt-ref")

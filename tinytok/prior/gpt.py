@@ -8,7 +8,7 @@ linear (C -> 4C), GELU, linear (4C -> C). The output head reuses the token embed
 (weight tying, as in GPT-2 and nanoGPT): logits = ln_f(x) @ wte.T. That weight is therefore
 used twice, and its gradient is simply the sum of both uses, added into the same grads entry.
 
-Pairs follow the model contract of tinytok.vqvae: ``thing_forward(x, params, ...) -> (y, cache)``,
+Pairs follow the model contract of tinytok.tokenizer.vqvae: ``thing_forward(x, params, ...) -> (y, cache)``,
 ``thing_backward(dy, cache, grads, ...) -> dx`` adding parameter gradients into grads.
 """
 from dataclasses import asdict, dataclass
@@ -22,7 +22,7 @@ from tinytok.ops import (causal_self_attention_backward, causal_self_attention_f
                          embedding_forward, gelu_backward, gelu_forward, layer_norm_backward,
                          layer_norm_forward, linear_backward, linear_forward)
 from tinytok.ops.checks import require_int, require_ndim
-from tinytok.optim import zeros_like_params  # noqa: F401 (re-exported for convenience)
+from tinytok.training.optim import zeros_like_params  # noqa: F401 (re-exported for convenience)
 from tinytok.parallel import for_batch_parts
 
 

@@ -12,11 +12,11 @@ from typing import NamedTuple
 import numpy as np
 
 from tinytok import backend
-from tinytok.checkpoint import read_npz_safely, write_npz_atomic
-from tinytok.datasets import CAPTION_WORDS, make_shapes
+from tinytok.training.checkpoint import read_npz_safely, write_npz_atomic
+from tinytok.data.datasets import CAPTION_WORDS, make_shapes
 from tinytok.errors import CheckpointError, ConfigError, ShapeError
-from tinytok.train import PriorData, default_print
-from tinytok.vocab import Vocab
+from tinytok.training.train import PriorData, default_print
+from tinytok.prior.vocab import Vocab
 
 
 def file_digest(path):

@@ -16,9 +16,9 @@ from tinytok.errors import ConfigError
 from tinytok.ops import (conv2d_backward, conv2d_forward, conv_transpose2d_backward,
                          conv_transpose2d_forward, mse_backward, mse_forward, relu_backward,
                          relu_forward)
-from tinytok.gumbel import gumbel_quantize_backward, gumbel_quantize_forward
+from tinytok.tokenizer.gumbel import gumbel_quantize_backward, gumbel_quantize_forward
 from tinytok.parallel import for_batch_parts
-from tinytok.quantize import vector_quantize_backward, vector_quantize_forward
+from tinytok.tokenizer.quantize import vector_quantize_backward, vector_quantize_forward
 
 
 QUANTIZERS = ("vq", "ema", "gumbel")

@@ -7,7 +7,7 @@ step is 3x the forward (the forward product and the two backward products, dx an
 except for the first convolution, whose input is the data: it has no dx product.
 """
 from tinytok.ops.conv import conv_output_size
-from tinytok.vqvae import tokenizer_config
+from tinytok.tokenizer.vqvae import tokenizer_config
 
 
 def conv2d_flops(N, C, H, W, F, kh, kw, stride=1, padding=0):

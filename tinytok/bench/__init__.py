@@ -31,7 +31,7 @@ A training step counts 3x the forward FLOPs of every layer (the forward product 
 backward products, dx and dw), except the first convolution's dx (the gradient to the images,
 which training does not ask for: ``tokenizer_backward(..., image_grad=False)``); the VQ
 distance product has no backward product and is counted once. GFLOP/s = counted FLOPs /
-median time. The counters live in tinytok/flops.py.
+median time. The counters live in tinytok/bench/flops.py.
 
 Python use: ``run_bench(backend="numpy", only=None, repeats=None, quick=False) -> dict``.
 """
@@ -48,13 +48,13 @@ import numpy as np
 
 from tinytok import backend, parallel
 from tinytok.errors import ConfigError
-from tinytok.gpt import gpt_config, gpt_loss_grads, init_gpt_params
-from tinytok.flops import gpt_train_flops, vqvae_flops, vqvae_train_flops
-from tinytok.optim import adamw_init, adamw_step, clip_grad_norm, zeros_like_params
+from tinytok.prior.gpt import gpt_config, gpt_loss_grads, init_gpt_params
+from tinytok.bench.flops import gpt_train_flops, vqvae_flops, vqvae_train_flops
+from tinytok.training.optim import adamw_init, adamw_step, clip_grad_norm, zeros_like_params
 from tinytok.parallel import blas_threads_for_small_products, for_batch_parts
-from tinytok.quantize import latents_as_columns, nearest_codes
-from tinytok.sample import NextTokenLogits, draw, filter_logits
-from tinytok.vqvae import (encoder_forward, init_tokenizer_params, tokenizer_config,
+from tinytok.tokenizer.quantize import latents_as_columns, nearest_codes
+from tinytok.prior.sample import NextTokenLogits, draw, filter_logits
+from tinytok.tokenizer.vqvae import (encoder_forward, init_tokenizer_params, tokenizer_config,
                            tokenizer_grads)
 
 PARTS = ("sgemm", "vqvae-ref", "gpt-ref")

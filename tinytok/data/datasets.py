@@ -11,7 +11,7 @@ Four sources, all returned as uint8 NHWC arrays (N, 32, 32, 3):
   **faces** (scikit-image's LFW subset) and **digits** (scikit-learn), resized to 32x32.
   These need the optional extra: ``pip install 'tinytok[data]'``.
 - **a folder** of your own images.
-The photographs, faces, digits and folders are read by ``tinytok.images``; this module
+The photographs, faces, digits and folders are read by ``tinytok.data.images``; this module
 cuts, splits and batches them.
 
 ``batch_indices`` picks the items of every training step from (seed, step) alone, so a run
@@ -24,7 +24,7 @@ import numpy as np
 
 from tinytok.backend import to_numpy
 from tinytok.errors import ConfigError, ImageError
-from tinytok.images import (PHOTOS, available_photos, check_images, load_digits, load_faces,
+from tinytok.data.images import (PHOTOS, available_photos, check_images, load_digits, load_faces,
                             load_image_folder, load_photo)
 
 # ---------------------------------------------------------------------------------------
@@ -290,7 +290,7 @@ def read_attributes(images):
 
 
 # ---------------------------------------------------------------------------------------
-# Photo crops (the photographs themselves come from tinytok.images.load_photo)
+# Photo crops (the photographs themselves come from tinytok.data.images.load_photo)
 # ---------------------------------------------------------------------------------------
 
 VALIDATION_PHOTOS = ("coffee", "coins", "gravel")  # never cropped for training
@@ -326,7 +326,7 @@ def photo_crops(n, seed=0, split="train", size=32, augmented=False, scales=PHOTO
                if min(load_photo(name, s).shape[:2]) >= size]
     if not sources:
         raise ImageError(f"no photographs of the {split} split load here; "
-                         f"see tinytok.images.available_photos()")
+                         f"see tinytok.data.images.available_photos()")
     rng = np.random.default_rng(seed)
     pick = rng.integers(0, len(sources), n)
     corner = rng.random((n, 2))  # where in the photo, as a fraction of the free room

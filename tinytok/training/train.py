@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from tinytok import backend
-from tinytok.checkpoint import check_params_match, load_checkpoint, save_checkpoint
+from tinytok.training.checkpoint import check_params_match, load_checkpoint, save_checkpoint
 from tinytok.errors import CheckpointError, ConfigError, TinytokError
-from tinytok.optim import (adamw_init, adamw_state_to_device, adamw_step, clip_grad_norm,
+from tinytok.training.optim import (adamw_init, adamw_state_to_device, adamw_step, clip_grad_norm,
                            has_nonfinite, lr_schedule, zeros_like_params)
 
 
@@ -269,11 +269,11 @@ def train_tokenizer(images, config, settings, out, recipe=None, resume=False,
     config: a TokenizerConfig (its quantizer picks VQ, EMA or Gumbel). Returns the history,
     a list of dicts with the figures logged along the way.
     """
-    from tinytok.gumbel import gumbel_noise, temperature_at
+    from tinytok.tokenizer.gumbel import gumbel_noise, temperature_at
     from tinytok.pipeline import images_to_model
-    from tinytok.quantize import (code_counts, ema_init, ema_update, kmeans_init,
+    from tinytok.tokenizer.quantize import (code_counts, ema_init, ema_update, kmeans_init,
                                   restart_dead_codes, usage_stats)
-    from tinytok.vqvae import config_dict, init_tokenizer_params, tokenizer_forward, \
+    from tinytok.tokenizer.vqvae import config_dict, init_tokenizer_params, tokenizer_forward, \
         tokenizer_grads
 
     settings.check()
@@ -314,7 +314,7 @@ def train_tokenizer(images, config, settings, out, recipe=None, resume=False,
 
     def batch(step):
         """The step's images, Gumbel temperature and noise (None for VQ)."""
-        from tinytok.datasets import batch_indices
+        from tinytok.data.datasets import batch_indices
         idx = batch_indices(len(images), settings.batch_size, settings.seed, step)
         tau, noise = 1.0, None
         if config.quantizer == "gumbel":
@@ -366,7 +366,7 @@ def train_tokenizer(images, config, settings, out, recipe=None, resume=False,
 def _encode_latents(images, params, config, batch_size=256):
     """Encoder outputs z (N, D, g, g) for uint8 images, in batches."""
     from tinytok.pipeline import images_to_model
-    from tinytok.vqvae import encoder_forward
+    from tinytok.tokenizer.vqvae import encoder_forward
     xp = backend.xp()
     zs = [encoder_forward(images_to_model(images[i:i + batch_size]), params, config,
                           keep_cache=False)[0]
@@ -381,15 +381,15 @@ class PriorData:
     """What the prior learns from: token grids of images and their captions (word ids)."""
     codes: np.ndarray          # (N, g, g) int64 codebook ids
     captions: list             # N lists of word ids
-    vocab: object              # tinytok.vocab.Vocab
+    vocab: object              # tinytok.prior.vocab.Vocab
 
 
 def train_prior(data, config, settings, out, resume=False, p_caption_layout=0.5,
                 p_drop_caption=0.1, p_word_noise=0.0, log=default_print, progress_stream=None):
     """Train the prior on PriorData; checkpoints go to `out`. Returns the loss history."""
-    from tinytok.gpt import config_dict, gpt_loss_forward, gpt_loss_grads, init_gpt_params
-    from tinytok.datasets import batch_indices
-    from tinytok.vocab import make_training_batch
+    from tinytok.prior.gpt import config_dict, gpt_loss_forward, gpt_loss_grads, init_gpt_params
+    from tinytok.data.datasets import batch_indices
+    from tinytok.prior.vocab import make_training_batch
 
     settings.check()
     xp = backend.xp()

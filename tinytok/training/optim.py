@@ -14,7 +14,7 @@ A training step reads:
         adamw_step(params, grads, state, lr, weight_decay=0.1)
 
 The optimizer state is a plain dict ``{"m": {name: array}, "v": {name: array}, "t": int}``,
-so ``tinytok.checkpoint.save_checkpoint(..., optimizer_state=state)`` stores it as it is.
+so ``tinytok.training.checkpoint.save_checkpoint(..., optimizer_state=state)`` stores it as it is.
 """
 import math
 import numbers

@@ -14,7 +14,7 @@ import numpy as np
 
 from tinytok.backend import get_array_module
 from tinytok.errors import ConfigError, ShapeError
-from tinytok.gpt import check_ids, gpt_forward, layer_norm_named_forward, mlp_forward
+from tinytok.prior.gpt import check_ids, gpt_forward, layer_norm_named_forward, mlp_forward
 from tinytok.ops import embedding_forward, linear_forward
 from tinytok.ops.attention import merge_heads, softmax, split_heads
 

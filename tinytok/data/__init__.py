@@ -1,0 +1,1 @@
+"""Data: captioned shapes and their attribute reader, photographs, faces, digits, folders."""

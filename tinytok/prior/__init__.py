@@ -1,0 +1,6 @@
+"""The prior: a causal transformer that writes image codes (and words) one token at a time.
+
+    gpt.py        the transformer as pairs: blocks, the tied head, the next-token loss
+    vocab.py      the joint vocabulary of words, image codes and special tokens; layouts
+    sample.py     the one sampler: KV cache, temperature, top-k, top-p, guidance
+"""

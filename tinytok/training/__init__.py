@@ -1,0 +1,1 @@
+"""Training: the loop (progress, Ctrl-C, exact resume), both trainers, AdamW, checkpoints."""
