@@ -12,9 +12,10 @@ module is a ``cupy``-shaped module whose arrays live in NumPy but refuse what Cu
 * indexing a device array with a NumPy index array (int or bool, not 0-d) raises IndexError;
 * a NumPy ufunc or function applied to a device array (``np.exp(x)``, ``np.stack([x])``,
   ``np.shape(x)``) raises TypeError. This is stricter than CuPy, which dispatches many of
-  those to its own functions: tinytok's rule (DESIGN.md, principle 3) is that device code
-  calls ``xp``, and only the documented host edges call NumPy, after ``to_numpy``. The
-  message says whether real CuPy would have dispatched or failed, so a finding can be sorted;
+  those to its own functions: tinytok's rule is that code working on device arrays calls
+  ``xp`` (the module ``tinytok.backend`` hands out), and only the documented host edges
+  call NumPy, after an explicit ``to_numpy``. The message says whether real CuPy would
+  have dispatched or failed, so a finding can be sorted;
 * only the names that the installed real ``cupy`` module (and ``cupy.ndarray``,
   ``cupy.random``, ``cupy.linalg``) has are exposed: a NumPy-only function is an
   AttributeError here as there. Without CuPy installed, NumPy's namespace is used instead.

@@ -7,7 +7,6 @@ import types
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
 
 from tinytok import backend
 from tinytok.errors import BackendError
@@ -206,38 +205,3 @@ def test_params_to_device_moves_every_array_to_the_active_backend(monkeypatch):
 def test_rng_is_a_reproducible_host_generator():
     assert np.array_equal(backend.rng(3).standard_normal(4), backend.rng(3).standard_normal(4))
     assert isinstance(backend.rng(0), np.random.Generator)
-
-
-# --- scatter_add --------------------------------------------------------------------------
-
-def test_scatter_add_accumulates_repeated_indices():
-    target = np.zeros(4)
-    backend.scatter_add(target, np.array([1, 3, 1, 1]), np.array([1.0, 2.0, 3.0, 4.0]))
-    assert target.tolist() == [0.0, 8.0, 0.0, 2.0]
-
-
-def test_scatter_add_adds_whole_rows_in_place_and_returns_the_target():
-    rng = np.random.default_rng(0)
-    target, index, values = rng.standard_normal((5, 3)), rng.integers(0, 5, 20), \
-        rng.standard_normal((20, 3))
-    expected = target.copy()
-    for i, row in zip(index, values):
-        expected[i] += row
-    out = backend.scatter_add(target, index, values)
-    assert out is target
-    np.testing.assert_allclose(target, expected, rtol=1e-12)
-
-
-@settings(max_examples=60, deadline=None)
-@given(K=st.integers(1, 8), M=st.integers(0, 40), tail=st.sampled_from([(), (3,), (2, 2)]),
-       seed=st.integers(0, 2 ** 16))
-def test_scatter_add_equals_numpy_add_at(K, M, tail, seed):
-    """Sorted runs summed with add.reduceat against the one-at-a-time reference, add.at:
-    any number of repeats, ids never used, no ids at all, rows of any shape."""
-    rng = np.random.default_rng(seed)
-    target = rng.standard_normal((K, *tail))
-    index, values = rng.integers(0, K, M), rng.standard_normal((M, *tail))
-    expected = target.copy()
-    np.add.at(expected, index, values)
-    backend.scatter_add(target, index, values)
-    np.testing.assert_allclose(target, expected, rtol=1e-12, atol=1e-12)

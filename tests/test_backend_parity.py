@@ -117,10 +117,10 @@ def test_gradient_check_on_cupy(cp, name):
 # ---------------------------------------------------------------- models
 
 def _tokenizer_step(xp, quantizer, dtype):
-    from tinytok.prior.gpt import zeros_like_params
+    from tinytok.training.optim import zeros_like_params
     from tinytok.tokenizer.gumbel import gumbel_noise
-    from tinytok.tokenizer.vqvae import (init_tokenizer_params, tokenizer_backward, tokenizer_config,
-                               tokenizer_forward, with_quantizer)
+    from tinytok.tokenizer.vqvae import (init_tokenizer_params, tokenizer_backward,
+                                         tokenizer_config, tokenizer_forward, with_quantizer)
     config = with_quantizer(tokenizer_config("vqvae-tiny"), quantizer)
     with active(xp):
         params = init_tokenizer_params(config, seed=0, dtype=dtype)
@@ -146,15 +146,15 @@ def test_tokenizer_parity(cp, quantizer):
 
 def _gpt_step(xp, dtype):
     from tinytok.prior.gpt import (gpt_config, gpt_loss_backward, gpt_loss_forward, init_gpt_params,
-                             zeros_like_params)
+                                   zeros_like_params)
     config = gpt_config("gpt-tiny", vocab_size=50, context=24)
     rng = np.random.default_rng(1)
     ids, targets = rng.integers(0, 50, (3, 24)), rng.integers(0, 50, (3, 24))
     targets[:, :4] = -1
     with active(xp):
         params = init_gpt_params(config, seed=0, dtype=dtype)
-        loss, logits, cache = gpt_loss_forward(xp.asarray(ids), xp.asarray(targets), params,
-                                               config)
+        loss, cache = gpt_loss_forward(xp.asarray(ids), xp.asarray(targets), params, config)
+        logits = cache.logits
         grads = zeros_like_params(params)
         gpt_loss_backward(cache, grads, config)
     return {"loss": loss, "logits": logits, "grads": grads}
@@ -193,7 +193,7 @@ def test_kv_cache_sampling_parity(cp):
 
 def _loss_curve_tokenizer(xp, quantizer, out):
     from tinytok.data.datasets import make_shapes
-    from tinytok.training.train import TokenizerRecipe, TrainSettings, train_tokenizer
+    from tinytok.training import TokenizerRecipe, TrainSettings, train_tokenizer
     from tinytok.tokenizer.vqvae import tokenizer_config, with_quantizer
     config = with_quantizer(tokenizer_config("vqvae-tiny"), quantizer)
     settings = TrainSettings(steps=5, batch_size=8, lr=1e-3, warmup=1, checkpoint_every=100,
@@ -217,7 +217,7 @@ def test_prior_training_loss_curve_parity(cp, tmp_path):
     from tinytok.data.datasets import make_shapes
     from tinytok.prior.gpt import gpt_config
     from tinytok.training.prior_data import shapes_vocab
-    from tinytok.training.train import PriorData, TrainSettings, train_prior
+    from tinytok.training import PriorData, TrainSettings, train_prior
     shapes = make_shapes(32, seed=0)
     vocab = shapes_vocab(16, grid_size=4)
     data = PriorData(np.random.default_rng(0).integers(0, 16, (32, 4, 4)),

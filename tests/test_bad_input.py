@@ -29,9 +29,10 @@ from tinytok.prior.gpt import gpt_config
 from tinytok.data.images import load_image
 from tinytok.pipeline import Tokenizer
 from tinytok.training.prior_data import shapes_prior_data
-from tinytok.training.train import (TokenizerRecipe, TrainSettings, TrainingDiverged, train_prior,
-                           train_tokenizer)
-from tinytok.tokenizer.vqvae import TokenizerConfig, init_tokenizer_params, tokenizer_config, with_quantizer
+from tinytok.training import (TokenizerRecipe, TrainSettings, TrainingDiverged, train_prior,
+                              train_tokenizer)
+from tinytok.tokenizer.vqvae import (TokenizerConfig, init_tokenizer_params, tokenizer_config,
+                                     with_quantizer)
 
 QUIET = dict(log=lambda *a: None, progress_stream=io.StringIO())
 
@@ -627,12 +628,12 @@ def test_non_finite_gradient_or_loss_names_step_and_parameter(what, ck, tmp_path
                                                               monkeypatch):
     """NaN injected at step 4 (1-based): TrainingDiverged naming step and parameter; the
     periodic checkpoint of step 2 is kept byte for byte."""
-    import tinytok.tokenizer.vqvae as vqvae
+    import tinytok.training.steps as steps   # the training step calls the model from here
     from tinytok import parallel
     monkeypatch.setattr(parallel, "_threads", 1)  # one batch part: a call per step
     calls = {"n": 0}
     if what == "gradient":
-        original = vqvae.tokenizer_backward
+        original = steps.tokenizer_backward
 
         def poisoned(cache, grads, config, *args, **kwargs):
             result = original(cache, grads, config, *args, **kwargs)
@@ -641,9 +642,9 @@ def test_non_finite_gradient_or_loss_names_step_and_parameter(what, ck, tmp_path
                 grads["dec.conv_out.w" if "dec.conv_out.w" in grads
                       else sorted(grads)[0]].flat[0] = np.nan
             return result
-        monkeypatch.setattr(vqvae, "tokenizer_backward", poisoned)
+        monkeypatch.setattr(steps, "tokenizer_backward", poisoned)
     else:
-        original = vqvae.tokenizer_forward
+        original = steps.tokenizer_forward
 
         def poisoned(*args, **kwargs):
             out, cache = original(*args, **kwargs)
@@ -651,7 +652,7 @@ def test_non_finite_gradient_or_loss_names_step_and_parameter(what, ck, tmp_path
             if calls["n"] == 4:
                 out = {**out, "loss": out["loss"] * np.float32("inf")}
             return out, cache
-        monkeypatch.setattr(vqvae, "tokenizer_forward", poisoned)
+        monkeypatch.setattr(steps, "tokenizer_forward", poisoned)
 
     out = tmp_path / "nan.npz"
     settings = TrainSettings(steps=6, batch_size=2, checkpoint_every=2)

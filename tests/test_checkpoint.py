@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from tinytok.training.checkpoint import (Checkpoint, check_params_match, load_checkpoint,
-                                save_checkpoint)
+                                         save_checkpoint)
 from tinytok.errors import CheckpointError
 
 

@@ -61,9 +61,9 @@ def test_train_tokenizer_split_all_sees_held_out_shapes(tmp_path, monkeypatch):
     """--split all hands the trainer every combination (the tokenizer reads no captions);
     the default keeps the prior's held-out pairs out."""
     from tinytok.data import datasets
-    from tinytok.training import train as train_module
+    from tinytok.training import tokenizer_trainer
     seen = {}
-    monkeypatch.setattr(train_module, "train_tokenizer",
+    monkeypatch.setattr(tokenizer_trainer, "train_tokenizer",
                         lambda images, *a, **k: seen.setdefault("images", images))
     from tinytok.cli import main
     for split in ("all", "train"):

@@ -24,12 +24,19 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "tinytok"
 SOURCES = sorted(PACKAGE.rglob("*.py"))
 
-# Modules whose arrays may live on the GPU. The others (vocab, datasets, images, viz, cli,
-# demo, errors) work on host data by design and convert with to_numpy where they take arrays.
-DEVICE_MODULES = {"backend", "bench", "checkpoint", "evaluate", "gpt", "gradcheck", "gumbel",
-                  "optim", "pipeline", "prior_data", "quantize", "sample", "train", "vqvae",
-                  "ops.activations", "ops.attention", "ops.checks", "ops.conv",
-                  "ops.embedding", "ops.linear", "ops.losses", "ops.norm"}
+
+def module_name(path):
+    return ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+
+
+# Modules whose arrays may live on the GPU: every op, model and training module, and these.
+# The others (prior.vocab, data.*, viz, cli, demo, errors, files) work on host data by design
+# and convert with to_numpy where they take arrays.
+DEVICE_PACKAGES = ("ops.", "tokenizer.", "prior.", "training.")
+HOST_MODULES = {"prior.vocab", "training.progress", "ops", "tokenizer", "prior", "training"}
+DEVICE_MODULES = ({"backend", "bench", "evaluate", "gradcheck", "parallel", "pipeline"}
+                  | {module_name(path) for path in SOURCES
+                     if module_name(path).startswith(DEVICE_PACKAGES)}) - HOST_MODULES
 
 # Names that hold an array module: by convention, or bound from one of these calls.
 MODULE_NAMES = {"xp", "cupy", "cp"}
@@ -45,10 +52,6 @@ def real_cupy():
             pytest.skip("CuPy is not installed")
         cupy = fake_cupy.REAL
     return cupy
-
-
-def module_name(path):
-    return ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
 
 
 def parse(path):
@@ -191,30 +194,34 @@ NUMPY_TYPES = {"float16", "float32", "float64", "int8", "int16", "int32", "int64
 HOST_EDGES = {
     ("backend", "to_numpy"): ({"asarray"}, "the host conversion itself"),
     ("backend", "to_device"): ({"asarray"}, "the NumPy backend's upload is a no-op asarray"),
-    ("quantize", "usage_stats"): ({"exp", "log"}, "works on to_numpy(counts)"),
-    ("quantize", "restart_dead_codes"): ({"flatnonzero"}, "on to_numpy(counts)"),
-    ("quantize", "kmeans_plus_plus"): ({"empty", "minimum"},
+    ("tokenizer.codebook", "usage_stats"): ({"exp", "log"}, "works on to_numpy(counts)"),
+    ("tokenizer.codebook", "restart_dead_codes"): ({"flatnonzero"}, "on to_numpy(counts)"),
+    ("tokenizer.codebook", "kmeans_plus_plus"): ({"empty", "minimum"},
                                        "k-means runs on the host (kmeans_init calls to_numpy)"),
-    ("gumbel", "gumbel_noise"): ({"log"}, "noise is drawn on the host, then moved"),
-    ("vqvae", "_conv_params"): ({"sqrt"}, "a Python float bound for host init draws"),
-    ("gpt", "init_gpt_params"): ({"ones", "sqrt", "zeros"}, "host init, moved by to_device"),
+    ("tokenizer.gumbel", "gumbel_noise"): ({"log"}, "noise is drawn on the host, then moved"),
+    ("tokenizer.vqvae", "_conv_params"): ({"sqrt"}, "a Python float bound for host init draws"),
+    ("prior.gpt", "init_gpt_params"): ({"ones", "sqrt", "zeros"}, "host init, moved by to_device"),
     ("pipeline", "model_to_images"): ({"clip", "rint"}, "after to_numpy: uint8 images out"),
-    ("pipeline", "psnr"): ({"log10", "maximum"}, "uint8 host images"),
+    ("evaluate", "psnr"): ({"log10", "maximum"}, "uint8 host images"),
     ("pipeline", "Tokenizer.encode"): ({"concatenate"}, "of host ids (_encode_batch)"),
     ("pipeline", "Tokenizer._encode_batch"): ({"concatenate"},
-                                              "of host ids (_encode_part's to_numpy)"),
+                                              "of host ids (to_numpy of each part's)"),
     ("pipeline", "Tokenizer.check_ids"): ({"asarray"}, "after to_numpy"),
     ("pipeline", "Tokenizer.decode"): ({"concatenate"}, "of host images (_decode_batch)"),
+    ("pipeline", "Tokenizer._decode_batch"): ({"concatenate"},
+                                              "of host images (model_to_images)"),
     ("pipeline", "Tokenizer.code_tiles"): ({"arange", "repeat"}, "host ids for decode"),
-    ("pipeline", "Pipeline._generate_codes"): ({"stack", "tile"},
-                                              "host prompts (uploaded by step) and host tokens"),
     ("pipeline", "Pipeline.generate"): ({"concatenate"}, "host codes"),
     ("pipeline", "Pipeline.best_of"): ({"arange"}, "host codes and scores"),
-    ("pipeline", "Pipeline.caption_log_likelihood"): ({"stack", "concatenate"},
-                                                      "host token lists; scores after to_numpy"),
-    ("pipeline", "Pipeline.caption_codes"): ({"stack", "where", "zeros"},
-                                             "host prompts and tokens (to_numpy)"),
-    ("train", "host_copy"): ({"array"}, "copies backend.to_numpy(x): a host snapshot"),
+    ("pipeline", "Pipeline.caption_log_likelihood"): ({"concatenate"},
+                                                      "host scores of the batch parts"),
+    ("prior.sample", "continue_sequences"): ({"asarray", "stack", "where", "zeros"},
+                                             "host prompts (uploaded by step), host tokens"),
+    ("prior.sample", "sample_image_codes"): ({"tile"}, "host prompt ids"),
+    ("prior.sample", "write_captions"): ({"stack"}, "host prompts from to_numpy(codes)"),
+    ("prior.sample", "caption_log_likelihood"): ({"stack", "concatenate"},
+                                                 "host token lists; scores after to_numpy"),
+    ("training.loop", "host_copy"): ({"array"}, "copies backend.to_numpy(x): a host snapshot"),
     ("evaluate", "eval_tokenizer"): ({"median"}, "of host PSNR figures"),
     ("evaluate", "adherence"): ({"repeat"}, "host labels"),
     ("evaluate", "caption_accuracy"): ({"mean"}, "of Python bools"),
@@ -222,12 +229,12 @@ HOST_EDGES = {
     ("gradcheck", "numerical_gradient"): ({"empty", "unravel_index"},
                                           "host slopes; an index from Python ints"),
     ("gradcheck", "_sample_indices"): ({"arange", "sort"}, "host index lists"),
-    ("checkpoint", "save_checkpoint"): ({"frombuffer"}, "JSON bytes"),
-    ("checkpoint", "write_npz_atomic"): ({"savez"}, "arrays already on the host"),
-    ("checkpoint", "read_npz_safely"): ({"load"}, "reads host arrays"),
-    ("prior_data", "shapes_prior_data"): ({"asarray"}, "host token ids"),
-    ("prior_data", "encode_dataset_tokens"): ({"concatenate"}, "host ids from encode"),
-    ("prior_data", "save_token_cache"): ({"asarray", "frombuffer"}, "host data"),
+    ("training.checkpoint", "save_checkpoint"): ({"frombuffer"}, "JSON bytes"),
+    ("training.checkpoint", "write_npz_atomic"): ({"savez"}, "arrays already on the host"),
+    ("training.checkpoint", "read_npz_safely"): ({"load"}, "reads host arrays"),
+    ("training.prior_data", "shapes_prior_data"): ({"asarray"}, "host token ids"),
+    ("training.prior_data", "encode_dataset_tokens"): ({"concatenate"}, "host ids from encode"),
+    ("training.prior_data", "save_token_cache"): ({"asarray", "frombuffer"}, "host data"),
 }
 
 

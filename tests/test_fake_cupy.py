@@ -6,8 +6,9 @@ with host arrays and never calls NumPy on device arrays (the fake raises if it d
 keeps its results on the device where the API says so, and (c) computes exactly what NumPy
 computes (the fake runs the same NumPy kernels, so equal means bit-for-bit equal).
 
-A failure here is a CuPy bug in the package (or a breach of DESIGN.md principle 3): the
-error names the call, and says whether real CuPy would have failed too.
+A failure here is a CuPy bug in the package, or a breach of the rule that device code
+calls only ``xp`` and leaves for NumPy only at the documented host edges, after an explicit
+``to_numpy``: the error names the call, and says whether real CuPy would have failed too.
 """
 import io
 import math
@@ -18,7 +19,7 @@ import pytest
 import fake_cupy
 from conftest import build_case
 from tinytok import backend
-from tinytok.ops import PAIRS
+from tinytok.ops import PAIRS, scatter_add
 from device_helpers import active, host
 
 FAKE = fake_cupy.cupy
@@ -140,7 +141,7 @@ def test_backend_sees_the_fake_as_cupy(fake):
     assert_all_on_device(params)
     assert all(isinstance(v, np.ndarray) for v in backend.params_to_numpy(params).values())
     backend.seed(3)
-    backend.scatter_add(x, fake.asarray([0, 0]), fake.ones((2, 2), dtype="float32"))
+    scatter_add(x, fake.asarray([0, 0]), fake.ones((2, 2), dtype="float32"))
     np.testing.assert_array_equal(x.get(), [[3, 3], [1, 1]])
 
 
@@ -197,8 +198,9 @@ def _latents(seed=0, shape=(2, 4, 3, 3)):
 
 
 def _vq_run(xp):
-    from tinytok.tokenizer.quantize import (code_counts, ema_init, ema_update, usage_stats,
-                                  vector_quantize_backward, vector_quantize_forward)
+    from tinytok.tokenizer.quantize import (ema_init, ema_update, vector_quantize_backward,
+                                            vector_quantize_forward)
+    from tinytok.tokenizer.codebook import code_counts, usage_stats
     z = xp.asarray(_latents())
     codebook = xp.asarray(np.random.default_rng(1).standard_normal((6, 4)), dtype="float32")
     z_q, ids, loss, cache = vector_quantize_forward(z, codebook, beta=0.25)
@@ -218,7 +220,8 @@ def test_vector_quantizer_and_ema_on_device(fake):
 
 
 def _kmeans_and_restart(xp):
-    from tinytok.tokenizer.quantize import code_counts, ema_init, kmeans_init, restart_dead_codes
+    from tinytok.tokenizer.quantize import ema_init
+    from tinytok.tokenizer.codebook import code_counts, kmeans_init, restart_dead_codes
     z = xp.asarray(_latents(3, (4, 4, 4, 4)))
     codebook = kmeans_init(z, 8, seed=0, iterations=5)
     assert codebook.dtype == np.float32
@@ -236,7 +239,8 @@ def test_kmeans_init_and_dead_code_restart_on_device(fake):
 
 
 def _gumbel_run(xp):
-    from tinytok.tokenizer.gumbel import gumbel_noise, gumbel_quantize_backward, gumbel_quantize_forward
+    from tinytok.tokenizer.gumbel import (gumbel_noise, gumbel_quantize_backward,
+                                          gumbel_quantize_forward)
     logits = xp.asarray(_latents(4, (2, 5, 3, 3)))
     codebook = xp.asarray(_latents(5, (5, 4, 1, 1)).reshape(5, 4))
     noise = xp.asarray(gumbel_noise((2, 5, 3, 3), np.random.default_rng(6)))
@@ -259,7 +263,7 @@ def _tiny_tokenizer_config(quantizer="vq"):
 
 
 def _tokenizer_run(xp, quantizer):
-    from tinytok.prior.gpt import zeros_like_params
+    from tinytok.training.optim import zeros_like_params
     from tinytok.tokenizer.gumbel import gumbel_noise
     from tinytok.tokenizer.vqvae import init_tokenizer_params, tokenizer_backward, tokenizer_forward
     config = _tiny_tokenizer_config(quantizer)
@@ -280,15 +284,16 @@ def test_tokenizer_forward_backward_on_device(fake, quantizer):
 
 
 def _gpt_run(xp):
-    from tinytok.prior.gpt import gpt_config, gpt_loss_backward, gpt_loss_forward, init_gpt_params, \
-        zeros_like_params
+    from tinytok.prior.gpt import gpt_config, gpt_loss_backward, gpt_loss_forward, init_gpt_params
+    from tinytok.training.optim import zeros_like_params
     config = gpt_config("gpt-tiny", vocab_size=30, context=12)
     params = init_gpt_params(config, seed=0)
     rng = np.random.default_rng(1)
     ids = xp.asarray(rng.integers(0, 30, (2, 10)))
     targets = rng.integers(0, 30, (2, 10))
     targets[0, :3] = -1
-    loss, logits, cache = gpt_loss_forward(ids, xp.asarray(targets), params, config)
+    loss, cache = gpt_loss_forward(ids, xp.asarray(targets), params, config)
+    logits = cache.logits
     grads = zeros_like_params(params)
     gpt_loss_backward(cache, grads, config)
     return {"loss": loss, "logits": logits, "grads": grads}
@@ -299,7 +304,8 @@ def test_gpt_forward_backward_on_device(fake):
 
 
 def _optim_run(xp):
-    from tinytok.training.optim import adamw_init, adamw_step, clip_grad_norm, global_norm, has_nonfinite
+    from tinytok.training.optim import (adamw_init, adamw_step, clip_grad_norm, global_norm,
+                                        has_nonfinite)
     rng = np.random.default_rng(0)
     params = {"w": xp.asarray(rng.standard_normal((3, 4)), dtype="float32"),
               "b": xp.asarray(rng.standard_normal(4), dtype="float32")}
@@ -363,7 +369,7 @@ class _CtrlCAt:
     """A progress stream that sends this process a Ctrl-C (SIGINT) once step `at` is logged."""
 
     def __init__(self, at, total):
-        self.mark, self.sent = f"] {at}/{total} ", False
+        self.mark, self.sent = f" {at}/{total} [", False      # "tokenizer 2/4 [00:01<..."
 
     def write(self, text):
         if self.mark in text and not self.sent:
@@ -378,7 +384,7 @@ class _CtrlCAt:
 
 def _train_tokenizer(xp, quantizer, out, resume=False, stream=None):
     from tinytok.data.datasets import make_shapes
-    from tinytok.training.train import TokenizerRecipe, TrainSettings, train_tokenizer
+    from tinytok.training import TokenizerRecipe, TrainSettings, train_tokenizer
     images = make_shapes(24, seed=0).images
     settings = TrainSettings(steps=4, batch_size=4, lr=1e-3, warmup=1,
                              checkpoint_every=100, log_every=1)
@@ -405,7 +411,7 @@ def test_train_tokenizer_on_device_matches_numpy(fake, tmp_path, quantizer):
 def test_train_tokenizer_stops_and_resumes_on_device(fake, tmp_path):
     """Ctrl-C after step 2 writes a checkpoint from the device; --resume finishes the run."""
     from tinytok.training.checkpoint import load_checkpoint
-    from tinytok.training.train import TrainingStopped
+    from tinytok.training import TrainingStopped
     _train_tokenizer(fake, "ema", tmp_path / "straight.npz")
     with pytest.raises(TrainingStopped):
         _train_tokenizer(fake, "ema", tmp_path / "resumed.npz", stream=_CtrlCAt(2, 4))
@@ -420,7 +426,7 @@ def test_train_tokenizer_stops_and_resumes_on_device(fake, tmp_path):
 def _prior_data():
     from tinytok.data.datasets import make_shapes
     from tinytok.training.prior_data import shapes_vocab
-    from tinytok.training.train import PriorData
+    from tinytok.training import PriorData
     shapes = make_shapes(12, seed=0)
     vocab = shapes_vocab(16, grid_size=2)
     codes = np.random.default_rng(0).integers(0, 16, (12, 2, 2))
@@ -429,7 +435,7 @@ def _prior_data():
 
 def _train_prior(xp, out, data):
     from tinytok.prior.gpt import gpt_config
-    from tinytok.training.train import TrainSettings, train_prior
+    from tinytok.training import TrainSettings, train_prior
     config = gpt_config("gpt-tiny", vocab_size=data.vocab.size, context=20)
     settings = TrainSettings(steps=3, batch_size=4, lr=1e-3, warmup=1, weight_decay=0.1,
                              checkpoint_every=100, log_every=1)

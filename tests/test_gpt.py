@@ -8,9 +8,10 @@ import pytest
 import reference_models as ref
 from tinytok.errors import ConfigError, DTypeError, ShapeError
 from tinytok.prior.gpt import (GPTConfig, block_backward, block_forward, gpt_config, gpt_forward,
-                         gpt_loss_backward, gpt_loss_forward, init_gpt_params,
-                         layer_norm_named_backward, layer_norm_named_forward, mlp_backward,
-                         mlp_forward, zeros_like_params)
+                               gpt_loss_backward, gpt_loss_forward, init_gpt_params,
+                               layer_norm_named_backward, layer_norm_named_forward, mlp_backward,
+                               mlp_forward)
+from tinytok.training.optim import zeros_like_params
 from tinytok.gradcheck import assert_gradients_close, relative_error
 from tinytok.ops import (cross_entropy_backward, cross_entropy_forward, embedding_backward,
                          embedding_forward, linear_backward, linear_forward)
@@ -45,7 +46,8 @@ def batch(config, seed=0, B=2, T=None, ignore=True):
 
 
 def loss_and_grads(ids, targets, params, config):
-    loss, logits, cache = gpt_loss_forward(ids, targets, params, config)
+    loss, cache = gpt_loss_forward(ids, targets, params, config)
+    logits = cache.logits
     grads = zeros_like_params(params)
     gpt_loss_backward(cache, grads, config)
     return float(loss), logits, grads
@@ -230,7 +232,8 @@ def test_init_shapes_determinism_and_dtype():
         assert a[k].dtype == np.float32
         np.testing.assert_array_equal(a[k], b[k])
     params = init_gpt_params(cfg, seed=1)
-    loss, logits, cache = gpt_loss_forward(*batch(cfg, T=5), params, cfg)
+    loss, cache = gpt_loss_forward(*batch(cfg, T=5), params, cfg)
+    logits = cache.logits
     grads = zeros_like_params(params)
     gpt_loss_backward(cache, grads, cfg)
     assert logits.dtype == loss.dtype == np.float32

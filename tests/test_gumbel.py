@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 import reference_models as ref
 from tinytok.errors import DTypeError, ShapeError
 from tinytok.gradcheck import assert_gradients_close, numerical_gradient, relative_error
-from tinytok.tokenizer.gumbel import (gumbel_noise, gumbel_quantize_backward, gumbel_quantize_forward,
-                            temperature_at)
+from tinytok.tokenizer.gumbel import (gumbel_noise, gumbel_quantize_backward,
+                                      gumbel_quantize_forward, temperature_at)
 
 FEW = settings(max_examples=20, deadline=None)
 

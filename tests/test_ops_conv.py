@@ -1,4 +1,5 @@
-"""conv2d and conv_transpose2d: gradients, naive-loop and SciPy references, errors."""
+"""conv2d, conv_transpose2d and conv2d_as_transposed: gradients, naive-loop and SciPy
+references, the two conv2d pairs against each other, errors."""
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,8 +11,10 @@ import reference as ref
 from tinytok.backend import to_numpy
 from tinytok.errors import ConfigError, DTypeError, ShapeError
 from tinytok.gradcheck import assert_gradients_close
-from tinytok.ops import (conv2d_backward, conv2d_forward, conv_transpose2d_backward,
-                         conv_transpose2d_forward)
+from tinytok.ops import (conv2d_as_transposed_backward, conv2d_as_transposed_forward,
+                         conv2d_backward, conv2d_forward, conv_transpose2d_backward,
+                         conv_transpose2d_forward, narrowing_conv_is_faster)
+from tinytok.ops.conv import Conv2dAsTransposedCache, Conv2dCache
 
 FEW = settings(max_examples=30, deadline=None)
 
@@ -124,7 +127,7 @@ SMALL_CASES = [  # C, F, H, W, kh, kw, stride, padding
     (1, 2, 7, 6, 4, 4, 2, 1),
     (3, 2, 6, 7, 2, 3, 3, 0),
     (2, 2, 4, 4, 1, 1, 2, 2),
-    (3, 2, 5, 6, 3, 3, 1, 1),  # F < C, stride 1: conv2d runs as a transposed convolution
+    (3, 2, 5, 6, 3, 3, 1, 1),  # F < C, stride 1: what conv2d_as_transposed is for
     (4, 1, 5, 5, 3, 3, 1, 2),
 ]
 
@@ -170,7 +173,8 @@ def test_conv_transpose2d_is_the_adjoint_of_conv2d(xp):
 
 @pytest.mark.parametrize("forward, backward, transposed, stride", [
     (conv2d_forward, conv2d_backward, False, 2),
-    (conv2d_forward, conv2d_backward, False, 1),        # C > F: the transposed way
+    (conv2d_forward, conv2d_backward, False, 1),
+    (conv2d_as_transposed_forward, conv2d_as_transposed_backward, False, 1),
     (conv_transpose2d_forward, conv_transpose2d_backward, True, 2),
 ])
 def test_backward_without_dx_gives_the_same_weight_gradients(xp, forward, backward,
@@ -187,27 +191,109 @@ def test_backward_without_dx_gives_the_same_weight_gradients(xp, forward, backwa
     np.testing.assert_array_equal(to_numpy(db_alone), to_numpy(db))
 
 
-@pytest.mark.parametrize("C, F, k, padding", [(4, 2, 3, 1), (3, 1, 3, 0), (5, 2, 1, 0),
-                                               (3, 2, 4, 3)])
-def test_narrowing_conv2d_gives_the_same_numbers_both_ways(xp, monkeypatch, C, F, k, padding):
-    """F < C at stride 1 runs as conv_transpose2d of the flipped kernel (fewer bytes moved);
-    forcing the im2col way must give the same output and gradients."""
-    import tinytok.ops.conv as conv
-    rng = np.random.default_rng(5)
-    x, w, b = (xp.asarray(a) for a in (rng.standard_normal((2, C, 6, 5)),
-                                        rng.standard_normal((F, C, k, k)),
-                                        rng.standard_normal(F)))
-    out, cache = conv2d_forward(x, w, b, padding=padding)
-    assert len(cache) == 1                       # the transposed way was taken
+# --- conv2d_as_transposed: conv2d by the transposed convolution of the flipped kernel ------
+
+@st.composite
+def as_transposed_configs(draw):
+    """What conv2d_as_transposed computes: stride 1, square kernels 1-5, padding <= k - 1,
+    any channel counts (narrowing or not), output >= 1."""
+    k = draw(st.integers(1, 5))
+    padding = draw(st.integers(0, k - 1))
+    H = max(1, k - 2 * padding) + draw(st.integers(0, 4))
+    W = max(1, k - 2 * padding) + draw(st.integers(0, 4))
+    C, F = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    return ConvConfig(C, F, H, W, k, k, 1, padding, draw(st.integers(0, 2 ** 16)))
+
+
+@FEW
+@given(cfg=as_transposed_configs())
+def test_conv2d_as_transposed_gradients_match_finite_differences(xp, cfg):
+    x, w, b = cfg.inputs(xp)
+    assert_gradients_close(conv2d_as_transposed_forward, conv2d_as_transposed_backward,
+                           [x, w, b], cfg.hyper, seed=cfg.seed)
+
+
+@settings(max_examples=40, deadline=None)
+@given(cfg=as_transposed_configs(), N=st.integers(1, 3), bias=st.booleans())
+def test_conv2d_as_transposed_gives_conv2d_numbers(xp, cfg, N, bias):
+    """The fast pair against the plain one: the output and every gradient (dx, dw, db), and
+    need_dx=False, on the same random upstream gradient."""
+    rng = np.random.default_rng(cfg.seed)
+    x = xp.asarray(rng.standard_normal((N, cfg.C, cfg.H, cfg.W)))
+    w = xp.asarray(rng.standard_normal((cfg.F, cfg.C, cfg.kh, cfg.kw)))
+    b = xp.asarray(rng.standard_normal(cfg.F)) if bias else None
+    out, cache = conv2d_forward(x, w, b, **cfg.hyper)
+    fast_out, fast_cache = conv2d_as_transposed_forward(x, w, b, **cfg.hyper)
+    assert isinstance(cache, Conv2dCache) and isinstance(fast_cache, Conv2dAsTransposedCache)
+    assert fast_out.shape == out.shape
+    np.testing.assert_allclose(to_numpy(fast_out), to_numpy(out), rtol=1e-10, atol=1e-12)
     dout = xp.asarray(rng.standard_normal(out.shape))
-    grads = conv2d_backward(dout, cache)
-    monkeypatch.setattr(conv, "_cheaper_as_transposed", lambda *args: False)
-    out_im2col, cache_im2col = conv2d_forward(x, w, b, padding=padding)
-    assert len(cache_im2col) > 1
-    np.testing.assert_allclose(to_numpy(out), to_numpy(out_im2col), rtol=1e-12, atol=1e-12)
-    for got, expected in zip(grads, conv2d_backward(dout, cache_im2col)):
-        assert got.shape == expected.shape
-        np.testing.assert_allclose(to_numpy(got), to_numpy(expected), rtol=1e-12, atol=1e-12)
+    for need_dx in (True, False):
+        grads = conv2d_backward(dout, cache, need_dx)
+        fast_grads = conv2d_as_transposed_backward(dout, fast_cache, need_dx)
+        for got, expected in zip(fast_grads, grads):
+            if expected is None:
+                assert got is None
+                continue
+            assert got.shape == expected.shape and got.dtype == expected.dtype
+            np.testing.assert_allclose(to_numpy(got), to_numpy(expected), rtol=1e-10,
+                                       atol=1e-12)
+
+
+def test_conv2d_as_transposed_leaves_inputs_unchanged_and_replays_its_cache(xp):
+    """The op contract, for the pair that is not in PAIRS."""
+    cfg = ConvConfig(C=4, F=2, H=6, W=5, kh=3, kw=3, stride=1, padding=1, seed=8)
+    x, w, b = cfg.inputs(xp)
+    kept = [to_numpy(a).copy() for a in (x, w, b)]
+    out, cache = conv2d_as_transposed_forward(x, w, b, **cfg.hyper)
+    dout = xp.asarray(np.random.default_rng(9).standard_normal(out.shape))
+    dout_kept = to_numpy(dout).copy()
+    first = [to_numpy(g).copy() for g in conv2d_as_transposed_backward(dout, cache)]
+    second = [to_numpy(g) for g in conv2d_as_transposed_backward(dout, cache)]
+    for a, c in zip(first, second):
+        np.testing.assert_array_equal(a, c)
+    for a, c in zip((x, w, b, dout), kept + [dout_kept]):
+        np.testing.assert_array_equal(to_numpy(a), c)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv2d_as_transposed_keeps_the_input_dtype(dtype):
+    cfg = ConvConfig(C=3, F=2, H=5, W=5, kh=3, kw=3, stride=1, padding=1, seed=3)
+    x, w, b = (a.astype(dtype) for a in cfg.inputs(np))
+    out, cache = conv2d_as_transposed_forward(x, w, b, padding=1)
+    assert out.dtype == dtype
+    assert all(g.dtype == dtype for g in conv2d_as_transposed_backward(np.ones_like(out), cache))
+
+
+@pytest.mark.parametrize("w_shape, stride, padding, faster", [
+    ((32, 128, 3, 3), 1, 1, True),     # a residual block's narrowing 3x3
+    ((64, 128, 1, 1), 1, 0, True),     # the encoder's last 1x1
+    ((128, 32, 1, 1), 1, 0, False),    # widening: im2col of a 1x1 is free
+    ((128, 64, 4, 4), 2, 1, False),    # strided
+    ((2, 4, 3, 2), 1, 1, False),       # not square
+    ((2, 4, 3, 3), 1, 3, False),       # padding > kh - 1
+])
+def test_narrowing_conv_is_faster_only_where_the_transposed_way_applies(w_shape, stride,
+                                                                        padding, faster):
+    assert narrowing_conv_is_faster(w_shape, stride, padding) is faster
+
+
+@pytest.mark.parametrize("w_shape, stride, padding", [((2, 3, 3, 3), 2, 1),
+                                                      ((2, 3, 3, 2), 1, 1),
+                                                      ((2, 3, 3, 3), 1, 3)])
+def test_conv2d_as_transposed_refuses_what_it_cannot_compute(w_shape, stride, padding):
+    x, w = np.ones((1, 3, 8, 8)), np.ones(w_shape)
+    with pytest.raises(ConfigError, match="conv2d_as_transposed needs stride 1, a square "
+                                          "kernel and padding <= kh - 1"):
+        conv2d_as_transposed_forward(x, w, None, stride=stride, padding=padding)
+
+
+def test_conv2d_as_transposed_has_conv2d_checks():
+    x, w = np.ones((1, 3, 4, 4)), np.ones((2, 3, 7, 7))
+    with pytest.raises(ShapeError, match="7x7 kernel with padding 1 does not fit in a 4x4"):
+        conv2d_as_transposed_forward(x, w, None, padding=1)
+    with pytest.raises(ShapeError, match="expects C = 3 input channels"):
+        conv2d_as_transposed_forward(x[:, :2], w, None)
 
 
 @pytest.mark.parametrize("H, k, stride, padding, Ho", [(32, 4, 2, 1, 16), (8, 3, 1, 1, 8),

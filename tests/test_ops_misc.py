@@ -1,4 +1,5 @@
-"""linear, relu, gelu, layer_norm, embedding, cross_entropy, mse: gradients, references, errors."""
+"""linear, relu, gelu, layer_norm, embedding (and scatter_add), cross_entropy, mse: gradients,
+references, errors."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -11,7 +12,7 @@ from tinytok.gradcheck import assert_gradients_close
 from tinytok.ops import (cross_entropy_backward, cross_entropy_forward, embedding_backward,
                          embedding_forward, gelu_backward, gelu_forward, layer_norm_backward,
                          layer_norm_forward, linear_backward, linear_forward, mse_backward,
-                         mse_forward, relu_backward, relu_forward)
+                         mse_forward, relu_backward, relu_forward, scatter_add)
 
 FEW = settings(max_examples=30, deadline=None)
 seeds = st.integers(0, 2 ** 16)
@@ -212,6 +213,41 @@ def test_embedding_rejects_integer_table_and_table_without_two_axes():
         embedding_forward(np.array([0, 1]), np.ones((5, 2), np.int64))
     with pytest.raises(ShapeError, match=r"table must have shape \(V, C\), got \(5,\)"):
         embedding_forward(np.array([0, 1]), np.ones(5))
+
+
+# --- scatter_add (the embedding backward's and the codebook gradient's write) ----------
+
+def test_scatter_add_accumulates_repeated_indices():
+    target = np.zeros(4)
+    scatter_add(target, np.array([1, 3, 1, 1]), np.array([1.0, 2.0, 3.0, 4.0]))
+    assert target.tolist() == [0.0, 8.0, 0.0, 2.0]
+
+
+def test_scatter_add_adds_whole_rows_in_place_and_returns_the_target():
+    rng = np.random.default_rng(0)
+    target, index, values = rng.standard_normal((5, 3)), rng.integers(0, 5, 20), \
+        rng.standard_normal((20, 3))
+    expected = target.copy()
+    for i, row in zip(index, values):
+        expected[i] += row
+    out = scatter_add(target, index, values)
+    assert out is target
+    np.testing.assert_allclose(target, expected, rtol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(K=st.integers(1, 8), M=st.integers(0, 40), tail=st.sampled_from([(), (3,), (2, 2)]),
+       seed=st.integers(0, 2 ** 16))
+def test_scatter_add_equals_numpy_add_at(K, M, tail, seed):
+    """Sorted runs summed with add.reduceat against the one-at-a-time reference, add.at:
+    any number of repeats, ids never used, no ids at all, rows of any shape."""
+    rng = np.random.default_rng(seed)
+    target = rng.standard_normal((K, *tail))
+    index, values = rng.integers(0, K, M), rng.standard_normal((M, *tail))
+    expected = target.copy()
+    np.add.at(expected, index, values)
+    scatter_add(target, index, values)
+    np.testing.assert_allclose(target, expected, rtol=1e-12, atol=1e-12)
 
 
 # --- cross-entropy ------------------------------------------------------------------------

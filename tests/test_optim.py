@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 from tinytok.training.checkpoint import load_checkpoint, save_checkpoint
 from tinytok.errors import ConfigError, DTypeError, ShapeError
 from tinytok.training.optim import (adamw_init, adamw_step, clip_grad_norm, default_decay_filter,
-                           global_norm, has_nonfinite, lr_schedule)
+                                    global_norm, has_nonfinite, lr_schedule)
 
 quick = settings(max_examples=50, deadline=None)
 

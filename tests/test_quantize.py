@@ -3,7 +3,7 @@ and by finite differences with the code assignment held fixed, PyTorch parity, E
 dead-code restarts, usage statistics and errors.
 
 The nearest-code lookup has no useful derivative, so the straight-through gradient is
-checked by its definition (STYLE.md): z_q = z + sg(e - z), so dz gets dz_q unchanged and the
+checked by its definition: z_q = z + sg(e - z), so dz gets dz_q unchanged and the
 codebook gets nothing from it; each loss term is finite-differenced on its own with the ids
 fixed.
 """
@@ -18,9 +18,9 @@ import reference_models as ref
 from tinytok.backend import to_numpy
 from tinytok.errors import DTypeError, ShapeError
 from tinytok.gradcheck import numerical_gradient, relative_error
-from tinytok.tokenizer.quantize import (code_counts, ema_init, ema_update, kmeans_init,
-                              restart_dead_codes, usage_stats, vector_quantize_backward,
-                              vector_quantize_forward)
+from tinytok.tokenizer.quantize import (ema_init, ema_update, vector_quantize_backward,
+                                        vector_quantize_forward)
+from tinytok.tokenizer.codebook import code_counts, kmeans_init, restart_dead_codes, usage_stats
 
 FEW = settings(max_examples=25, deadline=None)
 

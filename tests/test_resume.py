@@ -22,8 +22,8 @@ import pytest
 from tinytok.training.checkpoint import load_checkpoint
 from tinytok.data.datasets import CAPTION_WORDS, make_shapes
 from tinytok.prior.gpt import GPTConfig
-from tinytok.training.train import (PriorData, TokenizerRecipe, TrainSettings, TrainingStopped,
-                           train_prior, train_tokenizer)
+from tinytok.training import (PriorData, TokenizerRecipe, TrainSettings, TrainingStopped,
+                              train_prior, train_tokenizer)
 from tinytok.prior.vocab import Vocab
 from tinytok.tokenizer.vqvae import TokenizerConfig
 
@@ -65,7 +65,10 @@ def no_temp_files(folder):
 
 class StopAt:
     """A progress stream that acts once step `step` is done: Ctrl-C (a real SIGINT sent to
-    this process) or a crash (an exception out of the loop, as a SIGKILL would leave it)."""
+    this process) or a crash (an exception out of the loop, as a SIGKILL would leave it).
+
+    It is no terminal, so with log_every=1 the progress writes one plain line per step,
+    "tokenizer 3/6 [00:01<00:01, 2.10 img/s, loss=...]", right after the step."""
 
     class Crash(Exception):
         pass
@@ -74,10 +77,10 @@ class StopAt:
         self.step, self.how, self.fired = step, how, False
 
     def isatty(self):
-        return True       # Progress then writes "\r[bar] step/total ..." after every step
+        return False
 
     def write(self, text):
-        m = re.search(r"\] (\d+)/\d+", text)
+        m = re.search(STEP, text)
         if m and int(m.group(1)) == self.step and not self.fired:
             self.fired = True
             if self.how == "sigint":
@@ -89,6 +92,7 @@ class StopAt:
         pass
 
 
+STEP = r" (\d+)/\d+ \["           # the step count in a progress line
 N, CKPT_EVERY, RESTART_EVERY = 6, 2, 2
 MICRO_TOK = TokenizerConfig("micro", image_size=16, hidden=8, res_hidden=4, n_res=1,
                             code_dim=4, num_codes=16)
@@ -111,15 +115,15 @@ def _tok_run(images, quantizer, out, stream=None, resume=False):
 @pytest.mark.parametrize("quantizer", ["vq", "ema", "gumbel"])
 def test_tokenizer_resume_after_ctrl_c_and_after_crash_is_exact(quantizer, micro_images,
                                                                 tmp_path, monkeypatch):
-    import tinytok.tokenizer.quantize as quantize
+    from tinytok.training import tokenizer_trainer    # calls restart_dead_codes from here
     restarts = []
-    original = quantize.restart_dead_codes
+    original = tokenizer_trainer.restart_dead_codes
 
     def counting(*args, **kwargs):
         n = original(*args, **kwargs)
         restarts.append(int(n))
         return n
-    monkeypatch.setattr(quantize, "restart_dead_codes", counting)
+    monkeypatch.setattr(tokenizer_trainer, "restart_dead_codes", counting)
 
     ref = tmp_path / "ref.npz"
     ref_history = _tok_run(micro_images, quantizer, ref, StopAt(-1, "none"))
@@ -185,6 +189,69 @@ def test_prior_resume_after_ctrl_c_and_after_crash_is_exact(tmp_path):
     assert_same_checkpoint(ref, out)
 
 
+def _prior_run_with(data, out, resume=False, **changes):
+    """A micro prior run like _prior_run, some settings changed; returns its log lines."""
+    config = GPTConfig("micro", vocab_size=data.vocab.size, context=32, n_layer=1, n_head=2,
+                       n_embd=16)
+    settings = replace(TrainSettings(steps=8, batch_size=4, lr=3e-3, warmup=2, seed=5,
+                                     weight_decay=0.1, checkpoint_every=3, log_every=1),
+                       **changes)
+    lines = []
+    train_prior(data, config, settings, str(out), resume=resume, p_drop_caption=0.5,
+                log=lines.append, progress_stream=StopAt(-1, "none"))
+    return lines
+
+
+def test_resume_with_the_same_settings_is_silent_and_exact(tmp_path):
+    data = _micro_prior_data()
+    _prior_run(data, tmp_path / "ref.npz", StopAt(-1, "none"))
+    out = tmp_path / "int.npz"
+    with pytest.raises(TrainingStopped):
+        _prior_run(data, out, StopAt(4, "sigint"))
+    lines = _prior_run_with(data, out, resume=True)
+    assert lines == [f"resuming {out} at step 4 of 8"]
+    assert_same_checkpoint(tmp_path / "ref.npz", out)
+
+    # how often it saves changes nothing computed: silent too, the same parameters
+    out = tmp_path / "int2.npz"
+    with pytest.raises(TrainingStopped):
+        _prior_run(data, out, StopAt(4, "sigint"))
+    lines = _prior_run_with(data, out, resume=True, checkpoint_every=5)
+    assert lines == [f"resuming {out} at step 4 of 8"]
+    assert_same(load_checkpoint(tmp_path / "ref.npz").params, load_checkpoint(out).params)
+
+
+def test_resume_with_more_steps_says_the_schedule_is_replanned(tmp_path):
+    """Train 3 steps, then resume to 8: the warm-up and cosine were planned over 3 steps
+    and are now planned over 8, so the run is not the one planned for 8 from the start;
+    the log says so in one line."""
+    data = _micro_prior_data()
+    _prior_run_with(data, tmp_path / "ref.npz")                  # 8 steps from the start
+    out = tmp_path / "more.npz"
+    _prior_run_with(data, out, steps=3)
+    lines = _prior_run_with(data, out, resume=True)
+    assert lines[0] == f"resuming {out} at step 3 of 8"
+    assert lines[1:] == ["resuming a run planned for 3 steps with --steps 8: the "
+                         "learning-rate schedule is re-planned over 8 steps from step 3, so "
+                         "this will not match a run planned for 8 from the start"]
+    ref, got = load_checkpoint(tmp_path / "ref.npz"), load_checkpoint(out)
+    assert got.step == 8
+    assert any(not np.array_equal(ref.params[k], got.params[k]) for k in ref.params)
+
+
+def test_resume_with_other_settings_names_each_change(tmp_path):
+    data = _micro_prior_data()
+    out = tmp_path / "other.npz"
+    with pytest.raises(TrainingStopped):
+        _prior_run(data, out, StopAt(4, "sigint"))
+    lines = _prior_run_with(data, out, resume=True, lr=1e-3, batch_size=2, seed=6, warmup=3)
+    assert len(lines) == 2, lines
+    assert lines[1].startswith("resuming with settings other than the checkpoint's (")
+    for change in ("batch_size 4 -> 2", "lr 0.003 -> 0.001", "warmup 2 -> 3", "seed 5 -> 6"):
+        assert change in lines[1], (change, lines[1])
+    assert "apply from step 4 on" in lines[1]
+
+
 @pytest.mark.parametrize("model", ["vq", "gumbel", "prior"])
 def test_training_on_batch_parts_matches_one_thread(model, micro_images, tmp_path,
                                                    monkeypatch):
@@ -216,7 +283,7 @@ def test_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(micro_images,
     """Two SIGINTs in one step: KeyboardInterrupt at once, the periodic checkpoint intact."""
     class Twice(StopAt):
         def write(self, text):
-            m = re.search(r"\] (\d+)/\d+", text)
+            m = re.search(STEP, text)
             if m and int(m.group(1)) == 3 and not self.fired:
                 self.fired = True
                 signal.raise_signal(signal.SIGINT)

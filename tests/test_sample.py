@@ -9,8 +9,9 @@ import reference_models as ref
 from tinytok.backend import to_numpy
 from tinytok.errors import ConfigError, TinytokError
 from tinytok.prior.gpt import GPTConfig, gpt_forward, init_gpt_params
-from tinytok.prior.sample import (NextTokenLogits, check_sampling_args, draw, filter_logits,
-                            gpt_forward_cached, guided, new_kv_cache)
+from tinytok.prior.sample import (NextTokenLogits, check_sampling_args, continue_sequences,
+                                  draw, filter_logits, gpt_forward_cached, guided,
+                                  new_kv_cache)
 
 CFG = GPTConfig("test-sample", vocab_size=17, context=12, n_layer=2, n_head=2, n_embd=16)
 FEW = settings(max_examples=30, deadline=None)
@@ -233,3 +234,50 @@ def test_non_finite_top_k_is_a_config_error(top_k):
     or OverflowError from int())."""
     with pytest.raises(ConfigError):
         check_sampling_args(1.0, top_k, None)
+
+
+# --- the one sampling loop ------------------------------------------------------------------
+
+def test_the_loop_writes_what_step_by_step_drawing_writes():
+    """continue_sequences is the loop of NextTokenLogits, filter_logits and draw, no more."""
+    params, prompt = params_of("float64"), tokens(2, 3, 4)
+    got = continue_sequences(prompt, params, CFG, 5, np.random.default_rng(7), top_k=6)
+    rng, state, want = np.random.default_rng(7), NextTokenLogits(params, CFG, 3), []
+    logits = state.step(prompt)
+    for _ in range(5):
+        token = draw(filter_logits(logits, top_k=6), rng)
+        want.append(token)
+        logits = state.step(token[:, None])
+    np.testing.assert_array_equal(got, np.stack(want, axis=1))
+    assert got.dtype == np.int64 and got.shape == (3, 5)
+
+
+def test_the_loop_without_the_cache_writes_the_same_tokens():
+    params, prompt = params_of("float64"), tokens(3, 2, 3)
+    a = continue_sequences(prompt, params, CFG, 6, np.random.default_rng(1), use_cache=True)
+    b = continue_sequences(prompt, params, CFG, 6, np.random.default_rng(1), use_cache=False)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_row_that_wrote_the_stop_token_keeps_writing_it_and_the_loop_ends_early():
+    params, prompt = params_of("float64"), tokens(4, 4, 2)
+    free = continue_sequences(prompt, params, CFG, 8, np.random.default_rng(0), greedy=True)
+    stop = int(free[0, 1])                       # a token row 0 writes second, greedily
+    got = continue_sequences(prompt, params, CFG, 8, np.random.default_rng(0), greedy=True,
+                             stop=stop)
+    firsts = [list(r).index(stop) if stop in r else len(r) for r in free]
+    for row, free_row, first in zip(got, free, firsts):
+        np.testing.assert_array_equal(row[:first + 1], free_row[:len(row)][:first + 1])
+        assert (row[first:] == stop).all()        # after the stop token: only stop tokens
+    assert got.shape[1] == min(8, max(firsts) + 1)  # it ends when every row has stopped
+
+
+def test_guidance_at_scale_one_is_plain_sampling():
+    params, prompt = params_of("float64"), tokens(5, 2, 3)
+    plain = continue_sequences(prompt, params, CFG, 4, np.random.default_rng(2))
+    same = continue_sequences(prompt, params, CFG, 4, np.random.default_rng(2),
+                              uncond_prompt=tokens(6, 2, 1), cfg_scale=1.0)
+    other = continue_sequences(prompt, params, CFG, 4, np.random.default_rng(2),
+                               uncond_prompt=tokens(6, 2, 1), cfg_scale=3.0)
+    np.testing.assert_array_equal(plain, same)
+    assert not np.array_equal(plain, other)

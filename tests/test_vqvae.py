@@ -12,10 +12,10 @@ from tinytok.errors import ConfigError
 from tinytok.gradcheck import assert_gradients_close, numerical_gradient, relative_error
 from tinytok.tokenizer.gumbel import gumbel_noise
 from tinytok.tokenizer.quantize import vector_quantize_forward
-from tinytok.tokenizer.vqvae import (decoder_backward, decoder_forward, encoder_backward, encoder_forward,
-                           init_tokenizer_params, residual_block_backward,
-                           residual_block_forward, tokenizer_backward, tokenizer_config,
-                           tokenizer_forward, with_quantizer)
+from tinytok.tokenizer.vqvae import (decoder_backward, decoder_forward, encoder_backward,
+                                     encoder_forward, init_tokenizer_params, residual_block_backward,
+                                     residual_block_forward, tokenizer_backward, tokenizer_config,
+                                     tokenizer_forward, with_quantizer)
 
 TOL = 1e-6
 

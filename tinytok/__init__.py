@@ -11,6 +11,7 @@ Every forward and backward pass is written by hand in NumPy and runs unchanged o
 The package, by stage (each layer imports only from the layers before it):
 
     backend, errors, gradcheck     the array-module switch; error types; gradient checks
+    files                          atomic writes that keep the user's permissions
     ops/                           the op pairs, each its formula
     tokenizer/, prior/             the two models, built from op pairs
     data/                          captioned shapes, photographs, image folders

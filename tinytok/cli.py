@@ -50,7 +50,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def cmd_train_tokenizer(args):
     from tinytok.data.datasets import training_images
-    from tinytok.training.train import TokenizerRecipe, TrainSettings, train_tokenizer
+    from tinytok.training import TokenizerRecipe, TrainSettings, train_tokenizer
     from tinytok.tokenizer.vqvae import tokenizer_config, with_quantizer
     from dataclasses import replace
     config = with_quantizer(tokenizer_config(args.config), args.quantizer)
@@ -88,7 +88,7 @@ def cmd_train_prior(args):
     from tinytok.prior.gpt import gpt_config
     from tinytok.pipeline import Tokenizer
     from tinytok.training.prior_data import shapes_prior_data
-    from tinytok.training.train import TrainSettings, train_prior
+    from tinytok.training import TrainSettings, train_prior
     tokenizer = Tokenizer.load(args.tokenizer)
     data = shapes_prior_data(tokenizer, args.n_images, args.seed, cache=args.out + ".tokens",
                              tokenizer_path=args.tokenizer)
@@ -180,7 +180,7 @@ def cmd_eval_tokenizer(args):
 
 def _tokenizer_pictures(tokenizer, images, recon, ids, folder):
     """Reconstructions, the palette and a token map, written into folder."""
-    from tinytok.tokenizer.quantize import code_counts
+    from tinytok.tokenizer.codebook import code_counts
     from tinytok.viz import codebook_palette, comparison_grid, token_map
     os.makedirs(folder, exist_ok=True)
     comparison_grid([images[:16], recon[:16]], ["original", "tokens"],
@@ -374,11 +374,8 @@ def build_parser():
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="speed and memory of the reference models")
-    try:
-        from tinytok import bench
-        bench.add_arguments(p)
-    except ImportError:
-        pass
+    from tinytok import bench
+    bench.add_arguments(p)
     p.set_defaults(func=cmd_bench)
     return parser
 
@@ -391,14 +388,14 @@ def main(argv=None):
             backend.use(args.backend)
         else:
             backend.xp()  # validates $TINYTOK_BACKEND now, with a clear message
-        backend.reuse_freed_host_memory()
+        parallel.reuse_freed_host_memory()
         parallel.use_cores()  # every core for element-wise work; see tinytok/parallel.py
         return args.func(args)
     except KeyboardInterrupt:
         sys.stderr.write("tinytok: interrupted\n")
         return 130
     except TinytokError as e:
-        from tinytok.training.train import TrainingStopped
+        from tinytok.training import TrainingStopped
         sys.stderr.write(f"tinytok: {'stopped' if isinstance(e, TrainingStopped) else 'error'}: "
                          f"{e}\n")
         return 130 if isinstance(e, TrainingStopped) else 2

@@ -17,7 +17,7 @@ from tinytok.evaluate import adherence, caption_accuracy, eval_tokenizer
 from tinytok.prior.gpt import gpt_config
 from tinytok.pipeline import Pipeline, Prior, Tokenizer
 from tinytok.training.prior_data import shapes_prior_data
-from tinytok.training.train import TokenizerRecipe, TrainSettings, train_prior, train_tokenizer
+from tinytok.training import TokenizerRecipe, TrainSettings, train_prior, train_tokenizer
 from tinytok.tokenizer.vqvae import tokenizer_config, with_quantizer
 
 # (full, quick) sizes; full finishes in under 10 minutes on 2 cores
@@ -86,7 +86,7 @@ def run_demo(out="tinytok-demo", quick=False, seed=0):
 
 def write_pictures(pipe, tokenizer, out, n_prompts, seed, cfg_scale=1.5, rerank=4):
     """The demo's pictures and the figures measured on them."""
-    from tinytok.tokenizer.quantize import code_counts
+    from tinytok.tokenizer.codebook import code_counts
     from tinytok.viz import codebook_palette, comparison_grid, image_grid, prompt_grid
     val = make_shapes(500, seed=seed + 777, split="all")
     tok_figures, recon, ids = eval_tokenizer(tokenizer, val.images)

@@ -8,9 +8,17 @@ share of held-out images whose written caption matches the true one exactly.
 """
 import numpy as np
 
+from tinytok import backend
 from tinytok.data.datasets import caption_for, make_shapes, read_attributes
-from tinytok.pipeline import psnr
-from tinytok.tokenizer.quantize import code_counts, usage_stats
+from tinytok.tokenizer.codebook import code_counts, usage_stats
+
+
+def psnr(a, b):
+    """Peak signal-to-noise ratio in dB of uint8 images, one figure per image (N,)."""
+    a, b = backend.to_numpy(a), backend.to_numpy(b)
+    diff = a.astype(np.float64) - b.astype(np.float64)
+    mse = (diff ** 2).reshape(len(a), -1).mean(axis=1)
+    return 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10))
 
 
 def eval_tokenizer(tokenizer, images, batch_size=256):

@@ -16,46 +16,20 @@ from pathlib import Path
 import numpy as np
 
 from tinytok import backend
-from tinytok.training.checkpoint import check_params_match, load_checkpoint, save_checkpoint
+from tinytok.data.images import check_images, images_to_model, model_to_images
 from tinytok.errors import CheckpointError, ConfigError, ShapeError
-from tinytok.prior.gpt import gpt_config, gpt_forward, init_gpt_params
-from tinytok.data.images import check_images
-from tinytok.ops.attention import log_softmax
 from tinytok.parallel import blas_threads_for_small_products, for_batch_parts
-from tinytok.tokenizer.quantize import latents_as_columns, nearest_codes
-from tinytok.prior.sample import (NextTokenLogits, check_sampling_args, draw, filter_logits,
-                            guided)
-from tinytok.prior.vocab import (EOS, Vocab, caption_from_tokens, caption_prompt, image_prompt,
-                           image_to_text_sequence, image_token_mask, text_token_mask,
-                           unconditional_prompt)
-from tinytok.tokenizer.vqvae import (decoder_forward, encoder_forward, init_tokenizer_params,
-                           tokenizer_config)
+from tinytok.prior.gpt import gpt_config, init_gpt_params
+from tinytok.prior.sample import (caption_log_likelihood, check_sampling_args,
+                                  sample_image_codes, write_captions)
+from tinytok.prior.vocab import Vocab
+from tinytok.tokenizer.vqvae import decode_ids, encode_ids, init_tokenizer_params, tokenizer_config
+from tinytok.training.checkpoint import check_params_match, load_checkpoint, save_checkpoint
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
 SHIPPED = {"shapes-tokenizer": CHECKPOINT_DIR / "shapes_tokenizer.npz",
            "photos-tokenizer": CHECKPOINT_DIR / "photos_tokenizer.npz",
            "shapes-prior": CHECKPOINT_DIR / "shapes_prior.npz"}
-
-
-def images_to_model(images):
-    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [-0.5, 0.5], on the active backend."""
-    xp = backend.xp()
-    x = xp.asarray(images).astype(xp.float32)
-    return (x / 255 - 0.5).transpose(0, 3, 1, 2)
-
-
-def model_to_images(x):
-    """float (N, 3, H, W) around [-0.5, 0.5] -> uint8 (N, H, W, 3) on the host."""
-    x = backend.to_numpy(x).transpose(0, 2, 3, 1)
-    return np.clip(np.rint((x + 0.5) * 255), 0, 255).astype(np.uint8)
-
-
-def psnr(a, b):
-    """Peak signal-to-noise ratio in dB of uint8 images, one figure per image (N,)."""
-    a, b = backend.to_numpy(a), backend.to_numpy(b)
-    diff = a.astype(np.float64) - b.astype(np.float64)
-    mse = (diff ** 2).reshape(len(a), -1).mean(axis=1)
-    return 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10))
 
 
 def _from_checkpoint(path, what, make):
@@ -65,6 +39,12 @@ def _from_checkpoint(path, what, make):
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         detail = f"missing {e}" if isinstance(e, KeyError) else str(e)
         raise CheckpointError(f"{path} holds a malformed {what}: {detail}") from None
+
+
+def check_seed(seed):
+    """A sampling seed must be a whole number that numpy's generator takes."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32:
+        raise ConfigError(f"seed must be a whole number in [0, 2**32), got {seed!r}")
 
 
 class Tokenizer:
@@ -109,18 +89,9 @@ class Tokenizer:
     def _encode_batch(self, images):
         """One batch, in parts on the threads of tinytok.parallel (one part on one thread)."""
         x = images_to_model(images)
-        return np.concatenate(for_batch_parts(lambda lo, hi: self._encode_part(x[lo:hi]),
-                                              len(x)))
-
-    def _encode_part(self, x):
-        z, _ = encoder_forward(x, self.params, self.config, keep_cache=False)
-        N, _, h, w = z.shape
-        xp = backend.get_array_module(z)
-        if self.config.quantizer == "gumbel":
-            ids = xp.argmax(latents_as_columns(z), axis=0)
-        else:
-            ids = nearest_codes(latents_as_columns(z), self.params["quant.codebook"])
-        return backend.to_numpy(ids.reshape(h, w, N).transpose(2, 0, 1)).astype(np.int64)
+        parts = for_batch_parts(lambda lo, hi: encode_ids(x[lo:hi], self.params, self.config),
+                                len(x))
+        return np.concatenate([backend.to_numpy(ids) for ids in parts]).astype(np.int64)
 
     def check_ids(self, ids):
         """ids must be integers in [0, num_codes) shaped (N, g, g) or (g, g)."""
@@ -151,11 +122,11 @@ class Tokenizer:
                                for i in range(0, len(ids), batch_size)])
 
     def _decode_batch(self, ids):
-        xp = backend.xp()
-        z_q = self.params["quant.codebook"][xp.asarray(ids)]            # (N, g, g, D)
-        x_hat, _ = decoder_forward(z_q.transpose(0, 3, 1, 2), self.params, self.config,
-                                   keep_cache=False)
-        return model_to_images(x_hat)
+        """One batch, in parts on the threads of tinytok.parallel, like encoding."""
+        ids = backend.xp().asarray(ids)
+        parts = for_batch_parts(lambda lo, hi: decode_ids(ids[lo:hi], self.params, self.config),
+                                len(ids))
+        return np.concatenate([model_to_images(x_hat) for x_hat in parts])
 
     def code_tiles(self):
         """Every code drawn on its own: uint8 (K, S, S, 3), image k a grid filled with code k.
@@ -216,34 +187,12 @@ class Pipeline:
                        cfg_scale=1.0, seed=0, use_cache=True):
         """n token grids (n, g, g) for one caption; see generate for the arguments."""
         check_sampling_args(temperature, top_k, top_p, cfg_scale)
-        if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32:
-            raise ConfigError(f"seed must be a whole number in [0, 2**32), got {seed!r}")
+        check_seed(seed)
+        prior = self.prior
         with blas_threads_for_small_products():  # a few rows per product (tinytok.parallel)
-            return self._generate_codes(prompt, n, temperature, top_k, top_p, cfg_scale, seed,
-                                        use_cache)
-
-    def _generate_codes(self, prompt, n, temperature, top_k, top_p, cfg_scale, seed,
-                        use_cache):
-        vocab, prior = self.prior.vocab, self.prior
-        rng = np.random.default_rng(seed)
-        allowed = image_token_mask(vocab)
-        cond = NextTokenLogits(prior.params, prior.config, n, use_cache)
-        logits = cond.step(np.tile(image_prompt(vocab, prompt, prior.config.context), (n, 1)))
-        guide = cfg_scale != 1.0
-        if guide:  # the same model without the caption: the unconditional half of guidance
-            uncond = NextTokenLogits(prior.params, prior.config, n, use_cache)
-            u_logits = uncond.step(np.tile(unconditional_prompt(vocab), (n, 1)))
-        tokens = []
-        for i in range(vocab.image_len):
-            mixed = guided(logits, u_logits, cfg_scale) if guide else logits
-            token = draw(filter_logits(mixed, temperature, top_k, top_p, allowed), rng)
-            tokens.append(backend.to_numpy(token))
-            if i + 1 < vocab.image_len:
-                logits = cond.step(token[:, None])
-                if guide:
-                    u_logits = uncond.step(token[:, None])
-        codes = np.stack(tokens, axis=1) - vocab.image_offset               # (n, g*g)
-        return codes.reshape(n, vocab.grid_size, vocab.grid_size)
+            return sample_image_codes(prior.params, prior.config, prior.vocab, prompt, n,
+                                      np.random.default_rng(seed), temperature, top_k, top_p,
+                                      cfg_scale, use_cache)
 
     def generate(self, prompts, n=1, temperature=1.0, top_k=None, top_p=None, cfg_scale=1.0,
                  seed=0, use_cache=True, rerank=1):
@@ -282,22 +231,11 @@ class Pipeline:
         codes (N, g, g) int -> (N,) float64. The captioning layout read forwards: how likely
         the model is to write exactly this caption after seeing each picture.
         """
-        vocab, prior = self.prior.vocab, self.prior
-        words = vocab.encode_text(caption)
-        codes = backend.to_numpy(codes)
-        seqs = np.stack([image_to_text_sequence(vocab, words, c, prior.config.context)
-                         for c in codes])                                  # (N, L)
-        n_scored = len(words) + 1                                         # the words and <eos>
-        scores = []
-        for start in range(0, len(seqs), batch_size):
-            part = backend.to_device(seqs[start:start + batch_size])
-            logits, _ = gpt_forward(part[:, :-1], prior.params, prior.config)  # (b, L-1, V)
-            log_probs = log_softmax(logits[:, -n_scored:].astype("float64"))
-            targets = part[:, -n_scored:]                                  # (b, n_scored)
-            picked = backend.get_array_module(log_probs).take_along_axis(
-                log_probs, targets[..., None], axis=-1)[..., 0]
-            scores.append(backend.to_numpy(picked.sum(axis=1)))
-        return np.concatenate(scores)
+        prior, codes = self.prior, backend.to_numpy(codes)
+        parts = for_batch_parts(lambda lo, hi: caption_log_likelihood(
+            prior.params, prior.config, prior.vocab, codes[lo:hi], caption, batch_size),
+            len(codes))                                   # in parts, one per core
+        return np.concatenate(parts)
 
     def caption(self, images, greedy=True, temperature=1.0, seed=0):
         """A caption (str) for each uint8 image (N, S, S, 3), written by the prior."""
@@ -306,21 +244,8 @@ class Pipeline:
 
     def caption_codes(self, codes, greedy=True, temperature=1.0, seed=0):
         """Captions for token grids (N, g, g)."""
-        codes = backend.to_numpy(codes)
-        vocab, prior = self.prior.vocab, self.prior
-        rng = np.random.default_rng(seed)
-        prompts = np.stack([caption_prompt(vocab, c) for c in codes])       # (N, L)
-        state = NextTokenLogits(prior.params, prior.config, len(codes))
-        logits = state.step(prompts)
-        allowed = text_token_mask(vocab)
-        written = []
-        done = np.zeros(len(codes), dtype=bool)
-        for i in range(prior.config.context - prompts.shape[1]):
-            token = draw(filter_logits(logits, temperature, allowed=allowed), rng, greedy)
-            host = backend.to_numpy(token)
-            written.append(np.where(done, EOS, host))
-            done |= host == EOS
-            if done.all() or prompts.shape[1] + i + 1 >= prior.config.context:
-                break
-            logits = state.step(token[:, None])
-        return caption_from_tokens(vocab, np.stack(written, axis=1))
+        check_seed(seed)
+        prior = self.prior
+        with blas_threads_for_small_products():
+            return write_captions(prior.params, prior.config, prior.vocab, codes,
+                                  np.random.default_rng(seed), greedy, temperature)

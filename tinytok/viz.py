@@ -20,14 +20,14 @@ file in the same folder, then ``os.replace``). The look is shared by all of them
 from functools import lru_cache
 import math
 import os
-import tempfile
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from tinytok.backend import to_numpy
 from tinytok.errors import ConfigError, DTypeError, ShapeError
-from tinytok.tokenizer.quantize import usage_stats
+from tinytok.files import write_atomically
+from tinytok.tokenizer.codebook import usage_stats
 
 BACKGROUND = (28, 28, 32)    # dark neutral grey, a little blue
 TEXT = (222, 222, 228)
@@ -144,23 +144,13 @@ def _outlined_text(draw, xy, text, font, fill=TEXT, outline=(0, 0, 0)):
 # ---------------------------------------------------------------- saving
 
 def save_image(img, path):
-    """Save img to path atomically (temp file in the same folder, then os.replace)."""
+    """Save img to path atomically, with the permissions a plain write gives (tinytok.files)."""
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
     if ext not in Image.registered_extensions():
         raise ConfigError(f"cannot save a picture as {path!r}: unknown extension {ext!r}; "
                           "use .png (or .jpg, .webp, ...)")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=ext)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format=Image.registered_extensions()[ext])
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_atomically(path, lambda f: img.save(f, format=Image.registered_extensions()[ext]))
     return img
 
 

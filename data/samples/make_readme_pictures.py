@@ -16,7 +16,7 @@ from tinytok import parallel
 from tinytok.data.datasets import make_shapes, parse_caption, read_attributes
 from tinytok.evaluate import caption_accuracy, eval_tokenizer
 from tinytok.pipeline import Pipeline
-from tinytok.tokenizer.quantize import code_counts
+from tinytok.tokenizer.codebook import code_counts
 from tinytok.viz import codebook_palette, comparison_grid, image_grid, prompt_grid
 
 OUT = os.path.dirname(os.path.abspath(__file__))

@@ -1,6 +1,6 @@
 """The encoder's first two convolutions, forward and backward, tinytok against PyTorch.
 
-    python tests/peers/conv_pair_peer.py            # with backend.reuse_freed_host_memory()
+    python tests/peers/conv_pair_peer.py            # with parallel.reuse_freed_host_memory()
     python tests/peers/conv_pair_peer.py --plain    # without it
 
 Batch 32: conv 4x4/2 (3 -> 64) on 32x32, then conv 4x4/2 (64 -> 128) on 16x16, an upstream
@@ -14,13 +14,13 @@ import time
 import numpy as np
 import torch
 
-from tinytok import backend
+from tinytok import backend, parallel
 from tinytok.ops import conv2d_backward, conv2d_forward
 
 
 def main(plain=False):
     if not plain:
-        backend.reuse_freed_host_memory()
+        parallel.reuse_freed_host_memory()
     torch.set_num_threads(2)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((32, 3, 32, 32)).astype(np.float32)

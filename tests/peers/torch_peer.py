@@ -10,9 +10,9 @@ between the two (and the order rotates each round), so machine noise hits both a
 Peak resident memory cannot be split inside one process, so (unless --no-rss) each section is
 run once more, alone, in a fresh process for each library, with its import baseline.
 
-The torch models are written functionally on the same flat param dict:
-vqvae-ref as in DESIGN.md with a straight-through VQ; gpt-ref nanoGPT-style with the head
-tied to the token embedding, attention explicit (masked softmax) or
+The torch models are written functionally on the same flat param dict: vqvae-ref layer
+for layer as tinytok.tokenizer.vqvae builds it, with a straight-through VQ; gpt-ref
+nanoGPT-style with the head tied to the token embedding, attention explicit (masked softmax) or
 F.scaled_dot_product_attention ("sdpa"). Optimizer: torch.optim.AdamW with its defaults
 (lr 3e-4; weight decay 0.1 on matrices for gpt, none for vqvae, as tinytok's bench).
 """
@@ -366,7 +366,7 @@ def main(argv=None):
     parts = bench.parse_only(args.only)
     sizes = bench.QUICK if args.quick else bench.FULL
     backend.use("numpy")
-    backend.reuse_freed_host_memory()
+    parallel.reuse_freed_host_memory()
     out = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
            "numpy": np.__version__, "quick": args.quick, "same_model_losses":
            same_model_check(sizes), "timings": {},

@@ -17,7 +17,7 @@ runs, read with ``time.perf_counter`` after synchronising the device (a no-op on
 Each section runs in a fresh Python process, so its peak resident memory (VmHWM, else
 ``ru_maxrss``; whole process: interpreter, NumPy, tinytok and the section's arrays) is its own; the
 resident size right after the imports is reported beside it as ``import_rss_mb``. Every
-process first calls ``backend.reuse_freed_host_memory()`` (see its docstring), and the
+process first calls ``parallel.reuse_freed_host_memory()`` (see its docstring), and the
 model sections call ``parallel.use_cores()`` as the command line does (every core for
 tinytok's blocks, BLAS on one thread per call; ``TINYTOK_THREADS=1`` turns that off and
 leaves BLAS its own threads). ``sgemm`` keeps BLAS on all its threads: it is the ceiling.
@@ -48,14 +48,14 @@ import numpy as np
 
 from tinytok import backend, parallel
 from tinytok.errors import ConfigError
-from tinytok.prior.gpt import gpt_config, gpt_loss_grads, init_gpt_params
+from tinytok.prior.gpt import gpt_config, init_gpt_params
 from tinytok.bench.flops import gpt_train_flops, vqvae_flops, vqvae_train_flops
 from tinytok.training.optim import adamw_init, adamw_step, clip_grad_norm, zeros_like_params
-from tinytok.parallel import blas_threads_for_small_products, for_batch_parts
-from tinytok.tokenizer.quantize import latents_as_columns, nearest_codes
-from tinytok.prior.sample import NextTokenLogits, draw, filter_logits
-from tinytok.tokenizer.vqvae import (encoder_forward, init_tokenizer_params, tokenizer_config,
-                           tokenizer_grads)
+from tinytok.parallel import blas_threads_for_small_products
+from tinytok.pipeline import Tokenizer
+from tinytok.prior.sample import continue_sequences
+from tinytok.tokenizer.vqvae import init_tokenizer_params, tokenizer_config
+from tinytok.training.steps import gpt_loss_grads, tokenizer_grads
 
 PARTS = ("sgemm", "vqvae-ref", "gpt-ref")
 
@@ -146,19 +146,15 @@ def vqvae_train_step(sizes, seed=0):
 
 
 def vqvae_encode(sizes, seed=0):
-    """A closure encoding a fixed batch of images to ids, and its FLOPs."""
+    """A closure encoding a fixed batch of uint8 images to ids, as a user does
+    (Tokenizer.encode: on batch parts, one per core), and its FLOPs."""
     config = tokenizer_config(sizes["vqvae"])
-    params = init_tokenizer_params(config, seed=seed)
-    N = sizes["encode_batch"]
-    x = backend.to_device(backend.rng(seed).uniform(
-        -0.5, 0.5, (N, 3, config.image_size, config.image_size)), dtype="float32")
-
-    def encode_part(lo, hi):  # one thread's share of the images (tinytok.parallel)
-        z, _ = encoder_forward(x[lo:hi], params, config, keep_cache=False)
-        return nearest_codes(latents_as_columns(z), params["quant.codebook"])
+    tokenizer = Tokenizer(init_tokenizer_params(config, seed=seed), config)
+    N, S = sizes["encode_batch"], config.image_size
+    images = backend.rng(seed).integers(0, 256, (N, S, S, 3), dtype="uint8")
 
     def encode():
-        return for_batch_parts(encode_part, N)
+        return tokenizer.encode(images, batch_size=N)
 
     f = vqvae_flops(config, N)
     return encode, f["encoder"] + f["vq"]
@@ -192,18 +188,10 @@ def gpt_sample(sizes, use_cache, seed=0):
     B, n_new = sizes["sample_batch"], sizes["sample_new"]
     prompt = backend.rng(seed).integers(0, config.vocab_size, (B, 1))
 
-    def sample():  # as Pipeline.generate_codes does it, BLAS threads included
-        rng = backend.rng(seed)
+    def sample():  # the pipeline's sampler, BLAS threads as Pipeline.generate_codes sets them
         with blas_threads_for_small_products():
-            model = NextTokenLogits(params, config, B, use_cache=use_cache)
-            logits = model.step(prompt)
-            out = []
-            for i in range(n_new):
-                token = draw(filter_logits(logits), rng)[:, None]        # (B, 1)
-                out.append(token)
-                if i + 1 < n_new:
-                    logits = model.step(token)
-        return out
+            return continue_sequences(prompt, params, config, n_new, backend.rng(seed),
+                                      use_cache=use_cache)
 
     return sample
 
@@ -287,7 +275,7 @@ def run_section(part, section, backend_name="numpy", quick=False, repeats=None, 
     """
     import_rss, _ = rss_mb()
     xp = backend.use(backend_name)
-    reused = backend.reuse_freed_host_memory()
+    reused = parallel.reuse_freed_host_memory()
     if part == "sgemm":  # the ceiling is BLAS on all its own threads; the models use ours
         parallel.blas_alone()
     else:

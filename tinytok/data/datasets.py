@@ -25,7 +25,7 @@ import numpy as np
 from tinytok.backend import to_numpy
 from tinytok.errors import ConfigError, ImageError
 from tinytok.data.images import (PHOTOS, available_photos, check_images, load_digits, load_faces,
-                            load_image_folder, load_photo)
+                                 load_image_folder, load_photo)
 
 # ---------------------------------------------------------------------------------------
 # Shapes: the attributes, the caption template and the held-out combinations

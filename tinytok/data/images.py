@@ -7,6 +7,8 @@ turns image files of any kind into that, and checks arrays handed to a model API
     load_image("cat.jpg")           # (32, 32, 3) uint8
     load_image_folder("my_photos")  # (N, 32, 32, 3) uint8, and the file names
     check_images(x)                 # x as (N, 32, 32, 3) uint8, or a clear error
+    images_to_model(x)              # float32 (N, 3, 32, 32) in [-0.5, 0.5]: what models read
+    model_to_images(x_hat)          # and back to uint8 (N, 32, 32, 3) on the host
     load_photo("astronaut")         # scikit-image's sample photographs, faces, digits
 
 Pillow's many modes are converted to RGB explicitly (see ``to_rgb_array``), because its own
@@ -20,6 +22,7 @@ import warnings
 
 import numpy as np
 
+from tinytok import backend
 from tinytok.errors import ConfigError, DTypeError, ImageError, ShapeError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp",
@@ -59,6 +62,22 @@ def check_images(images, size=32):
         raise DTypeError(f"expected {expected} with dtype uint8 (0..255), "
                          f"got dtype {images.dtype}{hint}")
     return images
+
+
+def images_to_model(images):
+    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [-0.5, 0.5], on the active backend.
+
+    Models read channels first (NCHW, as convolutions are written) and values centred on 0.
+    """
+    xp = backend.xp()
+    x = xp.asarray(images).astype(xp.float32)
+    return (x / 255 - 0.5).transpose(0, 3, 1, 2)
+
+
+def model_to_images(x):
+    """float (N, 3, H, W) around [-0.5, 0.5] -> uint8 (N, H, W, 3) on the host."""
+    x = backend.to_numpy(x).transpose(0, 2, 3, 1)
+    return np.clip(np.rint((x + 0.5) * 255), 0, 255).astype(np.uint8)
 
 
 def _scale_to_uint8(a, mode):

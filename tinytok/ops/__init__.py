@@ -2,17 +2,24 @@
 
 Each is ``NAME_forward(...) -> (out, cache)`` and ``NAME_backward(dout, cache) -> grads``,
 the gradients in the order of the forward's float array arguments. A loss's backward takes
-the upstream gradient of the loss first (usually 1.0).
+the upstream gradient of the loss first (usually 1.0). Each cache is a named tuple of what
+the backward needs (``LinearCache(x, w, has_bias)``, ...), one type per op.
+
+Besides the ten pairs of PAIRS: conv2d_as_transposed, the same numbers as conv2d by another
+route (faster for a narrowing convolution); softmax and log_softmax; scatter_add, the
+accumulating write behind a lookup's gradient.
 """
 from tinytok.ops.activations import gelu_backward, gelu_forward, relu_backward, relu_forward
 from tinytok.ops.attention import causal_self_attention_backward, causal_self_attention_forward
-from tinytok.ops.conv import (conv2d_backward, conv2d_forward, conv_transpose2d_backward,
-                              conv_transpose2d_forward)
-from tinytok.ops.embedding import embedding_backward, embedding_forward
+from tinytok.ops.conv import (conv2d_as_transposed_backward, conv2d_as_transposed_forward,
+                              conv2d_backward, conv2d_forward, conv_transpose2d_backward,
+                              conv_transpose2d_forward, narrowing_conv_is_faster)
+from tinytok.ops.embedding import embedding_backward, embedding_forward, scatter_add
 from tinytok.ops.linear import linear_backward, linear_forward
 from tinytok.ops.losses import (cross_entropy_backward, cross_entropy_forward, mse_backward,
                                 mse_forward)
 from tinytok.ops.norm import layer_norm_backward, layer_norm_forward
+from tinytok.ops.softmax import log_softmax, softmax
 
 PAIRS = {
     "linear": (linear_forward, linear_backward),
@@ -27,4 +34,6 @@ PAIRS = {
     "mse": (mse_forward, mse_backward),
 }
 
-__all__ = [name for pair in PAIRS.values() for name in (f.__name__ for f in pair)] + ["PAIRS"]
+__all__ = [name for pair in PAIRS.values() for name in (f.__name__ for f in pair)] + [
+    "PAIRS", "conv2d_as_transposed_forward", "conv2d_as_transposed_backward",
+    "narrowing_conv_is_faster", "softmax", "log_softmax", "scatter_add"]

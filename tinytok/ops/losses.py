@@ -1,12 +1,18 @@
 """Losses: mean squared error (reconstruction) and cross-entropy (next-token prediction).
 
-A loss pair returns a 0-d value of the backend (it stays on the device; call float() to print it) and its
-backward takes the upstream gradient dloss first, usually 1.0.
+A loss pair returns a 0-d value of the backend (it stays on the device; call float() to
+print it) and its backward takes the upstream gradient dloss first, usually 1.0.
 """
+from typing import Any, NamedTuple
+
 from tinytok.backend import get_array_module
 from tinytok.errors import ShapeError
 from tinytok.ops.checks import require_float, require_int, require_same_dtype
-from tinytok.parallel import for_row_blocks
+from tinytok.ops.softmax import log_softmax
+
+
+class MseCache(NamedTuple):
+    diff: Any  # pred - target
 
 
 def mse_forward(pred, target):
@@ -17,18 +23,27 @@ def mse_forward(pred, target):
         raise ShapeError(f"mse: pred {tuple(pred.shape)} and target "
                          f"{tuple(target.shape)} must have the same shape")
     diff = pred - target
-    return (diff * diff).mean(), diff
+    return (diff * diff).mean(), MseCache(diff)
 
 
 def mse_backward(dloss, cache):
     """dpred = 2 (pred - target) / n * dloss."""
-    diff = cache
+    diff = cache.diff
     scale = get_array_module(diff).asarray(2 * dloss / diff.size, dtype=diff.dtype)
     return diff * scale  # scale cast first: a float64 dloss must not promote float32 grads
 
 
+class CrossEntropyCache(NamedTuple):
+    log_probs: Any     # (M, V) log softmax(logits), the logits' leading axes as rows
+    targets: Any       # (M,) int, ignored positions replaced by 0 (any valid column)
+    keep: Any          # (M,) bool: target != ignore_index
+    count: int         # how many positions count (at least 1)
+    logits_shape: tuple
+
+
 def cross_entropy_forward(logits, targets, ignore_index=-1):
-    """Mean of -log softmax(logits)[target] over the positions whose target != ignore_index.
+    """loss = mean over kept positions of -log softmax(logits)[target],
+    kept: target != ignore_index.
 
     logits (..., V) float, targets (...) int in [0, V) or ignore_index -> 0-d loss.
     With every position ignored the loss is 0 (PyTorch returns nan there).
@@ -40,40 +55,23 @@ def cross_entropy_forward(logits, targets, ignore_index=-1):
                          f"without the last axis), got {tuple(targets.shape)}")
     xp = get_array_module(logits)
     V = logits.shape[-1]
-    z = logits.reshape(-1, V)                        # (M, V)
     t = targets.reshape(-1)                          # (M,)
     keep = t != ignore_index                         # (M,) bool
     if bool(((t < 0) | (t >= V))[keep].any()):
         raise ShapeError(f"targets must lie in [0, {V}) or equal ignore_index={ignore_index}")
-    t_safe = xp.where(keep, t, 0)                    # any valid column for ignored rows
-    probs = xp.empty_like(z)                         # softmax(z), kept for the backward
-    # per row: its maximum and log(sum(exp(z - max))), so log p = z - max - that
-    row_max, log_sum_exp = xp.empty((2, z.shape[0], 1), dtype=z.dtype)      # (M, 1) each
-    for_row_blocks(_softmax_rows, z, probs, row_max, log_sum_exp)  # rows are independent
-    rows = xp.arange(z.shape[0])
-    nll = log_sum_exp[:, 0] - (z[rows, t_safe] - row_max[:, 0])   # (M,) -log p[target]
+    t = xp.where(keep, t, 0)                         # any valid column for ignored rows
+    log_probs = log_softmax(logits.reshape(-1, V))   # (M, V)
+    nll = -log_probs[xp.arange(len(t)), t]           # (M,) -log p[target]
     count = max(int(keep.sum()), 1)
     loss = (nll * keep).sum() / count
-    return loss, (probs, t_safe, keep, count, logits.shape)
-
-
-def _softmax_rows(z, probs, row_max, log_sum_exp):
-    """Writes probs = softmax(z), row_max and log_sum_exp = log(sum(exp(z - row_max))) for a
-    block of rows. Shifting by the row maximum changes nothing (softmax is shift-invariant)
-    but avoids overflow."""
-    xp = get_array_module(z)
-    z.max(axis=1, keepdims=True, out=row_max)
-    xp.subtract(z, row_max, out=probs)
-    xp.exp(probs, out=probs)
-    sum_exp = probs.sum(axis=1, keepdims=True)
-    xp.log(sum_exp, out=log_sum_exp)
-    probs /= sum_exp
+    return loss, CrossEntropyCache(log_probs, t, keep, count, logits.shape)
 
 
 def cross_entropy_backward(dloss, cache):
-    """dlogits = (softmax - onehot(target)) / count * dloss, zero on ignored positions."""
-    probs, t_safe, keep, count, shape = cache
-    dz = probs.copy()
-    dz[get_array_module(dz).arange(dz.shape[0]), t_safe] -= 1
+    """dlogits = (softmax(logits) - onehot(target)) / count * dloss, 0 on ignored positions."""
+    log_probs, t, keep, count, shape = cache
+    xp = get_array_module(log_probs)
+    dz = xp.exp(log_probs)                           # (M, V) softmax(logits), a new array
+    dz[xp.arange(len(t)), t] -= 1
     dz *= (keep[:, None] * (dloss / count)).astype(dz.dtype)
     return dz.reshape(shape)

@@ -8,10 +8,12 @@ linear (C -> 4C), GELU, linear (4C -> C). The output head reuses the token embed
 (weight tying, as in GPT-2 and nanoGPT): logits = ln_f(x) @ wte.T. That weight is therefore
 used twice, and its gradient is simply the sum of both uses, added into the same grads entry.
 
-Pairs follow the model contract of tinytok.tokenizer.vqvae: ``thing_forward(x, params, ...) -> (y, cache)``,
-``thing_backward(dy, cache, grads, ...) -> dx`` adding parameter gradients into grads.
+Blocks and the model follow the tokenizer's contract: ``thing_forward(x, params, ...) ->
+(y, cache)``, with a named cache, and ``thing_backward(dy, cache, grads, ...) -> dx``, adding
+parameter gradients into grads.
 """
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,13 +24,12 @@ from tinytok.ops import (causal_self_attention_backward, causal_self_attention_f
                          embedding_forward, gelu_backward, gelu_forward, layer_norm_backward,
                          layer_norm_forward, linear_backward, linear_forward)
 from tinytok.ops.checks import require_int, require_ndim
-from tinytok.training.optim import zeros_like_params  # noqa: F401 (re-exported for convenience)
-from tinytok.parallel import for_batch_parts
 
 
 @dataclass
 class GPTConfig:
-    """Sizes of a prior. The defaults are gpt-ref (DESIGN.md); vocab_size comes from the Vocab."""
+    """Sizes of a prior. The defaults are gpt-ref, the benchmarked prior; vocab_size comes
+    from the Vocab."""
     name: str = "gpt-ref"
     vocab_size: int = 600
     context: int = 80       # 16 text tokens + 64 image tokens
@@ -108,20 +109,26 @@ def _add(grads, name, g):
 
 # ---------------------------------------------------------------- the MLP and the block
 
+class MlpCache(NamedTuple):
+    fc: tuple      # the first linear layer's cache, C -> 4C
+    gelu: tuple    # GELU's
+    proj: tuple    # the second linear layer's, 4C -> C
+
+
 def mlp_forward(x, params, name):
     """x (B, T, C) -> linear to 4C, GELU, linear back to C."""
-    h, c_fc = linear_forward(x, params[name + ".fc.w"], params[name + ".fc.b"])
+    h, c_fc = linear_forward(x, params[name + ".fc.w"], params[name + ".fc.b"])    # (B, T, 4C)
     h, c_gelu = gelu_forward(h)
-    y, c_proj = linear_forward(h, params[name + ".proj.w"], params[name + ".proj.b"])
-    return y, (c_fc, c_gelu, c_proj)
+    y, c_proj = linear_forward(h, params[name + ".proj.w"], params[name + ".proj.b"])  # (B, T, C)
+    return y, MlpCache(c_fc, c_gelu, c_proj)
 
 
 def mlp_backward(dy, cache, grads, name):
-    c_fc, c_gelu, c_proj = cache
-    dh, dw, db = linear_backward(dy, c_proj)
+    """The mirror: the second linear layer, GELU, the first; dx (B, T, C)."""
+    dh, dw, db = linear_backward(dy, cache.proj)
     _add(grads, name + ".proj.w", dw); _add(grads, name + ".proj.b", db)
-    dh = gelu_backward(dh, c_gelu)
-    dx, dw, db = linear_backward(dh, c_fc)
+    dh = gelu_backward(dh, cache.gelu)
+    dx, dw, db = linear_backward(dh, cache.fc)
     _add(grads, name + ".fc.w", dw); _add(grads, name + ".fc.b", db)
     return dx
 
@@ -150,6 +157,13 @@ def layer_norm_named_backward(dy, cache, grads, name):
     return dx
 
 
+class BlockCache(NamedTuple):
+    ln1: tuple     # layer norm before attention
+    attn: tuple    # causal self-attention
+    ln2: tuple     # layer norm before the MLP
+    mlp: MlpCache
+
+
 def block_forward(x, params, name, n_head):
     """x (B, T, C) -> x + attn(ln1(x)), then + mlp(ln2(.)). Same shape out."""
     h, c_ln1 = layer_norm_named_forward(x, params, name + ".ln1")
@@ -157,16 +171,15 @@ def block_forward(x, params, name, n_head):
     x = x + a
     h, c_ln2 = layer_norm_named_forward(x, params, name + ".ln2")
     m, c_mlp = mlp_forward(h, params, name + ".mlp")
-    return x + m, (c_ln1, c_attn, c_ln2, c_mlp)
+    return x + m, BlockCache(c_ln1, c_attn, c_ln2, c_mlp)
 
 
 def block_backward(dy, cache, grads, name):
     """The mirror: each residual branch adds its dx to the gradient flowing straight through."""
-    c_ln1, c_attn, c_ln2, c_mlp = cache
-    dh = mlp_backward(dy, c_mlp, grads, name + ".mlp")
-    dx = dy + layer_norm_named_backward(dh, c_ln2, grads, name + ".ln2")
-    dh = attention_backward(dx, c_attn, grads, name + ".attn")
-    return dx + layer_norm_named_backward(dh, c_ln1, grads, name + ".ln1")
+    dh = mlp_backward(dy, cache.mlp, grads, name + ".mlp")
+    dx = dy + layer_norm_named_backward(dh, cache.ln2, grads, name + ".ln2")
+    dh = attention_backward(dx, cache.attn, grads, name + ".attn")
+    return dx + layer_norm_named_backward(dh, cache.ln1, grads, name + ".ln1")
 
 
 # ---------------------------------------------------------------- the model
@@ -178,6 +191,14 @@ def check_ids(ids, config):
     if not 1 <= ids.shape[1] <= config.context:
         raise ShapeError(f"sequence length T={ids.shape[1]} must lie in [1, "
                          f"{config.context}] (the model's context)")
+
+
+class GPTCache(NamedTuple):
+    tok: tuple      # the token embedding's
+    blocks: list    # one BlockCache per layer
+    ln_f: tuple     # the final layer norm's
+    head: tuple     # the tied head's (a linear layer with wte^T as its weight)
+    T: int          # the sequence length (rows of the position table used)
 
 
 def gpt_forward(ids, params, config):
@@ -192,51 +213,36 @@ def gpt_forward(ids, params, config):
         c_blocks.append(c)
     x, c_lnf = layer_norm_named_forward(x, params, "gpt.ln_f")
     logits, c_head = linear_forward(x, params["gpt.wte"].T, None)    # tied head: (B, T, V)
-    return logits, (c_tok, c_blocks, c_lnf, c_head, T)
+    return logits, GPTCache(c_tok, c_blocks, c_lnf, c_head, T)
 
 
 def gpt_backward(dlogits, cache, grads, config):
     """dlogits (B, T, V) -> parameter gradients added into grads."""
-    c_tok, c_blocks, c_lnf, c_head, T = cache
-    dx, dw_head, _ = linear_backward(dlogits, c_head)
+    dx, dw_head, _ = linear_backward(dlogits, cache.head)
     _add(grads, "gpt.wte", dw_head.T)                                # first use of wte
-    dx = layer_norm_named_backward(dx, c_lnf, grads, "gpt.ln_f")
+    dx = layer_norm_named_backward(dx, cache.ln_f, grads, "gpt.ln_f")
     for i in reversed(range(config.n_layer)):
-        dx = block_backward(dx, c_blocks[i], grads, f"gpt.h{i}")
-    grads["gpt.wpe"][:T] += dx.sum(axis=0)
-    _add(grads, "gpt.wte", embedding_backward(dx, c_tok))            # second use of wte
+        dx = block_backward(dx, cache.blocks[i], grads, f"gpt.h{i}")
+    grads["gpt.wpe"][:cache.T] += dx.sum(axis=0)                     # (T, C): summed over B
+    _add(grads, "gpt.wte", embedding_backward(dx, cache.tok))        # second use of wte
+
+
+class GPTLossCache(NamedTuple):
+    model: GPTCache
+    loss: tuple          # cross-entropy's
+    logits: object       # (B, T, V): what the model predicted, for a caller to look at
 
 
 def gpt_loss_forward(ids, targets, params, config):
     """Mean next-token cross-entropy over targets != -1.
 
-    ids, targets (B, T) -> loss (0-d), logits (B, T, V), cache.
+    ids, targets (B, T) -> loss (0-d), cache (its .logits are the model's (B, T, V)).
     """
-    logits, cache = gpt_forward(ids, params, config)
+    logits, c_model = gpt_forward(ids, params, config)
     loss, c_loss = cross_entropy_forward(logits, targets, ignore_index=-1)
-    return loss, logits, (cache, c_loss)
+    return loss, GPTLossCache(c_model, c_loss, logits)
 
 
 def gpt_loss_backward(cache, grads, config, dloss=1.0):
     """Gradients of the mean loss with respect to every parameter, added into grads."""
-    model_cache, c_loss = cache
-    gpt_backward(cross_entropy_backward(dloss, c_loss), model_cache, grads, config)
-
-
-def gpt_loss_grads(ids, targets, params, config, grads):
-    """One training step's forward and backward on ids, targets (B, T): gradients of the
-    mean loss over targets != -1 added into grads. Returns that loss (a float).
-
-    Runs on batch parts, one per core (tinytok.parallel.for_batch_parts): each part's loss
-    is a mean over its own counted targets, so its gradient is weighted by its share of them.
-    """
-    counted = targets != -1
-    total = max(int(counted.sum()), 1)
-
-    def part(lo, hi, part_grads):
-        share = int(counted[lo:hi].sum()) / total
-        loss, _, cache = gpt_loss_forward(ids[lo:hi], targets[lo:hi], params, config)
-        gpt_loss_backward(cache, part_grads, config, dloss=share)
-        return float(loss) * share
-
-    return sum(for_batch_parts(part, len(ids), grads))
+    gpt_backward(cross_entropy_backward(dloss, cache.loss), cache.model, grads, config)

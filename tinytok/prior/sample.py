@@ -1,4 +1,11 @@
-"""Writing with the prior: next-token sampling, a KV cache, and classifier-free guidance.
+"""The one sampler: the prior writes tokens one by one, with a KV cache and guidance.
+
+    continue_sequences(prompt, params, config, n_new, rng, ...)   the loop itself
+    sample_image_codes(...)    a caption's prompt, then exactly one grid of image codes
+    write_captions(...)        a picture's prompt, then words up to <eos>
+    caption_log_likelihood(...)   the reverse: how likely a caption is after a picture
+
+Everything that writes with the prior (the pipeline, the benchmark, the lessons) calls these.
 
 Generation runs the model forward only. Recomputing the whole prefix for every new token
 costs O(T^2) per token; the KV cache keeps each layer's keys and values from earlier
@@ -12,11 +19,16 @@ import math
 
 import numpy as np
 
+from tinytok import backend
 from tinytok.backend import get_array_module
 from tinytok.errors import ConfigError, ShapeError
 from tinytok.prior.gpt import check_ids, gpt_forward, layer_norm_named_forward, mlp_forward
+from tinytok.prior.vocab import (EOS, caption_from_tokens, caption_prompt, image_prompt,
+                                 image_to_text_sequence, image_token_mask, text_token_mask,
+                                 unconditional_prompt)
 from tinytok.ops import embedding_forward, linear_forward
-from tinytok.ops.attention import merge_heads, softmax, split_heads
+from tinytok.ops.attention import merge_heads, split_heads
+from tinytok.ops.softmax import log_softmax, softmax
 
 
 # ---------------------------------------------------------------- forward with a KV cache
@@ -150,3 +162,89 @@ def draw(logits, rng, greedy=False):
 def guided(cond, uncond, scale):
     """Classifier-free guidance: uncond + scale * (cond - uncond); scale 1 is plain sampling."""
     return uncond + scale * (cond - uncond)
+
+
+# ---------------------------------------------------------------- the loop
+
+def continue_sequences(prompt, params, config, n_new, rng, temperature=1.0, top_k=None,
+                       top_p=None, allowed=None, uncond_prompt=None, cfg_scale=1.0,
+                       greedy=False, stop=None, use_cache=True):
+    """Write up to n_new tokens after each prompt row: (B, L) ids -> (B, n) host int64.
+
+    Each step: the next token's logits (from the KV cache, or the whole prefix again),
+    mixed with the unconditional stream's when guiding (uncond_prompt, cfg_scale != 1),
+    filtered (temperature, top-k, top-p, allowed tokens only) and drawn (or argmax when
+    greedy) with uniforms from the host generator rng. With stop (a token id), a row that
+    has written it writes stop from then on, and the loop ends when every row has: n may
+    then be less than n_new.
+    """
+    prompt = np.asarray(prompt)
+    guide = uncond_prompt is not None and cfg_scale != 1.0
+    cond = NextTokenLogits(params, config, len(prompt), use_cache)
+    logits = cond.step(prompt)
+    if guide:  # the same model without the caption: the unconditional half of guidance
+        uncond = NextTokenLogits(params, config, len(prompt), use_cache)
+        u_logits = uncond.step(np.asarray(uncond_prompt))
+    written, done = [], np.zeros(len(prompt), dtype=bool)
+    for i in range(n_new):
+        mixed = guided(logits, u_logits, cfg_scale) if guide else logits
+        token = draw(filter_logits(mixed, temperature, top_k, top_p, allowed), rng, greedy)
+        host = backend.to_numpy(token).astype(np.int64)
+        if stop is not None:
+            host = np.where(done, stop, host)
+            done |= host == stop
+        written.append(host)
+        if i + 1 == n_new or done.all():
+            break
+        logits = cond.step(token[:, None])
+        if guide:
+            u_logits = uncond.step(token[:, None])
+    return np.stack(written, axis=1)
+
+
+def sample_image_codes(params, config, vocab, prompt, n, rng, temperature=1.0, top_k=None,
+                       top_p=None, cfg_scale=1.0, use_cache=True):
+    """n token grids (n, g, g) for one caption: its prompt, then exactly one grid of codes.
+
+    Sampling is restricted to image codes, so the model cannot leave the picture early;
+    cfg_scale != 1 guides it against the same model given no caption (Parti's
+    classifier-free guidance).
+    """
+    tokens = continue_sequences(
+        np.tile(image_prompt(vocab, prompt, config.context), (n, 1)), params, config,
+        vocab.image_len, rng, temperature, top_k, top_p, allowed=image_token_mask(vocab),
+        uncond_prompt=np.tile(unconditional_prompt(vocab), (n, 1)), cfg_scale=cfg_scale,
+        use_cache=use_cache)
+    return (tokens - vocab.image_offset).reshape(n, vocab.grid_size, vocab.grid_size)
+
+
+def write_captions(params, config, vocab, codes, rng, greedy=True, temperature=1.0):
+    """A caption (str) for each token grid codes (N, g, g): the picture's prompt, then words
+    (text tokens only) up to <eos> or the end of the context."""
+    prompts = np.stack([caption_prompt(vocab, c) for c in backend.to_numpy(codes)])  # (N, L)
+    tokens = continue_sequences(prompts, params, config, config.context - prompts.shape[1],
+                                rng, temperature, allowed=text_token_mask(vocab),
+                                greedy=greedy, stop=EOS)
+    return caption_from_tokens(vocab, tokens)
+
+
+def caption_log_likelihood(params, config, vocab, codes, caption, batch_size=64):
+    """log p(caption words, then <eos> | picture) for each token grid: (N, g, g) -> (N,).
+
+    The captioning layout read forwards, in float64: how likely the model is to write
+    exactly this caption after seeing each picture. Reranking keeps the likeliest.
+    """
+    words = vocab.encode_text(caption)
+    seqs = np.stack([image_to_text_sequence(vocab, words, c, config.context)
+                     for c in backend.to_numpy(codes)])                  # (N, L)
+    n_scored = len(words) + 1                                            # the words and <eos>
+    scores = []
+    for start in range(0, len(seqs), batch_size):
+        part = backend.to_device(seqs[start:start + batch_size])
+        logits, _ = gpt_forward(part[:, :-1], params, config)           # (b, L-1, V)
+        log_probs = log_softmax(logits[:, -n_scored:].astype("float64"))
+        targets = part[:, -n_scored:]                                    # (b, n_scored)
+        picked = get_array_module(log_probs).take_along_axis(
+            log_probs, targets[..., None], axis=-1)[..., 0]
+        scores.append(backend.to_numpy(picked.sum(axis=1)))
+    return np.concatenate(scores)

@@ -20,7 +20,7 @@ import numpy as np
 
 from tinytok.backend import get_array_module
 from tinytok.errors import ConfigError, ShapeError
-from tinytok.ops.attention import softmax
+from tinytok.ops.softmax import softmax
 from tinytok.ops.checks import require_float, require_ndim, require_same_dtype
 from tinytok.tokenizer.quantize import columns_as_latents, latents_as_columns
 

@@ -8,17 +8,19 @@ Blocks and models follow the op pairs' contract, with parameters in a flat dict:
 where the backward adds (+=) each parameter's gradient into ``grads`` (same keys as params).
 """
 from dataclasses import asdict, dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 
 from tinytok.backend import get_array_module, rng as host_rng, to_device
 from tinytok.errors import ConfigError
-from tinytok.ops import (conv2d_backward, conv2d_forward, conv_transpose2d_backward,
-                         conv_transpose2d_forward, mse_backward, mse_forward, relu_backward,
-                         relu_forward)
+from tinytok.ops import (conv2d_as_transposed_backward, conv2d_as_transposed_forward,
+                         conv2d_backward, conv2d_forward, conv_transpose2d_backward,
+                         conv_transpose2d_forward, mse_backward, mse_forward,
+                         narrowing_conv_is_faster, relu_backward, relu_forward)
 from tinytok.tokenizer.gumbel import gumbel_quantize_backward, gumbel_quantize_forward
-from tinytok.parallel import for_batch_parts
-from tinytok.tokenizer.quantize import vector_quantize_backward, vector_quantize_forward
+from tinytok.tokenizer.quantize import (latents_as_columns, nearest_codes,
+                                        vector_quantize_backward, vector_quantize_forward)
 
 
 QUANTIZERS = ("vq", "ema", "gumbel")
@@ -26,7 +28,8 @@ QUANTIZERS = ("vq", "ema", "gumbel")
 
 @dataclass
 class TokenizerConfig:
-    """Sizes of a tokenizer. The defaults are vqvae-ref (DESIGN.md): 32x32 in, 8x8 tokens out."""
+    """Sizes of a tokenizer. The defaults are vqvae-ref, the benchmarked tokenizer: 32x32
+    pictures in, 8x8 tokens out."""
     name: str = "vqvae-ref"
     image_size: int = 32
     hidden: int = 128       # channels of the 8x8 trunk; the first conv has hidden // 2
@@ -138,12 +141,35 @@ def add_grad(grads, name, g):
 
 # ---------------------------------------------------------------- layers that name their params
 
+def conv_pair(w_shape, stride, padding):
+    """The op pair that computes a convolution layer: (forward, backward), chosen here only.
+
+    Both pairs give the same numbers. A stride-1 convolution that narrows the channels (a
+    residual block's 3x3 128 -> 32, the encoder's last 1x1) runs about twice as fast when
+    computed as the transposed convolution of its flipped kernel, which moves only F/C as
+    much memory as im2col (tinytok.ops.conv.narrowing_conv_is_faster); every other one is
+    im2col and a product.
+    """
+    if narrowing_conv_is_faster(w_shape, stride, padding):
+        return conv2d_as_transposed_forward, conv2d_as_transposed_backward
+    return conv2d_forward, conv2d_backward
+
+
+class ConvLayerCache(NamedTuple):
+    backward: object   # the chosen pair's backward: the backward pass needs no choosing
+    op: tuple          # that pair's cache
+
+
 def conv_forward(x, params, name, stride=1, padding=0):
-    return conv2d_forward(x, params[name + ".w"], params[name + ".b"], stride, padding)
+    """A convolution layer with its named parameters, by the pair conv_pair chooses."""
+    w = params[name + ".w"]
+    forward, backward = conv_pair(w.shape, stride, padding)
+    out, cache = forward(x, w, params[name + ".b"], stride, padding)
+    return out, ConvLayerCache(backward, cache)
 
 
 def conv_backward(dy, cache, grads, name, need_dx=True):
-    dx, dw, db = conv2d_backward(dy, cache, need_dx)
+    dx, dw, db = cache.backward(dy, cache.op, need_dx)
     add_grad(grads, name + ".w", dw)
     add_grad(grads, name + ".b", db)
     return dx
@@ -163,22 +189,28 @@ def up_backward(dy, cache, grads, name):
 
 # ---------------------------------------------------------------- residual block
 
+class ResidualBlockCache(NamedTuple):
+    relu1: tuple     # ReLU before the 3x3 convolution
+    conv1: tuple     # the 3x3 convolution, C -> C_res
+    relu2: tuple     # ReLU between the two convolutions
+    conv2: tuple     # the 1x1 convolution, C_res -> C
+
+
 def residual_block_forward(x, params, name):
     """y = x + conv1x1(relu(conv3x3(relu(x)))). x (N, C, H, W) -> y (N, C, H, W)."""
     h1, c_relu1 = relu_forward(x)
     h2, c_conv1 = conv_forward(h1, params, name + ".conv1", padding=1)
     h3, c_relu2 = relu_forward(h2)
     h4, c_conv2 = conv_forward(h3, params, name + ".conv2")
-    return x + h4, (c_relu1, c_conv1, c_relu2, c_conv2)
+    return x + h4, ResidualBlockCache(c_relu1, c_conv1, c_relu2, c_conv2)
 
 
 def residual_block_backward(dy, cache, grads, name):
     """The mirror: the skip connection passes dy straight through and adds the branch's dx."""
-    c_relu1, c_conv1, c_relu2, c_conv2 = cache
-    dh3 = conv_backward(dy, c_conv2, grads, name + ".conv2")
-    dh2 = relu_backward(dh3, c_relu2)
-    dh1 = conv_backward(dh2, c_conv1, grads, name + ".conv1")
-    return dy + relu_backward(dh1, c_relu1)
+    dh3 = conv_backward(dy, cache.conv2, grads, name + ".conv2")
+    dh2 = relu_backward(dh3, cache.relu2)
+    dh1 = conv_backward(dh2, cache.conv1, grads, name + ".conv1")
+    return dy + relu_backward(dh1, cache.relu1)
 
 
 # ---------------------------------------------------------------- encoder and decoder
@@ -266,6 +298,13 @@ def quantize_backward(dz_q, cache, grads, config, dloss=1.0):
     return dz
 
 
+class TokenizerCache(NamedTuple):
+    encoder: list      # the encoder's layer caches, in forward order
+    quantizer: tuple   # the quantizer's (VQ or Gumbel)
+    decoder: list      # the decoder's layer caches, in forward order
+    mse: tuple         # the reconstruction loss's
+
+
 def tokenizer_forward(x, params, config, tau=1.0, noise=None):
     """x (N, 3, S, S) -> dict of losses and outputs, and a cache.
 
@@ -280,7 +319,7 @@ def tokenizer_forward(x, params, config, tau=1.0, noise=None):
     recon_loss, mse_cache = mse_forward(x_hat, x)
     out = {"loss": recon_loss + vq_loss, "recon_loss": recon_loss, "vq_loss": vq_loss,
            "x_hat": x_hat, "ids": ids, "z": z}
-    return out, (enc_cache, vq_cache, dec_cache, mse_cache)
+    return out, TokenizerCache(enc_cache, vq_cache, dec_cache, mse_cache)
 
 
 def tokenizer_backward(cache, grads, config, dloss=1.0, image_grad=True):
@@ -290,44 +329,35 @@ def tokenizer_backward(cache, grads, config, dloss=1.0, image_grad=True):
     target, but nothing upstream of an image needs that gradient. Training passes
     image_grad=False and gets None: nothing needs the images' gradient at all.
     """
-    enc_cache, vq_cache, dec_cache, mse_cache = cache
-    dx_hat = mse_backward(dloss, mse_cache)
-    dz_q = decoder_backward(dx_hat, dec_cache, grads, config)
-    dz = quantize_backward(dz_q, vq_cache, grads, config, dloss)
-    return encoder_backward(dz, enc_cache, grads, config, image_grad)
+    dx_hat = mse_backward(dloss, cache.mse)
+    dz_q = decoder_backward(dx_hat, cache.decoder, grads, config)
+    dz = quantize_backward(dz_q, cache.quantizer, grads, config, dloss)
+    return encoder_backward(dz, cache.encoder, grads, config, image_grad)
 
 
-def tokenizer_grads(x, params, config, grads, tau=1.0, noise=None):
-    """One training step's forward and backward on x (N, 3, S, S): gradients of the mean
-    loss added into grads, no gradient of the images. Returns the forward's dict ("loss",
-    "recon_loss", "vq_loss", "z", "ids") for the whole batch.
+# ---------------------------------------------------------------- using a trained tokenizer
 
-    Runs on batch parts, one per core (tinytok.parallel.for_batch_parts): each part's loss
-    is a mean over its examples, so its gradient is weighted by its share of the batch.
+def encode_ids(x, params, config):
+    """x (N, 3, S, S) -> ids (N, S/4, S/4): the encoder, then each latent's code.
+
+    The encoder keeps no caches (no backward follows). VQ and EMA pick the nearest code;
+    Gumbel, whose encoder writes one logit per code, the likeliest.
     """
-    N = len(x)
+    z, _ = encoder_forward(x, params, config, keep_cache=False)             # (N, D, h, w)
+    N, _, h, w = z.shape
+    columns = latents_as_columns(z)                                         # (D, h*w*N)
+    if config.quantizer == "gumbel":
+        ids = get_array_module(z).argmax(columns, axis=0)
+    else:
+        ids = nearest_codes(columns, params["quant.codebook"])
+    return ids.reshape(h, w, N).transpose(2, 0, 1)                          # (N, h, w)
 
-    def part(lo, hi, part_grads):
-        out, cache = tokenizer_forward(x[lo:hi], params, config, tau,
-                                       None if noise is None else noise[lo:hi])
-        tokenizer_backward(cache, part_grads, config, dloss=(hi - lo) / N, image_grad=False)
-        return out
 
-    return join_parts(for_batch_parts(part, N, grads), N)
-
-
-def join_parts(outs, batch_size):
-    """One tokenizer_forward output dict from the outputs of the batch's parts (in order):
-    the losses weighted by each part's share of the batch (they are means over examples),
-    the codes' inputs z and the ids put back together along the batch axis."""
-    if len(outs) == 1:
-        return outs[0]
-    xp = get_array_module(outs[0]["z"])
-    shares = [len(out["ids"]) / batch_size for out in outs]
-    joined = {key: sum(out[key] * share for out, share in zip(outs, shares))
-              for key in ("loss", "recon_loss", "vq_loss")}
-    joined.update({key: xp.concatenate([out[key] for out in outs]) for key in ("z", "ids")})
-    return joined
+def decode_ids(ids, params, config):
+    """ids (N, h, w) int -> x_hat (N, 3, S, S): each id's code vector, then the decoder."""
+    z_q = params["quant.codebook"][ids]                                     # (N, h, w, D)
+    x_hat, _ = decoder_forward(z_q.transpose(0, 3, 1, 2), params, config, keep_cache=False)
+    return x_hat
 
 
 def config_dict(config):

@@ -30,17 +30,16 @@ Why atomic: training is often killed mid-save (Ctrl-C, a time limit). Writing to
 file and renaming it over the old one means the file at `path` is always either the old
 complete checkpoint or the new complete one, never half of each.
 """
-import contextlib
 import dataclasses
 import json
 import numbers
 import os
-import tempfile
 
 import numpy as np
 
 from tinytok import backend
 from tinytok.errors import CheckpointError
+from tinytok.files import write_atomically
 
 FORMAT_NAME = "tinytok-checkpoint"
 FORMAT_VERSION = 1
@@ -156,41 +155,13 @@ def _to_json(tree, where, path, arrays, prefix):
 
 
 def write_npz_atomic(path, arrays):
-    """np.savez into a temp file beside `path`, fsync it, then rename it over `path`."""
-    directory = os.path.dirname(os.path.abspath(path))
+    """np.savez to `path` atomically (tinytok.files): the old file or the new, never half."""
     if os.path.isdir(path):
         raise CheckpointError(f"cannot save {path}: it is a directory")
     try:
-        os.makedirs(directory, exist_ok=True)
-        # Same directory, so os.replace is a rename within one file system: atomic.
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
-                                   suffix=".tmp")
+        write_atomically(path, lambda f: np.savez(f, **arrays))
     except OSError as e:
         raise CheckpointError(f"cannot save {path}: {e}") from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())            # the bytes are on disk before the rename
-        os.chmod(tmp, 0o644)                # mkstemp makes 0600; a checkpoint is shareable
-        os.replace(tmp, path)
-    except BaseException as e:              # Ctrl-C too: never leave the temp file behind
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise CheckpointError(f"cannot save {path}: {e}") from e
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory):
-    """Make the rename itself durable (POSIX); harmless to skip where unsupported."""
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # ----------------------------------------------------------------------------------------

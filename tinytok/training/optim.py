@@ -1,7 +1,8 @@
 """Optimizers on flat param dicts: AdamW, gradient clipping, a learning-rate schedule.
 
-Everything here works on dicts ``{name: array}`` (see DESIGN.md, "parameters are a flat
-dict"), so none of it needs to know a model's structure. Arrays may be NumPy or CuPy; each
+Everything here works on dicts ``{name: array}``: every model keeps its parameters in one
+flat dict with dotted names ("enc.conv1.w"), and its gradients in another with the same
+keys, so none of it needs to know a model's structure. Arrays may be NumPy or CuPy; each
 function takes its array module from the arrays it is given.
 
 A training step reads:
@@ -18,13 +19,11 @@ so ``tinytok.training.checkpoint.save_checkpoint(..., optimizer_state=state)`` s
 """
 import math
 import numbers
-from functools import partial
 
 import numpy as np
 
 from tinytok import backend
 from tinytok.errors import ConfigError, DTypeError, ShapeError
-from tinytok.parallel import for_elementwise_blocks
 
 
 # ----------------------------------------------------------------------------------------
@@ -94,10 +93,8 @@ def adamw_step(params, grads, state, lr, betas=(0.9, 0.999), eps=1e-8, weight_de
     sqrt_bc2 = math.sqrt(1.0 - beta2 ** t)
     for name, p in params.items():
         shrink = lr * weight_decay if weight_decay and decay_filter(name, p) else 0.0
-        update = partial(_adamw_update, beta1=beta1, beta2=beta2, eps=eps, shrink=shrink,
-                         step_size=step_size, sqrt_bc2=sqrt_bc2)
-        # element by element: large matrices are updated in blocks on every core
-        for_elementwise_blocks(update, p, grads[name], state["m"][name], state["v"][name])
+        _adamw_update(p, grads[name], state["m"][name], state["v"][name], beta1, beta2, eps,
+                      shrink, step_size, sqrt_bc2)
 
 
 def _adamw_update(p, g, m, v, beta1, beta2, eps, shrink, step_size, sqrt_bc2):

@@ -7,16 +7,25 @@ tokenizer, how many images and which seed made it, and is rebuilt when any of th
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
 from tinytok import backend
-from tinytok.training.checkpoint import read_npz_safely, write_npz_atomic
 from tinytok.data.datasets import CAPTION_WORDS, make_shapes
 from tinytok.errors import CheckpointError, ConfigError, ShapeError
-from tinytok.training.train import PriorData, default_print
 from tinytok.prior.vocab import Vocab
+from tinytok.training.checkpoint import read_npz_safely, write_npz_atomic
+from tinytok.training.progress import Progress, print_to_stderr
+
+
+@dataclass
+class PriorData:
+    """What the prior learns from: token grids of images and their captions (word ids)."""
+    codes: np.ndarray          # (N, g, g) int64 codebook ids
+    captions: list             # N lists of word ids
+    vocab: object              # tinytok.prior.vocab.Vocab
 
 
 def file_digest(path):
@@ -34,12 +43,13 @@ def shapes_vocab(num_codes, grid_size=8):
 
 
 def shapes_prior_data(tokenizer, n_images, seed=0, cache=None, tokenizer_path=None,
-                      log=default_print):
+                      log=print_to_stderr, progress_stream=None):
     """PriorData for n_images training shapes (held-out combinations excluded).
 
     With cache (a path prefix), the token grids live in "<cache>-<key>.npz", the key naming
     the tokenizer file's digest, n_images and seed: a different tokenizer or data set simply
-    finds no file and encodes afresh.
+    finds no file and encodes afresh. The encoding shows its progress on progress_stream
+    (default stderr).
     """
     data = make_shapes(n_images, seed=seed, split="train")
     vocab = shapes_vocab(tokenizer.config.num_codes, tokenizer.grid_size)
@@ -53,7 +63,9 @@ def shapes_prior_data(tokenizer, n_images, seed=0, cache=None, tokenizer_path=No
                 codes = None  # unreadable cache: encode again and overwrite it
     if codes is None:
         log(f"encoding {n_images} shapes with the tokenizer (once)...")
-        codes = encode_dataset_tokens(tokenizer.encode, data.images)
+        with Progress(n_images, desc="encoding", log_every=max(n_images // 4, 1),
+                      stream=progress_stream, unit="img") as progress:
+            codes = encode_dataset_tokens(tokenizer.encode, data.images, progress=progress)
         if cache and tokenizer_path:
             save_token_cache(cache, codes, data.captions, data.labels)
     captions = [vocab.encode_text(c) for c in data.captions]
@@ -63,10 +75,11 @@ def shapes_prior_data(tokenizer, n_images, seed=0, cache=None, tokenizer_path=No
 # ----------------------------------------------------------------------------------------
 # Caching token grids: the tokenizer encodes the dataset once, the prior reads the ids
 
-def encode_dataset_tokens(encode_fn, images, batch_size=256):
+def encode_dataset_tokens(encode_fn, images, batch_size=256, progress=None):
     """encode_fn(images[i:i+batch_size]) for each batch, stacked: int64 (N, g, g) on the host.
 
     encode_fn takes uint8 images (b, H, W, 3) and returns codes (b, g, g), NumPy or CuPy.
+    progress (a training.progress.Progress over the images), if given, follows the batches.
     """
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -80,6 +93,8 @@ def encode_dataset_tokens(encode_fn, images, batch_size=256):
             raise ShapeError(f"encode_fn must return codes (b, g, g) for a batch of "
                              f"{len(batch)} images, got shape {codes.shape}")
         parts.append(codes.astype(np.int64))
+        if progress is not None:
+            progress.update(start + len(batch))
     return np.concatenate(parts)
 
 

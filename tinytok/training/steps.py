@@ -1,0 +1,68 @@
+"""One training step's gradients for each model, computed on batch parts, one per core.
+
+    grads = zeros_like_params(params)
+    out = tokenizer_grads(x, params, config, grads)          # x (N, 3, S, S)
+    loss = gpt_loss_grads(ids, targets, params, config, grads)
+
+The models define forward and backward for a whole batch; here a batch is cut into parts
+that tinytok.parallel.for_batch_parts runs side by side, each adding its gradients into
+its own dict, the dicts added at the end (data parallelism on the cores of one machine).
+A part's loss is a mean over its own examples, so its gradient is weighted by its share of
+the batch: the sum is then the gradient of the whole batch's mean loss. These are the steps
+the trainers and `tinytok bench` run; a training loop of your own can call them too.
+"""
+from tinytok.backend import get_array_module
+from tinytok.parallel import for_batch_parts
+from tinytok.prior.gpt import gpt_loss_backward, gpt_loss_forward
+from tinytok.tokenizer.vqvae import tokenizer_backward, tokenizer_forward
+
+
+def tokenizer_grads(x, params, config, grads, tau=1.0, noise=None):
+    """One training step's forward and backward on x (N, 3, S, S): gradients of the mean
+    loss added into grads, no gradient of the images. Returns the forward's dict ("loss",
+    "recon_loss", "vq_loss", "z", "ids") for the whole batch.
+
+    tau and noise (N, K, g, g) are the Gumbel temperature and noise (ignored by VQ).
+    """
+    N = len(x)
+
+    def part(lo, hi, part_grads):
+        out, cache = tokenizer_forward(x[lo:hi], params, config, tau,
+                                       None if noise is None else noise[lo:hi])
+        tokenizer_backward(cache, part_grads, config, dloss=(hi - lo) / N, image_grad=False)
+        return out
+
+    return join_parts(for_batch_parts(part, N, grads), N)
+
+
+def join_parts(outs, batch_size):
+    """One tokenizer_forward output dict from the outputs of the batch's parts (in order):
+    the losses weighted by each part's share of the batch (they are means over examples),
+    the codes' inputs z and the ids put back together along the batch axis."""
+    if len(outs) == 1:
+        return outs[0]
+    xp = get_array_module(outs[0]["z"])
+    shares = [len(out["ids"]) / batch_size for out in outs]
+    joined = {key: sum(out[key] * share for out, share in zip(outs, shares))
+              for key in ("loss", "recon_loss", "vq_loss")}
+    joined.update({key: xp.concatenate([out[key] for out in outs]) for key in ("z", "ids")})
+    return joined
+
+
+def gpt_loss_grads(ids, targets, params, config, grads):
+    """One training step's forward and backward on ids, targets (B, T): gradients of the
+    mean loss over targets != -1 added into grads. Returns that loss (a float).
+
+    A part's loss is a mean over its own counted targets (not its examples), so its
+    gradient is weighted by its share of the batch's counted targets.
+    """
+    counted = targets != -1
+    total = max(int(counted.sum()), 1)
+
+    def part(lo, hi, part_grads):
+        share = int(counted[lo:hi].sum()) / total
+        loss, cache = gpt_loss_forward(ids[lo:hi], targets[lo:hi], params, config)
+        gpt_loss_backward(cache, part_grads, config, dloss=share)
+        return float(loss) * share
+
+    return sum(for_batch_parts(part, len(ids), grads))
