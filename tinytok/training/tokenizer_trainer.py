@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from tinytok import backend
 from tinytok.data.datasets import batch_indices
 from tinytok.data.images import images_to_model
+from tinytok.parallel import for_batch_parts
 from tinytok.tokenizer.codebook import code_counts, kmeans_init, restart_dead_codes, usage_stats
 from tinytok.tokenizer.gumbel import gumbel_noise, temperature_at
 from tinytok.tokenizer.quantize import ema_init, ema_update
@@ -137,8 +138,14 @@ def train_tokenizer(images, config, settings, out, recipe=None, resume=False,
 
 
 def encode_latents(images, params, config, batch_size=256):
-    """Encoder outputs z (N, D, g, g) for uint8 images, in batches (for the k-means start)."""
+    """Encoder outputs z (N, D, g, g) for uint8 images, in batches (for the k-means start),
+    each batch in parts on the cores (tinytok.parallel)."""
     xp = backend.xp()
-    return xp.concatenate([encoder_forward(images_to_model(images[i:i + batch_size]), params,
-                                           config, keep_cache=False)[0]
+
+    def encode(x):
+        parts = for_batch_parts(lambda lo, hi: encoder_forward(x[lo:hi], params, config,
+                                                               keep_cache=False)[0], len(x))
+        return xp.concatenate(parts)
+
+    return xp.concatenate([encode(images_to_model(images[i:i + batch_size]))
                            for i in range(0, len(images), batch_size)])
