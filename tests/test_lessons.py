@@ -19,9 +19,21 @@ refresh the committed pictures), and the test's temporary folder otherwise.
 Errors point at the Markdown: each block is compiled under the path of its .md file with
 its code placed at its own line numbers, so a traceback reads
 ``lessons/03_convolution.md:57``, and the failing block's start line is added as a note.
+
+As a learner runs it. A learner pastes the blocks into a REPL or saves them as a script, in
+a folder of their own, with no LESSON_DIR. So the check that counts runs each lesson that
+way: its blocks (less the skip and gpu ones) written to one ``lesson.py`` in an empty
+folder, run with ``python lesson.py`` there, which must exit 0 and leave nothing in that
+folder but, at most, one output folder of the lesson's own (no stray .npz or .png). Only
+when that fails is the lesson run again in this harness, for a traceback that points into
+the Markdown; a lesson with gpu blocks also runs in the harness where CuPy works. Each
+lesson thus runs once in a normal test run. With TINYTOK_WRITE_LESSON_IMAGES=1 the harness
+run is the one that runs, writing the pictures into lessons/.
 """
 import os
 import re
+import subprocess
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -120,14 +132,77 @@ def run_block(md_path, start_line, code, namespace):
         raise
 
 
+SCRIPT_TIMEOUT = 600  # seconds for one lesson run as a script (the slowest takes ~30 s)
+
+
+def lesson_script(text):
+    """The lesson as one plain Python script: its python blocks in order, less the ones
+    marked skip or gpu, each preceded by a comment naming its line in the .md file."""
+    return "".join(f"# --- block at line {line} ---\n{code}\n"
+                   for line, code, marker in python_blocks(text) if marker is None)
+
+
+def run_as_script(md_path, folder):
+    """Run the lesson as `python lesson.py` in `folder` (empty), as a learner would.
+
+    Returns the finished process and what it left in `folder` (names, lesson.py aside).
+    Temporary files go to folder/../tmp, so a lesson's mkdtemp does not fill /tmp.
+    """
+    script = folder / "lesson.py"
+    script.write_text(lesson_script(md_path.read_text(encoding="utf-8")), encoding="utf-8")
+    tmp = folder.parent / "tmp"
+    tmp.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TINYTOK_BACKEND", "TINYTOK_WRITE_LESSON_IMAGES")}
+    env.update(TMPDIR=str(tmp), TEMP=str(tmp), TMP=str(tmp), MPLBACKEND="Agg")
+    proc = subprocess.run([sys.executable, str(script)], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=SCRIPT_TIMEOUT)
+    return proc, sorted(p.name for p in folder.iterdir() if p != script)
+
+
+def stray_files(folder, left):
+    """What a lesson must not leave in its working folder: any file at the top, or more
+    than one folder (one output folder of its own is fine)."""
+    files = [name for name in left if not (folder / name).is_dir()]
+    folders = [name for name in left if (folder / name).is_dir()]
+    return files + (folders if len(folders) > 1 else [])
+
+
 @pytest.mark.parametrize("md_path", LESSONS, ids=[p.name for p in LESSONS])
 def test_lesson_runs(md_path, tmp_path, monkeypatch):
-    """The lesson's python blocks run, in order, in one namespace, without error."""
-    monkeypatch.chdir(tmp_path)
+    """The lesson runs as a plain script in an empty folder, exits 0 and leaves no stray
+    files there; on failure, the harness runs it again for a traceback into the .md."""
     write_images = os.environ.get("TINYTOK_WRITE_LESSON_IMAGES") == "1"
+    if write_images:
+        run_in_harness(md_path, tmp_path, monkeypatch, LESSONS_DIR)
+        return
+    work = tmp_path / "work"
+    work.mkdir()
+    proc, left = run_as_script(md_path, work)
+    if proc.returncode != 0:
+        harness = tmp_path / "harness"
+        harness.mkdir()
+        run_in_harness(md_path, harness, monkeypatch, harness)  # raises with a good traceback
+        pytest.fail(f"{md_path.name} failed as a plain script (exit {proc.returncode}) but "
+                    f"passed in the harness; the script's stderr ends:\n"
+                    f"{proc.stderr[-3000:]}")
+    stray = stray_files(work, left)
+    assert not stray, (f"{md_path.name}, run as a script, left {stray} in its working folder; "
+                       "write into LESSON_DIR or a temporary folder instead")
+    text = md_path.read_text(encoding="utf-8")
+    if any(marker == "gpu" for _, _, marker in python_blocks(text)) and gpu_available():
+        harness = tmp_path / "gpu"
+        harness.mkdir()
+        run_in_harness(md_path, harness, monkeypatch, harness)
+
+
+def run_in_harness(md_path, tmp_path, monkeypatch, lesson_dir):
+    """The lesson's python blocks run, in order, in one namespace, without error."""
+    __tracebackhide__ = True
+    monkeypatch.chdir(tmp_path)
     namespace = {
         "__name__": "__lesson__",
-        "LESSON_DIR": LESSONS_DIR if write_images else tmp_path,
+        "LESSON_DIR": lesson_dir,
     }
     skipped_gpu = []
     backend.use("numpy")
@@ -162,6 +237,20 @@ def test_lesson_shape(md_path):
     assert sections, f"{md_path.name} has no '## ' sections"
     assert "try" in sections[-1].lower(), \
         f"{md_path.name} should end with a '## Try this' section, ends with {sections[-1]!r}"
+
+
+def test_lesson_script_and_stray_files(tmp_path):
+    """The script builder drops skip and gpu blocks; stray_files allows one folder only."""
+    text = "```python\na = 1\n```\n```python\n# lesson: gpu\nb = 2\n```\n" \
+           "```python\n# lesson: skip\nc = 3\n```\n```python\nprint(a)\n```\n"
+    script = lesson_script(text)
+    assert "a = 1" in script and "print(a)" in script
+    assert "b = 2" not in script and "c = 3" not in script
+    (tmp_path / "out").mkdir()
+    assert stray_files(tmp_path, ["out"]) == []
+    (tmp_path / "x.npz").write_bytes(b"")
+    (tmp_path / "more").mkdir()
+    assert stray_files(tmp_path, ["more", "out", "x.npz"]) == ["x.npz", "more", "out"]
 
 
 def test_there_are_lessons():

@@ -1,4 +1,4 @@
-"""The `tinytok` command: train, encode, decode, sample, caption, evaluate, benchmark, demo.
+"""The `tinytok` command: train, encode, decode, sample, caption, evaluate, benchmark, demo, check.
 
 Every subcommand is a thin layer over the Python API. Bad input of any kind ends in one line
 on stderr ("tinytok: error: ...") and exit code 2; Ctrl-C during training writes a
@@ -283,6 +283,12 @@ def cmd_bench(args):
     return bench.run(args)
 
 
+def cmd_check(args):
+    """Grade a learner's own op pair (lessons/exercises/): 0 right, 1 wrong, 2 unusable."""
+    from tinytok.check import check
+    return check(args.op, args.file)
+
+
 # ---------------------------------------------------------------- the parser
 
 def build_parser():
@@ -377,6 +383,14 @@ def build_parser():
     from tinytok import bench
     bench.add_arguments(p)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("check", help="check your own forward and backward of an op pair "
+                                     "(lessons/exercises/)")
+    p.add_argument("op", help="linear, conv2d, conv_transpose2d, relu, gelu, layer_norm, "
+                              "embedding, causal_self_attention, cross_entropy, mse, "
+                              "vector_quantize")
+    p.add_argument("file", help="a Python file defining OP_forward and OP_backward")
+    p.set_defaults(func=cmd_check)
     return parser
 
 

@@ -5,8 +5,8 @@
 Writes samples.png (six drawings per caption, as `tinytok sample` draws them: guidance 1.5,
 each the best of 4 by the prior's own caption likelihood; the last three captions held out of
 training, a green dot where the attributes read back from the pixels match), captions.png
-(captions the prior writes for held-out pictures), shapes_reconstructions.png and
-shapes_palette.png into data/samples/, and prints what it measured on them.
+(captions the prior writes for held-out pictures), shapes_reconstructions.png,
+shapes_palette.png and pipeline.png (the whole recipe on one picture) into data/samples/, and prints what it measured on them.
 """
 import os
 
@@ -14,10 +14,14 @@ import numpy as np
 
 from tinytok import parallel
 from tinytok.data.datasets import make_shapes, parse_caption, read_attributes
+from tinytok.data.images import images_to_model
 from tinytok.evaluate import caption_accuracy, eval_tokenizer
 from tinytok.pipeline import Pipeline
+from tinytok.prior.vocab import text_to_image_sequence
+from tinytok.tokenizer.vqvae import encoder_forward
 from tinytok.tokenizer.codebook import code_counts
-from tinytok.viz import codebook_palette, comparison_grid, image_grid, prompt_grid
+from tinytok.viz import (codebook_palette, comparison_grid, image_grid, pipeline_diagram,
+                         prompt_grid)
 
 OUT = os.path.dirname(os.path.abspath(__file__))
 PROMPTS = ["a large red circle at the top left", "a small blue triangle at the bottom right",
@@ -51,6 +55,23 @@ def main():
                      code_counts(ids, pipe.tokenizer.config.num_codes), ncols=16, scale=2,
                      path=os.path.join(OUT, "shapes_palette.png"))
     print(f"shapes_reconstructions.png: {figures['psnr_db']:.1f} dB on 500 shapes")
+
+    draw_pipeline(pipe, os.path.join(OUT, "pipeline.png"))
+
+
+def draw_pipeline(pipe, path):
+    """The recipe on one shapes picture, as lesson 01 draws it."""
+    tok, vocab = pipe.tokenizer, pipe.prior.vocab
+    shapes = make_shapes(4, seed=1)
+    image, text = shapes.images[0], shapes.captions[0]
+    z, _ = encoder_forward(images_to_model(image[None]), tok.params, tok.config,
+                           keep_cache=False)
+    ids = tok.encode(image[None])[0]
+    stream = vocab.describe(text_to_image_sequence(vocab, vocab.encode_text(text), ids)).split()
+    written_ids = pipe.generate_codes(text, n=1, seed=0)[0]
+    pipeline_diagram(image, z[0], tok.params["quant.codebook"], ids, stream, written_ids,
+                     tok.decode(written_ids)[0], path=path)
+    print(f"pipeline.png: {text!r}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from tinytok import backend, parallel
+from tinytok import parallel
 from tinytok.ops import conv2d_backward, conv2d_forward
 
 

@@ -14,7 +14,6 @@ The EMA codebook, which trains the codes without a loss, lives here too; startin
 codebook well (k-means) and keeping it in use (dead-code restarts) is codebook care, in
 tinytok.tokenizer.codebook, with the usage statistics that show whether it works.
 """
-import numpy as np
 
 from tinytok.backend import get_array_module
 from tinytok.errors import ShapeError
