@@ -496,7 +496,7 @@ TRAIN = ["train-tokenizer", "--config", "vqvae-tiny", "--n-images", 4, "--steps"
     (["--lr", "nan"], "--lr"), (["--lr", "inf"], "--lr"),
     (["--checkpoint-every", 0], "--checkpoint-every"), (["--log-every", 0], "--log-every"),
     (["--warmup", -5], "warmup"), (["--n-images", 0], "--n-images"), (["--codes", 0], "--codes"),
-    (["--restart-every", 0], "--restart-every"), (["--quantizer", "fsq"], "--quantizer"),
+    (["--restart-every", 0], "--restart-every"), (["--quantizer", "lfq"], "--quantizer"),
     (["--config", "vqvae-huge"], "vqvae-huge"), (["--data", "imagenet"], "imagenet"),
     (["--seed", -1], "seed"), (["--seed", 2 ** 70], "seed"), (["--split", "heldout"], "--split")])
 def test_bad_training_arguments(extra, named, capsys, tmp_path):

@@ -223,6 +223,7 @@ HOST_EDGES = {
                                                  "host token lists; scores after to_numpy"),
     ("training.loop", "host_copy"): ({"array"}, "copies backend.to_numpy(x): a host snapshot"),
     ("evaluate", "eval_tokenizer"): ({"median"}, "of host PSNR figures"),
+    ("evaluate", "round_channels"): ({"rint", "uint8"}, "host uint8 images"),
     ("evaluate", "adherence"): ({"repeat"}, "host labels"),
     ("evaluate", "caption_accuracy"): ({"mean"}, "of Python bools"),
     ("gradcheck", "relative_error"): ({"abs", "max"}, "after to_numpy"),

@@ -254,6 +254,33 @@ def test_gumbel_quantizer_on_device(fake):
     assert_device_matches_numpy(_gumbel_run, fake, what="gumbel")
 
 
+def _fsq_run(xp):
+    from tinytok.training.optim import zeros_like_params
+    from tinytok.tokenizer.fsq import fsq_backward, fsq_codes, fsq_forward
+    from tinytok.tokenizer.vqvae import (TokenizerConfig, decode_ids, encode_ids,
+                                         init_tokenizer_params, tokenizer_backward,
+                                         tokenizer_forward)
+    z = xp.asarray(_latents(8, (2, 3, 3, 3)))
+    z_q, ids, cache = fsq_forward(z, (8, 6, 5))
+    dz = fsq_backward(xp.asarray(_latents(9, (2, 3, 3, 3))), cache)
+    config = TokenizerConfig("test-tiny", image_size=32, hidden=16, res_hidden=8, n_res=1,
+                             code_dim=2, num_codes=16, quantizer="fsq", levels=(4, 4))
+    params = init_tokenizer_params(config, seed=0)
+    x = xp.asarray(np.random.default_rng(1).uniform(-0.5, 0.5, (2, 3, 32, 32)),
+                   dtype="float32")
+    out, tok_cache = tokenizer_forward(x, params, config)
+    grads = zeros_like_params(params)
+    tokenizer_backward(tok_cache, grads, config)
+    tok_ids = encode_ids(x, params, config)
+    return {"z_q": z_q, "ids": ids, "dz": dz, "codes": fsq_codes(ids, (8, 6, 5)),
+            "out": out, "grads": grads, "tok_ids": tok_ids,
+            "x_hat": decode_ids(tok_ids, params, config)}
+
+
+def test_fsq_quantizer_and_tokenizer_on_device(fake):
+    assert_device_matches_numpy(_fsq_run, fake, what="fsq")
+
+
 # ---------------------------------------------------------------- models
 
 def _tiny_tokenizer_config(quantizer="vq"):

@@ -310,5 +310,5 @@ def test_config_errors():
     with pytest.raises(ConfigError):
         tokenizer_config("vqvae-huge")
     with pytest.raises(ConfigError):
-        with_quantizer("vqvae-tiny", "fsq")
+        with_quantizer("vqvae-tiny", "lfq")
     assert tokenizer_config("vqvae-ref").grid_size == 8

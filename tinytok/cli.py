@@ -38,6 +38,18 @@ non_negative_float = _number(float, lambda v: 0 <= v < INF, "a finite number >= 
 probability = _number(float, lambda v: 0 < v <= 1, "in (0, 1]")
 
 
+def fsq_levels(text):
+    """An argparse type: "8,5,5,5" -> (8, 5, 5, 5), each level a whole number >= 2."""
+    try:
+        levels = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers joined by commas, such as "
+                                         f"8,5,5,5, got {text!r}") from None
+    if min(levels) < 2:
+        raise argparse.ArgumentTypeError(f"every level must be >= 2, got {text}")
+    return levels
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line and exit code 2 (no usage block)."""
 
@@ -53,7 +65,12 @@ def cmd_train_tokenizer(args):
     from tinytok.training import TokenizerRecipe, TrainSettings, train_tokenizer
     from tinytok.tokenizer.vqvae import tokenizer_config, with_quantizer
     from dataclasses import replace
-    config = with_quantizer(tokenizer_config(args.config), args.quantizer)
+    if args.quantizer != "fsq" and args.levels is not None:
+        raise ConfigError("--levels is for --quantizer fsq only")
+    if args.quantizer == "fsq" and args.codes:  # FSQ's codebook is the grid of its levels
+        raise ConfigError("--codes does not apply to --quantizer fsq: its codes are "
+                          "prod(--levels)")
+    config = with_quantizer(tokenizer_config(args.config), args.quantizer, args.levels)
     if args.codes:
         config = replace(config, num_codes=args.codes)
     images = training_images(args.data, args.n_images if args.data in ("shapes", "photos")
@@ -306,7 +323,9 @@ def build_parser():
     p = sub.add_parser("train-tokenizer", help="train a VQ-VAE tokenizer")
     p.add_argument("--data", default="shapes", help="shapes, photos, faces, digits or a folder")
     p.add_argument("--config", default="vqvae-ref")
-    p.add_argument("--quantizer", default="ema", choices=("vq", "ema", "gumbel"))
+    p.add_argument("--quantizer", default="ema", choices=("vq", "ema", "gumbel", "fsq"))
+    p.add_argument("--levels", type=fsq_levels, default=None,
+                   help="fsq levels per channel, e.g. 8,5,5,5 (1000 codes; the default)")
     p.add_argument("--codes", type=positive_int, default=None, help="codebook size override")
     p.add_argument("--n-images", type=positive_int, default=20000,
                    help="images (or crops) generated for shapes and photos")

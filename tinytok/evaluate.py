@@ -1,15 +1,19 @@
 """Honest numbers: what `tinytok eval-tokenizer` and `tinytok eval-prior` measure.
 
 Tokenizer: PSNR of reconstructions (uint8, mean over images) and codebook usage on images it
-never saw. Prior: prompt adherence, the share of generated images whose attributes, read
+never saw, and what its token grid costs in bits against the best thumbnail (a small,
+coarsely rounded picture, enlarged again) of no more bits. Prior: prompt adherence, the share of generated images whose attributes, read
 back from pixels by tinytok.data.datasets.read_attributes, all match the prompt, separately for
 attribute combinations seen in training and for held-out ones; and caption accuracy, the
 share of held-out images whose written caption matches the true one exactly.
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from tinytok import backend
 from tinytok.data.datasets import caption_for, make_shapes, read_attributes
+from tinytok.data.images import resize_images
 from tinytok.tokenizer.codebook import code_counts, usage_stats
 
 
@@ -21,14 +25,73 @@ def psnr(a, b):
     return 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10))
 
 
+def round_channels(images, bits):
+    """uint8 values rounded to 2**bits levels spread evenly over 0..255.
+
+    Level k = round(x / 255 * (2**bits - 1)) is what would be stored; it is shown again as
+    round(k * 255 / (2**bits - 1)), so 0 and 255 survive and 8 bits change nothing.
+    """
+    top = 2 ** bits - 1
+    levels = np.rint(images / 255 * top)
+    return np.rint(levels * 255 / top).astype(np.uint8)
+
+
+def thumbnail_cost(size, bits):
+    """Bits to store a size x size thumbnail with three channels of `bits` bits each."""
+    return size * size * 3 * bits
+
+
+def thumbnail(images, size, bits):
+    """uint8 pictures (N, S, S, 3) shrunk to size x size, rounded to bits, enlarged to S x S."""
+    images = backend.to_numpy(images)
+    return resize_images(round_channels(resize_images(images, size), bits), images.shape[1])
+
+
+class Thumbnail(NamedTuple):
+    psnr_db: float   # mean over the pictures
+    size: int        # pixels per side
+    bits: int        # per channel
+    cost: int        # bits per picture: thumbnail_cost(size, bits)
+
+
+def best_thumbnail(images, max_bits, sizes=range(2, 17), depths=range(1, 9)):
+    """The Thumbnail of at most max_bits with the best mean PSNR on images (None if none fits).
+
+    The baseline a tokenizer must beat to earn its bits: if plain downscaling and rounding
+    reconstructs as well from as few bits, the learned codes add nothing.
+    """
+    images = backend.to_numpy(images)
+    best = None
+    for size in sizes:
+        fitting = [bits for bits in depths if thumbnail_cost(size, bits) <= max_bits]
+        if not fitting:
+            continue
+        small = resize_images(images, size)  # shrink once per size, round to each depth
+        for bits in fitting:
+            enlarged = resize_images(round_channels(small, bits), images.shape[1])
+            score = float(psnr(images, enlarged).mean())
+            if best is None or score > best.psnr_db:
+                best = Thumbnail(score, size, bits, thumbnail_cost(size, bits))
+    return best
+
+
 def eval_tokenizer(tokenizer, images, batch_size=256):
-    """Figures for a tokenizer on uint8 images (N, S, S, 3): PSNR, usage, perplexity, dead."""
+    """Figures for a tokenizer on uint8 images (N, S, S, 3): PSNR, usage, perplexity, dead,
+    its bits per picture and its margin over the best thumbnail of no more bits."""
     ids = tokenizer.encode(images, batch_size)
     recon = tokenizer.decode(ids, batch_size)
     per_image = psnr(images, recon)
     stats = usage_stats(code_counts(ids, tokenizer.config.num_codes))
-    return {"images": int(len(images)), "psnr_db": float(per_image.mean()),
-            "psnr_db_median": float(np.median(per_image)), **stats}, recon, ids
+    figures = {"images": int(len(images)), "psnr_db": float(per_image.mean()),
+               "psnr_db_median": float(np.median(per_image)), **stats,
+               "vocab_size": tokenizer.vocab_size,
+               "bits_per_picture": tokenizer.bits_per_picture}
+    rival = best_thumbnail(images, tokenizer.bits_per_picture)
+    if rival is not None:
+        figures.update({"thumbnail_size": rival.size, "thumbnail_bits_per_channel": rival.bits,
+                        "thumbnail_bits": rival.cost, "thumbnail_psnr_db": rival.psnr_db,
+                        "margin_db": figures["psnr_db"] - rival.psnr_db})
+    return figures, recon, ids
 
 
 def adherence(pipeline, labels, n_per_prompt=4, cfg_scale=1.0, temperature=1.0, top_k=None,

@@ -10,6 +10,7 @@
 
 They hold parameters on the active backend and call the model pairs; nothing here trains.
 """
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -72,6 +73,16 @@ class Tokenizer:
     @property
     def grid_size(self):
         return self.config.grid_size
+
+    @property
+    def vocab_size(self):
+        """How many distinct token ids a grid cell can hold (the codebook's size)."""
+        return self.config.num_codes
+
+    @property
+    def bits_per_picture(self):
+        """What one picture costs as tokens: grid_size**2 ids of log2(vocab_size) bits each."""
+        return self.grid_size ** 2 * math.log2(self.vocab_size)
 
     def _check(self, images):
         return check_images(images, self.config.image_size)

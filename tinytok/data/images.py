@@ -243,6 +243,15 @@ def _gray_to_rgb(gray, size):
     return np.repeat(out[..., None], 3, axis=3)
 
 
+def resize_images(images, size):
+    """uint8 pictures (N, H, W, 3) resized to size x size, each with Pillow's bilinear filter
+    (which, shrinking, averages over the footprint of each new pixel)."""
+    from PIL import Image
+    return np.stack([np.asarray(Image.fromarray(img).resize((size, size),
+                                                            Image.Resampling.BILINEAR))
+                     for img in images])
+
+
 @lru_cache(maxsize=None)
 def load_photo(name, scale=1):
     """One scikit-image photograph as uint8 (H, W, 3), shrunk ``scale`` times (bicubic).

@@ -4,4 +4,5 @@
     quantize.py   the straight-through vector quantizer and the EMA codebook
     codebook.py   codebook care: k-means start, dead-code restarts, usage statistics
     gumbel.py     DALL-E's Gumbel-softmax relaxation, the other way to pick a code
+    fsq.py        finite scalar quantization: round each channel, a fixed grid of codes
 """

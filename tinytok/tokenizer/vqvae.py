@@ -18,12 +18,14 @@ from tinytok.ops import (conv2d_as_transposed_backward, conv2d_as_transposed_for
                          conv2d_backward, conv2d_forward, conv_transpose2d_backward,
                          conv_transpose2d_forward, mse_backward, mse_forward,
                          narrowing_conv_is_faster, relu_backward, relu_forward)
+from tinytok.tokenizer.fsq import (check_levels, fsq_backward, fsq_codes, fsq_forward,
+                                  fsq_num_codes)
 from tinytok.tokenizer.gumbel import gumbel_quantize_backward, gumbel_quantize_forward
 from tinytok.tokenizer.quantize import (latents_as_columns, nearest_codes,
                                         vector_quantize_backward, vector_quantize_forward)
 
 
-QUANTIZERS = ("vq", "ema", "gumbel")
+QUANTIZERS = ("vq", "ema", "gumbel", "fsq")
 
 
 @dataclass
@@ -35,11 +37,13 @@ class TokenizerConfig:
     hidden: int = 128       # channels of the 8x8 trunk; the first conv has hidden // 2
     res_hidden: int = 32    # bottleneck channels inside a residual block
     n_res: int = 2          # residual blocks in the encoder, and again in the decoder
-    code_dim: int = 64      # D: length of a code vector
-    num_codes: int = 512    # K: size of the visual vocabulary
+    code_dim: int = 64      # D: length of a code vector (fsq: len(levels))
+    num_codes: int = 512    # K: size of the visual vocabulary (fsq: prod(levels))
     beta: float = 0.25      # weight of the commitment loss
-    quantizer: str = "vq"   # "vq" (codebook loss), "ema" (EMA codebook) or "gumbel" (dVAE)
+    quantizer: str = "vq"   # "vq" (codebook loss), "ema" (EMA codebook), "gumbel" (dVAE)
+                            # or "fsq" (finite scalar quantization, no codebook)
     kl_weight: float = 5e-4  # gumbel only: weight of the KL term to the uniform prior
+    levels: tuple = (8, 5, 5, 5)  # fsq only: levels per channel, prod(levels) codes
 
     def __post_init__(self):
         for name in ("image_size", "hidden", "res_hidden", "code_dim", "num_codes"):
@@ -59,6 +63,15 @@ class TokenizerConfig:
         for name in ("beta", "kl_weight"):
             if not isinstance(getattr(self, name), (int, float)) or not getattr(self, name) >= 0:
                 raise ConfigError(f"tokenizer config: {name} must be a number >= 0")
+        self.levels = check_levels(self.levels)  # a tuple also when read back from JSON
+        if self.quantizer == "fsq" and (self.code_dim, self.num_codes) != (
+                len(self.levels), fsq_num_codes(self.levels)):
+            raise ConfigError(
+                f"tokenizer config: fsq levels {self.levels} fix code_dim = "
+                f"{len(self.levels)} (one channel per level) and num_codes = "
+                f"{fsq_num_codes(self.levels)} (their product), got code_dim = "
+                f"{self.code_dim} and num_codes = {self.num_codes}; "
+                "with_quantizer(config, 'fsq', levels) sets both")
 
     @property
     def grid_size(self):
@@ -91,12 +104,23 @@ def tokenizer_config(name_or_dict):
 
 
 
-def with_quantizer(config, quantizer):
-    """A copy of config using another quantizer ("vq", "ema" or "gumbel")."""
+def with_quantizer(config, quantizer, levels=None):
+    """A copy of config using another quantizer ("vq", "ema", "gumbel" or "fsq").
+
+    For fsq the levels (default: the config's) also set code_dim = len(levels) and
+    num_codes = prod(levels); levels mean nothing to the other quantizers.
+    """
     if quantizer not in QUANTIZERS:
         raise ConfigError(f"unknown quantizer {quantizer!r}; choose one of "
                           f"{', '.join(QUANTIZERS)}")
-    return replace(tokenizer_config(config), quantizer=quantizer)
+    config = tokenizer_config(config)
+    if quantizer != "fsq":
+        if levels is not None:
+            raise ConfigError(f"levels are for the fsq quantizer only, not {quantizer!r}")
+        return replace(config, quantizer=quantizer)
+    levels = check_levels(config.levels if levels is None else levels)
+    return replace(config, quantizer="fsq", levels=levels, code_dim=len(levels),
+                   num_codes=fsq_num_codes(levels))
 
 
 # ---------------------------------------------------------------- parameters
@@ -123,8 +147,9 @@ def init_tokenizer_params(config, seed=0, dtype="float32"):
     # The encoder's last layer gives a D-vector per cell for VQ, or K code scores for Gumbel.
     out_channels = c.num_codes if c.quantizer == "gumbel" else c.code_dim
     p.update(_conv_params(rng, "enc.out", c.hidden, out_channels, 1))
-    p["quant.codebook"] = rng.uniform(-1 / c.num_codes, 1 / c.num_codes,
-                                      (c.num_codes, c.code_dim))
+    if c.quantizer != "fsq":  # FSQ's codes are a fixed grid: no codebook parameter at all
+        p["quant.codebook"] = rng.uniform(-1 / c.num_codes, 1 / c.num_codes,
+                                          (c.num_codes, c.code_dim))
     p.update(_conv_params(rng, "dec.conv1", c.code_dim, c.hidden, 3))
     for i in range(c.n_res):
         p.update(_conv_params(rng, f"dec.res{i}.conv1", c.hidden, c.res_hidden, 3))
@@ -286,10 +311,15 @@ def quantize_forward(z, params, config, tau=1.0, noise=None):
     if config.quantizer == "gumbel":
         z_q, ids, kl, cache = gumbel_quantize_forward(z, params["quant.codebook"], tau, noise)
         return z_q, ids, kl * config.kl_weight, cache
+    if config.quantizer == "fsq":  # no quantizer loss: nothing to pull codes or encoder together
+        z_q, ids, cache = fsq_forward(z, config.levels)
+        return z_q, ids, get_array_module(z).zeros((), dtype=z.dtype), cache
     return vector_quantize_forward(z, params["quant.codebook"], config.beta)
 
 
 def quantize_backward(dz_q, cache, grads, config, dloss=1.0):
+    if config.quantizer == "fsq":  # its loss is 0, so dloss adds nothing; no codebook
+        return fsq_backward(dz_q, cache)
     if config.quantizer == "gumbel":
         dz, dcodebook = gumbel_quantize_backward(dz_q, cache, dloss * config.kl_weight)
     else:
@@ -300,7 +330,7 @@ def quantize_backward(dz_q, cache, grads, config, dloss=1.0):
 
 class TokenizerCache(NamedTuple):
     encoder: list      # the encoder's layer caches, in forward order
-    quantizer: tuple   # the quantizer's (VQ or Gumbel)
+    quantizer: tuple   # the quantizer's (VQ, Gumbel or FSQ)
     decoder: list      # the decoder's layer caches, in forward order
     mse: tuple         # the reconstruction loss's
 
@@ -309,8 +339,9 @@ def tokenizer_forward(x, params, config, tau=1.0, noise=None):
     """x (N, 3, S, S) -> dict of losses and outputs, and a cache.
 
     loss = mse(x_hat, x) + quantizer loss (VQ: codebook + beta * commitment; Gumbel:
-    kl_weight * KL to the uniform prior). The dict holds "loss", "recon_loss", "vq_loss"
-    (0-d arrays), "x_hat" (N, 3, S, S), "ids" (N, S/4, S/4) and the encoder output "z".
+    kl_weight * KL to the uniform prior; FSQ: none, 0). The dict holds "loss", "recon_loss",
+    "vq_loss" (0-d arrays), "x_hat" (N, 3, S, S), "ids" (N, S/4, S/4) and the encoder output
+    "z".
     tau and noise are the Gumbel temperature and noise (ignored by VQ).
     """
     z, enc_cache = encoder_forward(x, params, config)
@@ -341,9 +372,11 @@ def encode_ids(x, params, config):
     """x (N, 3, S, S) -> ids (N, S/4, S/4): the encoder, then each latent's code.
 
     The encoder keeps no caches (no backward follows). VQ and EMA pick the nearest code;
-    Gumbel, whose encoder writes one logit per code, the likeliest.
+    Gumbel, whose encoder writes one logit per code, the likeliest; FSQ rounds each channel.
     """
     z, _ = encoder_forward(x, params, config, keep_cache=False)             # (N, D, h, w)
+    if config.quantizer == "fsq":
+        return fsq_forward(z, config.levels)[1]
     N, _, h, w = z.shape
     columns = latents_as_columns(z)                                         # (D, h*w*N)
     if config.quantizer == "gumbel":
@@ -354,12 +387,27 @@ def encode_ids(x, params, config):
 
 
 def decode_ids(ids, params, config):
-    """ids (N, h, w) int -> x_hat (N, 3, S, S): each id's code vector, then the decoder."""
-    z_q = params["quant.codebook"][ids]                                     # (N, h, w, D)
-    x_hat, _ = decoder_forward(z_q.transpose(0, 3, 1, 2), params, config, keep_cache=False)
+    """ids (N, h, w) int -> x_hat (N, 3, S, S): each id's code vector, then the decoder.
+
+    The vector is a codebook row, or for FSQ the id's digits read back (fsq_codes).
+    """
+    if config.quantizer == "fsq":
+        z_q = fsq_codes(ids, config.levels, params["dec.conv1.w"].dtype)     # (N, D, h, w)
+    else:
+        z_q = params["quant.codebook"][ids].transpose(0, 3, 1, 2)           # (N, D, h, w)
+    x_hat, _ = decoder_forward(z_q, params, config, keep_cache=False)
     return x_hat
 
 
 def config_dict(config):
-    """A JSON-able dict of a config, for checkpoints."""
-    return asdict(config)
+    """A JSON-able dict of a config, for checkpoints.
+
+    levels (a list, as JSON reads it back) only for fsq: the other quantizers ignore them,
+    and so their checkpoints from before FSQ still resume (the saved config must be equal).
+    """
+    d = asdict(config)
+    if config.quantizer == "fsq":
+        d["levels"] = list(config.levels)
+    else:
+        del d["levels"]
+    return d

@@ -204,7 +204,7 @@ def resume_state(path, kind, params, model_config):
                         if (saved or {}).get(k) != model_config.get(k))
         raise CheckpointError(f"cannot resume {path}: it was trained with another model "
                               f"configuration (differs in {', '.join(differ)}); use the same "
-                              "--config/--quantizer/--codes, or a new --out")
+                              "--config/--quantizer/--codes/--levels, or a new --out")
     check_params_match(ckpt.params, params, path)
     return Resumed(ckpt.step, backend.params_to_device(ckpt.params), ckpt.optimizer_state,
                    ckpt.extra, config)

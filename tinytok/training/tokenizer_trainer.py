@@ -1,4 +1,4 @@
-"""Training the tokenizer: the VQ-VAE (VQ, EMA or Gumbel) on uint8 pictures, with codebook care.
+"""Training the tokenizer: the VQ-VAE (VQ, EMA, Gumbel, FSQ) on uint8 pictures, with codebook care.
 
     train_tokenizer(images, tokenizer_config("vqvae-tiny"), TrainSettings(steps=300),
                     "tokenizer.npz", TokenizerRecipe(restart_every=50))
@@ -6,7 +6,8 @@
 Each step draws its batch and Gumbel noise from (seed, step), runs tokenizer_grads on every
 core and updates with AdamW; the EMA codebook follows the encoder outputs it was given, and
 every restart_every steps the codes nobody used lately are moved onto encoder outputs
-(dead-code restarts). The loop itself (checkpoints, Ctrl-C, NaN guards) is loop.run_loop.
+(dead-code restarts). FSQ has no codebook, so none of that care applies to it. The loop
+itself (checkpoints, Ctrl-C, NaN guards) is loop.run_loop.
 """
 import math
 import os
@@ -45,7 +46,7 @@ def train_tokenizer(images, config, settings, out, recipe=None, resume=False,
                     log=print_to_stderr, progress_stream=None):
     """Train a tokenizer on uint8 images (N, S, S, 3); checkpoints go to `out`.
 
-    config: a TokenizerConfig (its quantizer picks VQ, EMA or Gumbel). log(text) gets the
+    config: a TokenizerConfig (its quantizer picks VQ, EMA, Gumbel or FSQ). log(text) gets the
     messages, progress_stream the progress (default stderr). Returns the history, a list
     of dicts with the figures logged along the way.
     """
@@ -55,6 +56,9 @@ def train_tokenizer(images, config, settings, out, recipe=None, resume=False,
     params = init_tokenizer_params(config, seed=settings.seed)
     uses_codebook_loss = config.quantizer in ("vq", "gumbel")
     trainable = [k for k in params if uses_codebook_loss or k != "quant.codebook"]
+    if config.quantizer == "fsq" and (recipe.kmeans_init or recipe.restart_every):
+        # FSQ's codes are a fixed grid, not a parameter: nothing to start or to move
+        log("fsq has no codebook: skipping the k-means start and dead-code restarts")
     start, history = 0, []
     ema_state, window = None, xp.zeros(config.num_codes, dtype=xp.int64)
     opt_state = adamw_init({k: params[k] for k in trainable})
@@ -71,7 +75,7 @@ def train_tokenizer(images, config, settings, out, recipe=None, resume=False,
         if resumed.optimizer_state.get("ema") is not None:
             ema_state = backend.params_to_device(resumed.optimizer_state["ema"])
         window = xp.asarray(resumed.extra["window_counts"])
-    elif config.quantizer != "gumbel":
+    elif config.quantizer in ("vq", "ema"):
         if recipe.kmeans_init:  # start every code on a real encoder output
             sample = images[step_rng(settings.seed, 0, 9).permutation(len(images))
                             [:recipe.kmeans_images]]
@@ -122,7 +126,7 @@ def train_tokenizer(images, config, settings, out, recipe=None, resume=False,
         if window_len and (step + 1) % window_len == 0:
             stats = usage_stats(window)
             figures.update(usage=f"{stats['usage']:.0%}", ppl=f"{stats['perplexity']:.0f}")
-            if recipe.restart_every and config.quantizer != "gumbel":
+            if recipe.restart_every and config.quantizer in ("vq", "ema"):
                 restarted = restart_dead_codes(params["quant.codebook"], window, out_dict["z"],
                                                seed=[settings.seed, step, 2],
                                                ema_state=ema_state)
