@@ -129,21 +129,9 @@ EMBEDDING = """
         return dtable
 """
 
-CONV2D = """
-    import numpy as np
-
-    def conv2d_forward(x, w, b, stride=1, padding=0):
-        N, C, H, W = x.shape
-        F, _, kh, kw = w.shape
-        Ho, Wo = (H + 2 * padding - kh) // stride + 1, (W + 2 * padding - kw) // stride + 1
-        xpad = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-        out = np.zeros((N, F, Ho, Wo)) + b[:, None, None]
-        for i in range(kh):
-            for j in range(kw):
-                window = xpad[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride]
-                out += np.einsum("nchw,fc->nfhw", window, w[:, :, i, j])
-        return out, (x, w, stride, padding)
-
+# The exercise's own forward (its cache is (x, w, stride, padding)), then a backward to test.
+CONV2D = textwrap.indent(
+    (EXERCISES / "conv2d.py").read_text().split("def conv2d_backward")[0], "    ") + """
     def conv2d_backward(dout, cache):
         x, w, stride, padding = cache
         N, C, H, W = x.shape
