@@ -614,7 +614,8 @@ def test_divergent_prior_keeps_the_checkpoint(ck, capsys, tmp_path):
     before = good.read_bytes()
     code, _, err = cli(capsys, "train-prior", "--tokenizer", ck / "tok.npz", "--config",
                        "gpt-tiny", "--n-images", 16, "--batch-size", 4, "--steps", 40,
-                       "--log-every", 100, "--lr", "1e6", "--resume", "--out", good)
+                       "--log-every", 100, "--lr", "1e6", "--conversations", 0, "--resume",
+                       "--out", good)
     last_line_error(code, err, "step")
     assert good.read_bytes() == before
 

@@ -33,7 +33,8 @@ def module_name(path):
 # The others (prior.vocab, data.*, viz, cli, demo, errors, files) work on host data by design
 # and convert with to_numpy where they take arrays.
 DEVICE_PACKAGES = ("ops.", "tokenizer.", "prior.", "training.")
-HOST_MODULES = {"prior.vocab", "training.progress", "ops", "tokenizer", "prior", "training"}
+HOST_MODULES = {"prior.vocab", "prior.turns", "training.conversations", "training.progress",
+                "ops", "tokenizer", "prior", "training"}
 DEVICE_MODULES = ({"backend", "bench", "evaluate", "gradcheck", "parallel", "pipeline"}
                   | {module_name(path) for path in SOURCES
                      if module_name(path).startswith(DEVICE_PACKAGES)}) - HOST_MODULES
@@ -215,8 +216,12 @@ HOST_EDGES = {
     ("pipeline", "Pipeline.best_of"): ({"arange"}, "host codes and scores"),
     ("pipeline", "Pipeline.caption_log_likelihood"): ({"concatenate"},
                                                       "host scores of the batch parts"),
-    ("prior.sample", "continue_sequences"): ({"asarray", "stack", "where", "zeros"},
+    ("prior.sample", "continue_sequences"): ({"asarray", "isin", "stack", "where", "zeros"},
                                              "host prompts (uploaded by step), host tokens"),
+    ("prior.sample", "draw_picture"): ({"tile"}, "host prompt ids"),
+    ("evaluate", "edit_figures"): ({"mean"}, "host booleans read from uint8 pictures"),
+    ("training.prior_trainer", "cut_padding"): ({"flatnonzero"}, "the host batch, before upload"),
+    ("training.prior_trainer", "warm_start"): ({"array"}, "host row ids into to_numpy tables"),
     ("prior.sample", "sample_image_codes"): ({"tile"}, "host prompt ids"),
     ("prior.sample", "write_captions"): ({"stack"}, "host prompts from to_numpy(codes)"),
     ("prior.sample", "caption_log_likelihood"): ({"stack", "concatenate"},

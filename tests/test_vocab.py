@@ -37,15 +37,16 @@ def grid(seed=0, g=8, k=K):
 # The vocabulary
 
 def test_ids_specials_then_sorted_words_then_codes(vocab):
-    assert SPECIALS == ("<pad>", "<bos>", "<eos>", "<image>", "</image>", "<caption>")
+    assert SPECIALS == ("<pad>", "<bos>", "<eos>", "<image>", "</image>", "<caption>",
+                        "<user>", "<model>")
     assert (PAD, BOS, EOS, IMAGE, END_IMAGE, CAPTION) == (0, 1, 2, 3, 4, 5)
     assert vocab.words == ("a", "at", "blue", "bottom", "center", "circle", "green", "large",
                            "left", "red", "right", "small", "square", "the", "top",
                            "triangle", "white", "yellow")
-    assert vocab.image_offset == 6 + 18
-    assert vocab.size == 6 + 18 + K
+    assert vocab.image_offset == 8 + 18
+    assert vocab.size == 8 + 18 + K
     assert (vocab.num_codes, vocab.grid_size, vocab.image_len) == (K, 8, 64)
-    assert vocab.encode_text("a at yellow") == [6, 7, 6 + 17]
+    assert vocab.encode_text("a at yellow") == [8, 9, 8 + 17]
 
 
 def test_vocab_is_deterministic_and_compares_by_content():
@@ -101,7 +102,7 @@ def test_unknown_words_are_named_and_known_words_listed(vocab):
 
 def test_decode_text_rejects_non_words(vocab):
     with pytest.raises(PromptError, match=r"id 3 \(<image>\) is not a word"):
-        vocab.decode_text([6, IMAGE])
+        vocab.decode_text([8, IMAGE])
     with pytest.raises(PromptError, match="image code 5"):
         vocab.decode_text([vocab.image_offset + 5])
     with pytest.raises(PromptError, match="out of range"):
@@ -164,7 +165,7 @@ def test_layouts_exact(vocab):
     codes = grid()
     words = vocab.encode_text(EXAMPLE)
     image = list(codes.reshape(-1) + vocab.image_offset)
-    assert words == [6, 13, 15, 11, 7, 19, 20, 14]                    # a large red circle ...
+    assert words == [8, 15, 17, 13, 9, 21, 22, 16]                    # a large red circle ...
     t2i = text_to_image_sequence(vocab, words, codes)
     assert t2i.dtype == np.int64 and t2i.ndim == 1
     assert t2i.tolist() == [BOS, *words, IMAGE, *image, END_IMAGE, EOS]
@@ -196,16 +197,16 @@ def test_layouts_accept_flat_codes_and_lists(vocab):
     (np.zeros((8, 8)), DTypeError, "integers"),
 ])
 def test_bad_image_codes(vocab, codes, error, match):
-    for make in (lambda c: text_to_image_sequence(vocab, [6], c),
-                 lambda c: image_to_text_sequence(vocab, [6], c),
+    for make in (lambda c: text_to_image_sequence(vocab, [8], c),
+                 lambda c: image_to_text_sequence(vocab, [8], c),
                  lambda c: unconditional_sequence(vocab, c), lambda c: caption_prompt(vocab, c)):
         with pytest.raises(error, match=match):
             make(codes)
 
 
 def test_caption_ids_must_be_words(vocab):
-    with pytest.raises(PromptError, match=r"word ids in \[6, 24\).*<eos>"):
-        text_to_image_sequence(vocab, [6, EOS], grid())
+    with pytest.raises(PromptError, match=r"word ids in \[8, 26\).*<eos>"):
+        text_to_image_sequence(vocab, [8, EOS], grid())
     with pytest.raises(PromptError, match="image code 0"):
         image_to_text_sequence(vocab, [vocab.image_offset], grid())
 
@@ -334,7 +335,7 @@ def test_masks(vocab):
     image, text = image_token_mask(vocab), text_token_mask(vocab)
     assert image.shape == text.shape == (vocab.size,) and image.dtype == bool
     assert np.flatnonzero(image).tolist() == list(range(vocab.image_offset, vocab.size))
-    assert np.flatnonzero(text).tolist() == [EOS, *range(6, vocab.image_offset)]
+    assert np.flatnonzero(text).tolist() == [EOS, *range(8, vocab.image_offset)]
 
 
 def test_image_codes_from_tokens(vocab):
@@ -348,7 +349,7 @@ def test_image_codes_from_tokens(vocab):
     assert np.array_equal(image_codes_from_tokens(vocab, batch), np.stack([codes, codes]))
     bad = seq.copy()
     bad[10 + 5] = vocab.encode_text("red")[0]
-    with pytest.raises(ShapeError, match=r"image token 5 is 15 \('red'\).*image_token_mask"):
+    with pytest.raises(ShapeError, match=r"image token 5 is 17 \('red'\).*image_token_mask"):
         image_codes_from_tokens(vocab, bad)
     with pytest.raises(ShapeError, match="needs 64 tokens after <image>, only 10"):
         image_codes_from_tokens(vocab, seq[:20])

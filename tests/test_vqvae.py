@@ -5,6 +5,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import reference_models as ref
 from reference import away_from_zero
@@ -12,10 +14,11 @@ from tinytok.errors import ConfigError
 from tinytok.gradcheck import assert_gradients_close, numerical_gradient, relative_error
 from tinytok.tokenizer.gumbel import gumbel_noise
 from tinytok.tokenizer.quantize import vector_quantize_forward
-from tinytok.tokenizer.vqvae import (decoder_backward, decoder_forward, encoder_backward,
-                                     encoder_forward, init_tokenizer_params, residual_block_backward,
+from tinytok.tokenizer.vqvae import (config_dict, decode_ids, decoder_backward, decoder_forward,
+                                     encode_ids, encoder_backward, encoder_forward,
+                                     init_tokenizer_params, residual_block_backward,
                                      residual_block_forward, tokenizer_backward, tokenizer_config,
-                                     tokenizer_forward, with_quantizer)
+                                     tokenizer_forward, with_grid, with_quantizer)
 
 TOL = 1e-6
 
@@ -90,29 +93,33 @@ def test_residual_block_is_identity_plus_branch():
     np.testing.assert_array_equal(y, x)
 
 
+@pytest.mark.parametrize("downsamplings", [2, 1])  # 8x8 pictures: 2x2 or 4x4 grids
 @pytest.mark.parametrize("which", ["encoder", "decoder"])
-def test_encoder_and_decoder_pairs(which):
-    cfg = tiny()
+def test_encoder_and_decoder_pairs(which, downsamplings):
+    cfg = tiny(downsamplings=downsamplings)
     params = tiny_params(cfg, scale=3.0)
     prefix = "enc." if which == "encoder" else "dec."
     keys = [k for k in params if k.startswith(prefix)]
+    g = cfg.grid_size
     if which == "encoder":
         x = images(3)
         f, b = named_pair(encoder_forward, encoder_backward, keys, cfg)
     else:
-        x = np.random.default_rng(3).standard_normal((2, 3, 2, 2))
+        x = np.random.default_rng(3).standard_normal((2, 3, g, g))
         f, b = named_pair(decoder_forward, decoder_backward, keys, cfg)
     assert_gradients_close(f, b, [x] + [params[k] for k in keys], tol=TOL, max_elements=40)
 
 
 # --- the whole tokenizer --------------------------------------------------------------------
 
-def test_gumbel_tokenizer_full_loss_gradients():
+@pytest.mark.parametrize("downsamplings", [2, 1])
+def test_gumbel_tokenizer_full_loss_gradients(downsamplings):
     """Gumbel-softmax makes the whole loss differentiable: every parameter, and the input."""
-    cfg = tiny("gumbel", kl_weight=0.5)
+    cfg = tiny("gumbel", kl_weight=0.5, downsamplings=downsamplings)
     params = tiny_params(cfg, seed=1, scale=3.0)
     x = images(4)
-    noise = gumbel_noise((2, cfg.num_codes, 2, 2), np.random.default_rng(5), "float64")
+    g = cfg.grid_size
+    noise = gumbel_noise((2, cfg.num_codes, g, g), np.random.default_rng(5), "float64")
     tau = 0.7
     out, cache = tokenizer_forward(x, params, cfg, tau, noise)
     grads = zero_grads(params)
@@ -135,8 +142,12 @@ def test_gumbel_tokenizer_full_loss_gradients():
     assert relative_error(dx.reshape(-1)[idx], num) < TOL
 
 
-def vq_setup(seed=0):
-    cfg = tiny("vq")
+VQ_SEED = {2: 0, 1: 1}  # seeds whose first forward uses several codes, with no near-ties
+
+
+def vq_setup(seed=None, downsamplings=2):
+    seed = VQ_SEED[downsamplings] if seed is None else seed
+    cfg = tiny("vq", downsamplings=downsamplings)
     params = tiny_params(cfg, seed=seed, scale=3.0)
     x = images(seed + 10)
     out, cache = tokenizer_forward(x, params, cfg)
@@ -154,11 +165,12 @@ def vq_setup(seed=0):
     return cfg, params, x, out, grads, z0, e0, ids0
 
 
-def test_vq_tokenizer_encoder_gradients_are_straight_through():
+@pytest.mark.parametrize("downsamplings", [2, 1])
+def test_vq_tokenizer_encoder_gradients_are_straight_through(downsamplings):
     """Encoder grads = finite differences of the surrogate
         mse(decoder(z + (e0 - z0)), x) + beta * mean((z - e0)^2),
     e0 and z0 constants from the unperturbed forward, with the ids checked unchanged."""
-    cfg, params, x, out, grads, z0, e0, ids0 = vq_setup()
+    cfg, params, x, out, grads, z0, e0, ids0 = vq_setup(downsamplings=downsamplings)
 
     def surrogate(p):
         z, _ = encoder_forward(x, p, cfg)
@@ -170,8 +182,9 @@ def test_vq_tokenizer_encoder_gradients_are_straight_through():
     assert_param_grads(surrogate, params, grads, [k for k in params if k.startswith("enc.")])
 
 
-def test_vq_tokenizer_decoder_gradients_are_exact():
-    cfg, params, x, out, grads, z0, e0, ids0 = vq_setup()
+@pytest.mark.parametrize("downsamplings", [2, 1])
+def test_vq_tokenizer_decoder_gradients_are_exact(downsamplings):
+    cfg, params, x, out, grads, z0, e0, ids0 = vq_setup(downsamplings=downsamplings)
 
     def loss(p):
         o, _ = tokenizer_forward(x, p, cfg)
@@ -273,6 +286,85 @@ def test_vqvae_ref_maps_images_to_an_8x8_grid(quantizer):
     assert out["x_hat"].shape == (2, 3, 32, 32)
     assert out["z"].shape == ((2, 64, 8, 8) if quantizer == "vq" else (2, 512, 8, 8))
     assert np.ndim(out["loss"]) == 0 and np.isfinite(float(out["loss"]))
+
+
+def test_one_downsampling_gives_16x16_tokens_with_size_keeping_stages():
+    """downsamplings=1: the encoder's second stage is a 3x3 stride-1 conv, the decoder's
+    first a 3x3 conv (dec.conv2) instead of the transposed conv dec.up1; nothing else moves."""
+    cfg = with_grid("vqvae-ref", 32, 16)
+    assert (cfg.downsamplings, cfg.grid_size) == (1, 16)
+    params = init_tokenizer_params(cfg, seed=0)
+    shapes = {k: tuple(v.shape) for k, v in params.items()}
+    changed = {"enc.conv2.w": (128, 64, 3, 3), "dec.conv2.w": (64, 128, 3, 3),
+               "dec.conv2.b": (64,)}
+    want = {k: v for k, v in REF_SHAPES.items() if not k.startswith("dec.up1.")}
+    want.update(changed)
+    assert shapes == want
+    x = images(0, n=2, size=32).astype(np.float32)
+    out, _ = tokenizer_forward(x, params, cfg)
+    assert out["ids"].shape == (2, 16, 16) and out["z"].shape == (2, 64, 16, 16)
+    assert out["x_hat"].shape == (2, 3, 32, 32)
+
+
+@settings(max_examples=20, deadline=None)
+@given(downsamplings=st.sampled_from([1, 2]), grid=st.integers(1, 5), n=st.integers(1, 3),
+       quantizer=st.sampled_from(["vq", "ema", "gumbel", "fsq"]), seed=st.integers(0, 99))
+def test_grid_follows_picture_size_and_downsamplings(downsamplings, grid, n, quantizer, seed):
+    """S x S pictures give (S / 2**d)-sided grids for every quantizer; ids decode to S x S."""
+    size = grid * 2 ** downsamplings
+    cfg = with_grid(tiny(quantizer), size, grid)
+    assert cfg.downsamplings == downsamplings and cfg.grid_size == grid
+    params = tiny_params(cfg, seed=seed)
+    x = images(seed, n=n, size=size)
+    out, cache = tokenizer_forward(x, params, cfg)
+    assert out["ids"].shape == (n, grid, grid) and out["x_hat"].shape == x.shape
+    assert tokenizer_backward(cache, zero_grads(params), cfg).shape == x.shape
+    ids = encode_ids(x, params, cfg)
+    np.testing.assert_array_equal(ids, out["ids"])
+    assert decode_ids(ids, params, cfg).shape == x.shape
+
+
+def test_grid_choices_and_their_errors():
+    assert with_grid("vqvae-ref", 64).grid_size == 16  # two stages: the grid follows
+    assert with_grid("vqvae-ref", 64, 32).downsamplings == 1
+    assert with_grid("vqvae-ref", 32, 8) == tokenizer_config("vqvae-ref")
+    with pytest.raises(ConfigError, match="choose a grid of 32 or 16"):
+        with_grid("vqvae-ref", 64, 8)  # three stages: not a configuration tinytok has
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        replace(tokenizer_config("vqvae-ref"), image_size=30)
+    with pytest.raises(ConfigError, match="downsamplings must be 1"):
+        replace(tokenizer_config("vqvae-ref"), downsamplings=3)
+    with pytest.raises(ConfigError, match="downsamplings must be 1"):
+        replace(tokenizer_config("vqvae-ref"), downsamplings=2.0)
+    assert replace(tokenizer_config("vqvae-ref"), image_size=30, downsamplings=1).grid_size == 15
+
+
+def test_checkpoint_config_names_downsamplings_only_when_not_the_default():
+    """Checkpoints from before the choice (no such field) must still resume: equal dicts."""
+    ref = tokenizer_config("vqvae-ref")
+    assert "downsamplings" not in config_dict(ref)
+    fine = with_grid(ref, 32, 16)
+    assert config_dict(fine)["downsamplings"] == 1
+    assert tokenizer_config(config_dict(fine)) == fine
+    assert tokenizer_config(config_dict(ref)) == ref
+
+
+SHIPPED_PSNR = {"shapes-tokenizer": 34.5656, "photos-tokenizer": 25.6224}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_PSNR))
+def test_shipped_tokenizers_load_and_reproduce(name):
+    """The shipped checkpoints (made before the grid was a choice) load as 8x8 tokenizers
+    and reconstruct 64 held-out pictures to the PSNR they gave before the change."""
+    from tinytok.data.datasets import make_shapes, photo_crops
+    from tinytok.evaluate import psnr
+    from tinytok.pipeline import SHIPPED, Tokenizer
+    tok = Tokenizer.load(SHIPPED[name])
+    assert tok.config.downsamplings == 2 and tok.grid_size == 8
+    pictures = (make_shapes(64, seed=7).images if name == "shapes-tokenizer"
+                else photo_crops(64, seed=12345, split="val", scales=(2, 4)))
+    assert tok.encode(pictures).shape == (64, 8, 8)
+    assert abs(psnr(pictures, tok.reconstruct(pictures)).mean() - SHIPPED_PSNR[name]) < 0.01
 
 
 def test_init_is_deterministic_for_a_seed():

@@ -63,7 +63,7 @@ class OneLineParser(argparse.ArgumentParser):
 def cmd_train_tokenizer(args):
     from tinytok.data.datasets import training_images
     from tinytok.training import TokenizerRecipe, TrainSettings, train_tokenizer
-    from tinytok.tokenizer.vqvae import tokenizer_config, with_quantizer
+    from tinytok.tokenizer.vqvae import tokenizer_config, with_grid, with_quantizer
     from dataclasses import replace
     if args.quantizer != "fsq" and args.levels is not None:
         raise ConfigError("--levels is for --quantizer fsq only")
@@ -73,17 +73,20 @@ def cmd_train_tokenizer(args):
     config = with_quantizer(tokenizer_config(args.config), args.quantizer, args.levels)
     if args.codes:
         config = replace(config, num_codes=args.codes)
+    config = with_grid(config, args.size, args.grid)  # refused here, before any data is read
     images = training_images(args.data, args.n_images if args.data in ("shapes", "photos")
-                             else None, seed=args.seed, split=args.split)
+                             else None, seed=args.seed, split=args.split,
+                             size=config.image_size)
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                              warmup=args.warmup, seed=args.seed,
                              checkpoint_every=args.checkpoint_every, log_every=args.log_every)
     recipe = TokenizerRecipe(kmeans_init=not args.no_kmeans,
                              restart_every=0 if args.no_restarts else args.restart_every)
     settings.check()  # before anything is printed: a bad argument is one line, not two
-    print(f"training a {config.name} tokenizer ({config.quantizer}, {config.num_codes} codes) "
-          f"on {len(images)} {args.data} images for {args.steps} steps -> {args.out}",
-          file=sys.stderr)
+    g, size = config.grid_size, config.image_size
+    print(f"training a {config.name} tokenizer ({config.quantizer}, {config.num_codes} codes, "
+          f"{g}x{g} tokens per {size}x{size} picture) on {len(images)} {args.data} images for "
+          f"{args.steps} steps -> {args.out}", file=sys.stderr)
     train_tokenizer(images, config, settings, args.out, recipe, resume=args.resume)
     print(f"wrote {args.out}")
     return 0
@@ -104,20 +107,32 @@ def _add_train_arguments(p, lr, steps, batch_size=32):
 def cmd_train_prior(args):
     from tinytok.prior.gpt import gpt_config
     from tinytok.pipeline import Tokenizer
+    from tinytok.prior.vocab import saved_token_names
+    from tinytok.training.checkpoint import load_checkpoint
+    from tinytok.training.conversations import longest_conversation
     from tinytok.training.prior_data import shapes_prior_data
     from tinytok.training import TrainSettings, train_prior
     tokenizer = Tokenizer.load(args.tokenizer)
     data = shapes_prior_data(tokenizer, args.n_images, args.seed, cache=args.out + ".tokens",
                              tokenizer_path=args.tokenizer)
-    config = gpt_config(args.config, vocab_size=data.vocab.size)
+    overrides = {"vocab_size": data.vocab.size}
+    if args.context or args.conversations:
+        overrides["context"] = args.context or longest_conversation(data.vocab) - 1
+    config = gpt_config(args.config, **overrides)
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                              warmup=args.warmup, seed=args.seed, weight_decay=0.1,
                              checkpoint_every=args.checkpoint_every, log_every=args.log_every)
     settings.check()
-    print(f"training a {config.name} prior on {len(data.codes)} captioned shapes for "
-          f"{args.steps} steps -> {args.out}", file=sys.stderr)
+    init = None
+    if args.init:
+        earlier = load_checkpoint(args.init, kind="prior")
+        init = (earlier.params, saved_token_names(earlier.config["vocab"]))
+    print(f"training a {config.name} prior (context {config.context}) on {len(data.codes)} "
+          f"captioned shapes for {args.steps} steps, {args.conversations:.0%} of them on "
+          f"conversations{', from ' + args.init if init else ''} -> {args.out}",
+          file=sys.stderr)
     train_prior(data, config, settings, args.out, resume=args.resume,
-                p_word_noise=args.word_noise)
+                p_word_noise=args.word_noise, p_conversation=args.conversations, init=init)
     print(f"wrote {args.out}")
     return 0
 
@@ -177,15 +192,19 @@ def cmd_eval_tokenizer(args):
     from tinytok.evaluate import eval_tokenizer
     from tinytok.pipeline import Tokenizer
     tokenizer = Tokenizer.load(args.tokenizer)
+    size = tokenizer.config.image_size  # the pictures it was made for, and no other
+    if args.size is not None and args.size != size:
+        raise ConfigError(f"--size {args.size}: this tokenizer reads {size}x{size} pictures "
+                          f"(leave --size out, or pass --size {size})")
     split = {"shapes": "all", "photos": "val"}.get(args.data, "val")
     seed = 12345  # validation images never overlap the training seed's draws
     if args.data == "photos":  # held-out photographs, downscaled 2x and 4x: CIFAR-like detail
         from tinytok.data.datasets import photo_crops
-        images = photo_crops(args.n_images, seed=seed, split="val", scales=(2, 4))
+        images = photo_crops(args.n_images, seed=seed, split="val", scales=(2, 4), size=size)
         split = "val, 2x and 4x"
     else:
         images = training_images(args.data, args.n_images if args.data == "shapes" else None,
-                                 seed=seed, split=split)
+                                 seed=seed, split=split, size=size)
     figures, recon, ids = eval_tokenizer(tokenizer, images)
     figures["data"] = f"{args.data} ({split} split)"
     if args.pictures:
@@ -214,7 +233,8 @@ def _print_figures(figures, as_json):
         return
     for key, value in figures.items():
         shown = f"{value:.4g}" if isinstance(value, float) else value
-        if key.startswith(("adherence", "caption_accuracy", "usage")):
+        if key.startswith(("adherence", "caption_accuracy", "usage", "edit_", "chain_",
+                           "caption_after")) and key != "edit_pictures":
             shown = f"{value:.1%}"
         print(f"{key:>26}: {shown}")
 
@@ -257,6 +277,88 @@ def cmd_sample(args):
     return 0
 
 
+def cmd_edit(args):
+    from tinytok.data.images import load_image
+    from tinytok.pipeline import Pipeline
+    from tinytok.viz import image_grid
+    pipe = Pipeline.load(args.tokenizer, args.prior)
+    image = load_image(args.image, pipe.tokenizer.config.image_size)
+    edited = pipe.edit(image[None], args.instruction, args.n, args.seed, args.temperature,
+                       args.top_k, args.top_p, args.cfg, args.rerank)
+    if args.n == 1:
+        image_grid(edited, scale=args.scale, gap=0, path=args.out)
+    else:
+        image_grid(edited, ncols=args.n, scale=args.scale, path=args.out)
+    print(f"wrote {args.out} ({args.n} edit{'s' if args.n > 1 else ''} of {args.image}: "
+          f"{args.instruction!r})")
+    return 0
+
+
+def cmd_chat(args):
+    """A terminal conversation: one turn per line, until end of input or an empty line."""
+    from tinytok.conversation import Conversation
+    from tinytok.data.images import load_image
+    from tinytok.errors import ContextFullError
+    from tinytok.pipeline import Pipeline
+    from tinytok.viz import image_grid
+    pipe = Pipeline.load(args.tokenizer, args.prior)
+    os.makedirs(args.out, exist_ok=True)
+    def new_chat():
+        return Conversation(pipe, args.seed, args.temperature, args.top_k, args.top_p,
+                            args.cfg, args.rerank)
+    chat, drawn = new_chat(), 0
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("write a caption to draw, an instruction (make it blue, make it small, move it "
+              "to the top, turn it into a square), 'what is it?', or a picture's path; an "
+              "empty line ends")
+    for line in iter(lambda: _read_turn(interactive), None):
+        turn = line
+        if os.path.isfile(line):
+            turn = load_image(line, pipe.tokenizer.config.image_size)
+        try:
+            reply = chat.say(turn)
+        except ContextFullError as e:
+            print(f"tinytok: {e}; starting a new conversation", file=sys.stderr)
+            chat = new_chat()
+            continue
+        except TinytokError as e:
+            print(f"tinytok: {e}", file=sys.stderr)
+            continue
+        if isinstance(reply, str):
+            print(reply)
+            continue
+        drawn += 1
+        path = os.path.join(args.out, f"{drawn:03d}.png")
+        image_grid(reply[None], scale=args.scale, gap=0, path=path)
+        print(path)
+        if sys.stdout.isatty():
+            print(terminal_picture(reply))
+    return 0
+
+
+def _read_turn(interactive):
+    """The next line the user types, stripped; None at the end of input or an empty line."""
+    try:
+        line = input("> " if interactive else "")
+    except EOFError:
+        return None
+    return line.strip() or None
+
+
+def terminal_picture(image, width=16):
+    """A uint8 picture (S, S, 3) as coloured half blocks (24-bit ANSI colour), width wide:
+    each character shows two pixels, the top one as its foreground."""
+    from tinytok.data.images import resize_images
+    small = resize_images(image[None], width)[0].astype(int)
+    rows = []
+    for top, bottom in zip(small[0::2], small[1::2]):
+        cells = (f"\x1b[38;2;{t[0]};{t[1]};{t[2]}m\x1b[48;2;{b[0]};{b[1]};{b[2]}m\u2580"
+                 for t, b in zip(top, bottom))
+        rows.append("".join(cells) + "\x1b[0m")
+    return "\n".join(rows)
+
+
 def cmd_caption(args):
     import numpy as np
     from tinytok.data.images import load_image
@@ -274,7 +376,8 @@ def cmd_eval_prior(args):
     from tinytok.pipeline import Pipeline
     pipe = Pipeline.load(args.tokenizer, args.prior)
     figures = eval_prior(pipe, args.prompts, args.n, args.cfg, args.seed, args.captions,
-                         args.temperature, args.top_k, args.top_p, rerank=args.rerank)
+                         args.temperature, args.top_k, args.top_p, rerank=args.rerank,
+                         n_edits=args.edits)
     _print_figures(figures, args.json)
     return 0
 
@@ -327,6 +430,11 @@ def build_parser():
     p.add_argument("--levels", type=fsq_levels, default=None,
                    help="fsq levels per channel, e.g. 8,5,5,5 (1000 codes; the default)")
     p.add_argument("--codes", type=positive_int, default=None, help="codebook size override")
+    p.add_argument("--size", type=positive_int, default=None,
+                   help="picture size (default 32; e.g. 64 for photos, faces or a folder)")
+    p.add_argument("--grid", type=positive_int, default=None,
+                   help="tokens per side: size/4 (default, two downsamplings) or size/2 "
+                        "(one fewer: 16 for 32x32 pictures)")
     p.add_argument("--n-images", type=positive_int, default=20000,
                    help="images (or crops) generated for shapes and photos")
     p.add_argument("--split", default="train", choices=("train", "all"),
@@ -346,6 +454,14 @@ def build_parser():
     p.add_argument("--word-noise", type=_number(float, lambda v: 0 <= v <= 1, "in [0, 1]"),
                    default=0.3, help="share of caption input words replaced at random in "
                    "captioning examples (helps describe unseen combinations)")
+    p.add_argument("--conversations", type=_number(float, lambda v: 0 <= v <= 1, "in [0, 1]"), default=0.5,
+                   help="share of the steps that train on conversations (draw, describe, "
+                   "edit, ask); 0: the two short layouts only")
+    p.add_argument("--context", type=positive_int, default=None,
+                   help="tokens the prior sees (default: the config's, or with "
+                   "conversations the longest one)")
+    p.add_argument("--init", default=None,
+                   help="start from an earlier prior checkpoint (its weights, by token name)")
     _add_train_arguments(p, lr=1e-3, steps=5000)
     p.set_defaults(func=cmd_train_prior)
 
@@ -366,6 +482,8 @@ def build_parser():
     p.add_argument("--tokenizer", default=None)
     p.add_argument("--data", default="shapes")
     p.add_argument("--n-images", type=positive_int, default=2000)
+    p.add_argument("--size", type=positive_int, default=None,
+                   help="picture size; must be the tokenizer's own (the default)")
     p.add_argument("--pictures", default=None, help="folder for reconstructions and palette")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_tokenizer)
@@ -384,10 +502,30 @@ def build_parser():
     _pipeline_arguments(p)
     p.set_defaults(func=cmd_caption)
 
+    p = sub.add_parser("edit", help="edit a picture by an instruction (make it blue, ...)")
+    p.add_argument("image")
+    p.add_argument("instruction", help="make it {colour}, make it {size}, move it to the "
+                   "{position} or turn it into a {shape}")
+    p.add_argument("--out", default="edited.png")
+    p.add_argument("-n", type=positive_int, default=1, help="edits to draw")
+    p.add_argument("--scale", type=positive_int, default=4)
+    _sampling_arguments(p)
+    _pipeline_arguments(p)
+    p.set_defaults(func=cmd_edit)
+
+    p = sub.add_parser("chat", help="a conversation in the terminal: draw, edit, describe")
+    p.add_argument("--out", default="tinytok-chat", help="folder for the pictures drawn")
+    p.add_argument("--scale", type=positive_int, default=4)
+    _sampling_arguments(p)
+    _pipeline_arguments(p)
+    p.set_defaults(func=cmd_chat)
+
     p = sub.add_parser("eval-prior", help="prompt adherence and caption accuracy")
     p.add_argument("--prompts", type=positive_int, default=24, help="prompts per split")
     p.add_argument("-n", type=positive_int, default=4, help="samples per prompt")
     p.add_argument("--captions", type=positive_int, default=200, help="held-out images to caption")
+    p.add_argument("--edits", type=non_negative_int, default=24,
+                   help="pictures to edit (seen and held-out results, chains, captions)")
     p.add_argument("--json", action="store_true")
     _sampling_arguments(p)
     _pipeline_arguments(p)

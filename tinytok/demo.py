@@ -12,6 +12,8 @@ import sys
 import time
 from dataclasses import replace
 
+import numpy as np
+
 from tinytok.data.datasets import caption_for, make_shapes
 from tinytok.evaluate import adherence, caption_accuracy, eval_tokenizer
 from tinytok.prior.gpt import gpt_config
@@ -69,11 +71,12 @@ def run_demo(out="tinytok-demo", quick=False, seed=0):
 
     say("[4/4] drawing, captioning and measuring")
     figures = write_pictures(pipe, tokenizer, out, pick["prompts"], seed)
+    write_stream(out, seed)
     figures["minutes"] = round((time.perf_counter() - t0) / 60, 2)
     with open(os.path.join(out, "figures.json"), "w") as f:
         json.dump(figures, f, indent=2)
     print(f"\nwrote {out}/: samples.png, heldout_samples.png, reconstructions.png, "
-          f"palette.png, captions.png, tokenizer.npz, prior.npz, figures.json")
+          f"palette.png, captions.png, stream.png, tokenizer.npz, prior.npz, figures.json")
     print(f"tokenizer PSNR {figures['tokenizer_psnr_db']:.1f} dB, "
           f"{figures['tokenizer_usage']:.0%} of codes used")
     print(f"prompt adherence (guidance 1.5, best of 4 by the prior's own caption "
@@ -110,3 +113,27 @@ def write_pictures(pipe, tokenizer, out, n_prompts, seed, cfg_scale=1.5, rerank=
     image_grid(held.images[:12], ncols=4, labels=written[:12],
                path=os.path.join(out, "captions.png"))
     return figures
+
+
+STREAM = ("a large red circle at the top left", "make it blue", "move it to the bottom right",
+          "what is it?")
+
+
+def write_stream(out, seed, turns=STREAM):
+    """stream.png: the shipped models draw, edit and describe in one stream, turn by turn.
+
+    The demo's own prior trains for minutes on the short layouts only; conversations take
+    the shipped prior (README, shipped checkpoints). Each tile is the picture in hand after
+    a turn, labelled with the turn and, for words, the model's reply.
+    """
+    from tinytok.viz import image_grid
+    replies = Pipeline.load().converse(list(turns), seed=seed, cfg_scale=1.5, rerank=4)
+    tiles, labels, current = [], [], None
+    for turn, reply in zip(turns, replies):
+        if not isinstance(reply, str):
+            current = reply
+        tiles.append(current if current is not None else np.zeros((32, 32, 3), np.uint8))
+        labels.append(f"{turn} -> {reply}" if isinstance(reply, str) else turn)
+    image_grid(np.stack(tiles), ncols=len(tiles), labels=labels,
+               title="the shipped models, one stream", path=os.path.join(out, "stream.png"))
+    return replies

@@ -34,5 +34,9 @@ class PromptError(TinytokError, ValueError):
     """A text prompt is empty, too long, or uses words the model does not know."""
 
 
+class ContextFullError(PromptError):
+    """A conversation has no room left in the prior's context for the next reply."""
+
+
 class ConfigError(TinytokError, ValueError):
     """A hyperparameter or command-line argument is outside its allowed range."""

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from tinytok import backend
-from tinytok.data.datasets import caption_for, make_shapes, read_attributes
+from tinytok.data.datasets import caption_for, is_heldout, make_shapes, read_attributes
 from tinytok.data.images import resize_images
 from tinytok.tokenizer.codebook import code_counts, usage_stats
 
@@ -82,7 +82,8 @@ def eval_tokenizer(tokenizer, images, batch_size=256):
     recon = tokenizer.decode(ids, batch_size)
     per_image = psnr(images, recon)
     stats = usage_stats(code_counts(ids, tokenizer.config.num_codes))
-    figures = {"images": int(len(images)), "psnr_db": float(per_image.mean()),
+    figures = {"images": int(len(images)), "image_size": tokenizer.config.image_size,
+               "grid_size": tokenizer.grid_size, "psnr_db": float(per_image.mean()),
                "psnr_db_median": float(np.median(per_image)), **stats,
                "vocab_size": tokenizer.vocab_size,
                "bits_per_picture": tokenizer.bits_per_picture}
@@ -115,9 +116,49 @@ def caption_accuracy(pipeline, images, labels):
     return float(np.mean([w == t for w, t in zip(written, truth)])), written
 
 
+def edit_figures(pipeline, n_pictures=24, seed=0, **sampling):
+    """Edits measured from the pixels, on n_pictures unseen pictures of training pairs.
+
+    Each picture is shown in a stream of its own (the model describes it), then edited:
+    edit_seen when the edit's result is a training pair, edit_heldout when it makes a
+    held-out pair ("make it green" on a circle): the share whose four attributes read back
+    as asked. After each seen edit "what is it?" is asked: caption_after_edit is the share
+    of answers equal to the caption of the picture drawn. chain_two_edits: two random
+    edits in a row, the share right after both. sampling: as Conversation takes it.
+    """
+    from tinytok.conversation import Conversation
+    from tinytok.data.edits import QUESTION, apply_edit, instruction, possible_edits
+    rng = np.random.default_rng(40_000 + seed)
+    shapes = make_shapes(n_pictures, seed=40_000 + seed, split="train")
+    right = {"edit_seen": [], "edit_heldout": [], "caption_after_edit": [], "chain_two_edits": []}
+    for i, (image, labels) in enumerate(zip(shapes.images, shapes.labels)):
+        for kind in ("edit_seen", "edit_heldout", "chain_two_edits"):
+            chat = Conversation(pipeline, seed + 1000 * i, **sampling)
+            chat.say(image)
+            wanted = labels
+            for _ in range(2 if kind == "chain_two_edits" else 1):
+                edits = possible_edits(wanted, allow_heldout=True)
+                if kind != "chain_two_edits":
+                    edits = [e for e in edits if is_heldout(apply_edit(wanted, *e)) ==
+                             (kind == "edit_heldout")]
+                attribute, value = edits[rng.integers(len(edits))]
+                wanted = apply_edit(wanted, attribute, value)
+                picture = pipeline.tokenizer.decode(chat.draw(instruction(attribute, value))[:1])
+            drawn = read_attributes(picture)[0]
+            right[kind].append(bool((drawn == wanted).all()))
+            if kind == "edit_seen":      # an unreadable picture has no caption to match
+                answer = chat.say(QUESTION)
+                right["caption_after_edit"].append(bool(
+                    (drawn >= 0).all() and isinstance(answer, str) and
+                    answer == caption_for(drawn)))
+    return {name: float(np.mean(values)) for name, values in right.items()} | {
+        "edit_pictures": n_pictures}
+
+
 def eval_prior(pipeline, n_prompts=24, n_per_prompt=4, cfg_scale=1.5, seed=0, n_captions=200,
-               temperature=1.0, top_k=None, top_p=None, rerank=1):
-    """Adherence on training and held-out combinations, and caption accuracy on held-out images."""
+               temperature=1.0, top_k=None, top_p=None, rerank=1, n_edits=0):
+    """Adherence on training and held-out combinations, caption accuracy on held-out images,
+    and with n_edits, edit_figures on that many pictures."""
     train = make_shapes(n_prompts, seed=10_000 + seed, split="train").labels
     heldout = make_shapes(n_prompts, seed=20_000 + seed, split="heldout").labels
     figures = {"cfg_scale": cfg_scale, "rerank": rerank, "prompts": n_prompts,
@@ -130,4 +171,8 @@ def eval_prior(pipeline, n_prompts=24, n_per_prompt=4, cfg_scale=1.5, seed=0, n_
     figures["caption_accuracy_heldout"], _ = caption_accuracy(pipeline, shapes.images,
                                                               shapes.labels)
     figures["caption_images"] = n_captions
+    if n_edits:
+        figures.update(edit_figures(pipeline, n_edits, seed, temperature=temperature,
+                                    top_k=top_k, top_p=top_p, cfg_scale=cfg_scale,
+                                    rerank=rerank))
     return figures

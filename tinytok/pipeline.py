@@ -88,7 +88,8 @@ class Tokenizer:
         return check_images(images, self.config.image_size)
 
     def encode(self, images, batch_size=64):
-        """uint8 images (N, S, S, 3) or one (S, S, 3) -> int64 token ids (N, S/4, S/4).
+        """uint8 images (N, S, S, 3) or one (S, S, 3) -> int64 token ids (N, g, g), g the
+        grid_size (S / 4, or S / 2 for a tokenizer with one downsampling).
 
         Works through the images batch_size at a time: smaller batches keep each layer's
         columns in cache (64 was 10% faster than 256 on a 2-core laptop-class CPU).
@@ -247,6 +248,27 @@ class Pipeline:
             prior.params, prior.config, prior.vocab, codes[lo:hi], caption, batch_size),
             len(codes))                                   # in parts, one per core
         return np.concatenate(parts)
+
+    def converse(self, turns, seed=0, temperature=1.0, top_k=None, top_p=None, cfg_scale=1.0,
+                 rerank=1):
+        """The model's replies to turns, in order, in one stream (tinytok.conversation).
+
+        A turn is a string (a caption to draw, an instruction such as "make it blue", or
+        "what is it?") or a uint8 picture (S, S, 3) the user shows; each reply is a uint8
+        picture or a string, as the model chooses. Sampling arguments as for generate.
+        """
+        from tinytok.conversation import converse
+        return converse(self, turns, seed, temperature=temperature, top_k=top_k,
+                        top_p=top_p, cfg_scale=cfg_scale, rerank=rerank)
+
+    def edit(self, images, instruction, n=1, seed=0, temperature=1.0, top_k=None,
+             top_p=None, cfg_scale=1.0, rerank=1):
+        """uint8 (len(images) * n, S, S, 3): each picture edited by the instruction
+        ("make it {colour}", "make it {size}", "move it to the {position}", "turn it into
+        a {shape}"), n samples each. Sampling arguments as for generate."""
+        from tinytok.conversation import edit
+        return edit(self, images, instruction, n, seed, temperature=temperature,
+                    top_k=top_k, top_p=top_p, cfg_scale=cfg_scale, rerank=rerank)
 
     def caption(self, images, greedy=True, temperature=1.0, seed=0):
         """A caption (str) for each uint8 image (N, S, S, 3), written by the prior."""

@@ -38,13 +38,16 @@ def vqvae_flops(config, batch):
     S, h, r, N = c.image_size, c.hidden, c.res_hidden, batch
     g = c.grid_size
     res = c.n_res * (conv2d_flops(N, h, g, g, r, 3, 3, 1, 1) + conv2d_flops(N, r, g, g, h, 1, 1))
-    enc = (conv2d_flops(N, 3, S, S, h // 2, 4, 4, 2, 1)
-           + conv2d_flops(N, h // 2, S // 2, S // 2, h, 4, 4, 2, 1)
+    halves = c.downsamplings == 2  # the second stage halves (4x4/2) or keeps the size (3x3)
+    second = (conv2d_flops(N, h // 2, S // 2, S // 2, h, 4, 4, 2, 1) if halves
+              else conv2d_flops(N, h // 2, g, g, h, 3, 3, 1, 1))
+    mirror = (conv_transpose2d_flops(N, h, g, g, h // 2, 4, 4) if halves
+              else conv2d_flops(N, h, g, g, h // 2, 3, 3, 1, 1))
+    enc = (conv2d_flops(N, 3, S, S, h // 2, 4, 4, 2, 1) + second
            + conv2d_flops(N, h, g, g, h, 3, 3, 1, 1) + res
            + conv2d_flops(N, h, g, g, c.code_dim, 1, 1))
-    dec = (conv2d_flops(N, c.code_dim, g, g, h, 3, 3, 1, 1) + res
-           + conv_transpose2d_flops(N, h, g, g, h // 2, 4, 4)
-           + conv_transpose2d_flops(N, h // 2, 2 * g, 2 * g, 3, 4, 4))
+    dec = (conv2d_flops(N, c.code_dim, g, g, h, 3, 3, 1, 1) + res + mirror
+           + conv_transpose2d_flops(N, h // 2, S // 2, S // 2, 3, 4, 4))
     vq = linear_flops(N * g * g, c.code_dim, c.num_codes)            # the distance product
     return {"encoder": enc, "vq": vq, "decoder": dec}
 

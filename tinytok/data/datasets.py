@@ -1,6 +1,7 @@
 """Data for tinytok: captioned shapes, photos and small image sets, and batches to train on.
 
-Four sources, all returned as uint8 NHWC arrays (N, 32, 32, 3):
+Four sources, all returned as uint8 NHWC arrays (N, 32, 32, 3), or (N, size, size, 3) for
+the photos, faces, digits and folders at another size (64, say, where detail shows):
 
 - **shapes**, built in: one circle, square or triangle per image, in one of 8 colours,
   2 sizes and 9 positions, with a caption ("a large red circle at the top left") and the
@@ -8,7 +9,8 @@ Four sources, all returned as uint8 NHWC arrays (N, 32, 32, 3):
   (HELDOUT_PAIRS), to measure whether a model composes what it learned. ``read_attributes``
   reads the attributes back from pixels, so prompt adherence is measured, not eyeballed.
 - **photos**: random crops of scikit-image's sample photographs at 1x, 2x and 4x reduction;
-  **faces** (scikit-image's LFW subset) and **digits** (scikit-learn), resized to 32x32.
+  **faces** (scikit-image's LFW subset) and **digits** (scikit-learn), resized to 32x32
+  (or the size asked for).
   These need the optional extra: ``pip install 'tinytok[data]'``.
 - **a folder** of your own images.
 The photographs, faces, digits and folders are read by ``tinytok.data.images``; this module
@@ -325,8 +327,9 @@ def photo_crops(n, seed=0, split="train", size=32, augmented=False, scales=PHOTO
     sources = [(name, s) for name in names for s in scales
                if min(load_photo(name, s).shape[:2]) >= size]
     if not sources:
-        raise ImageError(f"no photographs of the {split} split load here; "
-                         f"see tinytok.data.images.available_photos()")
+        raise ImageError(f"no photographs of the {split} split load here at {size}x{size} "
+                         f"or larger (scales {tuple(scales)}); see "
+                         f"tinytok.data.images.available_photos()")
     rng = np.random.default_rng(seed)
     pick = rng.integers(0, len(sources), n)
     corner = rng.random((n, 2))  # where in the photo, as a fraction of the free room
@@ -360,26 +363,33 @@ def _every_tenth(images, split):
     return images[is_val if split == "val" else ~is_val]
 
 
-def training_images(source, n=None, seed=0, split="train"):
-    """Images to train a tokenizer on, uint8 (n, 32, 32, 3), the same for the same seed.
+def training_images(source, n=None, seed=0, split="train", size=SIZE):
+    """Images to train a tokenizer on, uint8 (n, size, size, 3), the same for the same seed.
 
     source: "shapes" or "photos" (generated: n is required; shapes splits are
     train/heldout/all, photo splits train/val/all, training photo crops are augmented),
     "faces", "digits" or a folder path (fixed sets, every tenth item is "val"; n=None
-    gives the whole split, a smaller n a seeded sample of it).
+    gives the whole split, a smaller n a seeded sample of it). Photos are cropped at
+    size, the fixed sets resized to it; shapes exist at 32x32 only.
     """
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ConfigError(f"size must be a whole number >= 1, got {size!r}")
+    if source == "shapes" and size != SIZE:
+        raise ConfigError(f"shapes are drawn at {SIZE}x{SIZE} only (their attributes are read "
+                          f"back at that size), not {size}x{size}; photos, faces, digits and "
+                          "folders take other sizes")
     if source in ("shapes", "photos"):
         if n is None:
             raise ConfigError(f"n (how many images) is needed for the {source} source")
         if source == "shapes":
             return make_shapes(n, seed, split).images
-        return photo_crops(n, seed, split, augmented=(split == "train"))
+        return photo_crops(n, seed, split, size=size, augmented=(split == "train"))
     if source == "faces":
-        images = load_faces()
+        images = load_faces(size)
     elif source == "digits":
-        images = load_digits()[0]
+        images = load_digits(size)[0]
     elif isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
-        images = load_image_folder(source)[0]
+        images = load_image_folder(source, size)[0]
     else:
         raise ImageError(f"unknown image source {source!r}: not one of "
                          f"{', '.join(SOURCES)} and not a folder")

@@ -21,9 +21,9 @@ import numpy as np
 
 from tinytok import backend
 from tinytok.backend import get_array_module
-from tinytok.errors import ConfigError, ShapeError
+from tinytok.errors import ConfigError, ContextFullError, ShapeError
 from tinytok.prior.gpt import check_ids, gpt_forward, layer_norm_named_forward, mlp_forward
-from tinytok.prior.vocab import (EOS, caption_from_tokens, caption_prompt, image_prompt,
+from tinytok.prior.vocab import (EOS, IMAGE, SPECIALS, USER, caption_from_tokens, caption_prompt, image_prompt,
                                  image_to_text_sequence, image_token_mask, text_token_mask,
                                  unconditional_prompt)
 from tinytok.ops import embedding_forward, linear_forward
@@ -174,11 +174,12 @@ def continue_sequences(prompt, params, config, n_new, rng, temperature=1.0, top_
     Each step: the next token's logits (from the KV cache, or the whole prefix again),
     mixed with the unconditional stream's when guiding (uncond_prompt, cfg_scale != 1),
     filtered (temperature, top-k, top-p, allowed tokens only) and drawn (or argmax when
-    greedy) with uniforms from the host generator rng. With stop (a token id), a row that
-    has written it writes stop from then on, and the loop ends when every row has: n may
-    then be less than n_new.
+    greedy) with uniforms from the host generator rng. With stop (a token id, or a tuple of
+    them), a row that has written one writes the first from then on, and the loop ends
+    when every row has: n may then be less than n_new.
     """
     prompt = np.asarray(prompt)
+    first_stop = stop[0] if isinstance(stop, tuple) else stop
     guide = uncond_prompt is not None and cfg_scale != 1.0
     cond = NextTokenLogits(params, config, len(prompt), use_cache)
     logits = cond.step(prompt)
@@ -191,8 +192,8 @@ def continue_sequences(prompt, params, config, n_new, rng, temperature=1.0, top_
         token = draw(filter_logits(mixed, temperature, top_k, top_p, allowed), rng, greedy)
         host = backend.to_numpy(token).astype(np.int64)
         if stop is not None:
-            host = np.where(done, stop, host)
-            done |= host == stop
+            host = np.where(done, first_stop, host)
+            done |= np.isin(host, stop)
         written.append(host)
         if i + 1 == n_new or done.all():
             break
@@ -210,12 +211,50 @@ def sample_image_codes(params, config, vocab, prompt, n, rng, temperature=1.0, t
     cfg_scale != 1 guides it against the same model given no caption (Parti's
     classifier-free guidance).
     """
+    return draw_picture(params, config, vocab, image_prompt(vocab, prompt, config.context),
+                        unconditional_prompt(vocab), n, rng, temperature, top_k, top_p,
+                        cfg_scale, use_cache)
+
+
+def draw_picture(params, config, vocab, prompt, uncond_prompt, n, rng, temperature=1.0,
+                 top_k=None, top_p=None, cfg_scale=1.0, use_cache=True):
+    """n token grids (n, g, g) after a prompt (L,) that ends with <image>: exactly one grid.
+
+    uncond_prompt: the same stream without the words that asked for the picture (the
+    caption, or the instruction of an edit), for guidance.
+    """
+    if len(prompt) + vocab.image_len > config.context:
+        raise ContextFullError(f"a picture after these {len(prompt)} tokens would run past the "
+                          f"prior's context of {config.context}; start a new conversation")
     tokens = continue_sequences(
-        np.tile(image_prompt(vocab, prompt, config.context), (n, 1)), params, config,
-        vocab.image_len, rng, temperature, top_k, top_p, allowed=image_token_mask(vocab),
-        uncond_prompt=np.tile(unconditional_prompt(vocab), (n, 1)), cfg_scale=cfg_scale,
-        use_cache=use_cache)
+        np.tile(prompt, (n, 1)), params, config, vocab.image_len, rng, temperature, top_k,
+        top_p, allowed=image_token_mask(vocab), uncond_prompt=np.tile(uncond_prompt, (n, 1)),
+        cfg_scale=cfg_scale, use_cache=use_cache)
     return (tokens - vocab.image_offset).reshape(n, vocab.grid_size, vocab.grid_size)
+
+
+def reply_is_picture(params, config, vocab, prompt):
+    """The model's choice of modality after prompt (L,), which ends with <model>: True if
+    it gives <image> more probability than all the words together."""
+    probs = backend.to_numpy(softmax(NextTokenLogits(params, config, 1).step(prompt[None])
+                                     .astype("float64")))[0]
+    return probs[IMAGE] > probs[len(SPECIALS):vocab.image_offset].sum()
+
+
+def write_reply(params, config, vocab, prompts, rng, greedy=True, temperature=1.0,
+                max_words=16):
+    """The words the model says after prompts (B, L) ending with <model>: a str per row,
+    words only, up to the token that ends its turn (<user> or <eos>), at most max_words
+    (a caption has 8: a model that rambles is cut short, not left to fill the context)."""
+    allowed = text_token_mask(vocab)
+    allowed[USER] = True
+    room = min(config.context - prompts.shape[1], max_words + 1)
+    if room < 1:
+        raise ContextFullError(f"the conversation fills the prior's context of {config.context}; "
+                          "start a new one")
+    tokens = continue_sequences(prompts, params, config, room, rng, temperature,
+                                allowed=allowed, greedy=greedy, stop=(EOS, USER))
+    return caption_from_tokens(vocab, tokens)
 
 
 def write_captions(params, config, vocab, codes, rng, greedy=True, temperature=1.0):

@@ -3,9 +3,10 @@
 The prior (gpt.py) is a plain next-token predictor; everything it knows about captions and
 pictures comes from how we lay them out as ids. The joint vocabulary is
 
-    id 0..5                      special tokens: <pad> <bos> <eos> <image> </image> <caption>
-    id 6..6+W-1                  the W caption words, sorted (so the ids never depend on the
-                                 order the captions came in)
+    id 0..7                      special tokens: <pad> <bos> <eos> <image> </image> <caption>
+                                 <user> <model>
+    id 8..8+W-1                  the W words, sorted (so the ids never depend on the order
+                                 the captions came in)
     id image_offset + c          image code c of the VQ-VAE codebook, c in [0, num_codes)
 
 and an example is one of three layouts (g*g = 64 image tokens for an 8x8 grid):
@@ -20,6 +21,9 @@ layout with the caption dropped: it teaches p(image) with no caption, the second
 classifier-free guidance. Note that the captioning layout starts the same way, so both
 teach the model the same unconditional p(image) up to </image>. That is intended.
 
+<user> and <model> mark who speaks in a conversation, the fourth layout, where one stream
+holds many turns of words and pictures (draw, edit, describe): see prior/turns.py.
+
 Host-side NumPy only: these are data-prep functions; train.py moves batches to the device.
 """
 import string
@@ -33,8 +37,8 @@ from tinytok.errors import ConfigError, DTypeError, PromptError, ShapeError
 # ----------------------------------------------------------------------------------------
 # The special tokens. Their ids are fixed: checkpoints and the sampler rely on them.
 
-SPECIALS = ("<pad>", "<bos>", "<eos>", "<image>", "</image>", "<caption>")
-PAD, BOS, EOS, IMAGE, END_IMAGE, CAPTION = range(len(SPECIALS))
+SPECIALS = ("<pad>", "<bos>", "<eos>", "<image>", "</image>", "<caption>", "<user>", "<model>")
+PAD, BOS, EOS, IMAGE, END_IMAGE, CAPTION, USER, MODEL = range(len(SPECIALS))
 IGNORE_INDEX = -1         # targets at pad positions: cross_entropy skips them
 DEFAULT_CONTEXT = 80      # gpt-ref's context: up to 12 caption words, specials, 64 image tokens
 
@@ -191,11 +195,25 @@ class Vocab:
                               "specials, words, num_codes, grid_size") from None
         if list(specials) != list(SPECIALS):
             raise ConfigError(f"saved vocabulary has special tokens {list(specials)}, "
-                              f"this version of tinytok uses {list(SPECIALS)}")
+                              f"this version of tinytok uses {list(SPECIALS)}; the ids of "
+                              "its words and codes differ, so retrain it with this version "
+                              "(tinytok train-prior)")
         if list(words) != sorted(set(words)):
             raise ConfigError("saved vocabulary words are not sorted and unique: the ids "
                               "would change on loading")
         return cls(tuple(words), num_codes, grid_size)
+
+
+def saved_token_names(d):
+    """The name (as Vocab.token_name gives it) of every id of a saved vocabulary dict, of
+    this or an earlier version of tinytok (whose special tokens may differ): what a warm
+    start needs to find each old token's row in a new vocabulary."""
+    try:
+        return (list(d["specials"]) + [repr(w) for w in d["words"]] +
+                [f"image code {c}" for c in range(int(d["num_codes"]))])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"not a saved vocabulary ({e}); expected the keys specials, "
+                          "words, num_codes") from None
 
 
 # ----------------------------------------------------------------------------------------

@@ -3,6 +3,9 @@
     image (N, 3, 32, 32) --encoder--> z (N, D, 8, 8) --nearest code--> ids (N, 8, 8)
     ids --codebook--> z_q (N, D, 8, 8) --decoder--> image (N, 3, 32, 32)
 
+The grid is S / 2**downsamplings cells per side: two stride-2 stages (the default, 8x8
+tokens for 32x32 pictures) or one (16x16), the other stage then keeping the size.
+
 Blocks and models follow the op pairs' contract, with parameters in a flat dict:
 ``thing_forward(x, params, ...) -> (y, cache)`` and ``thing_backward(dy, cache, grads) -> dx``,
 where the backward adds (+=) each parameter's gradient into ``grads`` (same keys as params).
@@ -26,6 +29,7 @@ from tinytok.tokenizer.quantize import (latents_as_columns, nearest_codes,
 
 
 QUANTIZERS = ("vq", "ema", "gumbel", "fsq")
+DOWNSAMPLINGS = (1, 2)  # stride-2 stages; a third would need a new layer (and its name)
 
 
 @dataclass
@@ -34,7 +38,7 @@ class TokenizerConfig:
     pictures in, 8x8 tokens out."""
     name: str = "vqvae-ref"
     image_size: int = 32
-    hidden: int = 128       # channels of the 8x8 trunk; the first conv has hidden // 2
+    hidden: int = 128       # channels of the trunk (at grid size); the first conv has hidden // 2
     res_hidden: int = 32    # bottleneck channels inside a residual block
     n_res: int = 2          # residual blocks in the encoder, and again in the decoder
     code_dim: int = 64      # D: length of a code vector (fsq: len(levels))
@@ -44,6 +48,7 @@ class TokenizerConfig:
                             # or "fsq" (finite scalar quantization, no codebook)
     kl_weight: float = 5e-4  # gumbel only: weight of the KL term to the uniform prior
     levels: tuple = (8, 5, 5, 5)  # fsq only: levels per channel, prod(levels) codes
+    downsamplings: int = 2  # stride-2 stages, 1 or 2: grid_size = image_size // 2**downsamplings
 
     def __post_init__(self):
         for name in ("image_size", "hidden", "res_hidden", "code_dim", "num_codes"):
@@ -54,8 +59,13 @@ class TokenizerConfig:
         if isinstance(self.n_res, bool) or not isinstance(self.n_res, int) or self.n_res < 0:
             raise ConfigError(f"tokenizer config: n_res must be a whole number >= 0, "
                               f"got {self.n_res!r}")
-        if self.image_size % 4 or self.hidden % 2:
-            raise ConfigError("tokenizer config: image_size must be a multiple of 4 and "
+        if type(self.downsamplings) is not int or self.downsamplings not in DOWNSAMPLINGS:
+            raise ConfigError(f"tokenizer config: downsamplings must be 1 (16x16 tokens for "
+                              f"32x32 pictures) or 2 (8x8), got {self.downsamplings!r}")
+        shrink = 2 ** self.downsamplings
+        if self.image_size % shrink or self.hidden % 2:
+            raise ConfigError(f"tokenizer config: image_size must be a multiple of {shrink} "
+                              f"(2**downsamplings, {self.downsamplings} stride-2 stages) and "
                               f"hidden even, got {self.image_size} and {self.hidden}")
         if self.quantizer not in QUANTIZERS:
             raise ConfigError(f"tokenizer config: unknown quantizer {self.quantizer!r}; "
@@ -75,8 +85,8 @@ class TokenizerConfig:
 
     @property
     def grid_size(self):
-        """Tokens per side: two stride-2 convolutions shrink the image 4 times."""
-        return self.image_size // 4
+        """Tokens per side: each stride-2 stage halves the picture (two: 32 -> 8)."""
+        return self.image_size // 2 ** self.downsamplings
 
 
 CONFIGS = {
@@ -123,6 +133,28 @@ def with_quantizer(config, quantizer, levels=None):
                    num_codes=fsq_num_codes(levels))
 
 
+def with_grid(config, image_size=None, grid_size=None):
+    """A copy of config for image_size x image_size pictures in grid_size x grid_size tokens.
+
+    image_size=None keeps the config's; grid_size=None keeps its stride-2 stages (so the
+    grid follows the picture: 64x64 pictures give 16x16 tokens with the default two).
+    A grid is the picture's size / 4 (two stages) or / 2 (one); anything else is refused.
+    """
+    config = tokenizer_config(config)
+    image_size = config.image_size if image_size is None else image_size
+    if grid_size is None:
+        return replace(config, image_size=image_size)
+    if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 1:
+        raise ConfigError(f"grid_size must be a whole number >= 1, got {grid_size!r}")
+    stages = {2 * grid_size: 1, 4 * grid_size: 2}.get(image_size)
+    if stages is None:
+        raise ConfigError(f"a {grid_size}x{grid_size} grid does not fit {image_size}x"
+                          f"{image_size} pictures: the tokenizer shrinks them 2 or 4 times "
+                          f"(one or two stride-2 stages), so choose a grid of "
+                          f"{image_size / 2:g} or {image_size / 4:g}")
+    return replace(config, image_size=image_size, downsamplings=stages)
+
+
 # ---------------------------------------------------------------- parameters
 
 def _conv_params(rng, prefix, c_in, c_out, k, transposed=False):
@@ -139,7 +171,9 @@ def init_tokenizer_params(config, seed=0, dtype="float32"):
     rng = host_rng(seed)
     p = {}
     p.update(_conv_params(rng, "enc.conv1", 3, c.hidden // 2, 4))
-    p.update(_conv_params(rng, "enc.conv2", c.hidden // 2, c.hidden, 4))
+    # The second stage halves the picture again (4x4, stride 2) or keeps its size (3x3).
+    p.update(_conv_params(rng, "enc.conv2", c.hidden // 2, c.hidden,
+                          4 if c.downsamplings == 2 else 3))
     p.update(_conv_params(rng, "enc.conv3", c.hidden, c.hidden, 3))
     for i in range(c.n_res):
         p.update(_conv_params(rng, f"enc.res{i}.conv1", c.hidden, c.res_hidden, 3))
@@ -154,7 +188,10 @@ def init_tokenizer_params(config, seed=0, dtype="float32"):
     for i in range(c.n_res):
         p.update(_conv_params(rng, f"dec.res{i}.conv1", c.hidden, c.res_hidden, 3))
         p.update(_conv_params(rng, f"dec.res{i}.conv2", c.res_hidden, c.hidden, 1))
-    p.update(_conv_params(rng, "dec.up1", c.hidden, c.hidden // 2, 4, transposed=True))
+    if c.downsamplings == 2:
+        p.update(_conv_params(rng, "dec.up1", c.hidden, c.hidden // 2, 4, transposed=True))
+    else:  # the mirror of the encoder's size-keeping stage: no upsampling here
+        p.update(_conv_params(rng, "dec.conv2", c.hidden, c.hidden // 2, 3))
     p.update(_conv_params(rng, "dec.up2", c.hidden // 2, 3, 4, transposed=True))
     return {k: to_device(v, dtype=dtype) for k, v in p.items()}
 
@@ -241,7 +278,7 @@ def residual_block_backward(dy, cache, grads, name):
 # ---------------------------------------------------------------- encoder and decoder
 
 def encoder_forward(x, params, config, keep_cache=True):
-    """x (N, 3, S, S) in [-0.5, 0.5] -> z (N, D, S/4, S/4).
+    """x (N, 3, S, S) in [-0.5, 0.5] -> z (N, D, g, g), g = S / 2**downsamplings.
 
     keep_cache=False (encoding only) lets each layer's im2col columns go as soon as the
     layer is done, instead of holding them all for a backward pass that never comes.
@@ -250,7 +287,8 @@ def encoder_forward(x, params, config, keep_cache=True):
     keep = caches.append if keep_cache else (lambda cache: None)
     h, c = conv_forward(x, params, "enc.conv1", stride=2, padding=1); keep(c)
     h, c = relu_forward(h); keep(c)
-    h, c = conv_forward(h, params, "enc.conv2", stride=2, padding=1); keep(c)
+    second_stride = 2 if config.downsamplings == 2 else 1  # 4x4/2 halves, 3x3/1 keeps
+    h, c = conv_forward(h, params, "enc.conv2", stride=second_stride, padding=1); keep(c)
     h, c = relu_forward(h); keep(c)
     h, c = conv_forward(h, params, "enc.conv3", padding=1); keep(c)
     for i in range(config.n_res):
@@ -261,7 +299,7 @@ def encoder_forward(x, params, config, keep_cache=True):
 
 
 def encoder_backward(dz, caches, grads, config, image_grad=True):
-    """dz (N, D, S/4, S/4) -> dx (N, 3, S, S); parameter gradients added into grads.
+    """dz (N, D, g, g) -> dx (N, 3, S, S); parameter gradients added into grads.
 
     image_grad=False skips the gradient to the images (returns None), which training never
     uses: it saves the first layer's input-gradient product.
@@ -279,25 +317,31 @@ def encoder_backward(dz, caches, grads, config, image_grad=True):
 
 
 def decoder_forward(z_q, params, config, keep_cache=True):
-    """z_q (N, D, S/4, S/4) -> image (N, 3, S, S), roughly in [-0.5, 0.5]."""
+    """z_q (N, D, g, g) -> image (N, 3, S, S), roughly in [-0.5, 0.5]."""
     caches = []
     keep = caches.append if keep_cache else (lambda cache: None)
     h, c = conv_forward(z_q, params, "dec.conv1", padding=1); keep(c)
     for i in range(config.n_res):
         h, c = residual_block_forward(h, params, f"dec.res{i}"); keep(c)
     h, c = relu_forward(h); keep(c)
-    h, c = up_forward(h, params, "dec.up1"); keep(c)
+    if config.downsamplings == 2:
+        h, c = up_forward(h, params, "dec.up1"); keep(c)
+    else:  # one stride-2 stage only: this one keeps the size, as the encoder's conv2
+        h, c = conv_forward(h, params, "dec.conv2", padding=1); keep(c)
     h, c = relu_forward(h); keep(c)
     x_hat, c = up_forward(h, params, "dec.up2"); keep(c)
     return x_hat, caches
 
 
 def decoder_backward(dx_hat, caches, grads, config):
-    """dx_hat (N, 3, S, S) -> dz_q (N, D, S/4, S/4); parameter gradients added into grads."""
+    """dx_hat (N, 3, S, S) -> dz_q (N, D, g, g); parameter gradients added into grads."""
     caches = list(caches)
     dh = up_backward(dx_hat, caches.pop(), grads, "dec.up2")
     dh = relu_backward(dh, caches.pop())
-    dh = up_backward(dh, caches.pop(), grads, "dec.up1")
+    if config.downsamplings == 2:
+        dh = up_backward(dh, caches.pop(), grads, "dec.up1")
+    else:
+        dh = conv_backward(dh, caches.pop(), grads, "dec.conv2")
     dh = relu_backward(dh, caches.pop())
     for i in reversed(range(config.n_res)):
         dh = residual_block_backward(dh, caches.pop(), grads, f"dec.res{i}")
@@ -340,7 +384,7 @@ def tokenizer_forward(x, params, config, tau=1.0, noise=None):
 
     loss = mse(x_hat, x) + quantizer loss (VQ: codebook + beta * commitment; Gumbel:
     kl_weight * KL to the uniform prior; FSQ: none, 0). The dict holds "loss", "recon_loss",
-    "vq_loss" (0-d arrays), "x_hat" (N, 3, S, S), "ids" (N, S/4, S/4) and the encoder output
+    "vq_loss" (0-d arrays), "x_hat" (N, 3, S, S), "ids" (N, g, g) and the encoder output
     "z".
     tau and noise are the Gumbel temperature and noise (ignored by VQ).
     """
@@ -369,7 +413,7 @@ def tokenizer_backward(cache, grads, config, dloss=1.0, image_grad=True):
 # ---------------------------------------------------------------- using a trained tokenizer
 
 def encode_ids(x, params, config):
-    """x (N, 3, S, S) -> ids (N, S/4, S/4): the encoder, then each latent's code.
+    """x (N, 3, S, S) -> ids (N, g, g): the encoder, then each latent's code.
 
     The encoder keeps no caches (no backward follows). VQ and EMA pick the nearest code;
     Gumbel, whose encoder writes one logit per code, the likeliest; FSQ rounds each channel.
@@ -404,10 +448,14 @@ def config_dict(config):
 
     levels (a list, as JSON reads it back) only for fsq: the other quantizers ignore them,
     and so their checkpoints from before FSQ still resume (the saved config must be equal).
+    downsamplings likewise only when not the default 2, which checkpoints from before the
+    choice existed all used.
     """
     d = asdict(config)
     if config.quantizer == "fsq":
         d["levels"] = list(config.levels)
     else:
         del d["levels"]
+    if config.downsamplings == 2:
+        del d["downsamplings"]
     return d

@@ -14,6 +14,7 @@ import numpy as np
 
 from tinytok import backend
 from tinytok.data.datasets import CAPTION_WORDS, make_shapes
+from tinytok.data.edits import INSTRUCTION_WORDS
 from tinytok.errors import CheckpointError, ConfigError, ShapeError
 from tinytok.prior.vocab import Vocab
 from tinytok.training.checkpoint import read_npz_safely, write_npz_atomic
@@ -26,6 +27,7 @@ class PriorData:
     codes: np.ndarray          # (N, g, g) int64 codebook ids
     captions: list             # N lists of word ids
     vocab: object              # tinytok.prior.vocab.Vocab
+    labels: np.ndarray = None  # (N, 4) attributes, for conversations (training.conversations)
 
 
 def file_digest(path):
@@ -38,8 +40,9 @@ def file_digest(path):
 
 
 def shapes_vocab(num_codes, grid_size=8):
-    """The joint vocabulary of the shapes captions and a codebook of num_codes codes."""
-    return Vocab(list(CAPTION_WORDS), num_codes, grid_size)
+    """The joint vocabulary of the shapes captions and instructions (data.edits) and a
+    codebook of num_codes codes."""
+    return Vocab(list(CAPTION_WORDS) + list(INSTRUCTION_WORDS), num_codes, grid_size)
 
 
 def shapes_prior_data(tokenizer, n_images, seed=0, cache=None, tokenizer_path=None,
@@ -69,7 +72,7 @@ def shapes_prior_data(tokenizer, n_images, seed=0, cache=None, tokenizer_path=No
         if cache and tokenizer_path:
             save_token_cache(cache, codes, data.captions, data.labels)
     captions = [vocab.encode_text(c) for c in data.captions]
-    return PriorData(np.asarray(codes), captions, vocab)
+    return PriorData(np.asarray(codes), captions, vocab, data.labels)
 
 
 # ----------------------------------------------------------------------------------------

@@ -6,15 +6,23 @@
 Each step lays out its batch from (seed, step): for each picture either caption-then-image
 (for generating) or image-then-caption (for captioning), the caption sometimes dropped (so
 classifier-free guidance has an unconditional model to compare with) and some of its words
-replaced at random. gpt_loss_grads then runs the step on every core. The loop itself
-(checkpoints, Ctrl-C, NaN guards) is loop.run_loop.
+replaced at random. With p_conversation, that share of the steps is a batch of
+conversations instead (training.conversations: draw, describe, edit, ask). A step of one
+kind of batch only, cut to its longest sequence: the short layouts never pay for the
+length of a conversation. gpt_loss_grads then runs the step on every core. The loop
+itself (checkpoints, Ctrl-C, NaN guards) is loop.run_loop.
 """
 import os
+
+import numpy as np
 
 from tinytok import backend
 from tinytok.data.datasets import batch_indices
 from tinytok.prior.gpt import config_dict, gpt_loss_forward, init_gpt_params
-from tinytok.prior.vocab import make_training_batch
+from tinytok.errors import ConfigError
+from tinytok.prior.turns import conversation_batch
+from tinytok.prior.vocab import PAD, make_training_batch
+from tinytok.training.conversations import PictureBank, longest_conversation, random_conversation
 from tinytok.training.loop import (announce_resume, check_finite_loss, host_copy,
                                    optimizer_step, resume_state, run_loop, settings_dict,
                                    step_rng)
@@ -24,22 +32,31 @@ from tinytok.training.steps import gpt_loss_grads
 
 
 def train_prior(data, config, settings, out, resume=False, p_caption_layout=0.5,
-                p_drop_caption=0.1, p_word_noise=0.0, log=print_to_stderr, progress_stream=None):
+                p_drop_caption=0.1, p_word_noise=0.0, p_conversation=0.0, init=None,
+                log=print_to_stderr, progress_stream=None):
     """Train the prior on PriorData (training.prior_data); checkpoints go to `out`.
 
     p_caption_layout: share of image-then-caption (captioning) sequences; p_drop_caption:
     share of the others (caption-then-image) whose caption is left out; p_word_noise: share
-    of a captioning example's input words replaced at random. Returns the loss history.
+    of a captioning example's input words replaced at random; p_conversation: share of the
+    steps that train on conversations (needs data.labels and a context that holds the
+    longest one). init: (params, token names) of an earlier prior to start from
+    (warm_start; vocab.saved_token_names reads the names from its checkpoint).
+    Returns the loss history.
     """
     settings.check()
     xp = backend.xp()
     params = init_gpt_params(config, seed=settings.seed)
+    if init is not None:
+        params = warm_start(params, data.vocab, *init)
+    bank = conversation_bank(data, config, p_conversation)
     opt_state = adamw_init(params)
     start, history = 0, []
     run_config = {"model": config_dict(config), "vocab": data.vocab.to_dict(),
                   "train": settings_dict(settings),
                   "layouts": {"p_caption_layout": p_caption_layout,
-                              "p_drop_caption": p_drop_caption, "p_word_noise": p_word_noise}}
+                              "p_drop_caption": p_drop_caption, "p_word_noise": p_word_noise,
+                              "p_conversation": p_conversation}}
     if resume and os.path.exists(out):
         resumed = resume_state(out, "prior", params, config_dict(config))
         announce_resume(out, resumed, run_config, settings, log)
@@ -52,11 +69,18 @@ def train_prior(data, config, settings, out, resume=False, p_caption_layout=0.5,
                               optimizer_state={"adam": opt_state}, extra={"history": history}))
 
     def batch(step):
-        idx = batch_indices(len(data.codes), settings.batch_size, settings.seed, step)
-        inputs, targets = make_training_batch(
-            data.vocab, [data.captions[i] for i in idx], data.codes[idx],
-            step_rng(settings.seed, step, 3), config.context, p_caption_layout, p_drop_caption,
-            p_word_noise)
+        rng = step_rng(settings.seed, step, 3)
+        if bank is not None and step_rng(settings.seed, step, 4).random() < p_conversation:
+            conversations = [random_conversation(rng, bank, data.vocab, p_drop_caption)
+                             for _ in range(settings.batch_size)]
+            inputs, targets = conversation_batch(data.vocab, conversations, config.context,
+                                                 rng, p_word_noise)
+        else:
+            idx = batch_indices(len(data.codes), settings.batch_size, settings.seed, step)
+            inputs, targets = make_training_batch(
+                data.vocab, [data.captions[i] for i in idx], data.codes[idx], rng,
+                config.context, p_caption_layout, p_drop_caption, p_word_noise)
+        inputs, targets = cut_padding(inputs, targets)
         return xp.asarray(inputs), xp.asarray(targets)
 
     def forward(step):  # the loss alone: run_loop's last check before the final write
@@ -77,3 +101,65 @@ def train_prior(data, config, settings, out, resume=False, p_caption_layout=0.5,
                         items_per_step=settings.batch_size * config.context, item="tok")
     run_loop(settings, start, step_fn, snapshot, forward, out, progress)
     return history
+
+
+def cut_padding(inputs, targets):
+    """inputs, targets (N, T) without the trailing columns that are padding in every row."""
+    used = (inputs != PAD).any(axis=0)
+    width = int(np.flatnonzero(used)[-1]) + 1 if used.any() else 1
+    return inputs[:, :width], targets[:, :width]
+
+
+def conversation_bank(data, config, p_conversation):
+    """The PictureBank conversations are built from, or None when p_conversation is 0;
+    ConfigError if the data have no labels or the context is too short for them."""
+    if not p_conversation:
+        return None
+    if not 0 < p_conversation <= 1:
+        raise ConfigError(f"p_conversation must be a probability in [0, 1], got {p_conversation}")
+    if data.labels is None:
+        raise ConfigError("conversations need the pictures' attributes (PriorData.labels); "
+                          "build the data with training.prior_data.shapes_prior_data")
+    needed = longest_conversation(data.vocab) - 1
+    if config.context < needed:
+        raise ConfigError(f"conversations need a context of at least {needed} tokens, the "
+                          f"prior has {config.context}; use --context {needed} (or more)")
+    return PictureBank(data.codes, data.labels)
+
+
+def warm_start(params, vocab, old_params, old_token_names):
+    """params with every weight of an earlier prior copied in, where it fits.
+
+    Token embeddings move by name: the row of 'red' or of image code 17 goes to that
+    token's id here, whatever ids the two vocabularies gave it; tokens new here keep their
+    fresh rows. Position embeddings copy the positions both have. Everything else (the
+    blocks) must have the same shapes. So a prior trained on the short layouts can learn
+    conversations (new tokens, a longer context) without starting from nothing.
+    """
+    names = {vocab.token_name(i): i for i in range(vocab.size)}
+    out = dict(params)
+    for key, value in old_params.items():
+        value = backend.to_numpy(value)
+        if key not in params:
+            raise ConfigError(f"warm start: the earlier prior has {key!r}, this one does not")
+        if value.shape[1:] != params[key].shape[1:]:
+            raise ConfigError(f"warm start: {key} is {value.shape} in the earlier prior and "
+                              f"{params[key].shape} here; use the same layers and width")
+        if key == "gpt.wte":
+            rows = [(names[name], j) for j, name in enumerate(old_token_names)
+                    if name in names]
+            table = backend.to_numpy(params[key]).copy()
+            new, old = (np.array(ids) for ids in zip(*rows))
+            table[new] = value[old]
+            out[key] = backend.to_device(table)
+        elif key == "gpt.wpe":
+            table = backend.to_numpy(params[key]).copy()
+            n = min(len(table), len(value))
+            table[:n] = value[:n]
+            out[key] = backend.to_device(table)
+        elif value.shape != params[key].shape:
+            raise ConfigError(f"warm start: {key} is {value.shape} in the earlier prior and "
+                              f"{params[key].shape} here; use the same layers and width")
+        else:  # the blocks: same shapes, copied whole
+            out[key] = backend.to_device(value)
+    return out

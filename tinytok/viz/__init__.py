@@ -16,6 +16,7 @@ file in the same folder, then ``os.replace``). The look is shared by all of them
     token_fill_strip(partials, [8, 16, 32, 64])    # an image filling in token by token
     prompt_grid(samples, prompts, 4, marks=ok)     # one row per prompt, green/red dots
     loss_curve(losses, log=True)                   # a line plot without matplotlib
+    chart([Series("vq", bits, psnr)], log_x=True)  # several named series (tinytok.viz.chart)
 
 The recipe itself, drawn (tinytok.viz.recipe, also importable from here):
 
@@ -305,3 +306,4 @@ def loss_curve(values, path=None, title=None, width=480, height=240, log=False):
 
 # the recipe's two pictures, so that viz.pipeline_diagram works as viz.image_grid does
 from tinytok.viz.recipe import pipeline_diagram, vq_cells_picture  # noqa: E402, F401
+from tinytok.viz.chart import Series, chart  # noqa: E402, F401
