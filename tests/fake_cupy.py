@@ -26,6 +26,12 @@ What CuPy allows, this allows: ``float()``, ``int()``, ``bool()`` of a one-eleme
 (``np.float32(2) * x``) and 0-d NumPy arrays beside device arrays. Reductions return 0-d
 device arrays, as in CuPy, never NumPy scalars.
 
+NCCL (``cupy.cuda.nccl``): communicators whose ranks are threads of this process, for the
+NCCL world of tinytok.distributed. As strict as NCCL where it matters: buffers are given as
+``x.data.ptr`` of device arrays (a host address is refused), counts must fit behind them,
+and a collective returns only once every rank has called it; the sums, taken in rank
+order through the addresses, land in the device arrays themselves.
+
 Activate it for tinytok with ``monkeypatch.setattr(tinytok.backend, "_active", fake_cupy.cupy)``;
 ``tinytok.backend.get_array_module`` then returns this module for its arrays (their type's
 module starts with "cupy"). ``backend.use("cupy")`` can be pointed at it by patching
@@ -177,6 +183,14 @@ class ndarray:
     @property
     def device(self):
         return cuda.Device(0)
+
+    @property
+    def data(self):
+        """cupy.cuda.MemoryPointer's stand-in: .ptr, the address of the first element, for
+        NCCL (the fake NCCL takes only addresses handed out here)."""
+        ptr = self._a.ctypes.data
+        _DEVICE_POINTERS[ptr] = max(_DEVICE_POINTERS.get(ptr, 0), self._a.nbytes)
+        return types.SimpleNamespace(ptr=ptr, mem=None)
 
     # --- basic attributes
     shape = property(lambda self: self._a.shape)
@@ -450,6 +464,8 @@ class _Device:
 
 
 class _Stream:
+    ptr = 0  # the null stream's handle, as NCCL is given it
+
     def __init__(self, *args, **kwargs):
         pass
 
@@ -489,6 +505,90 @@ cuda.runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, deviceSynchronize
                                      driverGetVersion=lambda: 12000,
                                      getDeviceProperties=lambda i: {"name": b"fake GPU"})
 cuda.MemoryPool = _MemoryPool
+
+
+# ------------------------------------------------------------------------------ NCCL
+
+_DEVICE_POINTERS = {}   # address -> bytes behind it, of every .data.ptr handed out
+
+
+class _NcclGroup:
+    """The communicators made with one unique id: ranks meet at a barrier for each call."""
+
+    def __init__(self, ndev):
+        import threading
+        self.ndev, self.slots = ndev, [None] * ndev
+        self.barrier = threading.Barrier(ndev, timeout=60)
+
+
+class _NcclCommunicator:
+    """cupy.cuda.nccl.NcclCommunicator for ranks that are threads of this process.
+
+    Strict where NCCL is: pointers are integers from a device array's .data.ptr (a host
+    array's address is refused), the count must fit behind the pointer, every rank must
+    join with the same ndev, and a collective returns only once every rank has called it.
+    The sums are taken in rank order, so every rank gets the same bits, as with NCCL.
+    """
+    _groups, _lock = {}, None
+
+    def __init__(self, ndev, commId, rank):
+        import threading
+        if not (isinstance(commId, tuple) and len(commId) == 128):
+            raise TypeError("fake NCCL: commId must be the 128-tuple get_unique_id() returns")
+        if not 0 <= rank < ndev:
+            raise ValueError(f"fake NCCL: rank {rank} is not in [0, {ndev})")
+        _NcclCommunicator._lock = _NcclCommunicator._lock or threading.Lock()
+        with _NcclCommunicator._lock:
+            group = self._groups.setdefault(commId, _NcclGroup(ndev))
+        if group.ndev != ndev:
+            raise ValueError(f"fake NCCL: ndev {ndev} but the group has {group.ndev}")
+        self.group, self.rank = group, rank
+
+    def _view(self, ptr, count, datatype):
+        import ctypes
+        if not isinstance(ptr, int) or ptr not in _DEVICE_POINTERS:
+            raise ValueError(f"fake NCCL: {ptr!r} is not the address of a device array "
+                             "(pass x.data.ptr of a CuPy array)")
+        dtype = np.dtype(_NCCL_DTYPES[datatype])
+        if count * dtype.itemsize > _DEVICE_POINTERS[ptr]:
+            raise ValueError(f"fake NCCL: {count} {dtype} do not fit behind {ptr:#x}")
+        raw = (ctypes.c_char * (count * dtype.itemsize)).from_address(ptr)
+        return np.frombuffer(raw, dtype=dtype, count=count)
+
+    def allReduce(self, sendbuf, recvbuf, count, datatype, op, stream):
+        if op != _nccl.NCCL_SUM:
+            raise ValueError("fake NCCL: only NCCL_SUM is implemented")
+        g = self.group
+        g.slots[self.rank] = self._view(sendbuf, count, datatype).copy()
+        g.barrier.wait()
+        total = g.slots[0].copy()
+        for part in g.slots[1:]:
+            total += part
+        g.barrier.wait()              # everyone has read the slots before any is reused
+        self._view(recvbuf, count, datatype)[...] = total
+
+    def bcast(self, buff, count, datatype, root, stream):
+        g = self.group
+        if self.rank == root:
+            g.slots[root] = self._view(buff, count, datatype).copy()
+        g.barrier.wait()
+        value = g.slots[root]
+        g.barrier.wait()
+        self._view(buff, count, datatype)[...] = value
+
+
+def _unique_id():
+    return tuple(int(b) - 128 for b in os.urandom(128))
+
+
+_nccl = types.ModuleType("cupy.cuda.nccl")
+_nccl.available = True
+_nccl.NCCL_SUM, _nccl.NCCL_MAX = 0, 2
+_nccl.NCCL_INT64, _nccl.NCCL_FLOAT32, _nccl.NCCL_FLOAT64 = 4, 7, 8
+_NCCL_DTYPES = {4: np.int64, 7: np.float32, 8: np.float64}
+_nccl.get_unique_id = _unique_id
+_nccl.NcclCommunicator = _NcclCommunicator
+cuda.nccl = _nccl
 
 
 def _make_random():

@@ -9,6 +9,8 @@ directory set to a temporary folder and the backend reset to NumPy. Other langua
     # lesson: gpu     run only where tinytok.backend.use("cupy") works; skipped otherwise,
                       and the backend is set back to NumPy after it, so the blocks that
                       follow behave the same with or without a GPU
+    # lesson: mpi     needs `mpiexec -n 2` (the mpi extra): where MPI cannot start, the
+                      whole lesson is skipped with the reason; elsewhere a normal block
 
 Pictures. The namespace holds ``LESSON_DIR`` (a pathlib.Path): a lesson saves its pictures
 there. It is the lessons/ folder itself when ``TINYTOK_WRITE_LESSON_IMAGES=1`` is set (to
@@ -48,7 +50,7 @@ LESSONS = sorted(LESSONS_DIR.glob("[0-9][0-9]_*.md"))
 
 FENCE = re.compile(r"^(`{3,}|~{3,})\s*([\w+-]*)")  # an opening or closing fence, + language
 MARKER = re.compile(r"^#\s*lesson:\s*(\w+)\s*$")
-MARKERS = ("skip", "gpu")
+MARKERS = ("skip", "gpu", "mpi")
 
 
 def fenced_blocks(text):
@@ -139,7 +141,14 @@ def lesson_script(text):
     """The lesson as one plain Python script: its python blocks in order, less the ones
     marked skip or gpu, each preceded by a comment naming its line in the .md file."""
     return "".join(f"# --- block at line {line} ---\n{code}\n"
-                   for line, code, marker in python_blocks(text) if marker is None)
+                   for line, code, marker in python_blocks(text) if marker in (None, "mpi"))
+
+
+@lru_cache(maxsize=None)
+def mpi_unavailable():
+    """Why `mpiexec -n 2` cannot start here (tests/test_mpi.py's check), or None."""
+    from test_mpi import mpi_start_problem
+    return mpi_start_problem()
 
 
 def run_as_script(md_path, folder):
@@ -172,6 +181,9 @@ def stray_files(folder, left):
 def test_lesson_runs(md_path, tmp_path, monkeypatch):
     """The lesson runs as a plain script in an empty folder, exits 0 and leaves no stray
     files there; on failure, the harness runs it again for a traceback into the .md."""
+    text = md_path.read_text(encoding="utf-8")
+    if any(marker == "mpi" for _, _, marker in python_blocks(text)) and mpi_unavailable():
+        pytest.skip(f"{md_path.name} needs MPI: {mpi_unavailable()}")
     write_images = os.environ.get("TINYTOK_WRITE_LESSON_IMAGES") == "1"
     if write_images:
         run_in_harness(md_path, tmp_path, monkeypatch, LESSONS_DIR)

@@ -259,6 +259,40 @@ def test_the_loop_without_the_cache_writes_the_same_tokens():
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_a_fork_continues_its_history_as_a_fresh_state_fed_everything(use_cache):
+    """fork(n): n copies of a one-sequence stream, each continuing it as if fed from the
+    start (to rounding: the prefix went through the model in other pieces)."""
+    params, ids = params_of("float64"), tokens(4, 3, 9)
+    history = NextTokenLogits(params, CFG, 1, use_cache)
+    history.step(ids[:1, :5])
+    forked = history.fork(3)
+    assert forked.length == history.length == 5
+    got = forked.step(ids[:, 5:])
+    fresh = NextTokenLogits(params, CFG, 3, use_cache)
+    want = fresh.step(np.concatenate([np.repeat(ids[:1, :5], 3, axis=0), ids[:, 5:]], axis=1))
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    history.step(ids[:1, 5:6])                      # the original goes on unchanged by forks
+    assert history.length == 6 and forked.length == 9
+    with pytest.raises(TinytokError, match="one sequence"):
+        forked.fork(2)
+
+
+def test_the_loop_after_a_history_writes_what_the_whole_prompt_writes():
+    params, prompt = params_of("float64"), tokens(5, 1, 6)
+    history = NextTokenLogits(params, CFG, 1)
+    history.step(prompt[:, :4])
+    uncond = tokens(6, 1, 2)
+    kw = dict(uncond_prompt=np.tile(uncond, (2, 1)), cfg_scale=2.0, top_k=5)
+    a = continue_sequences(np.tile(prompt[:, 4:], (2, 1)), params, CFG, 5,
+                           np.random.default_rng(3), history=history, **kw)
+    kw["uncond_prompt"] = np.tile(np.concatenate([prompt[:, :4], uncond], 1), (2, 1))
+    b = continue_sequences(np.tile(prompt, (2, 1)), params, CFG, 5, np.random.default_rng(3),
+                           **kw)
+    np.testing.assert_array_equal(a, b)
+    assert history.length == 4                      # the loop drew on forks of it
+
+
 def test_a_row_that_wrote_the_stop_token_keeps_writing_it_and_the_loop_ends_early():
     params, prompt = params_of("float64"), tokens(4, 4, 2)
     free = continue_sequences(prompt, params, CFG, 8, np.random.default_rng(0), greedy=True)

@@ -108,6 +108,25 @@ def to_device(x, dtype=None):
     return mod.asarray(x, dtype=dtype)
 
 
+def nccl():
+    """CuPy's NCCL module (``cupy.cuda.nccl``), which adds arrays across GPUs for
+    tinytok.distributed; BackendError, saying what to install, where there is none."""
+    mod = xp()
+    if mod is np:
+        raise BackendError("NCCL adds GPU arrays: it needs the 'cupy' backend (--backend cupy)")
+    module = getattr(mod.cuda, "nccl", None)
+    if module is None:
+        try:
+            from cupy.cuda import nccl as module
+        except ImportError as e:
+            raise BackendError(f"CuPy's NCCL module cannot be imported ({e})") from None
+    if not getattr(module, "available", True):
+        raise BackendError("several GPUs add their gradients with NCCL, and this CuPy has none "
+                           "(cupy.cuda.nccl.available is False); install it (pip install "
+                           "nvidia-nccl-cu12), or leave --backend cupy out (MPI on the host)")
+    return module
+
+
 def params_to_numpy(params):
     """A dict of arrays moved to the host; keys and order unchanged."""
     return {k: to_numpy(v) for k, v in params.items()}

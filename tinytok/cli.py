@@ -3,13 +3,19 @@
 Every subcommand is a thin layer over the Python API. Bad input of any kind ends in one line
 on stderr ("tinytok: error: ...") and exit code 2; Ctrl-C during training writes a
 checkpoint first and exits with 130.
+
+`mpiexec -n K tinytok train-tokenizer ...` (and train-prior) trains one model on K
+processes (tinytok.distributed): process 0 prints and writes, every process exits with the
+same code, and a failure on one process alone ends them all rather than leave them waiting.
 """
 import argparse
 import json
 import os
 import sys
+import traceback
 
-from tinytok import backend, parallel
+from tinytok import backend, distributed, parallel
+from tinytok.conversation import EDIT_RERANK
 from tinytok.errors import ConfigError, TinytokError
 
 
@@ -54,6 +60,8 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line and exit code 2 (no usage block)."""
 
     def error(self, message):
+        if distributed.launched_rank() != 0:   # under mpiexec: process 0 says it, once
+            sys.exit(2)
         sys.stderr.write(f"tinytok: error: {self.prog.replace('tinytok ', '')}: {message}\n")
         sys.exit(2)
 
@@ -83,13 +91,22 @@ def cmd_train_tokenizer(args):
     recipe = TokenizerRecipe(kmeans_init=not args.no_kmeans,
                              restart_every=0 if args.no_restarts else args.restart_every)
     settings.check()  # before anything is printed: a bad argument is one line, not two
+    world = args.world
+    distributed.batch_share(settings.batch_size, world)   # refused here too, before training
     g, size = config.grid_size, config.image_size
-    print(f"training a {config.name} tokenizer ({config.quantizer}, {config.num_codes} codes, "
-          f"{g}x{g} tokens per {size}x{size} picture) on {len(images)} {args.data} images for "
-          f"{args.steps} steps -> {args.out}", file=sys.stderr)
-    train_tokenizer(images, config, settings, args.out, recipe, resume=args.resume)
-    print(f"wrote {args.out}")
+    say, on = _speaker(world), f" on {world.size} processes" if world.size > 1 else ""
+    say(f"training a {config.name} tokenizer ({config.quantizer}, {config.num_codes} codes, "
+        f"{g}x{g} tokens per {size}x{size} picture) on {len(images)} {args.data} images for "
+        f"{args.steps} steps{on} -> {args.out}", file=sys.stderr)
+    train_tokenizer(images, config, settings, args.out, recipe, resume=args.resume,
+                    world=world)
+    say(f"wrote {args.out}")
     return 0
+
+
+def _speaker(world):
+    """print on process 0; nothing on the others (K copies of each line would only repeat)."""
+    return print if world.is_root else (lambda *args, **kwargs: None)
 
 
 def _add_train_arguments(p, lr, steps, batch_size=32):
@@ -112,9 +129,11 @@ def cmd_train_prior(args):
     from tinytok.training.conversations import longest_conversation
     from tinytok.training.prior_data import shapes_prior_data
     from tinytok.training import TrainSettings, train_prior
+    world = args.world
     tokenizer = Tokenizer.load(args.tokenizer)
-    data = shapes_prior_data(tokenizer, args.n_images, args.seed, cache=args.out + ".tokens",
-                             tokenizer_path=args.tokenizer)
+    data = distributed.root_first(world, lambda: shapes_prior_data(   # others read its cache
+        tokenizer, args.n_images, args.seed, cache=args.out + ".tokens",
+        tokenizer_path=args.tokenizer))
     overrides = {"vocab_size": data.vocab.size}
     if args.context or args.conversations:
         overrides["context"] = args.context or longest_conversation(data.vocab) - 1
@@ -123,17 +142,20 @@ def cmd_train_prior(args):
                              warmup=args.warmup, seed=args.seed, weight_decay=0.1,
                              checkpoint_every=args.checkpoint_every, log_every=args.log_every)
     settings.check()
+    distributed.batch_share(settings.batch_size, world)   # refused here too, before training
     init = None
     if args.init:
         earlier = load_checkpoint(args.init, kind="prior")
         init = (earlier.params, saved_token_names(earlier.config["vocab"]))
-    print(f"training a {config.name} prior (context {config.context}) on {len(data.codes)} "
-          f"captioned shapes for {args.steps} steps, {args.conversations:.0%} of them on "
-          f"conversations{', from ' + args.init if init else ''} -> {args.out}",
-          file=sys.stderr)
+    say, on = _speaker(world), f" on {world.size} processes" if world.size > 1 else ""
+    say(f"training a {config.name} prior (context {config.context}) on {len(data.codes)} "
+        f"captioned shapes for {args.steps} steps{on}, {args.conversations:.0%} of them on "
+        f"conversations{', from ' + args.init if init else ''} -> {args.out}",
+        file=sys.stderr)
     train_prior(data, config, settings, args.out, resume=args.resume,
-                p_word_noise=args.word_noise, p_conversation=args.conversations, init=init)
-    print(f"wrote {args.out}")
+                p_word_noise=args.word_noise, p_conversation=args.conversations, init=init,
+                world=world)
+    say(f"wrote {args.out}")
     return 0
 
 
@@ -234,21 +256,22 @@ def _print_figures(figures, as_json):
     for key, value in figures.items():
         shown = f"{value:.4g}" if isinstance(value, float) else value
         if key.startswith(("adherence", "caption_accuracy", "usage", "edit_", "chain_",
-                           "caption_after")) and key != "edit_pictures":
+                           "caption_after")) and key not in ("edit_pictures", "edit_rerank"):
             shown = f"{value:.1%}"
         print(f"{key:>26}: {shown}")
 
 
-def _sampling_arguments(p):
+def _sampling_arguments(p, rerank=4):
     p.add_argument("--temperature", type=positive_float, default=1.0)
     p.add_argument("--top-k", type=positive_int, default=None)
     p.add_argument("--top-p", type=probability, default=None)
     p.add_argument("--cfg", type=non_negative_float, default=1.5,
                    help="classifier-free guidance scale (1 = off)")
     p.add_argument("--seed", type=seed_value, default=0)
-    p.add_argument("--rerank", type=positive_int, default=4,
+    p.add_argument("--rerank", type=positive_int, default=rerank,
                    help="draw K candidates per picture, keep the one the prior's own caption "
-                        "likelihood prefers (K times the drawing work; 1 = off)")
+                        f"likelihood prefers (K times the drawing work; 1 = off; default "
+                        f"{rerank})")
 
 
 def _pipeline_arguments(p):
@@ -377,7 +400,7 @@ def cmd_eval_prior(args):
     pipe = Pipeline.load(args.tokenizer, args.prior)
     figures = eval_prior(pipe, args.prompts, args.n, args.cfg, args.seed, args.captions,
                          args.temperature, args.top_k, args.top_p, rerank=args.rerank,
-                         n_edits=args.edits)
+                         n_edits=args.edits, edit_rerank=args.edit_rerank)
     _print_figures(figures, args.json)
     return 0
 
@@ -444,7 +467,7 @@ def build_parser():
     p.add_argument("--no-restarts", action="store_true", help="never restart dead codes")
     p.add_argument("--restart-every", type=positive_int, default=100)
     _add_train_arguments(p, lr=1e-3, steps=5000)
-    p.set_defaults(func=cmd_train_tokenizer)
+    p.set_defaults(func=cmd_train_tokenizer, many_processes=True)
 
     p = sub.add_parser("train-prior", help="train the prior on captioned shapes")
     p.add_argument("--tokenizer", required=True)
@@ -463,7 +486,7 @@ def build_parser():
     p.add_argument("--init", default=None,
                    help="start from an earlier prior checkpoint (its weights, by token name)")
     _add_train_arguments(p, lr=1e-3, steps=5000)
-    p.set_defaults(func=cmd_train_prior)
+    p.set_defaults(func=cmd_train_prior, many_processes=True)
 
     p = sub.add_parser("encode", help="print the token grid of each image")
     p.add_argument("--tokenizer", default=None)
@@ -509,14 +532,14 @@ def build_parser():
     p.add_argument("--out", default="edited.png")
     p.add_argument("-n", type=positive_int, default=1, help="edits to draw")
     p.add_argument("--scale", type=positive_int, default=4)
-    _sampling_arguments(p)
+    _sampling_arguments(p, rerank=EDIT_RERANK)
     _pipeline_arguments(p)
     p.set_defaults(func=cmd_edit)
 
     p = sub.add_parser("chat", help="a conversation in the terminal: draw, edit, describe")
     p.add_argument("--out", default="tinytok-chat", help="folder for the pictures drawn")
     p.add_argument("--scale", type=positive_int, default=4)
-    _sampling_arguments(p)
+    _sampling_arguments(p, rerank=EDIT_RERANK)
     _pipeline_arguments(p)
     p.set_defaults(func=cmd_chat)
 
@@ -527,6 +550,9 @@ def build_parser():
     p.add_argument("--edits", type=non_negative_int, default=24,
                    help="pictures to edit (seen and held-out results, chains, captions)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--edit-rerank", type=positive_int, default=EDIT_RERANK,
+                   help="candidates per edited picture, as tinytok edit and chat "
+                        f"draw them (default {EDIT_RERANK})")
     _sampling_arguments(p)
     _pipeline_arguments(p)
     p.set_defaults(func=cmd_eval_prior)
@@ -554,25 +580,51 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.world = world = distributed.SINGLE
+    says = distributed.launched_rank() == 0  # under mpiexec, process 0 reports for all
     try:
+        args.world = world = _world_for(args)   # before the backend picks a GPU
         if args.backend:
             backend.use(args.backend)
         else:
             backend.xp()  # validates $TINYTOK_BACKEND now, with a clear message
         parallel.reuse_freed_host_memory()
-        parallel.use_cores()  # every core for element-wise work; see tinytok/parallel.py
+        if world.size == 1:
+            parallel.use_cores()  # every core for element-wise work; see tinytok/parallel.py
+        else:
+            distributed.use_this_process_cores()   # this process's share of them
         return args.func(args)
     except KeyboardInterrupt:
         sys.stderr.write("tinytok: interrupted\n")
+        world.end_all(130)   # the others would wait for this process for ever
         return 130
-    except TinytokError as e:
+    except TinytokError as e:  # raised alike on every process: each ends with it
         from tinytok.training import TrainingStopped
-        sys.stderr.write(f"tinytok: {'stopped' if isinstance(e, TrainingStopped) else 'error'}: "
-                         f"{e}\n")
+        if says:
+            what = "stopped" if isinstance(e, TrainingStopped) else "error"
+            sys.stderr.write(f"tinytok: {what}: {e}\n")
         return 130 if isinstance(e, TrainingStopped) else 2
     except ImportError as e:
-        sys.stderr.write(f"tinytok: error: {e}\n")
+        if says:
+            sys.stderr.write(f"tinytok: error: {e}\n")
         return 2
+    except Exception:
+        if world.size == 1:
+            raise
+        traceback.print_exc()  # a failure of this process alone: end the others too
+        world.end_all(1)
+        raise
+
+
+def _world_for(args):
+    """The processes this command runs on: several under mpiexec for the training commands
+    (tinytok.distributed), one otherwise; other commands under mpiexec are refused."""
+    if getattr(args, "many_processes", False):
+        return distributed.start(args.backend or os.environ.get("TINYTOK_BACKEND") or "numpy")
+    if distributed.launched_size() > 1:
+        raise ConfigError(f"only train-tokenizer and train-prior run on several processes; "
+                          f"run `tinytok {args.command}` without mpiexec")
+    return distributed.SINGLE
 
 
 if __name__ == "__main__":

@@ -127,7 +127,9 @@ def write_stream(out, seed, turns=STREAM):
     a turn, labelled with the turn and, for words, the model's reply.
     """
     from tinytok.viz import image_grid
-    replies = Pipeline.load().converse(list(turns), seed=seed, cfg_scale=1.5, rerank=4)
+    from tinytok.conversation import EDIT_RERANK
+    replies = Pipeline.load().converse(list(turns), seed=seed, cfg_scale=1.5,
+                                       rerank=EDIT_RERANK)
     tiles, labels, current = [], [], None
     for turn, reply in zip(turns, replies):
         if not isinstance(reply, str):

@@ -156,9 +156,10 @@ def edit_figures(pipeline, n_pictures=24, seed=0, **sampling):
 
 
 def eval_prior(pipeline, n_prompts=24, n_per_prompt=4, cfg_scale=1.5, seed=0, n_captions=200,
-               temperature=1.0, top_k=None, top_p=None, rerank=1, n_edits=0):
+               temperature=1.0, top_k=None, top_p=None, rerank=1, n_edits=0, edit_rerank=None):
     """Adherence on training and held-out combinations, caption accuracy on held-out images,
-    and with n_edits, edit_figures on that many pictures."""
+    and with n_edits, edit_figures on that many pictures (edit_rerank candidates per edited
+    picture; None: rerank)."""
     train = make_shapes(n_prompts, seed=10_000 + seed, split="train").labels
     heldout = make_shapes(n_prompts, seed=20_000 + seed, split="heldout").labels
     figures = {"cfg_scale": cfg_scale, "rerank": rerank, "prompts": n_prompts,
@@ -174,5 +175,6 @@ def eval_prior(pipeline, n_prompts=24, n_per_prompt=4, cfg_scale=1.5, seed=0, n_
     if n_edits:
         figures.update(edit_figures(pipeline, n_edits, seed, temperature=temperature,
                                     top_k=top_k, top_p=top_p, cfg_scale=cfg_scale,
-                                    rerank=rerank))
+                                    rerank=edit_rerank or rerank))
+        figures["edit_rerank"] = edit_rerank or rerank
     return figures

@@ -13,6 +13,8 @@
 #   parity.log/.xml         tests/test_backend_parity.py: NumPy vs CuPy, ops/models/training
 #   cupy_tests.log/.xml     the suite's CuPy variants (xp fixture param "cupy", -k cupy)
 #   lessons.log/.xml        the lessons' "# lesson: gpu" blocks (01 and 13), really on the GPU
+#   nccl.json/.log          two GPUs, one model: NCCL's all-reduce (tinytok.distributed) and a
+#                           tokenizer trained on both against one GPU (SKIP with fewer GPUs)
 #   bench_cupy.json/.log    tinytok bench --backend cupy --json
 #   bench_numpy.json/.log   tinytok bench --json (the CPU, same machine: the speed-up baseline)
 #   summary.json            step exit codes, test counts, failing tests, speed-ups
@@ -144,6 +146,12 @@ step bench_numpy 120 bash -c '"$@" > "$0"' "$OUT/bench_numpy.json" \
 # --- the lessons' GPU blocks (skipped on machines without a GPU, so run them here)
 step lessons 60 "${PYTEST[@]}" tests/test_lessons.py -k "01_ or 13_" -s \
     --junitxml="$OUT/lessons.xml"
+
+# --- two GPUs: gradients added by NCCL, ranks as threads (no MPI needed); with fewer
+# than two GPUs the check prints SKIP and passes (there is nothing to add across)
+NCCL_ARGS=()
+[ "${TINYTOK_GPU_FAKE:-0}" = 1 ] && NCCL_ARGS=(--fake)
+step nccl 120 "$PY" tests/gpu/nccl_check.py ${NCCL_ARGS[@]+"${NCCL_ARGS[@]}"} "$OUT/nccl.json"
 
 step summary 30 "$PY" tests/gpu/summarize.py "$OUT"
 log "done in ${SECONDS}s; results in $OUT (summary.json)"

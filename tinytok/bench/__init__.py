@@ -34,6 +34,11 @@ distance product has no backward product and is counted once. GFLOP/s = counted 
 median time. The counters live in tinytok/bench/flops.py.
 
 Python use: ``run_bench(backend="numpy", only=None, repeats=None, quick=False) -> dict``.
+
+Measurements of their own live beside it, each a module with its own command line:
+``python -m tinytok.bench.vocabulary`` (PSNR against bits, lesson 16) and
+``python -m tinytok.bench.data_parallel`` (threads, one process and K processes under
+mpiexec, with the bytes all-reduced per step, lesson 17).
 """
 import argparse
 import json

@@ -95,6 +95,34 @@ class NextTokenLogits:
         self.kv = new_kv_cache(params, config, batch) if use_cache else None
         self.seq = None  # the whole sequence so far, for the uncached path
 
+    @property
+    def length(self):
+        """How many tokens of each sequence have been fed so far."""
+        if self.use_cache:
+            return self.kv["length"]
+        return 0 if self.seq is None else self.seq.shape[1]
+
+    def fork(self, batch):
+        """A new state holding batch copies of this state's one sequence.
+
+        A conversation is fed once (Conversation.history); each reply forks it into the
+        rows it draws side by side (candidates, and guidance's unconditional half), so
+        the earlier turns are never run through the model again.
+        """
+        rows = (self.kv["k"][0] if self.use_cache else self.seq)
+        if rows is not None and rows.shape[0] != 1:
+            raise ShapeError(f"fork copies a state of one sequence, this one holds "
+                             f"{rows.shape[0]}")
+        copy = NextTokenLogits(self.params, self.config, batch, self.use_cache)
+        if self.use_cache:
+            xp = get_array_module(self.params["gpt.wte"])
+            for name in ("k", "v"):
+                copy.kv[name] = [xp.repeat(layer, batch, axis=0) for layer in self.kv[name]]
+            copy.kv["length"] = self.kv["length"]
+        elif self.seq is not None:
+            copy.seq = get_array_module(self.seq).repeat(self.seq, batch, axis=0)
+        return copy
+
     def step(self, new_ids):
         xp = get_array_module(self.params["gpt.wte"])
         new_ids = xp.asarray(new_ids)
@@ -168,7 +196,7 @@ def guided(cond, uncond, scale):
 
 def continue_sequences(prompt, params, config, n_new, rng, temperature=1.0, top_k=None,
                        top_p=None, allowed=None, uncond_prompt=None, cfg_scale=1.0,
-                       greedy=False, stop=None, use_cache=True):
+                       greedy=False, stop=None, use_cache=True, history=None):
     """Write up to n_new tokens after each prompt row: (B, L) ids -> (B, n) host int64.
 
     Each step: the next token's logits (from the KV cache, or the whole prefix again),
@@ -176,15 +204,22 @@ def continue_sequences(prompt, params, config, n_new, rng, temperature=1.0, top_
     filtered (temperature, top-k, top-p, allowed tokens only) and drawn (or argmax when
     greedy) with uniforms from the host generator rng. With stop (a token id, or a tuple of
     them), a row that has written one writes the first from then on, and the loop ends
-    when every row has: n may then be less than n_new.
+    when every row has: n may then be less than n_new. With history (a NextTokenLogits of
+    one sequence), prompt and uncond_prompt continue the stream it holds.
     """
     prompt = np.asarray(prompt)
     first_stop = stop[0] if isinstance(stop, tuple) else stop
     guide = uncond_prompt is not None and cfg_scale != 1.0
-    cond = NextTokenLogits(params, config, len(prompt), use_cache)
+
+    def new_state():
+        if history is None:
+            return NextTokenLogits(params, config, len(prompt), use_cache)
+        return history.fork(len(prompt))
+
+    cond = new_state()
     logits = cond.step(prompt)
     if guide:  # the same model without the caption: the unconditional half of guidance
-        uncond = NextTokenLogits(params, config, len(prompt), use_cache)
+        uncond = new_state()
         u_logits = uncond.step(np.asarray(uncond_prompt))
     written, done = [], np.zeros(len(prompt), dtype=bool)
     for i in range(n_new):
@@ -217,43 +252,53 @@ def sample_image_codes(params, config, vocab, prompt, n, rng, temperature=1.0, t
 
 
 def draw_picture(params, config, vocab, prompt, uncond_prompt, n, rng, temperature=1.0,
-                 top_k=None, top_p=None, cfg_scale=1.0, use_cache=True):
+                 top_k=None, top_p=None, cfg_scale=1.0, use_cache=True, history=None):
     """n token grids (n, g, g) after a prompt (L,) that ends with <image>: exactly one grid.
 
     uncond_prompt: the same stream without the words that asked for the picture (the
-    caption, or the instruction of an edit), for guidance.
+    caption, or the instruction of an edit), for guidance. history: as continue_sequences.
     """
-    if len(prompt) + vocab.image_len > config.context:
-        raise ContextFullError(f"a picture after these {len(prompt)} tokens would run past the "
-                          f"prior's context of {config.context}; start a new conversation")
+    before = history.length if history is not None else 0
+    if before + len(prompt) + vocab.image_len > config.context:
+        raise ContextFullError(f"a picture after these {before + len(prompt)} tokens would run "
+                               f"past the prior's context of {config.context}; start a new "
+                               "conversation")
     tokens = continue_sequences(
         np.tile(prompt, (n, 1)), params, config, vocab.image_len, rng, temperature, top_k,
         top_p, allowed=image_token_mask(vocab), uncond_prompt=np.tile(uncond_prompt, (n, 1)),
-        cfg_scale=cfg_scale, use_cache=use_cache)
+        cfg_scale=cfg_scale, use_cache=use_cache, history=history)
     return (tokens - vocab.image_offset).reshape(n, vocab.grid_size, vocab.grid_size)
 
 
-def reply_is_picture(params, config, vocab, prompt):
+def reply_is_picture(params, config, vocab, prompt, history=None):
     """The model's choice of modality after prompt (L,), which ends with <model>: True if
-    it gives <image> more probability than all the words together."""
-    probs = backend.to_numpy(softmax(NextTokenLogits(params, config, 1).step(prompt[None])
-                                     .astype("float64")))[0]
+    it gives <image> more probability than all the words together. history: as
+    continue_sequences."""
+    before = history.length if history is not None else 0
+    if before + len(prompt) > config.context:
+        raise ContextFullError(f"the conversation's {before + len(prompt)} tokens fill the "
+                               f"prior's context of {config.context}; start a new one")
+    state = NextTokenLogits(params, config, 1) if history is None else history.fork(1)
+    probs = backend.to_numpy(softmax(state.step(prompt[None]).astype("float64")))[0]
     return probs[IMAGE] > probs[len(SPECIALS):vocab.image_offset].sum()
 
 
 def write_reply(params, config, vocab, prompts, rng, greedy=True, temperature=1.0,
-                max_words=16):
+                max_words=16, history=None):
     """The words the model says after prompts (B, L) ending with <model>: a str per row,
     words only, up to the token that ends its turn (<user> or <eos>), at most max_words
-    (a caption has 8: a model that rambles is cut short, not left to fill the context)."""
+    (a caption has 8: a model that rambles is cut short, not left to fill the context).
+    history: as continue_sequences."""
     allowed = text_token_mask(vocab)
     allowed[USER] = True
-    room = min(config.context - prompts.shape[1], max_words + 1)
+    before = history.length if history is not None else 0
+    room = min(config.context - before - prompts.shape[1], max_words + 1)
     if room < 1:
         raise ContextFullError(f"the conversation fills the prior's context of {config.context}; "
                           "start a new one")
     tokens = continue_sequences(prompts, params, config, room, rng, temperature,
-                                allowed=allowed, greedy=greedy, stop=(EOS, USER))
+                                allowed=allowed, greedy=greedy, stop=(EOS, USER),
+                                history=history)
     return caption_from_tokens(vocab, tokens)
 
 

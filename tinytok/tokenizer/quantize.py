@@ -108,12 +108,26 @@ def ema_update(codebook, state, z, ids, decay=0.99, eps=1e-5):
     exponentially, and Laplace smoothing (eps) keeps unused codes from dividing by zero.
     z (N, D, H, W), ids (N, H, W) from the forward. Returns the codebook.
     """
-    xp = get_array_module(codebook)
-    K = codebook.shape[0]
+    counts, sums = ema_statistics(z, ids, codebook.shape[0], codebook.dtype)
+    return ema_apply(codebook, state, counts, sums, decay, eps)
+
+
+def ema_statistics(z, ids, num_codes, dtype):
+    """A batch's uses of each code (K,) and the sum of the vectors that chose it (K, D).
+
+    Both are sums over the batch's vectors, so the statistics of a batch's shares add up
+    to the batch's (training on several processes adds them before ema_apply)."""
+    xp = get_array_module(z)
     z_rows = latents_as_columns(z).T                                    # (M, D)
     flat_ids = ids.transpose(1, 2, 0).reshape(-1)                       # same (H, W, N) order
-    counts = xp.bincount(flat_ids, minlength=K).astype(codebook.dtype)  # (K,) uses per code
-    sums = scatter_add(xp.zeros_like(codebook), flat_ids, z_rows)       # (K, D)
+    counts = xp.bincount(flat_ids, minlength=num_codes).astype(dtype)   # (K,) uses per code
+    sums = scatter_add(xp.zeros((num_codes, z.shape[1]), dtype=dtype), flat_ids, z_rows)
+    return counts, sums                                                 # (K,), (K, D)
+
+
+def ema_apply(codebook, state, counts, sums, decay=0.99, eps=1e-5):
+    """The EMA step from a batch's statistics (ema_statistics): decay, add, re-divide."""
+    K = codebook.shape[0]
     state["cluster_size"] *= decay
     state["cluster_size"] += (1 - decay) * counts
     state["embed_sum"] *= decay

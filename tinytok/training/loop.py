@@ -10,6 +10,11 @@ comes from a generator seeded with (seed, step), so a run stopped at step k and 
 computes exactly what an uninterrupted run would have. Ctrl-C asks the loop to stop after
 the current step and write a checkpoint; a NaN or inf stops it without overwriting the last
 good checkpoint. The trainers themselves are tokenizer_trainer.py and prior_trainer.py.
+
+On several processes (tinytok.distributed) every process runs this loop in step: each
+step's all-reduce keeps them together, process 0 alone shows progress and writes the
+checkpoints, and whether to stop after a step (a Ctrl-C reaching any process) is agreed
+on by all, so that none waits for ever for a step the others will not take.
 """
 import math
 import signal
@@ -22,6 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from tinytok import backend
+from tinytok.distributed import SINGLE
 from tinytok.errors import CheckpointError, ConfigError, TinytokError
 from tinytok.training.checkpoint import check_params_match, load_checkpoint, save_checkpoint
 from tinytok.training.optim import adamw_step, clip_grad_norm, has_nonfinite, lr_schedule
@@ -76,7 +82,7 @@ def step_rng(seed, step, stream):
 # ---------------------------------------------------------------- Ctrl-C between steps
 
 @contextmanager
-def stop_on_interrupt():
+def stop_on_interrupt(world=SINGLE):
     """Turn the first Ctrl-C (SIGINT) into a request to stop after the current step.
 
     A step interrupted half-way (in the middle of an AdamW update, say) would leave the
@@ -92,8 +98,9 @@ def stop_on_interrupt():
         if requested["stop"]:
             raise KeyboardInterrupt
         requested["stop"] = True
-        sys.stderr.write("\nstopping after this step and writing a checkpoint "
-                         "(Ctrl-C again to quit at once)\n")
+        if world.is_root:
+            sys.stderr.write("\nstopping after this step and writing a checkpoint "
+                             "(Ctrl-C again to quit at once)\n")
 
     previous = signal.signal(signal.SIGINT, handler)
     try:
@@ -143,7 +150,7 @@ def settings_dict(settings):
 
 # ---------------------------------------------------------------- the loop
 
-def run_loop(settings, start, step_fn, snapshot_fn, probe_fn, out, progress):
+def run_loop(settings, start, step_fn, snapshot_fn, probe_fn, out, progress, world=SINGLE):
     """Run step_fn(step) -> figures for steps start..settings.steps-1, checkpointing to out.
 
     snapshot_fn(step_count) returns save_checkpoint's arguments for the state after that many
@@ -152,31 +159,66 @@ def run_loop(settings, start, step_fn, snapshot_fn, probe_fn, out, progress):
     finite, and only the next step shows it. Likewise probe_fn(step) computes one more loss
     before the final write. progress (a training.progress.Progress) shows each step's
     figures and is closed here. Returns the number of steps done; raises TrainingStopped
-    after a Ctrl-C (the checkpoint is written first).
+    after a Ctrl-C (the checkpoint is written first). world: the processes training
+    together (tinytok.distributed); process 0 writes, all stop after the same step.
     """
     if start >= settings.steps:
         progress.close()
         raise ConfigError(f"{out} already holds {start} steps and --steps is "
                           f"{settings.steps}: nothing to do (ask for more steps to go on)")
     done, pending = start, None
-    with progress, stop_on_interrupt() as interrupt:
+    with progress, stop_on_interrupt(world) as interrupt:
         for step in range(start, settings.steps):
             figures = step_fn(step)            # raises TrainingDiverged on NaN or inf
             if pending is not None:            # the state before this step proved sound
-                save_checkpoint(out, **pending)
+                save_on_root(world, out, pending)
                 pending = None
             done = step + 1
             progress.update(done, figures)
             if done % settings.checkpoint_every == 0 and done < settings.steps:
-                pending = snapshot_fn(done)
-            if interrupt["stop"]:
+                pending = snapshot_fn(done) if world.is_root else {}
+            if world.anyone(interrupt["stop"]):
                 break
     probe_fn(done)
-    save_checkpoint(out, **snapshot_fn(done))
+    save_on_root(world, out, snapshot_fn(done) if world.is_root else {})
     if done < settings.steps:
         raise TrainingStopped(f"stopped at step {done} of {settings.steps}; the checkpoint "
                               f"{out} holds it: run the same command with --resume to go on")
     return done
+
+
+def save_on_root(world, out, snapshot):
+    """save_checkpoint(out, **snapshot) on process 0; then every process learns whether it
+    worked, and all raise if not (the others would otherwise wait for process 0 for ever)."""
+    failure = None
+    if world.is_root:
+        try:
+            save_checkpoint(out, **snapshot)
+        except CheckpointError as e:
+            failure = e
+    if world.anyone(failure is not None):
+        raise failure or CheckpointError(f"process 0 could not write {out}")
+
+
+def quiet_unless_root(world, log, progress_stream):
+    """(log, progress_stream) for this process: as given on process 0, silent elsewhere
+    (K processes printing the same lines would only repeat them)."""
+    if world.is_root:
+        return log, progress_stream
+    return (lambda *args: None), _Silent()
+
+
+class _Silent:
+    """A progress stream that shows nothing (no terminal, so Progress writes plain lines)."""
+
+    def write(self, text):
+        pass
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
 
 
 # ---------------------------------------------------------------- resuming

@@ -10,7 +10,9 @@ replaced at random. With p_conversation, that share of the steps is a batch of
 conversations instead (training.conversations: draw, describe, edit, ask). A step of one
 kind of batch only, cut to its longest sequence: the short layouts never pay for the
 length of a conversation. gpt_loss_grads then runs the step on every core. The loop
-itself (checkpoints, Ctrl-C, NaN guards) is loop.run_loop.
+itself (checkpoints, Ctrl-C, NaN guards) is loop.run_loop. On several processes (world,
+tinytok.distributed) every process lays out the whole batch, which is cheap, and runs the
+forward and backward on its rows; one all-reduce per step adds the gradients and the loss.
 """
 import os
 
@@ -18,14 +20,15 @@ import numpy as np
 
 from tinytok import backend
 from tinytok.data.datasets import batch_indices
+from tinytok.distributed import SINGLE, batch_share, sum_over_processes
 from tinytok.prior.gpt import config_dict, gpt_loss_forward, init_gpt_params
 from tinytok.errors import ConfigError
 from tinytok.prior.turns import conversation_batch
 from tinytok.prior.vocab import PAD, make_training_batch
 from tinytok.training.conversations import PictureBank, longest_conversation, random_conversation
 from tinytok.training.loop import (announce_resume, check_finite_loss, host_copy,
-                                   optimizer_step, resume_state, run_loop, settings_dict,
-                                   step_rng)
+                                   optimizer_step, quiet_unless_root, resume_state, run_loop,
+                                   settings_dict, step_rng)
 from tinytok.training.optim import adamw_init, adamw_state_to_device, zeros_like_params
 from tinytok.training.progress import Progress, print_to_stderr
 from tinytok.training.steps import gpt_loss_grads
@@ -33,7 +36,7 @@ from tinytok.training.steps import gpt_loss_grads
 
 def train_prior(data, config, settings, out, resume=False, p_caption_layout=0.5,
                 p_drop_caption=0.1, p_word_noise=0.0, p_conversation=0.0, init=None,
-                log=print_to_stderr, progress_stream=None):
+                log=print_to_stderr, progress_stream=None, world=SINGLE):
     """Train the prior on PriorData (training.prior_data); checkpoints go to `out`.
 
     p_caption_layout: share of image-then-caption (captioning) sequences; p_drop_caption:
@@ -41,10 +44,13 @@ def train_prior(data, config, settings, out, resume=False, p_caption_layout=0.5,
     of a captioning example's input words replaced at random; p_conversation: share of the
     steps that train on conversations (needs data.labels and a context that holds the
     longest one). init: (params, token names) of an earlier prior to start from
-    (warm_start; vocab.saved_token_names reads the names from its checkpoint).
-    Returns the loss history.
+    (warm_start; vocab.saved_token_names reads the names from its checkpoint). world: the
+    processes that train together (tinytok.distributed), each called with the same
+    arguments. Returns the loss history.
     """
     settings.check()
+    lo, hi = batch_share(settings.batch_size, world)   # this process's rows of each batch
+    log, progress_stream = quiet_unless_root(world, log, progress_stream)
     xp = backend.xp()
     params = init_gpt_params(config, seed=settings.seed)
     if init is not None:
@@ -80,15 +86,22 @@ def train_prior(data, config, settings, out, resume=False, p_caption_layout=0.5,
             inputs, targets = make_training_batch(
                 data.vocab, [data.captions[i] for i in idx], data.codes[idx], rng,
                 config.context, p_caption_layout, p_drop_caption, p_word_noise)
-        inputs, targets = cut_padding(inputs, targets)
-        return xp.asarray(inputs), xp.asarray(targets)
+        inputs, targets = cut_padding(inputs, targets)   # the whole batch's width
+        counted = max(int((targets != -1).sum()), 1)     # targets scored in the whole batch
+        return xp.asarray(inputs[lo:hi]), xp.asarray(targets[lo:hi]), counted
 
     def forward(step):  # the loss alone: run_loop's last check before the final write
-        check_finite_loss(float(gpt_loss_forward(*batch(step), params, config)[0]), step)
+        inputs, targets, counted = batch(step)
+        share = int((targets != -1).sum()) / counted
+        loss = {"loss": xp.asarray(gpt_loss_forward(inputs, targets, params, config)[0] * share)}
+        check_finite_loss(float(sum_over_processes(world, loss)["loss"]), step)
 
     def step_fn(step):
         grads = zeros_like_params(params)
-        loss = gpt_loss_grads(*batch(step), params, config, grads)         # on every core
+        inputs, targets, counted = batch(step)
+        loss = gpt_loss_grads(inputs, targets, params, config, grads, counted)  # every core
+        summed = {**{f"grad.{k}": g for k, g in grads.items()}, "loss": xp.asarray(loss)}
+        loss = float(sum_over_processes(world, summed)["loss"])   # one all-reduce
         check_finite_loss(loss, step)
         optimizer_step(params, grads, opt_state, settings, step)
         # an exponential moving average reads better than the noisy per-batch loss
@@ -99,7 +112,7 @@ def train_prior(data, config, settings, out, resume=False, p_caption_layout=0.5,
 
     progress = Progress(settings.steps, start, "prior", settings.log_every, progress_stream,
                         items_per_step=settings.batch_size * config.context, item="tok")
-    run_loop(settings, start, step_fn, snapshot, forward, out, progress)
+    run_loop(settings, start, step_fn, snapshot, forward, out, progress, world)
     return history
 
 
