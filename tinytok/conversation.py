@@ -8,10 +8,11 @@
 Each user turn is words or a picture (uint8 (S, S, 3)); the model's reply continues the
 one token stream of prior/turns.py, and the model chooses its modality with the first
 token it writes (sample.reply_is_picture). The stream so far lives in one KV cache
-(history), fed once: a reply runs only its own new tokens through the model. A picture reply is exactly one grid of image
-codes, guided (cfg_scale) against the stream without the user's last words and, with
-rerank=k, the best of k by the caption it should have: the user's caption for a drawing,
-the caption edited by the instruction for an edit (data.edits.edited_caption).
+(history), fed once: a reply runs only its own new tokens through the model. A picture
+reply is exactly one grid of image codes, guided (cfg_scale) against the stream without the
+user's last words and, with rerank=k, the best of k by the caption it should have: the
+user's caption for a drawing, the caption edited by the instruction for an edit
+(data.edits.edited_caption).
 """
 import numpy as np
 

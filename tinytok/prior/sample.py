@@ -210,16 +210,10 @@ def continue_sequences(prompt, params, config, n_new, rng, temperature=1.0, top_
     prompt = np.asarray(prompt)
     first_stop = stop[0] if isinstance(stop, tuple) else stop
     guide = uncond_prompt is not None and cfg_scale != 1.0
-
-    def new_state():
-        if history is None:
-            return NextTokenLogits(params, config, len(prompt), use_cache)
-        return history.fork(len(prompt))
-
-    cond = new_state()
+    cond = _new_state(params, config, len(prompt), use_cache, history)
     logits = cond.step(prompt)
     if guide:  # the same model without the caption: the unconditional half of guidance
-        uncond = new_state()
+        uncond = _new_state(params, config, len(prompt), use_cache, history)
         u_logits = uncond.step(np.asarray(uncond_prompt))
     written, done = [], np.zeros(len(prompt), dtype=bool)
     for i in range(n_new):
@@ -236,6 +230,18 @@ def continue_sequences(prompt, params, config, n_new, rng, temperature=1.0, top_
         if guide:
             u_logits = uncond.step(token[:, None])
     return np.stack(written, axis=1)
+
+
+def _new_state(params, config, batch, use_cache, history):
+    """A NextTokenLogits for batch rows: empty, or continuing history (forked)."""
+    if history is None:
+        return NextTokenLogits(params, config, batch, use_cache)
+    return history.fork(batch)
+
+
+def _fed(history):
+    """Tokens a history already holds (0 without one)."""
+    return 0 if history is None else history.length
 
 
 def sample_image_codes(params, config, vocab, prompt, n, rng, temperature=1.0, top_k=None,
@@ -258,7 +264,7 @@ def draw_picture(params, config, vocab, prompt, uncond_prompt, n, rng, temperatu
     uncond_prompt: the same stream without the words that asked for the picture (the
     caption, or the instruction of an edit), for guidance. history: as continue_sequences.
     """
-    before = history.length if history is not None else 0
+    before = _fed(history)
     if before + len(prompt) + vocab.image_len > config.context:
         raise ContextFullError(f"a picture after these {before + len(prompt)} tokens would run "
                                f"past the prior's context of {config.context}; start a new "
@@ -274,11 +280,11 @@ def reply_is_picture(params, config, vocab, prompt, history=None):
     """The model's choice of modality after prompt (L,), which ends with <model>: True if
     it gives <image> more probability than all the words together. history: as
     continue_sequences."""
-    before = history.length if history is not None else 0
+    before = _fed(history)
     if before + len(prompt) > config.context:
         raise ContextFullError(f"the conversation's {before + len(prompt)} tokens fill the "
                                f"prior's context of {config.context}; start a new one")
-    state = NextTokenLogits(params, config, 1) if history is None else history.fork(1)
+    state = _new_state(params, config, 1, True, history)
     probs = backend.to_numpy(softmax(state.step(prompt[None]).astype("float64")))[0]
     return probs[IMAGE] > probs[len(SPECIALS):vocab.image_offset].sum()
 
@@ -291,8 +297,7 @@ def write_reply(params, config, vocab, prompts, rng, greedy=True, temperature=1.
     history: as continue_sequences."""
     allowed = text_token_mask(vocab)
     allowed[USER] = True
-    before = history.length if history is not None else 0
-    room = min(config.context - before - prompts.shape[1], max_words + 1)
+    room = min(config.context - _fed(history) - prompts.shape[1], max_words + 1)
     if room < 1:
         raise ContextFullError(f"the conversation fills the prior's context of {config.context}; "
                           "start a new one")
