@@ -532,12 +532,12 @@ def test_bad_arguments_from_the_api():
                 dict(lr=float("inf")), dict(warmup=-1), dict(checkpoint_every=0)):
         with pytest.raises(ConfigError):
             TrainSettings(**bad).check()
-    from tinytok.prior.sample import check_sampling_args
+    from tinytok import Sampling
     for args in ((0, None, None), (-1, None, None), (float("nan"), None, None),
                  (1, 0, None), (1, 1.5, None), (1, None, 0), (1, None, 1.01),
                  (1, None, float("nan"))):
         with pytest.raises(ConfigError):
-            check_sampling_args(*args)
+            Sampling(*args)
 
 
 def test_unknown_backend(capsys, monkeypatch):

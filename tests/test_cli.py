@@ -126,6 +126,27 @@ def test_sample_caption_and_eval_prior(work):
         assert 0 <= figures[key] <= 1
 
 
+def test_evaluations_write_the_record_beside_the_checkpoint(work):
+    """--record LABEL: the printed figures, the command and the files' hashes, one entry each."""
+    from tinytok.evaluate.record import sha256_of
+    r = ok(tinytok("eval-tokenizer", "--tokenizer", "tok.npz", "--n-images", 8, "--json",
+                   "--record", "small", cwd=work))
+    printed = json.loads(r.stdout)
+    ok(tinytok("eval-prior", "--tokenizer", "tok.npz", "--prior", "prior.npz", "--prompts", 1,
+               "-n", 1, "--captions", 2, "--edits", 0, "--plain", "--record", "plain",
+               cwd=work))
+    record = json.loads((work / "figures.json").read_text())
+    assert record["tok"]["small"]["figures"] == printed
+    assert record["tok"]["small"]["command"].startswith("tinytok eval-tokenizer --tokenizer")
+    entry = record["prior"]["plain"]
+    assert entry["files"] == {"prior.npz": sha256_of(work / "prior.npz"),
+                              "tok.npz": sha256_of(work / "tok.npz")}
+    assert entry["figures"]["sampling"]["cfg_scale"] == 1.0 and "--plain" in entry["command"]
+    r = tinytok("eval-prior", "--tokenizer", "tok.npz", "--prior", "prior.npz", "--record",
+                "two words", cwd=work)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "short label" in r.stderr
+
+
 def test_sample_with_the_same_seed_is_the_same_picture(work):
     for out in ("a.png", "b.png"):
         ok(tinytok("sample", "--tokenizer", "tok.npz", "--prior", "prior.npz", "--prompt",

@@ -19,6 +19,7 @@ import pytest
 import fake_cupy
 from conftest import build_case
 from tinytok import backend
+from tinytok.prior.settings import PLAIN
 from tinytok.ops import PAIRS, scatter_add
 from device_helpers import active, host
 
@@ -538,12 +539,13 @@ def _pipeline_run(xp, tmp_path):
         pipe.tokenizer.save(tmp_path / f"tok-{xp.__name__}.npz")
         reloaded = Tokenizer.load(tmp_path / f"tok-{xp.__name__}.npz")
         figures, _, _ = eval_tokenizer(pipe.tokenizer, shapes.images, batch_size=2)
-        images = pipe.generate(["a small red circle at the top left"], n=2, top_k=8,
-                               cfg_scale=2.0, seed=0)
-        images_nocache = pipe.generate("a large blue square", n=1, top_p=0.9, seed=1,
-                                       use_cache=False)
+        images = pipe.generate(["a small red circle at the top left"], n=2, seed=0,
+                               sampling=PLAIN.but(top_k=8, cfg_scale=2.0))
+        images_nocache = pipe.generate("a large blue square", n=1, seed=1,
+                                       sampling=PLAIN.but(top_p=0.9), use_cache=False)
         captions = pipe.caption(shapes.images[:2])
-        share, _, matches = adherence(pipe, shapes.labels[:1], n_per_prompt=1, cfg_scale=1.5)
+        share, _, matches = adherence(pipe, shapes.labels[:1], n_per_prompt=1,
+                                      sampling=PLAIN.but(cfg_scale=1.5))
         accuracy, written = caption_accuracy(pipe, shapes.images[:2], shapes.labels[:2])
         reencoded = reloaded.encode(shapes.images)
     return {"ids": ids, "recon": recon, "single": single, "figures": figures,

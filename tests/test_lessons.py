@@ -18,6 +18,11 @@ refresh the committed pictures), and the test's temporary folder otherwise.
 
     TINYTOK_WRITE_LESSON_IMAGES=1 python -m pytest tests/test_lessons.py -q
 
+Run times. Each lesson states its run time through a marker that reads lessons/run_times.json
+(tinytok.evaluate.record); with ``TINYTOK_WRITE_LESSON_TIMES=1`` each lesson's run as a plain
+script is timed and written there, then ``python -m tinytok.evaluate.record README.md
+lessons/*.md`` sets the lessons and the README's table from it.
+
 Errors point at the Markdown: each block is compiled under the path of its .md file with
 its code placed at its own line numbers, so a traceback reads
 ``lessons/03_convolution.md:57``, and the failing block's start line is added as a note.
@@ -32,10 +37,12 @@ the Markdown; a lesson with gpu blocks also runs in the harness where CuPy works
 lesson thus runs once in a normal test run. With TINYTOK_WRITE_LESSON_IMAGES=1 the harness
 run is the one that runs, writing the pictures into lessons/.
 """
+import json
 import os
 import re
 import subprocess
 import sys
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -190,7 +197,10 @@ def test_lesson_runs(md_path, tmp_path, monkeypatch):
         return
     work = tmp_path / "work"
     work.mkdir()
+    started = time.perf_counter()
     proc, left = run_as_script(md_path, work)
+    if os.environ.get("TINYTOK_WRITE_LESSON_TIMES") == "1" and proc.returncode == 0:
+        write_run_time(md_path.stem, time.perf_counter() - started)
     if proc.returncode != 0:
         harness = tmp_path / "harness"
         harness.mkdir()
@@ -206,6 +216,14 @@ def test_lesson_runs(md_path, tmp_path, monkeypatch):
         harness = tmp_path / "gpu"
         harness.mkdir()
         run_in_harness(md_path, harness, monkeypatch, harness)
+
+
+def write_run_time(lesson, seconds):
+    """lessons/run_times.json gets this lesson's time (seconds, rounded to 0.1)."""
+    from tinytok.evaluate.record import LESSON_TIMES, load_times
+    times = load_times() | {lesson: round(seconds, 1)}
+    LESSON_TIMES.write_text(json.dumps(dict(sorted(times.items())), indent=1) + "\n",
+                            encoding="utf-8")
 
 
 def run_in_harness(md_path, tmp_path, monkeypatch, lesson_dir):

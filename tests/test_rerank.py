@@ -11,6 +11,7 @@ import pytest
 from tinytok.data.datasets import make_shapes
 from tinytok.errors import ConfigError
 from tinytok.pipeline import Pipeline
+from tinytok.prior.settings import PLAIN, SAMPLING
 from tinytok.prior.sample import NextTokenLogits
 from tinytok.prior.vocab import EOS, caption_prompt
 
@@ -69,16 +70,17 @@ def test_best_of_keeps_the_highest_score_in_each_row(pipe, monkeypatch):
 
 def test_rerank_one_is_plain_sampling(pipe):
     prompt = "a small blue triangle at the bottom right"
-    plain = pipe.generate([prompt], n=2, cfg_scale=1.5, seed=3)
-    np.testing.assert_array_equal(pipe.generate([prompt], n=2, cfg_scale=1.5, seed=3,
-                                                rerank=1), plain)
+    guided_once = PLAIN.but(cfg_scale=1.5)
+    codes = pipe.tokenizer.decode(pipe.generate_codes(prompt, 2, seed=3, sampling=guided_once))
+    np.testing.assert_array_equal(pipe.generate([prompt], n=2, seed=3, sampling=guided_once),
+                                  codes)
 
 
 def test_reranked_pictures_come_from_the_candidates(pipe):
     prompt = "a large red circle at the top left"
-    candidates = pipe.tokenizer.decode(pipe.generate_codes(prompt, 2 * 3, cfg_scale=1.5,
-                                                           seed=5))
-    chosen = pipe.generate([prompt], n=2, cfg_scale=1.5, seed=5, rerank=3)
+    candidates = pipe.tokenizer.decode(pipe.generate_codes(prompt, 2 * 3, seed=5,
+                                                           sampling=PLAIN.but(cfg_scale=1.5)))
+    chosen = pipe.generate([prompt], n=2, seed=5, sampling=PLAIN.but(cfg_scale=1.5, rerank=3))
     for row, picture in enumerate(chosen):            # picture i is one of its own three
         assert any((picture == c).all() for c in candidates[3 * row:3 * row + 3])
 
@@ -86,4 +88,4 @@ def test_reranked_pictures_come_from_the_candidates(pipe):
 @pytest.mark.parametrize("rerank", [0, -1, 1.5, True, "2"])
 def test_bad_rerank_is_a_config_error(pipe, rerank):
     with pytest.raises(ConfigError, match="rerank must be a whole number >= 1"):
-        pipe.generate(["a small red square at the top"], rerank=rerank)
+        pipe.generate(["a small red square at the top"], sampling=SAMPLING.but(rerank=rerank))

@@ -9,7 +9,8 @@ import reference_models as ref
 from tinytok.backend import to_numpy
 from tinytok.errors import ConfigError, TinytokError
 from tinytok.prior.gpt import GPTConfig, gpt_forward, init_gpt_params
-from tinytok.prior.sample import (NextTokenLogits, check_sampling_args, continue_sequences,
+from tinytok.prior.settings import PLAIN, Sampling
+from tinytok.prior.sample import (NextTokenLogits, continue_sequences,
                                   draw, filter_logits, gpt_forward_cached, guided,
                                   new_kv_cache)
 
@@ -212,10 +213,8 @@ def test_guidance():
     dict(cfg_scale=-0.5),
 ])
 def test_bad_sampling_args_are_config_errors(kwargs):
-    args = dict(temperature=1.0, top_k=None, top_p=None, cfg_scale=1.0)
-    args.update(kwargs)
     with pytest.raises(ConfigError):
-        check_sampling_args(**args)
+        Sampling(**kwargs)
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -223,9 +222,7 @@ def test_bad_sampling_args_are_config_errors(kwargs):
     dict(top_k=100, cfg_scale=7.5),
 ])
 def test_good_sampling_args_pass(kwargs):
-    args = dict(temperature=1.0, top_k=None, top_p=None, cfg_scale=1.0)
-    args.update(kwargs)
-    check_sampling_args(**args)
+    assert Sampling(**kwargs) == Sampling().but(**kwargs)
 
 
 @pytest.mark.parametrize("top_k", [float("nan"), float("inf")])
@@ -233,7 +230,7 @@ def test_non_finite_top_k_is_a_config_error(top_k):
     """Not a whole number, so the same clear ConfigError as top_k=2.5 (not a bare ValueError
     or OverflowError from int())."""
     with pytest.raises(ConfigError):
-        check_sampling_args(1.0, top_k, None)
+        Sampling(top_k=top_k)
 
 
 # --- the one sampling loop ------------------------------------------------------------------
@@ -241,7 +238,8 @@ def test_non_finite_top_k_is_a_config_error(top_k):
 def test_the_loop_writes_what_step_by_step_drawing_writes():
     """continue_sequences is the loop of NextTokenLogits, filter_logits and draw, no more."""
     params, prompt = params_of("float64"), tokens(2, 3, 4)
-    got = continue_sequences(prompt, params, CFG, 5, np.random.default_rng(7), top_k=6)
+    got = continue_sequences(prompt, params, CFG, 5, np.random.default_rng(7),
+                             PLAIN.but(top_k=6))
     rng, state, want = np.random.default_rng(7), NextTokenLogits(params, CFG, 3), []
     logits = state.step(prompt)
     for _ in range(5):
@@ -283,7 +281,7 @@ def test_the_loop_after_a_history_writes_what_the_whole_prompt_writes():
     history = NextTokenLogits(params, CFG, 1)
     history.step(prompt[:, :4])
     uncond = tokens(6, 1, 2)
-    kw = dict(uncond_prompt=np.tile(uncond, (2, 1)), cfg_scale=2.0, top_k=5)
+    kw = dict(uncond_prompt=np.tile(uncond, (2, 1)), sampling=PLAIN.but(cfg_scale=2.0, top_k=5))
     a = continue_sequences(np.tile(prompt[:, 4:], (2, 1)), params, CFG, 5,
                            np.random.default_rng(3), history=history, **kw)
     kw["uncond_prompt"] = np.tile(np.concatenate([prompt[:, :4], uncond], 1), (2, 1))
@@ -310,8 +308,9 @@ def test_guidance_at_scale_one_is_plain_sampling():
     params, prompt = params_of("float64"), tokens(5, 2, 3)
     plain = continue_sequences(prompt, params, CFG, 4, np.random.default_rng(2))
     same = continue_sequences(prompt, params, CFG, 4, np.random.default_rng(2),
-                              uncond_prompt=tokens(6, 2, 1), cfg_scale=1.0)
+                              uncond_prompt=tokens(6, 2, 1), sampling=PLAIN)
     other = continue_sequences(prompt, params, CFG, 4, np.random.default_rng(2),
-                               uncond_prompt=tokens(6, 2, 1), cfg_scale=3.0)
+                               uncond_prompt=tokens(6, 2, 1),
+                               sampling=PLAIN.but(cfg_scale=3.0))
     np.testing.assert_array_equal(plain, same)
     assert not np.array_equal(plain, other)

@@ -10,6 +10,7 @@ from tinytok.data.edits import (COLOUR, FORMS, INSTRUCTION_WORDS, POSITION, SHAP
                                 apply_edit, edited_caption, instruction, is_question,
                                 parse_instruction, possible_edits)
 from tinytok.errors import ConfigError, ContextFullError, PromptError, ShapeError
+from tinytok.prior.settings import SAMPLING
 from tinytok.prior.turns import (conversation_batch, conversation_tokens, picture_ids,
                                  reply_prompt)
 from tinytok.prior.vocab import (BOS, END_IMAGE, EOS, IGNORE_INDEX, IMAGE, MODEL, USER, Vocab,
@@ -182,20 +183,20 @@ def pipe():
 
 def test_converse_replies_in_order(pipe):
     image = make_shapes(1, seed=4).images[0]
-    replies = pipe.converse([image, "make it blue", "what is it?"], seed=1, cfg_scale=1.5,
-                            rerank=2)
+    sampling = SAMPLING.but(rerank=2, edit_rerank=2)
+    replies = pipe.converse([image, "make it blue", "what is it?"], seed=1, sampling=sampling)
     assert len(replies) == 3
     for reply in replies:
         assert isinstance(reply, str) or (reply.dtype == np.uint8 and reply.shape == (32, 32, 3))
-    again = pipe.converse([image, "make it blue", "what is it?"], seed=1, cfg_scale=1.5,
-                          rerank=2)
+    again = pipe.converse([image, "make it blue", "what is it?"], seed=1, sampling=sampling)
     for a, b in zip(replies, again):                                   # a seed, a stream
         assert (a == b) if isinstance(a, str) else np.array_equal(a, b)
 
 
 def test_edit_shapes_and_bad_turns(pipe):
     images = make_shapes(2, seed=5).images
-    assert pipe.edit(images, "make it small", n=3, rerank=2).shape == (6, 32, 32, 3)
+    edited = pipe.edit(images, "make it small", n=3, sampling=SAMPLING.but(edit_rerank=2))
+    assert edited.shape == (6, 32, 32, 3)
     with pytest.raises(PromptError, match="not an instruction"):
         pipe.edit(images, "make it huge")
     with pytest.raises(PromptError, match="needs a picture"):

@@ -1,4 +1,4 @@
-"""The vocabulary sweep (lesson 16's curve) and the chart it is drawn with."""
+"""The vocabulary sweep (lesson 8's curve) and the chart it is drawn with."""
 import json
 import math
 from pathlib import Path
@@ -71,7 +71,7 @@ def test_levels_used_reads_each_channels_digit_back():
 
 
 def test_the_committed_curve_is_drawn_from_its_table(tmp_path):
-    table = sweep.load_table(ROOT / "lessons" / "16_vocabulary_curve.json")
+    table = sweep.load_table(ROOT / "lessons" / "08_vocabulary_curve.json")
     families = {r["family"] for r in table["points"]}
     assert {"vq, care", "vq, no care", "fsq", "16x16 grid"} <= families
     img = sweep.draw_curve(table, tmp_path / "curve.png")

@@ -6,7 +6,8 @@ Every forward and backward pass is written by hand in NumPy and runs unchanged o
 
     import tinytok
     pipe = tinytok.Pipeline.load()          # the shipped tokenizer and prior
-    pictures = pipe.generate(["a large red circle at the top left"], n=4)
+    pictures = pipe.generate(["a large red circle at the top left"], n=4)   # recommended
+    pictures = pipe.generate(["a large red circle"], n=4, sampling=tinytok.PLAIN)  # plain
 
 The package, by stage (each layer imports only from the layers before it):
 
@@ -20,9 +21,11 @@ The package, by stage (each layer imports only from the layers before it):
     pipeline, evaluate, viz, demo, bench, cli    what a user holds and runs
 """
 from tinytok import backend
+from tinytok.prior.settings import PLAIN, SAMPLING, Sampling
 
 __version__ = "0.1.0"
-__all__ = ["Pipeline", "Prior", "Tokenizer", "backend", "__version__"]
+__all__ = ["Pipeline", "Prior", "Tokenizer", "Sampling", "SAMPLING", "PLAIN", "backend",
+           "__version__"]
 
 
 def __getattr__(name):

@@ -9,14 +9,15 @@ processes (tinytok.distributed): process 0 prints and writes, every process exit
 same code, and a failure on one process alone ends them all rather than leave them waiting.
 """
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import traceback
 
 from tinytok import backend, distributed, parallel
-from tinytok.conversation import EDIT_RERANK
 from tinytok.errors import ConfigError, TinytokError
+from tinytok.prior.settings import PLAIN, SAMPLING
 
 
 # ---------------------------------------------------------------- argument types
@@ -212,7 +213,7 @@ def cmd_decode(args):
 def cmd_eval_tokenizer(args):
     from tinytok.data.datasets import training_images
     from tinytok.evaluate import eval_tokenizer
-    from tinytok.pipeline import Tokenizer
+    from tinytok.pipeline import SHIPPED, Tokenizer
     tokenizer = Tokenizer.load(args.tokenizer)
     size = tokenizer.config.image_size  # the pictures it was made for, and no other
     if args.size is not None and args.size != size:
@@ -233,6 +234,7 @@ def cmd_eval_tokenizer(args):
         _tokenizer_pictures(tokenizer, images, recon, ids, args.pictures)
         figures["pictures"] = args.pictures
     _print_figures(figures, args.json)
+    _record(args, args.tokenizer or SHIPPED["shapes-tokenizer"], figures)
     return 0
 
 
@@ -256,22 +258,44 @@ def _print_figures(figures, as_json):
     for key, value in figures.items():
         shown = f"{value:.4g}" if isinstance(value, float) else value
         if key.startswith(("adherence", "caption_accuracy", "usage", "edit_", "chain_",
-                           "caption_after")) and key not in ("edit_pictures", "edit_rerank"):
+                           "caption_after")) and key != "edit_pictures":
             shown = f"{value:.1%}"
+        if isinstance(value, dict):
+            shown = ", ".join(f"{k} {v}" for k, v in value.items())
         print(f"{key:>26}: {shown}")
 
 
-def _sampling_arguments(p, rerank=4):
-    p.add_argument("--temperature", type=positive_float, default=1.0)
-    p.add_argument("--top-k", type=positive_int, default=None)
-    p.add_argument("--top-p", type=probability, default=None)
-    p.add_argument("--cfg", type=non_negative_float, default=1.5,
-                   help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--seed", type=seed_value, default=0)
-    p.add_argument("--rerank", type=positive_int, default=rerank,
+def _sampling_arguments(p, edits=False):
+    """The sampling flags of every drawing command. Each defaults to None, "not given": the
+    value then comes from tinytok.SAMPLING (or PLAIN with --plain), the one place of the
+    defaults, so the command line draws exactly as the Python API does."""
+    d = SAMPLING
+    p.add_argument("--temperature", type=positive_float, default=None,
+                   help=f"softmax temperature (default {d.temperature})")
+    p.add_argument("--top-k", type=positive_int, default=None,
+                   help="keep the k likeliest tokens (default: all)")
+    p.add_argument("--top-p", type=probability, default=None,
+                   help="keep the likeliest tokens holding this much probability (default: all)")
+    p.add_argument("--cfg", type=non_negative_float, default=None, dest="cfg_scale",
+                   help=f"classifier-free guidance scale, 1 = off (default {d.cfg_scale})")
+    p.add_argument("--rerank", type=positive_int, default=None,
                    help="draw K candidates per picture, keep the one the prior's own caption "
                         f"likelihood prefers (K times the drawing work; 1 = off; default "
-                        f"{rerank})")
+                        f"{d.rerank})")
+    if edits:
+        p.add_argument("--edit-rerank", type=positive_int, default=None,
+                       help=f"candidates per edited picture (default {d.edit_rerank})")
+    p.add_argument("--plain", action="store_true",
+                   help="start from plain sampling (no guidance, one draw per picture) "
+                        "instead of the recommended settings")
+    p.add_argument("--seed", type=seed_value, default=0)
+
+
+def _sampling(args):
+    """The Sampling value the flags ask for: the defaults, with the flags given changed."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(SAMPLING)
+             if getattr(args, f.name, None) is not None}
+    return (PLAIN if args.plain else SAMPLING).but(**given)
 
 
 def _pipeline_arguments(p):
@@ -286,8 +310,7 @@ def cmd_sample(args):
     import numpy as np
     pipe = Pipeline.load(args.tokenizer, args.prior)
     prompts = args.prompt
-    images = pipe.generate(prompts, args.n, args.temperature, args.top_k, args.top_p,
-                           args.cfg, args.seed, rerank=args.rerank)
+    images = pipe.generate(prompts, args.n, seed=args.seed, sampling=_sampling(args))
     marks = None
     try:  # a shapes caption can be checked by reading the picture back
         wanted = np.repeat(np.array([parse_caption(p) for p in prompts]), args.n, axis=0)
@@ -306,8 +329,8 @@ def cmd_edit(args):
     from tinytok.viz import image_grid
     pipe = Pipeline.load(args.tokenizer, args.prior)
     image = load_image(args.image, pipe.tokenizer.config.image_size)
-    edited = pipe.edit(image[None], args.instruction, args.n, args.seed, args.temperature,
-                       args.top_k, args.top_p, args.cfg, args.rerank)
+    edited = pipe.edit(image[None], args.instruction, args.n, seed=args.seed,
+                       sampling=_sampling(args))
     if args.n == 1:
         image_grid(edited, scale=args.scale, gap=0, path=args.out)
     else:
@@ -326,9 +349,9 @@ def cmd_chat(args):
     from tinytok.viz import image_grid
     pipe = Pipeline.load(args.tokenizer, args.prior)
     os.makedirs(args.out, exist_ok=True)
+    sampling = _sampling(args)
     def new_chat():
-        return Conversation(pipe, args.seed, args.temperature, args.top_k, args.top_p,
-                            args.cfg, args.rerank)
+        return Conversation(pipe, seed=args.seed, sampling=sampling)
     chat, drawn = new_chat(), 0
     interactive = sys.stdin.isatty()
     if interactive:
@@ -396,13 +419,38 @@ def cmd_caption(args):
 
 def cmd_eval_prior(args):
     from tinytok.evaluate import eval_prior
-    from tinytok.pipeline import Pipeline
+    from tinytok.pipeline import SHIPPED, Pipeline
     pipe = Pipeline.load(args.tokenizer, args.prior)
-    figures = eval_prior(pipe, args.prompts, args.n, args.cfg, args.seed, args.captions,
-                         args.temperature, args.top_k, args.top_p, rerank=args.rerank,
-                         n_edits=args.edits, edit_rerank=args.edit_rerank)
+    figures = eval_prior(pipe, args.prompts, args.n, seed=args.seed, n_captions=args.captions,
+                         n_edits=args.edits, sampling=_sampling(args))
     _print_figures(figures, args.json)
+    _record(args, args.prior or SHIPPED["shapes-prior"], figures,
+            inputs=[args.tokenizer or SHIPPED["shapes-tokenizer"]])
     return 0
+
+
+def record_label(text):
+    """An argparse type: a label for the record (tinytok.evaluate.record.check_label)."""
+    from tinytok.evaluate.record import check_label
+    try:
+        return check_label(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _record_argument(p):
+    p.add_argument("--record", type=record_label, default=None, metavar="LABEL",
+                   help="also write the figures under LABEL into figures.json beside the "
+                        "checkpoint (the record the README and lessons quote)")
+
+
+def _record(args, checkpoint, figures, inputs=()):
+    """With --record LABEL: the figures into the record beside checkpoint, with this command."""
+    if args.record is None:
+        return
+    from tinytok.evaluate.record import record_figures
+    path = record_figures(checkpoint, args.record, figures, ["tinytok", *args.argv], inputs)
+    print(f"recorded as {args.record} in {path}", file=sys.stderr)
 
 
 def cmd_demo(args):
@@ -509,6 +557,7 @@ def build_parser():
                    help="picture size; must be the tokenizer's own (the default)")
     p.add_argument("--pictures", default=None, help="folder for reconstructions and palette")
     p.add_argument("--json", action="store_true")
+    _record_argument(p)
     p.set_defaults(func=cmd_eval_tokenizer)
 
     p = sub.add_parser("sample", help="draw pictures from captions")
@@ -532,14 +581,14 @@ def build_parser():
     p.add_argument("--out", default="edited.png")
     p.add_argument("-n", type=positive_int, default=1, help="edits to draw")
     p.add_argument("--scale", type=positive_int, default=4)
-    _sampling_arguments(p, rerank=EDIT_RERANK)
+    _sampling_arguments(p, edits=True)
     _pipeline_arguments(p)
     p.set_defaults(func=cmd_edit)
 
     p = sub.add_parser("chat", help="a conversation in the terminal: draw, edit, describe")
     p.add_argument("--out", default="tinytok-chat", help="folder for the pictures drawn")
     p.add_argument("--scale", type=positive_int, default=4)
-    _sampling_arguments(p, rerank=EDIT_RERANK)
+    _sampling_arguments(p, edits=True)
     _pipeline_arguments(p)
     p.set_defaults(func=cmd_chat)
 
@@ -550,10 +599,8 @@ def build_parser():
     p.add_argument("--edits", type=non_negative_int, default=24,
                    help="pictures to edit (seen and held-out results, chains, captions)")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--edit-rerank", type=positive_int, default=EDIT_RERANK,
-                   help="candidates per edited picture, as tinytok edit and chat "
-                        f"draw them (default {EDIT_RERANK})")
-    _sampling_arguments(p)
+    _record_argument(p)
+    _sampling_arguments(p, edits=True)
     _pipeline_arguments(p)
     p.set_defaults(func=cmd_eval_prior)
 
@@ -580,6 +627,7 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)   # as typed, for the record
     args.world = world = distributed.SINGLE
     says = distributed.launched_rank() == 0  # under mpiexec, process 0 reports for all
     try:

@@ -1,6 +1,6 @@
 """A conversation with the pipeline: draw, edit and describe in one stream, turn after turn.
 
-    chat = Conversation(tinytok.Pipeline.load(), seed=0)
+    chat = Conversation(tinytok.Pipeline.load(), seed=0)       # the recommended sampling
     picture = chat.say("a large red circle at the top left")   # uint8 (32, 32, 3)
     picture = chat.say("make it blue")
     chat.say("what is it?")                                      # -> a caption (str)
@@ -9,41 +9,31 @@ Each user turn is words or a picture (uint8 (S, S, 3)); the model's reply contin
 one token stream of prior/turns.py, and the model chooses its modality with the first
 token it writes (sample.reply_is_picture). The stream so far lives in one KV cache
 (history), fed once: a reply runs only its own new tokens through the model. A picture
-reply is exactly one grid of image codes, guided (cfg_scale) against the stream without the
-user's last words and, with rerank=k, the best of k by the caption it should have: the
-user's caption for a drawing, the caption edited by the instruction for an edit
+reply is exactly one grid of image codes, guided (sampling.cfg_scale) against the stream
+without the user's last words, and the best of several candidates (sampling.rerank for a
+drawing, sampling.edit_rerank for an edit) by the caption it should have: the user's
+caption for a drawing, the caption edited by the instruction for an edit
 (data.edits.edited_caption).
 """
 import numpy as np
 
 from tinytok.data.edits import edited_caption, is_question, parse_instruction
-from tinytok.errors import ConfigError, ContextFullError, PromptError
+from tinytok.errors import ContextFullError, PromptError
 from tinytok.parallel import blas_threads_for_small_products
-from tinytok.prior.sample import (NextTokenLogits, check_sampling_args, draw_picture,
-                                  reply_is_picture, write_reply)
+from tinytok.pipeline import check_seed
+from tinytok.prior.sample import NextTokenLogits, draw_picture, reply_is_picture, write_reply
+from tinytok.prior.settings import SAMPLING, check_sampling
 from tinytok.prior.turns import conversation_tokens, picture_ids, reply_prompt
 from tinytok.prior.vocab import IMAGE, MODEL, USER
-
-# Candidates per picture that tinytok edit and tinytok chat draw by default. An edit gains
-# from each doubling far more than a drawing from a caption does: the model often redraws
-# the picture in hand, and the caption it should have (edited_caption) tells the copy from
-# the edit. Measured on the shipped prior with eval-prior --edits 64 (lesson 15): best of 4
-# gets 66% of the edits that make a held-out pair right, best of 16 91%.
-EDIT_RERANK = 16
 
 
 class Conversation:
     """One stream of turns with a Pipeline; say(turn) returns the model's reply."""
 
-    def __init__(self, pipeline, seed=0, temperature=1.0, top_k=None, top_p=None,
-                 cfg_scale=1.0, rerank=1):
-        check_sampling_args(temperature, top_k, top_p, cfg_scale)
-        if isinstance(rerank, bool) or not isinstance(rerank, (int, np.integer)) or rerank < 1:
-            raise ConfigError(f"rerank must be a whole number >= 1, got {rerank!r}")
+    def __init__(self, pipeline, *, seed=0, sampling=SAMPLING):
+        check_seed(seed)
         self.pipeline, self.prior = pipeline, pipeline.prior
-        self.sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p,
-                             cfg_scale=cfg_scale)
-        self.rerank, self.rng = rerank, np.random.default_rng(seed)
+        self.sampling, self.rng = check_sampling(sampling), np.random.default_rng(seed)
         self.turns = []        # [(speaker, ids)]: the stream so far
         self.history = NextTokenLogits(self.prior.params, self.prior.config, 1)  # its cache
         self.picture = None    # codes (g, g) of the picture in hand, if any
@@ -75,9 +65,9 @@ class Conversation:
                                              [IMAGE]]))
         uncond = self._unfed(np.concatenate([reply_prompt(self.turns + [(USER, [])]), [IMAGE]]))
         target = self._caption_wanted(text)
-        k = self.rerank if target is not None else 1   # nothing to judge by: one draw
+        k = self._candidates(text) if target is not None else 1  # nothing to judge by: one
         codes = draw_picture(prior.params, prior.config, vocab, prompt, uncond, n * k,
-                             self.rng, **self.sampling, history=self.history)
+                             self.rng, self.sampling, history=self.history)
         if k > 1:
             codes = self.pipeline.best_of(codes.reshape(n, k, *codes.shape[1:]), target)
         self._append(user_ids, picture_ids(vocab, codes[0]))
@@ -130,6 +120,11 @@ class Conversation:
             return edited_caption(self.caption, text) if self.caption else None
         return text                                       # a caption to draw
 
+    def _candidates(self, text):
+        """How many pictures to draw for one answer: an edit gains far more from more
+        candidates than a drawing from a caption (prior/settings.py says why)."""
+        return self.sampling.edit_rerank if _is_instruction(text) else self.sampling.rerank
+
     def _append(self, user_ids, model_ids):
         self.turns += [(USER, list(user_ids)), (MODEL, list(model_ids))]
 
@@ -142,15 +137,15 @@ def _is_instruction(text):
         return False
 
 
-def converse(pipeline, turns, seed=0, **sampling):
+def converse(pipeline, turns, *, seed=0, sampling=SAMPLING):
     """The model's replies to turns, in order: each a uint8 picture or a string."""
     if isinstance(turns, (str, np.ndarray)):
         turns = [turns]
-    chat = Conversation(pipeline, seed, **sampling)
+    chat = Conversation(pipeline, seed=seed, sampling=sampling)
     return [chat.say(turn) for turn in turns]
 
 
-def edit(pipeline, images, instruction, n=1, seed=0, **sampling):
+def edit(pipeline, images, instruction, n=1, *, seed=0, sampling=SAMPLING):
     """uint8 (len(images) * n, S, S, 3): n edits of each picture, following instruction.
 
     Each picture is shown in a stream of its own and described by the model (the first
@@ -160,7 +155,7 @@ def edit(pipeline, images, instruction, n=1, seed=0, **sampling):
     images = pipeline.tokenizer._check(images)
     codes = []
     for i, image in enumerate(images):
-        chat = Conversation(pipeline, seed + 1000 * i, **sampling)
+        chat = Conversation(pipeline, seed=seed + 1000 * i, sampling=sampling)
         chat.say(image)
         codes.append(chat.draw(instruction, n))
     return pipeline.tokenizer.decode(np.concatenate(codes))

@@ -17,6 +17,7 @@ import numpy as np
 from tinytok.data.datasets import caption_for, make_shapes
 from tinytok.evaluate import adherence, caption_accuracy, eval_tokenizer
 from tinytok.prior.gpt import gpt_config
+from tinytok.prior.settings import SAMPLING
 from tinytok.pipeline import Pipeline, Prior, Tokenizer
 from tinytok.training.prior_data import shapes_prior_data
 from tinytok.training import TokenizerRecipe, TrainSettings, train_prior, train_tokenizer
@@ -79,15 +80,16 @@ def run_demo(out="tinytok-demo", quick=False, seed=0):
           f"palette.png, captions.png, stream.png, tokenizer.npz, prior.npz, figures.json")
     print(f"tokenizer PSNR {figures['tokenizer_psnr_db']:.1f} dB, "
           f"{figures['tokenizer_usage']:.0%} of codes used")
-    print(f"prompt adherence (guidance 1.5, best of 4 by the prior's own caption "
-          f"likelihood) {figures['adherence_train']:.0%} (training combinations), "
+    print(f"prompt adherence (guidance {SAMPLING.cfg_scale}, best of {SAMPLING.rerank} by the "
+          f"prior's own caption likelihood) {figures['adherence_train']:.0%} (training "
+          f"combinations), "
           f"{figures['adherence_heldout']:.0%} (never seen in training), "
           f"captions {figures['caption_accuracy']:.0%} exact; "
           f"{figures['minutes']} minutes")
     return 0
 
 
-def write_pictures(pipe, tokenizer, out, n_prompts, seed, cfg_scale=1.5, rerank=4):
+def write_pictures(pipe, tokenizer, out, n_prompts, seed, *, sampling=SAMPLING):
     """The demo's pictures and the figures measured on them."""
     from tinytok.tokenizer.codebook import code_counts
     from tinytok.viz import codebook_palette, comparison_grid, image_grid, prompt_grid
@@ -103,8 +105,7 @@ def write_pictures(pipe, tokenizer, out, n_prompts, seed, cfg_scale=1.5, rerank=
                "tokenizer_usage": tok_figures["usage"]}
     for split, name in (("train", "samples.png"), ("heldout", "heldout_samples.png")):
         labels = make_shapes(n_prompts, seed=seed + 100 + len(split), split=split).labels
-        share, images, matches = adherence(pipe, labels, 4, cfg_scale, seed=seed,
-                                           rerank=rerank)
+        share, images, matches = adherence(pipe, labels, 4, seed=seed, sampling=sampling)
         prompt_grid(images, caption_for(labels), 4, marks=matches,
                     path=os.path.join(out, name))
         figures[f"adherence_{split}"] = share
@@ -127,9 +128,7 @@ def write_stream(out, seed, turns=STREAM):
     a turn, labelled with the turn and, for words, the model's reply.
     """
     from tinytok.viz import image_grid
-    from tinytok.conversation import EDIT_RERANK
-    replies = Pipeline.load().converse(list(turns), seed=seed, cfg_scale=1.5,
-                                       rerank=EDIT_RERANK)
+    replies = Pipeline.load().converse(list(turns), seed=seed)   # the recommended sampling
     tiles, labels, current = [], [], None
     for turn, reply in zip(turns, replies):
         if not isinstance(reply, str):

@@ -6,6 +6,7 @@
 
     pipe = Pipeline.load()              # the shipped shapes tokenizer and prior
     images = pipe.generate(["a small blue triangle at the bottom right"], n=8)
+    images = pipe.generate(["a small blue triangle"], n=8, sampling=tinytok.Sampling(cfg_scale=2))
     captions = pipe.caption(images)
 
 They hold parameters on the active backend and call the model pairs; nothing here trains.
@@ -21,8 +22,8 @@ from tinytok.data.images import check_images, images_to_model, model_to_images
 from tinytok.errors import CheckpointError, ConfigError, ShapeError
 from tinytok.parallel import blas_threads_for_small_products, for_batch_parts
 from tinytok.prior.gpt import gpt_config, init_gpt_params
-from tinytok.prior.sample import (caption_log_likelihood, check_sampling_args,
-                                  sample_image_codes, write_captions)
+from tinytok.prior.sample import caption_log_likelihood, sample_image_codes, write_captions
+from tinytok.prior.settings import SAMPLING, check_sampling
 from tinytok.prior.vocab import Vocab
 from tinytok.tokenizer.vqvae import decode_ids, encode_ids, init_tokenizer_params, tokenizer_config
 from tinytok.training.checkpoint import check_params_match, load_checkpoint, save_checkpoint
@@ -195,39 +196,34 @@ class Pipeline:
         """Default: the shipped shapes tokenizer and prior in data/checkpoints/."""
         return cls(Tokenizer.load(tokenizer_path), Prior.load(prior_path))
 
-    def generate_codes(self, prompt, n=1, temperature=1.0, top_k=None, top_p=None,
-                       cfg_scale=1.0, seed=0, use_cache=True):
+    def generate_codes(self, prompt, n=1, *, seed=0, sampling=SAMPLING, use_cache=True):
         """n token grids (n, g, g) for one caption; see generate for the arguments."""
-        check_sampling_args(temperature, top_k, top_p, cfg_scale)
+        sampling = check_sampling(sampling)
         check_seed(seed)
-        prior = self.prior
+        prior, k = self.prior, sampling.rerank
         with blas_threads_for_small_products():  # a few rows per product (tinytok.parallel)
-            return sample_image_codes(prior.params, prior.config, prior.vocab, prompt, n,
-                                      np.random.default_rng(seed), temperature, top_k, top_p,
-                                      cfg_scale, use_cache)
+            drawn = sample_image_codes(prior.params, prior.config, prior.vocab, prompt, n * k,
+                                       np.random.default_rng(seed), sampling, use_cache)
+        if k > 1:
+            drawn = self.best_of(drawn.reshape(n, k, *drawn.shape[1:]), prompt)
+        return drawn
 
-    def generate(self, prompts, n=1, temperature=1.0, top_k=None, top_p=None, cfg_scale=1.0,
-                 seed=0, use_cache=True, rerank=1):
-        """uint8 images (len(prompts) * n, S, S, 3): n samples per caption, prompt by prompt.
+    def generate(self, prompts, n=1, *, seed=0, sampling=SAMPLING, use_cache=True):
+        """uint8 images (len(prompts) * n, S, S, 3): n pictures per caption, prompt by prompt.
 
-        temperature > 0 sharpens (< 1) or flattens (> 1) the next-token distribution; top_k
-        keeps the k likeliest tokens; top_p the smallest set with that much probability;
-        cfg_scale > 1 applies classifier-free guidance (1 = off); seed fixes the draws.
-        rerank=k draws k candidates for every picture and keeps the one whose caption the
-        same prior finds likeliest (see caption_log_likelihood): DALL-E's reranking, with the
-        one-stream model as its own judge. k times the drawing work.
+        sampling (a tinytok.Sampling; default the recommended settings): temperature, top_k,
+        top_p, the guidance scale cfg_scale, and rerank=k, which draws k candidates for every
+        picture and keeps the one whose caption the same prior finds likeliest (see
+        caption_log_likelihood): DALL-E's reranking, with the one-stream model as its own
+        judge, k times the drawing work. sampling=tinytok.PLAIN draws once, unguided.
+        seed fixes the draws; use_cache=False recomputes the whole prefix for each token
+        (the same pictures, slower: lesson 11).
         """
         if isinstance(prompts, str):
             prompts = [prompts]
-        if isinstance(rerank, bool) or not isinstance(rerank, (int, np.integer)) or rerank < 1:
-            raise ConfigError(f"rerank must be a whole number >= 1, got {rerank!r}")
-        codes = []
-        for i, prompt in enumerate(prompts):  # one batch per prompt: prompts differ in length
-            drawn = self.generate_codes(prompt, n * rerank, temperature, top_k, top_p,
-                                        cfg_scale, seed + 1000 * i, use_cache)
-            if rerank > 1:
-                drawn = self.best_of(drawn.reshape(n, rerank, *drawn.shape[1:]), prompt)
-            codes.append(drawn)
+        codes = [self.generate_codes(prompt, n, seed=seed + 1000 * i, sampling=sampling,
+                                     use_cache=use_cache)
+                 for i, prompt in enumerate(prompts)]  # one batch per prompt: lengths differ
         return self.tokenizer.decode(np.concatenate(codes))
 
     def best_of(self, candidates, prompt):
@@ -249,33 +245,31 @@ class Pipeline:
             len(codes))                                   # in parts, one per core
         return np.concatenate(parts)
 
-    def converse(self, turns, seed=0, temperature=1.0, top_k=None, top_p=None, cfg_scale=1.0,
-                 rerank=1):
+    def converse(self, turns, *, seed=0, sampling=SAMPLING):
         """The model's replies to turns, in order, in one stream (tinytok.conversation).
 
         A turn is a string (a caption to draw, an instruction such as "make it blue", or
         "what is it?") or a uint8 picture (S, S, 3) the user shows; each reply is a uint8
-        picture or a string, as the model chooses. Sampling arguments as for generate.
+        picture or a string, as the model chooses. sampling as for generate; a picture
+        that answers an instruction is the best of sampling.edit_rerank.
         """
         from tinytok.conversation import converse
-        return converse(self, turns, seed, temperature=temperature, top_k=top_k,
-                        top_p=top_p, cfg_scale=cfg_scale, rerank=rerank)
+        return converse(self, turns, seed=seed, sampling=sampling)
 
-    def edit(self, images, instruction, n=1, seed=0, temperature=1.0, top_k=None,
-             top_p=None, cfg_scale=1.0, rerank=1):
+    def edit(self, images, instruction, n=1, *, seed=0, sampling=SAMPLING):
         """uint8 (len(images) * n, S, S, 3): each picture edited by the instruction
         ("make it {colour}", "make it {size}", "move it to the {position}", "turn it into
-        a {shape}"), n samples each. Sampling arguments as for generate."""
+        a {shape}"), n pictures each, each the best of sampling.edit_rerank candidates.
+        sampling as for generate."""
         from tinytok.conversation import edit
-        return edit(self, images, instruction, n, seed, temperature=temperature,
-                    top_k=top_k, top_p=top_p, cfg_scale=cfg_scale, rerank=rerank)
+        return edit(self, images, instruction, n, seed=seed, sampling=sampling)
 
-    def caption(self, images, greedy=True, temperature=1.0, seed=0):
+    def caption(self, images, *, greedy=True, temperature=1.0, seed=0):
         """A caption (str) for each uint8 image (N, S, S, 3), written by the prior."""
         codes = self.tokenizer.encode(images)
-        return self.caption_codes(codes, greedy, temperature, seed)
+        return self.caption_codes(codes, greedy=greedy, temperature=temperature, seed=seed)
 
-    def caption_codes(self, codes, greedy=True, temperature=1.0, seed=0):
+    def caption_codes(self, codes, *, greedy=True, temperature=1.0, seed=0):
         """Captions for token grids (N, g, g)."""
         check_seed(seed)
         prior = self.prior

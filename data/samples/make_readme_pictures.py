@@ -35,7 +35,7 @@ PER_PROMPT = 6
 def main():
     parallel.use_cores()
     pipe = Pipeline.load()
-    images = pipe.generate(PROMPTS, PER_PROMPT, cfg_scale=1.5, seed=0, rerank=4)
+    images = pipe.generate(PROMPTS, PER_PROMPT, seed=0)     # the recommended sampling
     wanted = np.repeat(np.stack([parse_caption(p) for p in PROMPTS]), PER_PROMPT, axis=0)
     matches = (read_attributes(images) == wanted).all(axis=1)
     prompt_grid(images, PROMPTS, PER_PROMPT, marks=matches, path=os.path.join(OUT, "samples.png"))
@@ -60,7 +60,7 @@ def main():
 
 
 def draw_pipeline(pipe, path):
-    """The recipe on one shapes picture, as lesson 01 draws it."""
+    """The recipe on one shapes picture, as lesson 1 draws it."""
     tok, vocab = pipe.tokenizer, pipe.prior.vocab
     shapes = make_shapes(4, seed=1)
     image, text = shapes.images[0], shapes.captions[0]

@@ -36,7 +36,7 @@ median time. The counters live in tinytok/bench/flops.py.
 Python use: ``run_bench(backend="numpy", only=None, repeats=None, quick=False) -> dict``.
 
 Measurements of their own live beside it, each a module with its own command line:
-``python -m tinytok.bench.vocabulary`` (PSNR against bits, lesson 16) and
+``python -m tinytok.bench.vocabulary`` (PSNR against bits, lesson 8) and
 ``python -m tinytok.bench.data_parallel`` (threads, one process and K processes under
 mpiexec, with the bytes all-reduced per step, lesson 17).
 """
@@ -59,6 +59,7 @@ from tinytok.training.optim import adamw_init, adamw_step, clip_grad_norm, zeros
 from tinytok.parallel import blas_threads_for_small_products
 from tinytok.pipeline import Tokenizer
 from tinytok.prior.sample import continue_sequences
+from tinytok.prior.settings import PLAIN
 from tinytok.tokenizer.vqvae import init_tokenizer_params, tokenizer_config
 from tinytok.training.steps import gpt_loss_grads, tokenizer_grads
 
@@ -196,7 +197,7 @@ def gpt_sample(sizes, use_cache, seed=0):
     def sample():  # the pipeline's sampler, BLAS threads as Pipeline.generate_codes sets them
         with blas_threads_for_small_products():
             return continue_sequences(prompt, params, config, n_new, backend.rng(seed),
-                                      use_cache=use_cache)
+                                      PLAIN, use_cache=use_cache)   # the loop, unguided
 
     return sample
 

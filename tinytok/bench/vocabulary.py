@@ -1,9 +1,9 @@
-"""How big a vocabulary? The sweep behind lesson 16: PSNR and code usage against bits.
+"""How big a vocabulary? The sweep behind lesson 8: PSNR and code usage against bits.
 
-    python -m tinytok.bench.vocabulary --out lessons/16_vocabulary_curve.json \\
-        --picture lessons/16_vocabulary_curve.png          # trains every point (~30 min)
-    python -m tinytok.bench.vocabulary --redraw lessons/16_vocabulary_curve.json \\
-        --picture lessons/16_vocabulary_curve.png          # only draws the table again
+    python -m tinytok.bench.vocabulary --out lessons/08_vocabulary_curve.json \\
+        --picture lessons/08_vocabulary_curve.png          # trains every point (~30 min)
+    python -m tinytok.bench.vocabulary --redraw lessons/08_vocabulary_curve.json \\
+        --picture lessons/08_vocabulary_curve.png          # only draws the table again
 
 Each point is one short training run of a small tokenizer (vqvae-small, 600 steps of
 batch 32, as `tinytok train-tokenizer --data photos` trains, on the same 20,000 training
@@ -59,8 +59,8 @@ POINTS = ([{"family": "vq, care", "quantizer": "ema", "codes": k, "care": True, 
 
 # The committed table and picture, beside the lesson that reads them.
 LESSONS = Path(__file__).resolve().parents[2] / "lessons"
-CURVE_TABLE = LESSONS / "16_vocabulary_curve.json"
-CURVE_PICTURE = LESSONS / "16_vocabulary_curve.png"
+CURVE_TABLE = LESSONS / "08_vocabulary_curve.json"
+CURVE_PICTURE = LESSONS / "08_vocabulary_curve.png"
 
 SETTINGS = {"config": "vqvae-small", "image_size": 32, "steps": 600, "batch_size": 32,
             "lr": 1e-3, "warmup": 100, "seed": 0, "train_images": 20000, "val_images": 2000,
@@ -247,7 +247,7 @@ def run_sweep(out, points=POINTS, settings=SETTINGS, resume=False, log=print):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tinytok.bench.vocabulary",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="16_vocabulary_curve.json", help="table to write")
+    parser.add_argument("--out", default="08_vocabulary_curve.json", help="table to write")
     parser.add_argument("--picture", default=None, help="PNG of the curve to draw")
     parser.add_argument("--redraw", default=None, metavar="TABLE",
                         help="draw this table again without training anything")

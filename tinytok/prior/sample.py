@@ -23,6 +23,7 @@ from tinytok import backend
 from tinytok.backend import get_array_module
 from tinytok.errors import ConfigError, ContextFullError, ShapeError
 from tinytok.prior.gpt import check_ids, gpt_forward, layer_norm_named_forward, mlp_forward
+from tinytok.prior.settings import PLAIN
 from tinytok.prior.vocab import (EOS, IMAGE, SPECIALS, USER, caption_from_tokens, caption_prompt, image_prompt,
                                  image_to_text_sequence, image_token_mask, text_token_mask,
                                  unconditional_prompt)
@@ -135,19 +136,6 @@ class NextTokenLogits:
 
 # ---------------------------------------------------------------- choosing the next token
 
-def check_sampling_args(temperature, top_k, top_p, cfg_scale=1.0):
-    """Raise ConfigError for settings outside their ranges."""
-    if not temperature > 0:
-        raise ConfigError(f"temperature must be > 0, got {temperature}")
-    if top_k is not None and not (isinstance(top_k, (int, float, np.integer)) and
-                                  math.isfinite(top_k) and int(top_k) == top_k and top_k >= 1):
-        raise ConfigError(f"top_k must be a whole number >= 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ConfigError(f"top_p must lie in (0, 1], got {top_p}")
-    if not cfg_scale >= 0:
-        raise ConfigError(f"the guidance scale must be >= 0, got {cfg_scale}")
-
-
 def filter_logits(logits, temperature=1.0, top_k=None, top_p=None, allowed=None):
     """logits (B, V) -> logits with disallowed tokens at -inf, divided by the temperature.
 
@@ -194,22 +182,24 @@ def guided(cond, uncond, scale):
 
 # ---------------------------------------------------------------- the loop
 
-def continue_sequences(prompt, params, config, n_new, rng, temperature=1.0, top_k=None,
-                       top_p=None, allowed=None, uncond_prompt=None, cfg_scale=1.0,
-                       greedy=False, stop=None, use_cache=True, history=None):
+def continue_sequences(prompt, params, config, n_new, rng, sampling=PLAIN, allowed=None,
+                       uncond_prompt=None, greedy=False, stop=None, use_cache=True,
+                       history=None):
     """Write up to n_new tokens after each prompt row: (B, L) ids -> (B, n) host int64.
 
     Each step: the next token's logits (from the KV cache, or the whole prefix again),
-    mixed with the unconditional stream's when guiding (uncond_prompt, cfg_scale != 1),
-    filtered (temperature, top-k, top-p, allowed tokens only) and drawn (or argmax when
-    greedy) with uniforms from the host generator rng. With stop (a token id, or a tuple of
+    mixed with the unconditional stream's when guiding (uncond_prompt, and a
+    sampling.cfg_scale other than 1), filtered (sampling's temperature, top-k and top-p;
+    allowed tokens only) and drawn (or argmax when greedy) with uniforms from the host
+    generator rng. sampling is a Sampling value (prior/settings.py); its rerank settings are
+    for the callers that draw several candidates, not for this loop. With stop (a token id, or a tuple of
     them), a row that has written one writes the first from then on, and the loop ends
     when every row has: n may then be less than n_new. With history (a NextTokenLogits of
     one sequence), prompt and uncond_prompt continue the stream it holds.
     """
     prompt = np.asarray(prompt)
     first_stop = stop[0] if isinstance(stop, tuple) else stop
-    guide = uncond_prompt is not None and cfg_scale != 1.0
+    guide = uncond_prompt is not None and sampling.cfg_scale != 1.0
     cond = _new_state(params, config, len(prompt), use_cache, history)
     logits = cond.step(prompt)
     if guide:  # the same model without the caption: the unconditional half of guidance
@@ -217,8 +207,9 @@ def continue_sequences(prompt, params, config, n_new, rng, temperature=1.0, top_
         u_logits = uncond.step(np.asarray(uncond_prompt))
     written, done = [], np.zeros(len(prompt), dtype=bool)
     for i in range(n_new):
-        mixed = guided(logits, u_logits, cfg_scale) if guide else logits
-        token = draw(filter_logits(mixed, temperature, top_k, top_p, allowed), rng, greedy)
+        mixed = guided(logits, u_logits, sampling.cfg_scale) if guide else logits
+        token = draw(filter_logits(mixed, sampling.temperature, sampling.top_k,
+                                   sampling.top_p, allowed), rng, greedy)
         host = backend.to_numpy(token).astype(np.int64)
         if stop is not None:
             host = np.where(done, first_stop, host)
@@ -244,21 +235,19 @@ def _fed(history):
     return 0 if history is None else history.length
 
 
-def sample_image_codes(params, config, vocab, prompt, n, rng, temperature=1.0, top_k=None,
-                       top_p=None, cfg_scale=1.0, use_cache=True):
+def sample_image_codes(params, config, vocab, prompt, n, rng, sampling, use_cache=True):
     """n token grids (n, g, g) for one caption: its prompt, then exactly one grid of codes.
 
     Sampling is restricted to image codes, so the model cannot leave the picture early;
-    cfg_scale != 1 guides it against the same model given no caption (Parti's
-    classifier-free guidance).
+    a sampling.cfg_scale other than 1 guides it against the same model given no caption
+    (Parti's classifier-free guidance). One draw per grid: reranking is the caller's.
     """
     return draw_picture(params, config, vocab, image_prompt(vocab, prompt, config.context),
-                        unconditional_prompt(vocab), n, rng, temperature, top_k, top_p,
-                        cfg_scale, use_cache)
+                        unconditional_prompt(vocab), n, rng, sampling, use_cache)
 
 
-def draw_picture(params, config, vocab, prompt, uncond_prompt, n, rng, temperature=1.0,
-                 top_k=None, top_p=None, cfg_scale=1.0, use_cache=True, history=None):
+def draw_picture(params, config, vocab, prompt, uncond_prompt, n, rng, sampling,
+                 use_cache=True, history=None):
     """n token grids (n, g, g) after a prompt (L,) that ends with <image>: exactly one grid.
 
     uncond_prompt: the same stream without the words that asked for the picture (the
@@ -270,9 +259,9 @@ def draw_picture(params, config, vocab, prompt, uncond_prompt, n, rng, temperatu
                                f"past the prior's context of {config.context}; start a new "
                                "conversation")
     tokens = continue_sequences(
-        np.tile(prompt, (n, 1)), params, config, vocab.image_len, rng, temperature, top_k,
-        top_p, allowed=image_token_mask(vocab), uncond_prompt=np.tile(uncond_prompt, (n, 1)),
-        cfg_scale=cfg_scale, use_cache=use_cache, history=history)
+        np.tile(prompt, (n, 1)), params, config, vocab.image_len, rng, sampling,
+        allowed=image_token_mask(vocab), uncond_prompt=np.tile(uncond_prompt, (n, 1)),
+        use_cache=use_cache, history=history)
     return (tokens - vocab.image_offset).reshape(n, vocab.grid_size, vocab.grid_size)
 
 
@@ -301,9 +290,9 @@ def write_reply(params, config, vocab, prompts, rng, greedy=True, temperature=1.
     if room < 1:
         raise ContextFullError(f"the conversation fills the prior's context of {config.context}; "
                           "start a new one")
-    tokens = continue_sequences(prompts, params, config, room, rng, temperature,
-                                allowed=allowed, greedy=greedy, stop=(EOS, USER),
-                                history=history)
+    tokens = continue_sequences(prompts, params, config, room, rng,
+                                PLAIN.but(temperature=temperature), allowed=allowed,
+                                greedy=greedy, stop=(EOS, USER), history=history)
     return caption_from_tokens(vocab, tokens)
 
 
@@ -312,7 +301,8 @@ def write_captions(params, config, vocab, codes, rng, greedy=True, temperature=1
     (text tokens only) up to <eos> or the end of the context."""
     prompts = np.stack([caption_prompt(vocab, c) for c in backend.to_numpy(codes)])  # (N, L)
     tokens = continue_sequences(prompts, params, config, config.context - prompts.shape[1],
-                                rng, temperature, allowed=text_token_mask(vocab),
+                                rng, PLAIN.but(temperature=temperature),
+                                allowed=text_token_mask(vocab),
                                 greedy=greedy, stop=EOS)
     return caption_from_tokens(vocab, tokens)
 

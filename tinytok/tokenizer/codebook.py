@@ -1,7 +1,7 @@
 """Codebook care: how often each code is used, a k-means start, and dead-code restarts.
 
 A VQ codebook collapses easily: codes that no encoder output picks get no gradient (and no
-EMA update) and stay where they are, unused, forever. Three remedies, measured in lesson 06:
+EMA update) and stay where they are, unused, forever. Three remedies, measured in lesson 6:
 
 * usage statistics (counts, perplexity, dead codes) show whether it is happening;
 * a k-means start puts every code on a real encoder output, so all are used from step one;

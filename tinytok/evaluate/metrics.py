@@ -7,6 +7,7 @@ back from pixels by tinytok.data.datasets.read_attributes, all match the prompt,
 attribute combinations seen in training and for held-out ones; and caption accuracy, the
 share of held-out images whose written caption matches the true one exactly.
 """
+from dataclasses import asdict
 from typing import NamedTuple
 
 import numpy as np
@@ -14,6 +15,7 @@ import numpy as np
 from tinytok import backend
 from tinytok.data.datasets import caption_for, is_heldout, make_shapes, read_attributes
 from tinytok.data.images import resize_images
+from tinytok.prior.settings import SAMPLING
 from tinytok.tokenizer.codebook import code_counts, usage_stats
 
 
@@ -82,6 +84,7 @@ def eval_tokenizer(tokenizer, images, batch_size=256):
     recon = tokenizer.decode(ids, batch_size)
     per_image = psnr(images, recon)
     stats = usage_stats(code_counts(ids, tokenizer.config.num_codes))
+    stats["codes_used"] = tokenizer.config.num_codes - stats["dead"]
     figures = {"images": int(len(images)), "image_size": tokenizer.config.image_size,
                "grid_size": tokenizer.grid_size, "psnr_db": float(per_image.mean()),
                "psnr_db_median": float(np.median(per_image)), **stats,
@@ -95,15 +98,13 @@ def eval_tokenizer(tokenizer, images, batch_size=256):
     return figures, recon, ids
 
 
-def adherence(pipeline, labels, n_per_prompt=4, cfg_scale=1.0, temperature=1.0, top_k=None,
-              top_p=None, seed=0, rerank=1):
+def adherence(pipeline, labels, n_per_prompt=4, *, seed=0, sampling=SAMPLING):
     """Share of generated images matching their prompt on all four attributes.
 
     labels (P, 4): one prompt per row (its caption). Returns (share, images, matches).
     """
     prompts = caption_for(labels)
-    images = pipeline.generate(prompts, n_per_prompt, temperature, top_k, top_p, cfg_scale,
-                               seed, rerank=rerank)
+    images = pipeline.generate(prompts, n_per_prompt, seed=seed, sampling=sampling)
     wanted = np.repeat(labels, n_per_prompt, axis=0)
     matches = (read_attributes(images) == wanted).all(axis=1)
     return float(matches.mean()), images, matches
@@ -116,7 +117,7 @@ def caption_accuracy(pipeline, images, labels):
     return float(np.mean([w == t for w, t in zip(written, truth)])), written
 
 
-def edit_figures(pipeline, n_pictures=24, seed=0, **sampling):
+def edit_figures(pipeline, n_pictures=24, *, seed=0, sampling=SAMPLING):
     """Edits measured from the pixels, on n_pictures unseen pictures of training pairs.
 
     Each picture is shown in a stream of its own (the model describes it), then edited:
@@ -124,7 +125,8 @@ def edit_figures(pipeline, n_pictures=24, seed=0, **sampling):
     held-out pair ("make it green" on a circle): the share whose four attributes read back
     as asked. After each seen edit "what is it?" is asked: caption_after_edit is the share
     of answers equal to the caption of the picture drawn. chain_two_edits: two random
-    edits in a row, the share right after both. sampling: as Conversation takes it.
+    edits in a row, the share right after both. sampling: as Conversation takes it (each
+    edited picture the best of sampling.edit_rerank).
     """
     from tinytok.conversation import Conversation
     from tinytok.data.edits import QUESTION, apply_edit, instruction, possible_edits
@@ -133,7 +135,7 @@ def edit_figures(pipeline, n_pictures=24, seed=0, **sampling):
     right = {"edit_seen": [], "edit_heldout": [], "caption_after_edit": [], "chain_two_edits": []}
     for i, (image, labels) in enumerate(zip(shapes.images, shapes.labels)):
         for kind in ("edit_seen", "edit_heldout", "chain_two_edits"):
-            chat = Conversation(pipeline, seed + 1000 * i, **sampling)
+            chat = Conversation(pipeline, seed=seed + 1000 * i, sampling=sampling)
             chat.say(image)
             wanted = labels
             for _ in range(2 if kind == "chain_two_edits" else 1):
@@ -155,26 +157,21 @@ def edit_figures(pipeline, n_pictures=24, seed=0, **sampling):
         "edit_pictures": n_pictures}
 
 
-def eval_prior(pipeline, n_prompts=24, n_per_prompt=4, cfg_scale=1.5, seed=0, n_captions=200,
-               temperature=1.0, top_k=None, top_p=None, rerank=1, n_edits=0, edit_rerank=None):
+def eval_prior(pipeline, n_prompts=24, n_per_prompt=4, *, seed=0, n_captions=200, n_edits=0,
+               sampling=SAMPLING):
     """Adherence on training and held-out combinations, caption accuracy on held-out images,
-    and with n_edits, edit_figures on that many pictures (edit_rerank candidates per edited
-    picture; None: rerank)."""
+    and with n_edits, edit_figures on that many pictures; every picture drawn with
+    sampling (default the recommended settings, as Pipeline.generate and edit)."""
     train = make_shapes(n_prompts, seed=10_000 + seed, split="train").labels
     heldout = make_shapes(n_prompts, seed=20_000 + seed, split="heldout").labels
-    figures = {"cfg_scale": cfg_scale, "rerank": rerank, "prompts": n_prompts,
-               "samples_per_prompt": n_per_prompt}
+    figures = {"prompts": n_prompts, "samples_per_prompt": n_per_prompt}
     for name, labels in (("train", train), ("heldout", heldout)):
-        share, _, _ = adherence(pipeline, labels, n_per_prompt, cfg_scale, temperature, top_k,
-                                top_p, seed, rerank)
+        share, _, _ = adherence(pipeline, labels, n_per_prompt, seed=seed, sampling=sampling)
         figures[f"adherence_{name}"] = share
     shapes = make_shapes(n_captions, seed=30_000 + seed, split="heldout")
     figures["caption_accuracy_heldout"], _ = caption_accuracy(pipeline, shapes.images,
                                                               shapes.labels)
     figures["caption_images"] = n_captions
     if n_edits:
-        figures.update(edit_figures(pipeline, n_edits, seed, temperature=temperature,
-                                    top_k=top_k, top_p=top_p, cfg_scale=cfg_scale,
-                                    rerank=edit_rerank or rerank))
-        figures["edit_rerank"] = edit_rerank or rerank
-    return figures
+        figures.update(edit_figures(pipeline, n_edits, seed=seed, sampling=sampling))
+    return figures | {"sampling": asdict(sampling)}

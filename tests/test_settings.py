@@ -1,0 +1,86 @@
+"""One sampling-settings value: its defaults are the recommended ones, everywhere.
+
+Every entry point that draws takes `sampling=` whole and defaults to the same SAMPLING; the
+command line's flags start from it (or from PLAIN with --plain); bad settings are one
+ConfigError when the value is made.
+"""
+import dataclasses
+import inspect
+
+import pytest
+
+import tinytok
+from tinytok import PLAIN, SAMPLING, Sampling, cli, conversation, demo, evaluate
+from tinytok.errors import ConfigError
+from tinytok.pipeline import Pipeline
+from tinytok.prior.settings import check_sampling
+
+ENTRY_POINTS = [Pipeline.generate, Pipeline.generate_codes, Pipeline.edit, Pipeline.converse,
+                conversation.Conversation.__init__, conversation.converse, conversation.edit,
+                evaluate.adherence, evaluate.edit_figures, evaluate.eval_prior,
+                demo.write_pictures]
+SETTING_NAMES = {f.name for f in dataclasses.fields(Sampling)}
+
+
+def test_the_defaults_are_the_recommended_settings():
+    assert SAMPLING == Sampling(temperature=1.0, top_k=None, top_p=None, cfg_scale=1.5,
+                                rerank=4, edit_rerank=16)
+    assert PLAIN == SAMPLING.but(cfg_scale=1.0, rerank=1, edit_rerank=1)
+    assert tinytok.Sampling is Sampling
+
+
+@pytest.mark.parametrize("fn", ENTRY_POINTS, ids=lambda f: f.__qualname__)
+def test_every_entry_point_takes_the_settings_whole_with_the_recommended_default(fn):
+    params = inspect.signature(fn).parameters
+    assert params["sampling"].default is SAMPLING
+    assert params["sampling"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert not SETTING_NAMES & set(params), \
+        f"{fn.__qualname__} keeps its own copy of a sampling setting"
+    if "seed" in params:             # keyword arguments in one order: seed, then sampling
+        names = list(params)
+        assert names.index("seed") < names.index("sampling")
+
+
+def test_the_settings_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        SAMPLING.cfg_scale = 3.0
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(temperature=0), "temperature must be"), (dict(temperature=float("inf")), "temperature"),
+    (dict(top_k=0), "top_k must be"), (dict(top_k=2.0), "top_k must be"),
+    (dict(top_p=1.5), "top_p must lie"), (dict(cfg_scale=-1), "cfg_scale"),
+    (dict(cfg_scale=float("nan")), "cfg_scale"), (dict(rerank=0), "rerank must be"),
+    (dict(edit_rerank=True), "edit_rerank must be"), (dict(edit_rerank=2.5), "edit_rerank"),
+    (dict(guidance=2), "unknown sampling setting 'guidance'"),
+])
+def test_bad_settings_are_one_config_error(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        SAMPLING.but(**changes)
+
+
+def test_something_else_than_settings_is_refused():
+    for bad in ({"cfg_scale": 1.5}, 1.5, None):
+        with pytest.raises(ConfigError, match="sampling must be a tinytok.Sampling"):
+            check_sampling(bad)
+
+
+@pytest.mark.parametrize("words, want", [
+    (["sample", "--prompt", "a red circle"], SAMPLING),
+    (["sample", "--prompt", "a red circle", "--plain"], PLAIN),
+    (["sample", "--prompt", "x", "--cfg", "2", "--top-k", "5"], SAMPLING.but(cfg_scale=2.0, top_k=5)),
+    (["sample", "--prompt", "x", "--plain", "--rerank", "3"], PLAIN.but(rerank=3)),
+    (["edit", "p.png", "make it blue"], SAMPLING),
+    (["edit", "p.png", "make it blue", "--edit-rerank", "4"], SAMPLING.but(edit_rerank=4)),
+    (["chat"], SAMPLING),
+    (["eval-prior"], SAMPLING),
+    (["eval-prior", "--plain", "--temperature", "0.5"], PLAIN.but(temperature=0.5)),
+])
+def test_the_command_line_starts_from_the_same_settings(words, want):
+    assert cli._sampling(cli.build_parser().parse_args(words)) == want
+
+
+def test_sample_has_no_edit_setting(capsys):
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["sample", "--prompt", "x", "--edit-rerank", "2"])
+    assert "unrecognized arguments" in capsys.readouterr().err
