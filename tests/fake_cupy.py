@@ -680,7 +680,6 @@ def _build():
 
 
 cupy = _build()
-module = cupy  # the name the brief uses
 REAL = _real  # the installed CuPy (None if absent)
 STRICT_NAMESPACE = _real is not None
 

@@ -17,11 +17,11 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
        "MKL_NUM_THREADS": "1", "TINYTOK_BACKEND": "numpy"}
 
 
-def tinytok(*args, cwd, timeout=120, script=False):
+def tinytok(*args, cwd, timeout=120, script=False, stdin=None):
     """Run the command (the console script, or python -m tinytok.cli); return the result."""
     exe = [shutil.which("tinytok")] if script else [sys.executable, "-m", "tinytok.cli"]
     r = subprocess.run(exe + [str(a) for a in args], cwd=cwd, env=ENV, capture_output=True,
-                       text=True, timeout=timeout)
+                       text=True, timeout=timeout, input=stdin)
     assert "Traceback" not in r.stderr, r.stderr
     return r
 
@@ -145,6 +145,17 @@ def test_evaluations_write_the_record_beside_the_checkpoint(work):
     r = tinytok("eval-prior", "--tokenizer", "tok.npz", "--prior", "prior.npz", "--record",
                 "two words", cwd=work)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "short label" in r.stderr
+
+
+def test_chat_answers_each_turn_and_a_bad_turn_gets_one_line(work):
+    """An unreadable picture file or an unknown word is one line on stderr; the chat goes on."""
+    (work / "broken.png").write_bytes(b"not a picture")
+    r = ok(tinytok("chat", "--tokenizer", "tok.npz", "--prior", "prior.npz", "--rerank", 1,
+                   "--out", "chat-out", cwd=work,
+                   stdin="a large red circle at the top left\nbroken.png\na hexagon\nshape0.png\n"))
+    errors = r.stderr.strip().splitlines()
+    assert len(errors) == 2 and "broken.png" in errors[0] and "hexagon" in errors[1], r.stderr
+    assert len(r.stdout.strip().splitlines()) == 2      # a reply to each good turn
 
 
 def test_sample_with_the_same_seed_is_the_same_picture(work):

@@ -359,10 +359,9 @@ def cmd_chat(args):
               "to the top, turn it into a square), 'what is it?', or a picture's path; an "
               "empty line ends")
     for line in iter(lambda: _read_turn(interactive), None):
-        turn = line
-        if os.path.isfile(line):
-            turn = load_image(line, pipe.tokenizer.config.image_size)
-        try:
+        try:   # a bad turn (an unreadable picture, an unknown word) gets one line; chat goes on
+            turn = load_image(line, pipe.tokenizer.config.image_size) \
+                if os.path.isfile(line) else line
             reply = chat.say(turn)
         except ContextFullError as e:
             print(f"tinytok: {e}; starting a new conversation", file=sys.stderr)

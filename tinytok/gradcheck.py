@@ -7,8 +7,11 @@ A pair is checked by turning its output into a scalar with a random upstream gra
 whose exact gradient with respect to each argument is what ``backward(g, cache)`` returns.
 Each element (all of them for small arrays, a random subset for big ones) is nudged by
 +h and -h and the slope (L+ - L-) / 2h compared with the analytic value. A random g, not all
-ones, matters: with all ones the gradient through softmax or layer norm is zero and a broken
-backward would pass. Use float64 inputs: in float32 the rounding error of L swamps the slope.
+ones, matters: all ones only sees, for each input, the total of its effects on every output,
+so a backward that reads dout in the wrong places or sums it where it should weight it
+passes; and through softmax or layer norm (gamma = 1) the gradient of sum(y) is exactly zero,
+so the check compares rounding noise. Use float64 inputs: in float32 the rounding error of L
+swamps the slope.
 
     errors = check_pair(linear_forward, linear_backward, [x, w, b])
     # {'arg0': 3.1e-11, 'arg1': 2.2e-11, 'arg2': 1.0e-11}

@@ -24,7 +24,6 @@ from tinytok.prior.vocab import split_words
 SHAPE, COLOUR, SIZE, POSITION = range(4)
 FORMS = {SHAPE: ("turn it into a", SHAPES), COLOUR: ("make it", COLOURS),
          SIZE: ("make it", SIZES), POSITION: ("move it to the", POSITIONS)}
-ATTRIBUTES = ("shape", "colour", "size", "position")
 QUESTION = "what is it?"
 INSTRUCTION_WORDS = tuple(sorted({w for lead, _ in FORMS.values() for w in lead.split()}
                                  | set(split_words(QUESTION))))

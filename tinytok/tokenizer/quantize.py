@@ -67,7 +67,7 @@ def vector_quantize_forward(z, codebook, beta=0.25):
     e_cols = codebook[flat_ids].T                                       # (D, M)
     diff = z_cols - e_cols                                              # (D, M)
     mse = (diff * diff).mean()
-    loss = mse + beta * mse  # the two terms are equal in value; they differ in gradient
+    loss = mse + beta * mse  # both terms' means are this mse; they differ in gradient
     z_q = columns_as_latents(e_cols, z.shape)                           # (N, D, H, W)
     ids = flat_ids.reshape(H, W, N).transpose(2, 0, 1)                  # (N, H, W)
     return z_q, ids, loss, (diff, flat_ids, codebook.shape, beta, z.shape)

@@ -6,6 +6,7 @@
     tokenizer_trainer.py  TokenizerRecipe, train_tokenizer
     prior_data.py         PriorData, and the shapes encoded once by a tokenizer (cached)
     prior_trainer.py      train_prior
+    conversations.py      conversations for the prior: draw, describe, edit, ask
     optim.py              AdamW, gradient clipping, the learning-rate schedule
     checkpoint.py         atomic, pickle-free .npz checkpoints
 
