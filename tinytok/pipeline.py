@@ -19,7 +19,7 @@ import numpy as np
 
 from tinytok import backend
 from tinytok.data.images import check_images, images_to_model, model_to_images
-from tinytok.errors import CheckpointError, ConfigError, ShapeError
+from tinytok.errors import CheckpointError, ConfigError, DTypeError, ShapeError
 from tinytok.parallel import blas_threads_for_small_products, for_batch_parts
 from tinytok.prior.gpt import gpt_config, init_gpt_params
 from tinytok.prior.sample import caption_log_likelihood, sample_image_codes, write_captions
@@ -107,7 +107,8 @@ class Tokenizer:
         return np.concatenate([backend.to_numpy(ids) for ids in parts]).astype(np.int64)
 
     def check_ids(self, ids):
-        """ids must be integers in [0, num_codes) shaped (N, g, g) or (g, g)."""
+        """ids must be integers in [0, num_codes) shaped (N, g, g) or (g, g): ShapeError
+        for a wrong shape or value, DTypeError for anything but integers."""
         g, K = self.grid_size, self.config.num_codes
         try:
             ids = np.asarray(backend.to_numpy(ids))
@@ -120,7 +121,7 @@ class Tokenizer:
             raise ShapeError(f"token ids must have shape (N, {g}, {g}) or ({g}, {g}) for this "
                              f"tokenizer, got {ids.shape}")
         if ids.dtype.kind not in "iu":
-            raise ShapeError(f"token ids must be integers, got {ids.dtype}")
+            raise DTypeError(f"token ids must be integers, got {ids.dtype}")
         if len(ids) == 0:
             raise ShapeError("no token grids given (an empty batch)")
         if ids.size and (ids.min() < 0 or ids.max() >= K):
