@@ -20,6 +20,7 @@ import numpy as np
 from tinytok import backend
 from tinytok.data.images import check_images, images_to_model, model_to_images
 from tinytok.errors import CheckpointError, ConfigError, DTypeError, ShapeError
+from tinytok.ops.checks import is_whole_number
 from tinytok.parallel import blas_threads_for_small_products, for_batch_parts
 from tinytok.prior.gpt import gpt_config, init_gpt_params
 from tinytok.prior.sample import caption_log_likelihood, sample_image_codes, write_captions
@@ -45,7 +46,7 @@ def _from_checkpoint(path, what, make):
 
 def check_seed(seed):
     """A sampling seed must be a whole number that numpy's generator takes."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32:
+    if not is_whole_number(seed) or seed >= 2 ** 32:
         raise ConfigError(f"seed must be a whole number in [0, 2**32), got {seed!r}")
 
 

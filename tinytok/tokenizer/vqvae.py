@@ -21,6 +21,7 @@ from tinytok.ops import (conv2d_as_transposed_backward, conv2d_as_transposed_for
                          conv2d_backward, conv2d_forward, conv_transpose2d_backward,
                          conv_transpose2d_forward, mse_backward, mse_forward,
                          narrowing_conv_is_faster, relu_backward, relu_forward)
+from tinytok.ops.checks import require_positive_int
 from tinytok.tokenizer.fsq import check_levels, fsq_num_codes
 from tinytok.tokenizer.quantizers import QUANTIZERS, quantizer_named, quantizers_reading
 
@@ -47,14 +48,11 @@ class TokenizerConfig:
     downsamplings: int = 2  # stride-2 stages, 1 or 2: grid_size = image_size // 2**downsamplings
 
     def __post_init__(self):
-        for name in ("image_size", "hidden", "res_hidden", "code_dim", "num_codes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"tokenizer config: {name} must be a whole number >= 1, "
-                                  f"got {value!r}")
-        if isinstance(self.n_res, bool) or not isinstance(self.n_res, int) or self.n_res < 0:
-            raise ConfigError(f"tokenizer config: n_res must be a whole number >= 0, "
-                              f"got {self.n_res!r}")
+        # each a Python int (NumPy's are taken too), as the checkpoint's JSON holds it
+        for name in ("image_size", "hidden", "res_hidden", "code_dim", "num_codes", "n_res"):
+            minimum = 0 if name == "n_res" else 1
+            setattr(self, name, require_positive_int(f"tokenizer config: {name}",
+                                                     getattr(self, name), minimum))
         if type(self.downsamplings) is not int or self.downsamplings not in DOWNSAMPLINGS:
             raise ConfigError(f"tokenizer config: downsamplings must be 1 (16x16 tokens for "
                               f"32x32 pictures) or 2 (8x8), got {self.downsamplings!r}")
@@ -137,8 +135,7 @@ def with_grid(config, image_size=None, grid_size=None):
     image_size = config.image_size if image_size is None else image_size
     if grid_size is None:
         return replace(config, image_size=image_size)
-    if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 1:
-        raise ConfigError(f"grid_size must be a whole number >= 1, got {grid_size!r}")
+    require_positive_int("grid_size", grid_size)
     stages = {2 * grid_size: 1, 4 * grid_size: 2}.get(image_size)
     if stages is None:
         raise ConfigError(f"a {grid_size}x{grid_size} grid does not fit {image_size}x"
