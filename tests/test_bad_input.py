@@ -23,7 +23,7 @@ from tinytok import backend
 from tinytok.training.checkpoint import load_checkpoint, save_checkpoint
 from tinytok.cli import main
 from tinytok.data.datasets import make_shapes
-from tinytok.errors import (BackendError, CheckpointError, ConfigError, ImageError,
+from tinytok.errors import (BackendError, CheckpointError, ConfigError, DTypeError, ImageError,
                             PromptError, ShapeError, TinytokError)
 from tinytok.prior.gpt import gpt_config
 from tinytok.data.images import load_image
@@ -436,8 +436,11 @@ def test_bad_token_ids_for_decode(kind, ck, capsys, tmp_path):
 def test_check_ids_raises_shape_error(ck):
     tok = Tokenizer.load(ck / "tok.npz")
     for ids in (np.full((1, 8, 8), 64), np.full((8, 8), -1), np.zeros((2, 4, 4), int),
-                np.zeros((8, 8)), np.zeros((1, 1, 8, 8), int), np.zeros((8, 8), bool)):
+                np.zeros((1, 1, 8, 8), int), np.zeros((1, 1, 8, 8), bool)):
         with pytest.raises(ShapeError):
+            tok.decode(ids)
+    for ids, dtype in ((np.zeros((8, 8)), "float64"), (np.zeros((8, 8), bool), "bool")):
+        with pytest.raises(DTypeError, match=f"^token ids must be integers, got {dtype}$"):
             tok.decode(ids)
     assert tok.decode(np.zeros((8, 8), np.uint8)).shape == (1, 32, 32, 3)
 

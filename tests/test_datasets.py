@@ -281,7 +281,7 @@ def test_batch_indices_depend_only_on_seed_and_step():
     assert not np.array_equal(a, ds.batch_indices(1000, 32, 8, 123))
     assert not np.array_equal(a, ds.batch_indices(1000, 32, 7, 124))
     assert a.shape == (32,) and a.min() >= 0 and a.max() < 1000
-    with pytest.raises(ConfigError, match="batch_size must be an integer >= 1"):
+    with pytest.raises(ConfigError, match="batch_size must be a whole number >= 1"):
         ds.batch_indices(10, 0, 0, 0)
 
 

@@ -140,7 +140,7 @@ def test_contract_inputs_and_dz_q_unchanged():
     (lambda: fsq_forward(np.zeros((3, 2, 2)), (8, 5, 5)), ShapeError, "(N, C, H, W)"),
     (lambda: fsq_forward(np.zeros((1, 2, 2, 2), dtype=np.int64), (4, 4)), DTypeError, "float"),
     (lambda: fsq_forward(np.zeros((1, 2, 2, 2)), (4, 1)), ConfigError, ">= 2"),
-    (lambda: fsq_forward(np.zeros((1, 2, 2, 2)), (4, 2.5)), ConfigError, "integer"),
+    (lambda: fsq_forward(np.zeros((1, 2, 2, 2)), (4, 2.5)), ConfigError, "whole number >= 2"),
     (lambda: fsq_forward(np.zeros((1, 1, 2, 2)), ()), ConfigError, "non-empty"),
     (lambda: fsq_forward(np.zeros((1, 1, 2, 2)), 4), ConfigError, "sequence"),
     (lambda: fsq_codes(np.array([[[16]]]), (4, 4)), ShapeError, "[0, 16)"),

@@ -105,7 +105,7 @@ def test_attention_rejects_n_head_not_dividing_the_width():
 @pytest.mark.parametrize("n_head", [0, -2, 1.5])
 def test_attention_rejects_a_non_positive_or_fractional_n_head(n_head):
     args = attention_inputs(1, 3, 2, 3, seed=0)
-    with pytest.raises(ConfigError, match="n_head must be an integer >= 1"):
+    with pytest.raises(ConfigError, match="n_head must be a whole number >= 1"):
         causal_self_attention_forward(*args, n_head=n_head)
 
 

@@ -374,7 +374,7 @@ def test_conv_rejects_bias_of_wrong_shape(forward):
                                                   (True, 0, "stride")])
 def test_conv_rejects_bad_stride_or_padding(forward, stride, padding, bad):
     x, w = _xw(forward)
-    with pytest.raises(ConfigError, match=f"{bad} must be an integer >= "):
+    with pytest.raises(ConfigError, match=f"{bad} must be a whole number >= "):
         forward(x, w, None, stride=stride, padding=padding)
 
 

@@ -343,3 +343,17 @@ def test_mse_rejects_shape_mismatch_and_bad_dtypes():
         mse_forward(np.zeros((2, 3), np.int64), np.zeros((2, 3)))
     with pytest.raises(DTypeError, match="target is float32 but pred is float64"):
         mse_forward(np.zeros((2, 3)), np.zeros((2, 3), np.float32))
+
+
+def test_whole_numbers_are_integers_of_any_kind_but_bool():
+    from tinytok.errors import ConfigError
+    from tinytok.ops.checks import is_whole_number, require_positive_int
+    for value in (0, 3, np.int64(3), np.uint8(3)):
+        assert is_whole_number(value)
+    for value in (-1, True, False, 3.0, np.float64(3), "3", None, np.bool_(True)):
+        assert not is_whole_number(value)
+    assert is_whole_number(2, minimum=2) and not is_whole_number(1, minimum=2)
+    got = require_positive_int("stride", np.int64(2))
+    assert got == 2 and type(got) is int
+    with pytest.raises(ConfigError, match=r"^padding must be a whole number >= 0, got -1$"):
+        require_positive_int("padding", -1, minimum=0)

@@ -288,7 +288,7 @@ def test_batch_errors(vocab):
         make_training_batch(vocab, captions, codes, rng, p_drop_caption=1.5)
     with pytest.raises(ConfigError, match="context of 40 cannot hold .* at least 69"):
         make_training_batch(vocab, captions, codes, rng, context=40)
-    with pytest.raises(ConfigError, match="context must be a positive integer"):
+    with pytest.raises(ConfigError, match="context must be a whole number >= 1"):
         make_training_batch(vocab, captions, codes, rng, context=80.0)
     long = captions[:3] + [vocab.encode_text("a " * 13)]
     with pytest.raises(PromptError, match="caption 3 has 13 words; a context of 80 holds at "

@@ -404,3 +404,16 @@ def test_config_errors():
     with pytest.raises(ConfigError):
         with_quantizer("vqvae-tiny", "lfq")
     assert tokenizer_config("vqvae-ref").grid_size == 8
+
+
+def test_config_sizes_are_whole_numbers_kept_as_python_ints():
+    """NumPy integers are taken and kept as Python ints (the checkpoint's JSON holds them);
+    bools, floats and numbers too small get the one whole-number message."""
+    import json
+    cfg = replace(tokenizer_config("vqvae-tiny"), hidden=np.int64(16), n_res=np.int32(0))
+    assert type(cfg.hidden) is int and type(cfg.n_res) is int
+    json.dumps(config_dict(cfg))
+    for field, bad in (("hidden", True), ("code_dim", 4.0), ("num_codes", 0), ("n_res", -1)):
+        with pytest.raises(ConfigError, match=f"^tokenizer config: {field} must be a whole "
+                                              f"number >= {int(field != 'n_res')}, got "):
+            replace(tokenizer_config("vqvae-tiny"), **{field: bad})

@@ -72,13 +72,16 @@ class OneLineParser(argparse.ArgumentParser):
 def cmd_train_tokenizer(args):
     from tinytok.data.datasets import training_images
     from tinytok.training import TokenizerRecipe, TrainSettings, train_tokenizer
+    from tinytok.tokenizer.quantizers import QUANTIZERS, quantizers_reading
     from tinytok.tokenizer.vqvae import tokenizer_config, with_grid, with_quantizer
     from dataclasses import replace
-    if args.quantizer != "fsq" and args.levels is not None:
-        raise ConfigError("--levels is for --quantizer fsq only")
-    if args.quantizer == "fsq" and args.codes:  # FSQ's codebook is the grid of its levels
-        raise ConfigError("--codes does not apply to --quantizer fsq: its codes are "
-                          "prod(--levels)")
+    sized_by_levels = QUANTIZERS[args.quantizer].reads("levels")
+    if not sized_by_levels and args.levels is not None:
+        raise ConfigError(f"--levels is for --quantizer "
+                          f"{' or '.join(quantizers_reading('levels'))} only")
+    if sized_by_levels and args.codes:  # FSQ's codebook is the grid of its levels
+        raise ConfigError(f"--codes does not apply to --quantizer {args.quantizer}: its codes "
+                          "are prod(--levels)")
     config = with_quantizer(tokenizer_config(args.config), args.quantizer, args.levels)
     if args.codes:
         config = replace(config, num_codes=args.codes)
@@ -482,6 +485,8 @@ def cmd_check(args):
 # ---------------------------------------------------------------- the parser
 
 def build_parser():
+    from tinytok.check.cases import OPS
+    from tinytok.tokenizer.quantizers import QUANTIZERS
     parser = OneLineParser(prog="tinytok", description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=backend.BACKENDS, default=None,
                         help="numpy (default, or $TINYTOK_BACKEND) or cupy")
@@ -496,7 +501,8 @@ def build_parser():
     p = sub.add_parser("train-tokenizer", help="train a VQ-VAE tokenizer")
     p.add_argument("--data", default="shapes", help="shapes, photos, faces, digits or a folder")
     p.add_argument("--config", default="vqvae-ref")
-    p.add_argument("--quantizer", default="ema", choices=("vq", "ema", "gumbel", "fsq"))
+    p.add_argument("--quantizer", default="ema", choices=tuple(QUANTIZERS),
+                   help="; ".join(f"{q.name}: {q.summary}" for q in QUANTIZERS.values()))
     p.add_argument("--levels", type=fsq_levels, default=None,
                    help="fsq levels per channel, e.g. 8,5,5,5 (1000 codes; the default)")
     p.add_argument("--codes", type=positive_int, default=None, help="codebook size override")
@@ -615,9 +621,7 @@ def build_parser():
 
     p = sub.add_parser("check", help="check your own forward and backward of an op pair "
                                      "(lessons/exercises/)")
-    p.add_argument("op", help="linear, conv2d, conv_transpose2d, relu, gelu, layer_norm, "
-                              "embedding, causal_self_attention, cross_entropy, mse, "
-                              "vector_quantize")
+    p.add_argument("op", help=", ".join(OPS))
     p.add_argument("file", help="a Python file defining OP_forward and OP_backward")
     p.set_defaults(func=cmd_check)
     return parser

@@ -33,10 +33,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-import numpy as np
-
 from tinytok import backend
 from tinytok.errors import ConfigError
+from tinytok.ops.checks import require_positive_int
 
 _threads = None     # how many threads to use; None: not decided yet (see threads())
 _pool, _pool_size = None, 0  # the worker threads, started on first use
@@ -80,9 +79,8 @@ def use_cores(n=None):
     global _threads
     if n is None:
         n = _threads_from_env(default=available_cores())
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-        raise ConfigError(f"the thread count must be a positive integer, got {n!r}")
-    previous, _threads = _threads or 1, int(n)
+    n = require_positive_int("the thread count", n)
+    previous, _threads = _threads or 1, n
     if n > 1:
         _limit_blas_threads(1)
     return previous

@@ -19,7 +19,8 @@ import numpy as np
 
 from tinytok import backend
 from tinytok.data.images import check_images, images_to_model, model_to_images
-from tinytok.errors import CheckpointError, ConfigError, ShapeError
+from tinytok.errors import CheckpointError, ConfigError, DTypeError, ShapeError
+from tinytok.ops.checks import is_whole_number
 from tinytok.parallel import blas_threads_for_small_products, for_batch_parts
 from tinytok.prior.gpt import gpt_config, init_gpt_params
 from tinytok.prior.sample import caption_log_likelihood, sample_image_codes, write_captions
@@ -45,7 +46,7 @@ def _from_checkpoint(path, what, make):
 
 def check_seed(seed):
     """A sampling seed must be a whole number that numpy's generator takes."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32:
+    if not is_whole_number(seed) or seed >= 2 ** 32:
         raise ConfigError(f"seed must be a whole number in [0, 2**32), got {seed!r}")
 
 
@@ -107,7 +108,8 @@ class Tokenizer:
         return np.concatenate([backend.to_numpy(ids) for ids in parts]).astype(np.int64)
 
     def check_ids(self, ids):
-        """ids must be integers in [0, num_codes) shaped (N, g, g) or (g, g)."""
+        """ids must be integers in [0, num_codes) shaped (N, g, g) or (g, g): ShapeError
+        for a wrong shape or value, DTypeError for anything but integers."""
         g, K = self.grid_size, self.config.num_codes
         try:
             ids = np.asarray(backend.to_numpy(ids))
@@ -120,7 +122,7 @@ class Tokenizer:
             raise ShapeError(f"token ids must have shape (N, {g}, {g}) or ({g}, {g}) for this "
                              f"tokenizer, got {ids.shape}")
         if ids.dtype.kind not in "iu":
-            raise ShapeError(f"token ids must be integers, got {ids.dtype}")
+            raise DTypeError(f"token ids must be integers, got {ids.dtype}")
         if len(ids) == 0:
             raise ShapeError("no token grids given (an empty batch)")
         if ids.size and (ids.min() < 0 or ids.max() >= K):

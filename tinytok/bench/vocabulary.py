@@ -37,6 +37,7 @@ from tinytok.data.images import resize_images
 from tinytok.evaluate import eval_tokenizer, psnr, round_channels, thumbnail_cost
 from tinytok.files import write_atomically
 from tinytok.pipeline import SHIPPED, Tokenizer
+from tinytok.tokenizer.quantizers import QUANTIZERS
 from tinytok.tokenizer.vqvae import with_grid, with_quantizer
 from tinytok.training.checkpoint import load_checkpoint
 
@@ -67,10 +68,15 @@ SETTINGS = {"config": "vqvae-small", "image_size": 32, "steps": 600, "batch_size
             "val_seed": 12345, "kmeans_images": 256, "restart_every": 100}
 
 
+def sized_by_levels(quantizer):
+    """Whether a quantizer's vocabulary is set by its levels (fsq), not by a count of codes."""
+    return QUANTIZERS[quantizer].reads("levels")
+
+
 def point_name(point):
     """A short label: "ema 1024, care", "fsq 8,5,5,5", with "16x16" for the finer grid."""
-    if point["quantizer"] == "fsq":
-        name = "fsq " + ",".join(str(v) for v in point["levels"])
+    if sized_by_levels(point["quantizer"]):
+        name = f"{point['quantizer']} " + ",".join(str(v) for v in point["levels"])
     else:
         name = f"{point['quantizer']} {point['codes']}, {'care' if point['care'] else 'no care'}"
     return name + (f", {point['grid']}x{point['grid']}" if point["grid"] != 8 else "")
@@ -79,8 +85,8 @@ def point_name(point):
 def point_config(point, settings=SETTINGS):
     """The TokenizerConfig of a point: the sweep's model with the point's quantizer and grid."""
     config = with_grid(settings["config"], settings["image_size"], point["grid"])
-    if point["quantizer"] == "fsq":
-        return with_quantizer(config, "fsq", tuple(point["levels"]))
+    if sized_by_levels(point["quantizer"]):
+        return with_quantizer(config, point["quantizer"], tuple(point["levels"]))
     return replace(with_quantizer(config, point["quantizer"]), num_codes=point["codes"])
 
 
@@ -108,7 +114,7 @@ def measure(tokenizer, val_images):
     keep = ("bits_per_picture", "vocab_size", "psnr_db", "usage", "perplexity", "dead",
             "thumbnail_psnr_db", "margin_db")
     row = {key: figures.get(key) for key in keep}
-    if tokenizer.config.quantizer == "fsq":
+    if sized_by_levels(tokenizer.config.quantizer):
         row["levels_used"] = levels_used(ids, tokenizer.config.levels)
     return row
 

@@ -43,7 +43,7 @@ def check(op_name, path, out=None):
 def report(op, name, n_cases, findings, out):
     """The table, one line per finding, and a last line naming what is wrong: 0 or 1."""
     fd = ("the straight-through definition, differenced with the ids fixed"
-          if op.name == "vector_quantize" else "central differences of your own forward")
+          if op.straight_through else "central differences of your own forward")
     print(f"{op.name}: checking {name} on {n_cases} float64 cases (relative errors; vs fd: "
           f"{fd})", file=out)
     print(f"  {'':<10} {'vs package':>10}  {'vs fd':>8}", file=out)

@@ -31,19 +31,20 @@ class Op:
     cases: Callable           # numpy Generator -> list of Case
     hints: Callable = no_hints  # (result's name, case, right value, upstream) -> [Hint]
     upstream: str = "dout"    # the backward's first argument: "dout", "dloss" or "dz_q"
+    pair: tuple = None        # the package's (forward, backward); None: ops.PAIRS[name]
+    straight_through: bool = False  # an argmin inside: the backward takes dloss after the
+                                    # cache, and the definition is differenced, ids fixed
 
     def forward_signature(self):
         return f"{self.name}_forward({self.inputs}) -> ({', '.join(self.outputs)}, cache)"
 
     def backward_signature(self):
         grads = self.grads[0] if len(self.grads) == 1 else f"({', '.join(self.grads)})"
-        more = ", dloss=1.0" if self.name == "vector_quantize" else ""
+        more = ", dloss=1.0" if self.straight_through else ""
         return f"{self.name}_backward({self.upstream}, cache{more}) -> {grads}"
 
     def package_pair(self):
-        if self.name == "vector_quantize":
-            return vector_quantize_forward, vector_quantize_backward
-        return PAIRS[self.name]
+        return self.pair or PAIRS[self.name]
 
 
 @dataclass
@@ -261,5 +262,6 @@ OPS = {op.name: op for op in [
     Op("mse", "pred, target", ("loss",), ("dpred",), (0,), mse_cases, loss_hints,
        upstream="dloss"),
     Op("vector_quantize", "z, codebook, beta=0.25", ("z_q", "ids", "loss"), ("dz", "dcodebook"),
-       (0, 1), vq_cases, vq_hints, upstream="dz_q"),
+       (0, 1), vq_cases, vq_hints, upstream="dz_q",
+       pair=(vector_quantize_forward, vector_quantize_backward), straight_through=True),
 ]}

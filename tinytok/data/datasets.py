@@ -26,6 +26,7 @@ import numpy as np
 
 from tinytok.backend import to_numpy
 from tinytok.errors import ConfigError, ImageError
+from tinytok.ops.checks import require_positive_int
 from tinytok.data.images import (PHOTOS, available_photos, check_images, load_digits, load_faces,
                                  load_image_folder, load_photo)
 
@@ -177,8 +178,7 @@ def make_shapes(n, seed=0, split="train"):
     """
     if split not in ("train", "heldout", "all"):
         raise ConfigError(f"unknown shapes split {split!r}; choose train, heldout or all")
-    if not isinstance(n, (int, np.integer)) or n < 0:
-        raise ConfigError(f"n must be a non-negative integer, got {n!r}")
+    require_positive_int("n", n, minimum=0)
     rng = np.random.default_rng(seed)
     pairs = np.array([(s, c) for s in range(len(SHAPES)) for c in range(len(COLOURS))])
     pair_heldout = is_heldout(np.column_stack([pairs, np.zeros((len(pairs), 2), int)]))
@@ -372,8 +372,7 @@ def training_images(source, n=None, seed=0, split="train", size=SIZE):
     gives the whole split, a smaller n a seeded sample of it). Photos are cropped at
     size, the fixed sets resized to it; shapes exist at 32x32 only.
     """
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise ConfigError(f"size must be a whole number >= 1, got {size!r}")
+    require_positive_int("size", size)
     if source == "shapes" and size != SIZE:
         raise ConfigError(f"shapes are drawn at {SIZE}x{SIZE} only (their attributes are read "
                           f"back at that size), not {size}x{size}; photos, faces, digits and "
@@ -415,8 +414,7 @@ def batch_indices(n_items, batch_size, seed, step):
     """
     for name, value, low in (("n_items", n_items, 1), ("batch_size", batch_size, 1),
                              ("seed", seed, 0), ("step", step, 0)):
-        if not isinstance(value, (int, np.integer)) or value < low:
-            raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        require_positive_int(name, value, low)
     start = step * batch_size
     first, last = start // n_items, (start + batch_size - 1) // n_items
     stream = np.concatenate([epoch_permutation(n_items, seed, e)

@@ -24,6 +24,7 @@ import numpy as np
 
 from tinytok import backend
 from tinytok.errors import ConfigError, DTypeError, ImageError, ShapeError
+from tinytok.ops.checks import require_positive_int
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp",
                     ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico")
@@ -132,8 +133,7 @@ def resize_center_crop(rgb, size=32):
 
 
 def _check_size_arg(size):
-    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
-        raise ConfigError(f"size must be a positive integer, got {size!r}")
+    require_positive_int("size", size)
 
 
 def load_image(path, size=32, background=BACKGROUND):

@@ -1,7 +1,8 @@
 """Input checks shared by the op pairs: one clear message instead of a broadcasting puzzle.
 
 Each check is a cheap look at shape and dtype (no pass over the data), so it is done on
-every forward call.
+every forward call. The whole-number check is the package's one: configs, settings and
+arguments everywhere use is_whole_number and require_positive_int.
 """
 import operator
 
@@ -50,14 +51,18 @@ def require_same_dtype(x_name, x, *others):
                              "use one float dtype for all arguments")
 
 
-def require_positive_int(name, value, minimum=1):
-    """A hyperparameter such as stride (>= 1) or padding (>= 0) must be an integer.
-
-    Python and NumPy integers are both fine (anything with __index__); bools and floats not.
-    """
+def is_whole_number(value, minimum=0):
+    """Whether value is an integer >= minimum: Python and NumPy integers are (anything with
+    __index__); bools, floats and strings are not."""
     try:
-        ok = not isinstance(value, bool) and operator.index(value) >= minimum
+        return not isinstance(value, bool) and operator.index(value) >= minimum
     except TypeError:
-        ok = False
-    if not ok:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        return False
+
+
+def require_positive_int(name, value, minimum=1):
+    """A hyperparameter such as stride (>= 1), padding (>= 0) or a config's size must be a
+    whole number (is_whole_number); returns it as a Python int."""
+    if not is_whole_number(value, minimum):
+        raise ConfigError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return operator.index(value)

@@ -23,7 +23,7 @@ from tinytok.ops import (causal_self_attention_backward, causal_self_attention_f
                          cross_entropy_backward, cross_entropy_forward, embedding_backward,
                          embedding_forward, gelu_backward, gelu_forward, layer_norm_backward,
                          layer_norm_forward, linear_backward, linear_forward)
-from tinytok.ops.checks import require_int, require_ndim
+from tinytok.ops.checks import require_int, require_ndim, require_positive_int
 
 
 @dataclass
@@ -38,11 +38,10 @@ class GPTConfig:
     n_embd: int = 128
 
     def __post_init__(self):
+        # each a Python int (NumPy's are taken too), as the checkpoint's JSON holds it
         for name in ("vocab_size", "context", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"prior config: {name} must be a whole number >= 1, "
-                                  f"got {value!r}")
+            setattr(self, name, require_positive_int(f"prior config: {name}",
+                                                     getattr(self, name)))
         if self.n_embd % self.n_head:
             raise ConfigError(f"prior config: n_head={self.n_head} must divide "
                               f"n_embd={self.n_embd}")

@@ -22,11 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from tinytok.errors import ConfigError
-
-
-def _is_whole(value, least):
-    return (not isinstance(value, bool) and isinstance(value, (int, np.integer))
-            and value >= least)
+from tinytok.ops.checks import is_whole_number, require_positive_int
 
 
 def _is_number(value):
@@ -57,7 +53,7 @@ class Sampling:
     def __post_init__(self):
         if not (_is_number(self.temperature) and self.temperature > 0):
             raise ConfigError(f"temperature must be a finite number > 0, got {self.temperature!r}")
-        if self.top_k is not None and not _is_whole(self.top_k, 1):
+        if self.top_k is not None and not is_whole_number(self.top_k, 1):
             raise ConfigError(f"top_k must be a whole number >= 1 or None, got {self.top_k!r}")
         if self.top_p is not None and not (_is_number(self.top_p) and 0 < self.top_p <= 1):
             raise ConfigError(f"top_p must lie in (0, 1] or be None, got {self.top_p!r}")
@@ -65,9 +61,7 @@ class Sampling:
             raise ConfigError(f"the guidance scale cfg_scale must be a finite number >= 0, "
                               f"got {self.cfg_scale!r}")
         for name in ("rerank", "edit_rerank"):
-            if not _is_whole(getattr(self, name), 1):
-                raise ConfigError(f"{name} must be a whole number >= 1, got "
-                                  f"{getattr(self, name)!r}")
+            require_positive_int(name, getattr(self, name))
 
     def but(self, **changes):
         """A copy with some settings changed (checked like a new value)."""

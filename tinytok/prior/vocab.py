@@ -33,6 +33,7 @@ import numpy as np
 
 from tinytok import backend
 from tinytok.errors import ConfigError, DTypeError, PromptError, ShapeError
+from tinytok.ops.checks import require_positive_int
 
 # ----------------------------------------------------------------------------------------
 # The special tokens. Their ids are fixed: checkpoints and the sampler rely on them.
@@ -83,13 +84,10 @@ class Vocab:
             raise ConfigError(f"vocabulary words must be single lowercase words without "
                               f"surrounding punctuation; got {', '.join(map(repr, bad[:5]))}")
         words = tuple(sorted(set(self.words)))
-        for name, value in (("num_codes", self.num_codes), ("grid_size", self.grid_size)):
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         # frozen dataclass: set the normalised fields through object.__setattr__
         object.__setattr__(self, "words", words)
-        object.__setattr__(self, "num_codes", int(self.num_codes))
-        object.__setattr__(self, "grid_size", int(self.grid_size))
+        for name in ("num_codes", "grid_size"):
+            object.__setattr__(self, name, require_positive_int(name, getattr(self, name)))
         object.__setattr__(self, "_word_ids",
                            {w: len(SPECIALS) + i for i, w in enumerate(words)})
 
@@ -233,8 +231,7 @@ def max_caption_words(vocab, context=DEFAULT_CONTEXT):
 
 def _caption_limit(vocab, context):
     """max_caption_words, or ConfigError if the context cannot hold even a one-word example."""
-    if not isinstance(context, (int, np.integer)) or isinstance(context, bool):
-        raise ConfigError(f"context must be a positive integer, got {context!r}")
+    require_positive_int("context", context)
     limit = max_caption_words(vocab, context)
     if limit < 1:
         raise ConfigError(f"a context of {context} cannot hold a caption and "

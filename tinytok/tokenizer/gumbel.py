@@ -15,6 +15,7 @@ keeps the encoder from committing to a few codes too early. At inference the tok
 argmax(logits), and z_q = codebook[token] as in VQ.
 """
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from tinytok.backend import get_array_module
 from tinytok.errors import ConfigError, ShapeError
 from tinytok.ops.softmax import softmax
 from tinytok.ops.checks import require_float, require_ndim, require_same_dtype
-from tinytok.tokenizer.quantize import columns_as_latents, latents_as_columns
+from tinytok.tokenizer.quantize import columns_as_ids, columns_as_latents, latents_as_columns
 
 
 def gumbel_noise(shape, rng, dtype="float32"):
@@ -35,6 +36,15 @@ def temperature_at(step, total_steps, start=1.0, end=1 / 16):
     """Exponential annealing of tau from start to end over total_steps (DALL-E anneals to 1/16)."""
     frac = min(max(step / max(total_steps, 1), 0.0), 1.0)
     return start * (end / start) ** frac
+
+
+class GumbelQuantizeCache(NamedTuple):
+    y: object           # (K, M) the soft one-hot mixing weights
+    q: object           # (K, M) softmax(logits), noise-free, for the KL term
+    log_q: object       # (K, M) its log
+    codebook: object    # (K, D)
+    tau: float          # the temperature y was drawn at
+    logits_shape: tuple  # (N, K, H, W), to lay dlogits out like the logits
 
 
 def gumbel_quantize_forward(logits, codebook, tau=1.0, noise=None):
@@ -61,9 +71,9 @@ def gumbel_quantize_forward(logits, codebook, tau=1.0, noise=None):
     q = softmax(l_cols, axis=0)                                      # (K, M) noise-free
     log_q = xp.log(q + 1e-20)
     kl = (q * log_q).sum(axis=0).mean() + math.log(K)
-    ids = xp.argmax(l_cols, axis=0).reshape(H, W, N).transpose(2, 0, 1)
+    ids = columns_as_ids(xp.argmax(l_cols, axis=0), logits.shape)   # (N, H, W)
     z_q = columns_as_latents(z_cols, (N, codebook.shape[1], H, W))
-    return z_q, ids, kl, (y, q, log_q, codebook, tau, logits.shape)
+    return z_q, ids, kl, GumbelQuantizeCache(y, q, log_q, codebook, tau, logits.shape)
 
 
 def gumbel_quantize_backward(dz_q, cache, dkl=1.0):
@@ -72,11 +82,11 @@ def gumbel_quantize_backward(dz_q, cache, dkl=1.0):
     Through the mixture:  dy = codebook @ dz,  then softmax's backward divided by tau.
     Through the KL:       d kl / d logits = q * (log q - sum_k q log q) / M.
     """
-    y, q, log_q, codebook, tau, shape = cache
+    y, q, log_q = cache.y, cache.q, cache.log_q
     dz_cols = latents_as_columns(dz_q)                               # (D, M)
     dcodebook = y @ dz_cols.T                                        # (K, D)
-    dy = codebook @ dz_cols                                          # (K, M)
-    dl = y * (dy - (dy * y).sum(axis=0, keepdims=True)) / tau
+    dy = cache.codebook @ dz_cols                                    # (K, M)
+    dl = y * (dy - (dy * y).sum(axis=0, keepdims=True)) / cache.tau
     M = q.shape[1]
     dl += q * (log_q - (q * log_q).sum(axis=0, keepdims=True)) * (dkl / M)
-    return columns_as_latents(dl, shape), dcodebook
+    return columns_as_latents(dl, cache.logits_shape), dcodebook

@@ -15,6 +15,8 @@ codebook well (k-means) and keeping it in use (dead-code restarts) is codebook c
 tinytok.tokenizer.codebook, with the usage statistics that show whether it works.
 """
 
+from typing import NamedTuple
+
 from tinytok.backend import get_array_module
 from tinytok.errors import ShapeError
 from tinytok.ops.checks import require_float, require_ndim, require_same_dtype
@@ -35,6 +37,12 @@ def columns_as_latents(cols, z_shape):
     return cols.reshape(D, H, W, N).transpose(3, 0, 1, 2)
 
 
+def columns_as_ids(flat_ids, z_shape):
+    """(M,) ids, one per column of latents_as_columns(z), -> the grid (N, H, W)."""
+    N, _, H, W = z_shape
+    return flat_ids.reshape(H, W, N).transpose(2, 0, 1)
+
+
 def nearest_codes(z_cols, codebook):
     """Index of the nearest code (squared L2) for each column: (D, M), (K, D) -> (M,) int.
 
@@ -46,6 +54,14 @@ def nearest_codes(z_cols, codebook):
     scores = z_cols.T @ (-2 * codebook.T)                               # (M, K): -2 z.e
     scores += (codebook * codebook).sum(axis=1)                         # + |e|^2
     return xp.argmin(scores, axis=1)                                    # (M,)
+
+
+class VectorQuantizeCache(NamedTuple):
+    diff: object            # z - e, (D, M): both losses' gradients are multiples of it
+    flat_ids: object        # (M,) the chosen codes, where the codebook's gradient goes
+    codebook_shape: tuple   # (K, D)
+    beta: float             # the commitment weight
+    z_shape: tuple          # (N, D, H, W), to lay dz out like z
 
 
 def vector_quantize_forward(z, codebook, beta=0.25):
@@ -61,7 +77,6 @@ def vector_quantize_forward(z, codebook, beta=0.25):
         raise ShapeError(f"codebook (K, D) = {tuple(codebook.shape)} has D = "
                          f"{codebook.shape[1]} but z (N, D, H, W) = {tuple(z.shape)} has "
                          f"D = {z.shape[1]}")
-    N, D, H, W = z.shape
     z_cols = latents_as_columns(z)                                      # (D, M)
     flat_ids = nearest_codes(z_cols, codebook)                          # (M,)
     e_cols = codebook[flat_ids].T                                       # (D, M)
@@ -69,8 +84,8 @@ def vector_quantize_forward(z, codebook, beta=0.25):
     mse = (diff * diff).mean()
     loss = mse + beta * mse  # both terms' means are this mse; they differ in gradient
     z_q = columns_as_latents(e_cols, z.shape)                           # (N, D, H, W)
-    ids = flat_ids.reshape(H, W, N).transpose(2, 0, 1)                  # (N, H, W)
-    return z_q, ids, loss, (diff, flat_ids, codebook.shape, beta, z.shape)
+    ids = columns_as_ids(flat_ids, z.shape)                             # (N, H, W)
+    return z_q, ids, loss, VectorQuantizeCache(diff, flat_ids, codebook.shape, beta, z.shape)
 
 
 def vector_quantize_backward(dz_q, cache, dloss=1.0):
@@ -81,16 +96,14 @@ def vector_quantize_backward(dz_q, cache, dloss=1.0):
     dcodebook = scatter of dloss * 2 (e - z) / n onto the chosen rows   the codebook term
     dz_q itself never reaches the codebook: the forward's output is z + sg(e - z).
     """
-    diff, flat_ids, codebook_shape, beta, z_shape = cache
+    diff = cache.diff
     xp = get_array_module(diff)
     scale = 2 * dloss / diff.size
-    dz = dz_q + columns_as_latents(diff * (beta * scale), z_shape)
-    dcodebook = xp.zeros(codebook_shape, dtype=diff.dtype)
-    scatter_add(dcodebook, flat_ids, (diff.T * -scale).astype(diff.dtype))
+    dz = dz_q + columns_as_latents(diff * (cache.beta * scale), cache.z_shape)
+    dcodebook = xp.zeros(cache.codebook_shape, dtype=diff.dtype)
+    scatter_add(dcodebook, cache.flat_ids, (diff.T * -scale).astype(diff.dtype))
     return dz, dcodebook
 
-
-# ---------------------------------------------------------------- usage statistics
 
 # ---------------------------------------------------------------- EMA codebook
 

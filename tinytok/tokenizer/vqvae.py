@@ -15,20 +15,16 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tinytok.backend import get_array_module, rng as host_rng, to_device
+from tinytok.backend import rng as host_rng, to_device
 from tinytok.errors import ConfigError
 from tinytok.ops import (conv2d_as_transposed_backward, conv2d_as_transposed_forward,
                          conv2d_backward, conv2d_forward, conv_transpose2d_backward,
                          conv_transpose2d_forward, mse_backward, mse_forward,
                          narrowing_conv_is_faster, relu_backward, relu_forward)
-from tinytok.tokenizer.fsq import (check_levels, fsq_backward, fsq_codes, fsq_forward,
-                                  fsq_num_codes)
-from tinytok.tokenizer.gumbel import gumbel_quantize_backward, gumbel_quantize_forward
-from tinytok.tokenizer.quantize import (latents_as_columns, nearest_codes,
-                                        vector_quantize_backward, vector_quantize_forward)
+from tinytok.ops.checks import require_positive_int
+from tinytok.tokenizer.fsq import check_levels, fsq_num_codes
+from tinytok.tokenizer.quantizers import QUANTIZERS, quantizer_named, quantizers_reading
 
-
-QUANTIZERS = ("vq", "ema", "gumbel", "fsq")
 DOWNSAMPLINGS = (1, 2)  # stride-2 stages; a third would need a new layer (and its name)
 
 
@@ -44,21 +40,19 @@ class TokenizerConfig:
     code_dim: int = 64      # D: length of a code vector (fsq: len(levels))
     num_codes: int = 512    # K: size of the visual vocabulary (fsq: prod(levels))
     beta: float = 0.25      # weight of the commitment loss
-    quantizer: str = "vq"   # "vq" (codebook loss), "ema" (EMA codebook), "gumbel" (dVAE)
-                            # or "fsq" (finite scalar quantization, no codebook)
+    quantizer: str = "vq"   # a name in tinytok.tokenizer.quantizers.QUANTIZERS: "vq"
+                            # (codebook loss), "ema" (EMA codebook), "gumbel" (dVAE) or
+                            # "fsq" (finite scalar quantization, no codebook)
     kl_weight: float = 5e-4  # gumbel only: weight of the KL term to the uniform prior
     levels: tuple = (8, 5, 5, 5)  # fsq only: levels per channel, prod(levels) codes
     downsamplings: int = 2  # stride-2 stages, 1 or 2: grid_size = image_size // 2**downsamplings
 
     def __post_init__(self):
-        for name in ("image_size", "hidden", "res_hidden", "code_dim", "num_codes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"tokenizer config: {name} must be a whole number >= 1, "
-                                  f"got {value!r}")
-        if isinstance(self.n_res, bool) or not isinstance(self.n_res, int) or self.n_res < 0:
-            raise ConfigError(f"tokenizer config: n_res must be a whole number >= 0, "
-                              f"got {self.n_res!r}")
+        # each a Python int (NumPy's are taken too), as the checkpoint's JSON holds it
+        for name in ("image_size", "hidden", "res_hidden", "code_dim", "num_codes", "n_res"):
+            minimum = 0 if name == "n_res" else 1
+            setattr(self, name, require_positive_int(f"tokenizer config: {name}",
+                                                     getattr(self, name), minimum))
         if type(self.downsamplings) is not int or self.downsamplings not in DOWNSAMPLINGS:
             raise ConfigError(f"tokenizer config: downsamplings must be 1 (16x16 tokens for "
                               f"32x32 pictures) or 2 (8x8), got {self.downsamplings!r}")
@@ -67,21 +61,19 @@ class TokenizerConfig:
             raise ConfigError(f"tokenizer config: image_size must be a multiple of {shrink} "
                               f"(2**downsamplings, {self.downsamplings} stride-2 stages) and "
                               f"hidden even, got {self.image_size} and {self.hidden}")
-        if self.quantizer not in QUANTIZERS:
-            raise ConfigError(f"tokenizer config: unknown quantizer {self.quantizer!r}; "
-                              f"choose one of {', '.join(QUANTIZERS)}")
+        quantizer = quantizer_named(self.quantizer, "tokenizer config: ")
         for name in ("beta", "kl_weight"):
             if not isinstance(getattr(self, name), (int, float)) or not getattr(self, name) >= 0:
                 raise ConfigError(f"tokenizer config: {name} must be a number >= 0")
         self.levels = check_levels(self.levels)  # a tuple also when read back from JSON
-        if self.quantizer == "fsq" and (self.code_dim, self.num_codes) != (
+        if quantizer.reads("levels") and (self.code_dim, self.num_codes) != (
                 len(self.levels), fsq_num_codes(self.levels)):
             raise ConfigError(
-                f"tokenizer config: fsq levels {self.levels} fix code_dim = "
+                f"tokenizer config: {self.quantizer} levels {self.levels} fix code_dim = "
                 f"{len(self.levels)} (one channel per level) and num_codes = "
                 f"{fsq_num_codes(self.levels)} (their product), got code_dim = "
                 f"{self.code_dim} and num_codes = {self.num_codes}; "
-                "with_quantizer(config, 'fsq', levels) sets both")
+                f"with_quantizer(config, {self.quantizer!r}, levels) sets both")
 
     @property
     def grid_size(self):
@@ -115,21 +107,20 @@ def tokenizer_config(name_or_dict):
 
 
 def with_quantizer(config, quantizer, levels=None):
-    """A copy of config using another quantizer ("vq", "ema", "gumbel" or "fsq").
+    """A copy of config using another quantizer (a name in QUANTIZERS: "vq", "ema",
+    "gumbel" or "fsq").
 
-    For fsq the levels (default: the config's) also set code_dim = len(levels) and
-    num_codes = prod(levels); levels mean nothing to the other quantizers.
+    For a quantizer that reads levels (fsq) the levels (default: the config's) also set
+    code_dim = len(levels) and num_codes = prod(levels); they mean nothing to the others.
     """
-    if quantizer not in QUANTIZERS:
-        raise ConfigError(f"unknown quantizer {quantizer!r}; choose one of "
-                          f"{', '.join(QUANTIZERS)}")
     config = tokenizer_config(config)
-    if quantizer != "fsq":
+    if not quantizer_named(quantizer).reads("levels"):
         if levels is not None:
-            raise ConfigError(f"levels are for the fsq quantizer only, not {quantizer!r}")
+            raise ConfigError(f"levels are for the {' or '.join(quantizers_reading('levels'))} "
+                              f"quantizer only, not {quantizer!r}")
         return replace(config, quantizer=quantizer)
     levels = check_levels(config.levels if levels is None else levels)
-    return replace(config, quantizer="fsq", levels=levels, code_dim=len(levels),
+    return replace(config, quantizer=quantizer, levels=levels, code_dim=len(levels),
                    num_codes=fsq_num_codes(levels))
 
 
@@ -144,8 +135,7 @@ def with_grid(config, image_size=None, grid_size=None):
     image_size = config.image_size if image_size is None else image_size
     if grid_size is None:
         return replace(config, image_size=image_size)
-    if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 1:
-        raise ConfigError(f"grid_size must be a whole number >= 1, got {grid_size!r}")
+    require_positive_int("grid_size", grid_size)
     stages = {2 * grid_size: 1, 4 * grid_size: 2}.get(image_size)
     if stages is None:
         raise ConfigError(f"a {grid_size}x{grid_size} grid does not fit {image_size}x"
@@ -168,6 +158,7 @@ def _conv_params(rng, prefix, c_in, c_out, k, transposed=False):
 def init_tokenizer_params(config, seed=0, dtype="float32"):
     """A fresh parameter dict for a TokenizerConfig, on the active backend."""
     c = tokenizer_config(config)
+    quantizer = QUANTIZERS[c.quantizer]
     rng = host_rng(seed)
     p = {}
     p.update(_conv_params(rng, "enc.conv1", 3, c.hidden // 2, 4))
@@ -178,10 +169,10 @@ def init_tokenizer_params(config, seed=0, dtype="float32"):
     for i in range(c.n_res):
         p.update(_conv_params(rng, f"enc.res{i}.conv1", c.hidden, c.res_hidden, 3))
         p.update(_conv_params(rng, f"enc.res{i}.conv2", c.res_hidden, c.hidden, 1))
-    # The encoder's last layer gives a D-vector per cell for VQ, or K code scores for Gumbel.
-    out_channels = c.num_codes if c.quantizer == "gumbel" else c.code_dim
+    # The encoder's last layer gives a D-vector per cell (VQ), or K code scores (Gumbel).
+    out_channels = c.num_codes if quantizer.scores_codes else c.code_dim
     p.update(_conv_params(rng, "enc.out", c.hidden, out_channels, 1))
-    if c.quantizer != "fsq":  # FSQ's codes are a fixed grid: no codebook parameter at all
+    if quantizer.has_codebook:  # FSQ's codes are a fixed grid: no codebook parameter at all
         p["quant.codebook"] = rng.uniform(-1 / c.num_codes, 1 / c.num_codes,
                                           (c.num_codes, c.code_dim))
     p.update(_conv_params(rng, "dec.conv1", c.code_dim, c.hidden, 3))
@@ -351,24 +342,15 @@ def decoder_backward(dx_hat, caches, grads, config):
 # ---------------------------------------------------------------- the whole tokenizer
 
 def quantize_forward(z, params, config, tau=1.0, noise=None):
-    """The configured quantizer: z (N, D or K, h, w) -> z_q (N, D, h, w), ids, loss, cache."""
-    if config.quantizer == "gumbel":
-        z_q, ids, kl, cache = gumbel_quantize_forward(z, params["quant.codebook"], tau, noise)
-        return z_q, ids, kl * config.kl_weight, cache
-    if config.quantizer == "fsq":  # no quantizer loss: nothing to pull codes or encoder together
-        z_q, ids, cache = fsq_forward(z, config.levels)
-        return z_q, ids, get_array_module(z).zeros((), dtype=z.dtype), cache
-    return vector_quantize_forward(z, params["quant.codebook"], config.beta)
+    """The configured quantizer (its record in QUANTIZERS): z (N, D or K, h, w) ->
+    z_q (N, D, h, w), ids, loss, cache."""
+    return QUANTIZERS[config.quantizer].forward_in_model(z, params, config, tau, noise)
 
 
 def quantize_backward(dz_q, cache, grads, config, dloss=1.0):
-    if config.quantizer == "fsq":  # its loss is 0, so dloss adds nothing; no codebook
-        return fsq_backward(dz_q, cache)
-    if config.quantizer == "gumbel":
-        dz, dcodebook = gumbel_quantize_backward(dz_q, cache, dloss * config.kl_weight)
-    else:
-        dz, dcodebook = vector_quantize_backward(dz_q, cache, dloss)
-    add_grad(grads, "quant.codebook", dcodebook)
+    dz, dcodebook = QUANTIZERS[config.quantizer].backward_in_model(dz_q, cache, config, dloss)
+    if dcodebook is not None:  # None: no codebook (FSQ)
+        add_grad(grads, "quant.codebook", dcodebook)
     return dz
 
 
@@ -415,30 +397,21 @@ def tokenizer_backward(cache, grads, config, dloss=1.0, image_grad=True):
 def encode_ids(x, params, config):
     """x (N, 3, S, S) -> ids (N, g, g): the encoder, then each latent's code.
 
-    The encoder keeps no caches (no backward follows). VQ and EMA pick the nearest code;
-    Gumbel, whose encoder writes one logit per code, the likeliest; FSQ rounds each channel.
+    The encoder keeps no caches (no backward follows). The quantizer's ids_of reads the
+    ids: VQ and EMA pick the nearest code; Gumbel, whose encoder writes one logit per code,
+    the likeliest; FSQ rounds each channel.
     """
     z, _ = encoder_forward(x, params, config, keep_cache=False)             # (N, D, h, w)
-    if config.quantizer == "fsq":
-        return fsq_forward(z, config.levels)[1]
-    N, _, h, w = z.shape
-    columns = latents_as_columns(z)                                         # (D, h*w*N)
-    if config.quantizer == "gumbel":
-        ids = get_array_module(z).argmax(columns, axis=0)
-    else:
-        ids = nearest_codes(columns, params["quant.codebook"])
-    return ids.reshape(h, w, N).transpose(2, 0, 1)                          # (N, h, w)
+    return QUANTIZERS[config.quantizer].ids_of(z, params, config)           # (N, h, w)
 
 
 def decode_ids(ids, params, config):
     """ids (N, h, w) int -> x_hat (N, 3, S, S): each id's code vector, then the decoder.
 
-    The vector is a codebook row, or for FSQ the id's digits read back (fsq_codes).
+    The quantizer's codes_of gives the vector: a codebook row, or for FSQ the id's digits
+    read back (fsq_codes).
     """
-    if config.quantizer == "fsq":
-        z_q = fsq_codes(ids, config.levels, params["dec.conv1.w"].dtype)     # (N, D, h, w)
-    else:
-        z_q = params["quant.codebook"][ids].transpose(0, 3, 1, 2)           # (N, D, h, w)
+    z_q = QUANTIZERS[config.quantizer].codes_of(ids, params, config)        # (N, D, h, w)
     x_hat, _ = decoder_forward(z_q, params, config, keep_cache=False)
     return x_hat
 
@@ -446,13 +419,13 @@ def decode_ids(ids, params, config):
 def config_dict(config):
     """A JSON-able dict of a config, for checkpoints.
 
-    levels (a list, as JSON reads it back) only for fsq: the other quantizers ignore them,
-    and so their checkpoints from before FSQ still resume (the saved config must be equal).
-    downsamplings likewise only when not the default 2, which checkpoints from before the
-    choice existed all used.
+    levels (a list, as JSON reads it back) only for a quantizer that reads them (fsq): the
+    others ignore them, and so their checkpoints from before FSQ still resume (the saved
+    config must be equal). downsamplings likewise only when not the default 2, which
+    checkpoints from before the choice existed all used.
     """
     d = asdict(config)
-    if config.quantizer == "fsq":
+    if QUANTIZERS[config.quantizer].reads("levels"):
         d["levels"] = list(config.levels)
     else:
         del d["levels"]

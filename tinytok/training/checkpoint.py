@@ -32,7 +32,6 @@ complete checkpoint or the new complete one, never half of each.
 """
 import dataclasses
 import json
-import numbers
 import os
 
 import numpy as np
@@ -40,6 +39,7 @@ import numpy as np
 from tinytok import backend
 from tinytok.errors import CheckpointError
 from tinytok.files import write_atomically
+from tinytok.ops.checks import is_whole_number
 
 FORMAT_NAME = "tinytok-checkpoint"
 FORMAT_VERSION = 1
@@ -79,7 +79,7 @@ def save_checkpoint(path, *, kind, params, config, step=0, optimizer_state=None,
     if not isinstance(kind, str) or not kind:
         raise CheckpointError(f"cannot save {path}: kind must be a non-empty string, "
                               f"got {kind!r}")
-    if not _is_int(step) or step < 0:
+    if not is_whole_number(step):
         raise CheckpointError(f"cannot save {path}: step must be an integer >= 0, "
                               f"got {step!r}")
     for name, value in (("config", config), ("extra", extra or {})):
@@ -254,8 +254,8 @@ def _read_meta(path, arrays):
         raise CheckpointError(f"{path} is not a tinytok checkpoint: its metadata does not "
                               f"name the format {FORMAT_NAME!r}")
     version = meta.get("version")
-    if not _is_int(version) or version != FORMAT_VERSION:
-        newer = _is_int(version) and version > FORMAT_VERSION
+    if not is_whole_number(version) or version != FORMAT_VERSION:
+        newer = is_whole_number(version) and version > FORMAT_VERSION
         raise CheckpointError(f"{path} has checkpoint format version {version!r}; this "
                               f"tinytok reads version {FORMAT_VERSION}"
                               + (" (upgrade tinytok)" if newer else ""))
@@ -267,7 +267,7 @@ def _check_meta_fields(path, meta):
     problems = []
     if not isinstance(meta.get("kind"), str):
         problems.append("'kind' is not a string")
-    if not _is_int(meta.get("step")) or meta["step"] < 0:
+    if not is_whole_number(meta.get("step")):
         problems.append("'step' is not an integer >= 0")
     if not isinstance(meta.get("config"), dict):
         problems.append("'config' is not a dict")
@@ -341,10 +341,6 @@ def check_params_match(params, expected, path=None):
 
 def _is_array(x):
     return isinstance(x, np.ndarray) or backend.is_cupy_array(x)
-
-
-def _is_int(x):
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def _names(keys, limit=5):

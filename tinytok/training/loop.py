@@ -29,6 +29,7 @@ import numpy as np
 from tinytok import backend
 from tinytok.distributed import SINGLE
 from tinytok.errors import CheckpointError, ConfigError, TinytokError
+from tinytok.ops.checks import require_positive_int
 from tinytok.training.checkpoint import check_params_match, load_checkpoint, save_checkpoint
 from tinytok.training.optim import adamw_step, clip_grad_norm, has_nonfinite, lr_schedule
 
@@ -57,10 +58,7 @@ class TrainSettings:
 
     def check(self):
         for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ConfigError(f"{name.replace('_', '-')} must be a whole number >= 1, "
-                                  f"got {value!r}")
+            require_positive_int(name.replace("_", "-"), getattr(self, name))
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
         if self.warmup < 0:

@@ -24,6 +24,7 @@ import numpy as np
 
 from tinytok import backend
 from tinytok.errors import ConfigError, DTypeError, ShapeError
+from tinytok.ops.checks import require_positive_int
 
 
 # ----------------------------------------------------------------------------------------
@@ -233,8 +234,7 @@ def lr_schedule(step, base_lr, warmup_steps, total_steps, min_lr=0.0):
 def _check_schedule_args(step, base_lr, warmup_steps, total_steps, min_lr):
     for name, value in (("step", step), ("warmup_steps", warmup_steps),
                         ("total_steps", total_steps)):
-        if not _is_int(value) or value < 0:
-            raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        require_positive_int(name, value, minimum=0)
     if total_steps < 1 or warmup_steps > total_steps:
         raise ConfigError(f"need 0 <= warmup_steps <= total_steps and total_steps >= 1, "
                           f"got warmup_steps={warmup_steps}, total_steps={total_steps}")
@@ -252,10 +252,6 @@ def _check_arrays(arrays, what):
         if not (isinstance(a, np.ndarray) or backend.is_cupy_array(a)):
             raise DTypeError(f"{what}[{name!r}] is a {type(a).__name__}, not an array; "
                              "in-place updates need arrays")
-
-
-def _is_int(x):
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def _is_real(x):

@@ -15,7 +15,8 @@ import numpy as np
 from tinytok import backend
 from tinytok.data.datasets import CAPTION_WORDS, make_shapes
 from tinytok.data.edits import INSTRUCTION_WORDS
-from tinytok.errors import CheckpointError, ConfigError, ShapeError
+from tinytok.errors import CheckpointError, ShapeError
+from tinytok.ops.checks import require_positive_int
 from tinytok.prior.vocab import Vocab
 from tinytok.training.checkpoint import read_npz_safely, write_npz_atomic
 from tinytok.training.progress import Progress, print_to_stderr
@@ -84,8 +85,7 @@ def encode_dataset_tokens(encode_fn, images, batch_size=256, progress=None):
     encode_fn takes uint8 images (b, H, W, 3) and returns codes (b, g, g), NumPy or CuPy.
     progress (a training.progress.Progress over the images), if given, follows the batches.
     """
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    require_positive_int("batch_size", batch_size)
     if len(images) == 0:
         raise ShapeError("no images to encode")
     parts = []

@@ -49,71 +49,99 @@ def train_prior(data, config, settings, out, resume=False, p_caption_layout=0.5,
     arguments. Returns the loss history.
     """
     settings.check()
-    lo, hi = batch_share(settings.batch_size, world)   # this process's rows of each batch
     log, progress_stream = quiet_unless_root(world, log, progress_stream)
-    xp = backend.xp()
-    params = init_gpt_params(config, seed=settings.seed)
-    if init is not None:
-        params = warm_start(params, data.vocab, *init)
-    bank = conversation_bank(data, config, p_conversation)
-    opt_state = adamw_init(params)
-    start, history = 0, []
-    run_config = {"model": config_dict(config), "vocab": data.vocab.to_dict(),
-                  "train": settings_dict(settings),
-                  "layouts": {"p_caption_layout": p_caption_layout,
-                              "p_drop_caption": p_drop_caption, "p_word_noise": p_word_noise,
-                              "p_conversation": p_conversation}}
+    layouts = {"p_caption_layout": p_caption_layout, "p_drop_caption": p_drop_caption,
+               "p_word_noise": p_word_noise, "p_conversation": p_conversation}
+    run = PriorRun(data, config, settings, layouts, init, world)
     if resume and os.path.exists(out):
-        resumed = resume_state(out, "prior", params, config_dict(config))
-        announce_resume(out, resumed, run_config, settings, log)
-        start, params, history = resumed.step, resumed.params, resumed.extra["history"]
-        opt_state = adamw_state_to_device(resumed.optimizer_state["adam"])
-    running = {"loss": None}
+        run.resume(out, log)
+    progress = Progress(settings.steps, run.start, "prior", settings.log_every, progress_stream,
+                        items_per_step=settings.batch_size * config.context, item="tok")
+    run_loop(settings, run.start, run.step, run.snapshot, run.probe, out, progress, world)
+    return run.history
 
-    def snapshot(step_count):
-        return host_copy(dict(kind="prior", params=params, step=step_count, config=run_config,
-                              optimizer_state={"adam": opt_state}, extra={"history": history}))
 
-    def batch(step):
+class PriorRun:
+    """The state of one training run of the prior and its steps: what train_prior's loop
+    calls. params and opt_state (AdamW) change in place at every step; history gains a
+    line every log_every steps; running_loss is the smoothed loss shown."""
+
+    def __init__(self, data, config, settings, layouts, init, world):
+        self.data, self.config, self.settings, self.layouts = data, config, settings, layouts
+        self.world, self.xp = world, backend.xp()
+        self.lo, self.hi = batch_share(settings.batch_size, world)   # this process's rows
+        self.params = init_gpt_params(config, seed=settings.seed)
+        if init is not None:
+            self.params = warm_start(self.params, data.vocab, *init)
+        self.bank = conversation_bank(data, config, layouts["p_conversation"])
+        self.opt_state = adamw_init(self.params)
+        self.start, self.history, self.running_loss = 0, [], None
+        self.run_config = {"model": config_dict(config), "vocab": data.vocab.to_dict(),
+                           "train": settings_dict(settings), "layouts": dict(layouts)}
+
+    def resume(self, out, log):
+        """Take up the run saved in out: parameters, optimizer state, history."""
+        resumed = resume_state(out, "prior", self.params, config_dict(self.config))
+        announce_resume(out, resumed, self.run_config, self.settings, log)
+        self.start, self.params = resumed.step, resumed.params
+        self.history = resumed.extra["history"]
+        self.opt_state = adamw_state_to_device(resumed.optimizer_state["adam"])
+
+    def snapshot(self, step_count):
+        """The checkpoint's contents after step_count steps, copied to the host."""
+        return host_copy(dict(kind="prior", params=self.params, step=step_count,
+                              config=self.run_config, optimizer_state={"adam": self.opt_state},
+                              extra={"history": self.history}))
+
+    def batch(self, step):
+        """This process's rows of the step's inputs and targets, and the count of targets
+        scored in the whole batch: one kind of batch (conversations, or the short layouts)
+        laid out whole from (seed, step) and cut to its longest sequence."""
+        data, config, settings, lay = self.data, self.config, self.settings, self.layouts
         rng = step_rng(settings.seed, step, 3)
-        if bank is not None and step_rng(settings.seed, step, 4).random() < p_conversation:
-            conversations = [random_conversation(rng, bank, data.vocab, p_drop_caption)
+        if (self.bank is not None
+                and step_rng(settings.seed, step, 4).random() < lay["p_conversation"]):
+            conversations = [random_conversation(rng, self.bank, data.vocab,
+                                                 lay["p_drop_caption"])
                              for _ in range(settings.batch_size)]
             inputs, targets = conversation_batch(data.vocab, conversations, config.context,
-                                                 rng, p_word_noise)
+                                                 rng, lay["p_word_noise"])
         else:
             idx = batch_indices(len(data.codes), settings.batch_size, settings.seed, step)
             inputs, targets = make_training_batch(
                 data.vocab, [data.captions[i] for i in idx], data.codes[idx], rng,
-                config.context, p_caption_layout, p_drop_caption, p_word_noise)
+                config.context, lay["p_caption_layout"], lay["p_drop_caption"],
+                lay["p_word_noise"])
         inputs, targets = cut_padding(inputs, targets)   # the whole batch's width
         counted = max(int((targets != -1).sum()), 1)     # targets scored in the whole batch
-        return xp.asarray(inputs[lo:hi]), xp.asarray(targets[lo:hi]), counted
+        lo, hi = self.lo, self.hi
+        return self.xp.asarray(inputs[lo:hi]), self.xp.asarray(targets[lo:hi]), counted
 
-    def forward(step):  # the loss alone: run_loop's last check before the final write
-        inputs, targets, counted = batch(step)
+    def probe(self, step):
+        """The loss alone, checked for NaN and inf: run_loop's last check before the final
+        write."""
+        inputs, targets, counted = self.batch(step)
         share = int((targets != -1).sum()) / counted
-        loss = {"loss": xp.asarray(gpt_loss_forward(inputs, targets, params, config)[0] * share)}
-        check_finite_loss(float(sum_over_processes(world, loss)["loss"]), step)
+        loss, _ = gpt_loss_forward(inputs, targets, self.params, self.config)
+        check_finite_loss(float(sum_over_processes(
+            self.world, {"loss": self.xp.asarray(loss * share)})["loss"]), step)
 
-    def step_fn(step):
-        grads = zeros_like_params(params)
-        inputs, targets, counted = batch(step)
-        loss = gpt_loss_grads(inputs, targets, params, config, grads, counted)  # every core
-        summed = {**{f"grad.{k}": g for k, g in grads.items()}, "loss": xp.asarray(loss)}
-        loss = float(sum_over_processes(world, summed)["loss"])   # one all-reduce
+    def step(self, step):
+        """One step: gradients on every core, one all-reduce, AdamW. Returns the figures."""
+        grads = zeros_like_params(self.params)
+        inputs, targets, counted = self.batch(step)
+        loss = gpt_loss_grads(inputs, targets, self.params, self.config, grads,
+                              counted)                                  # on every core
+        summed = {**{f"grad.{k}": g for k, g in grads.items()}, "loss": self.xp.asarray(loss)}
+        loss = float(sum_over_processes(self.world, summed)["loss"])   # one all-reduce
         check_finite_loss(loss, step)
-        optimizer_step(params, grads, opt_state, settings, step)
+        optimizer_step(self.params, grads, self.opt_state, self.settings, step)
         # an exponential moving average reads better than the noisy per-batch loss
-        running["loss"] = loss if running["loss"] is None else 0.95 * running["loss"] + 0.05 * loss
-        if (step + 1) % settings.log_every == 0:
-            history.append({"step": step + 1, "loss": loss})
-        return {"loss": f"{running['loss']:.4f}", "lr": f"{settings.lr_at(step):.1e}"}
-
-    progress = Progress(settings.steps, start, "prior", settings.log_every, progress_stream,
-                        items_per_step=settings.batch_size * config.context, item="tok")
-    run_loop(settings, start, step_fn, snapshot, forward, out, progress, world)
-    return history
+        self.running_loss = (loss if self.running_loss is None
+                             else 0.95 * self.running_loss + 0.05 * loss)
+        if (step + 1) % self.settings.log_every == 0:
+            self.history.append({"step": step + 1, "loss": loss})
+        return {"loss": f"{self.running_loss:.4f}", "lr": f"{self.settings.lr_at(step):.1e}"}
 
 
 def cut_padding(inputs, targets):

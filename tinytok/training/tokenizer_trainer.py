@@ -26,6 +26,7 @@ from tinytok.parallel import for_batch_parts
 from tinytok.tokenizer.codebook import code_counts, kmeans_init, restart_dead_codes, usage_stats
 from tinytok.tokenizer.gumbel import gumbel_noise, temperature_at
 from tinytok.tokenizer.quantize import ema_apply, ema_init, ema_statistics
+from tinytok.tokenizer.quantizers import QUANTIZERS
 from tinytok.tokenizer.vqvae import (config_dict, encoder_forward, init_tokenizer_params,
                                      tokenizer_forward)
 from tinytok.training.loop import (announce_resume, check_finite_loss, host_copy,
@@ -38,7 +39,8 @@ from tinytok.training.steps import tokenizer_grads
 
 @dataclass
 class TokenizerRecipe:
-    """Codebook care for VQ and EMA: k-means start, dead-code restarts, EMA decay."""
+    """Codebook care: k-means start, dead-code restarts, EMA decay (each applies to the
+    quantizers whose record in tinytok.tokenizer.quantizers.QUANTIZERS asks for it)."""
     kmeans_init: bool = True        # start the codebook from k-means of encoder outputs
     kmeans_images: int = 1024       # images encoded for the k-means start
     restart_every: int = 100        # look for dead codes every this many steps (0: never)
@@ -58,115 +60,152 @@ def train_tokenizer(images, config, settings, out, recipe=None, resume=False,
     Returns the history, a list of dicts with the figures logged along the way.
     """
     settings.check()
-    lo, hi = batch_share(settings.batch_size, world)   # this process's rows of each batch
     log, progress_stream = quiet_unless_root(world, log, progress_stream)
-    recipe = recipe or TokenizerRecipe()
-    xp = backend.xp()
-    params = init_tokenizer_params(config, seed=settings.seed)
-    uses_codebook_loss = config.quantizer in ("vq", "gumbel")
-    trainable = [k for k in params if uses_codebook_loss or k != "quant.codebook"]
-    if config.quantizer == "fsq" and (recipe.kmeans_init or recipe.restart_every):
+    run = TokenizerRun(images, config, settings, recipe or TokenizerRecipe(), world)
+    if not run.quantizer.has_codebook and (run.recipe.kmeans_init or run.recipe.restart_every):
         # FSQ's codes are a fixed grid, not a parameter: nothing to start or to move
-        log("fsq has no codebook: skipping the k-means start and dead-code restarts")
-    start, history = 0, []
-    ema_state, window = None, xp.zeros(config.num_codes, dtype=xp.int64)
-    opt_state = adamw_init({k: params[k] for k in trainable})
-    run_config = {"model": config_dict(config), "train": settings_dict(settings),
-                  "recipe": asdict(recipe)}
-
+        log(f"{config.quantizer} has no codebook: skipping the k-means start and dead-code "
+            "restarts")
     if resume and os.path.exists(out):
-        resumed = resume_state(out, "tokenizer", params, config_dict(config))
-        announce_resume(out, resumed, run_config, settings, log,
-                        "the learning-rate schedule" + (" and the Gumbel temperature"
-                                                        if config.quantizer == "gumbel" else ""))
-        start, params, history = resumed.step, resumed.params, resumed.extra["history"]
-        opt_state = adamw_state_to_device(resumed.optimizer_state["adam"])
+        run.resume(out, log)
+    else:
+        run.start_codebook()
+    progress = Progress(settings.steps, run.start, "tokenizer", settings.log_every,
+                        progress_stream, items_per_step=settings.batch_size, item="img")
+    run_loop(settings, run.start, run.step, run.snapshot, run.probe, out, progress, world)
+    return run.history
+
+
+class TokenizerRun:
+    """The state of one training run and its steps: what train_tokenizer's loop calls.
+
+    params and opt_state (AdamW) change in place at every step; ema_state (the EMA
+    codebook's running counts and sums, None unless the quantizer has EMA updates) likewise;
+    window counts each code's uses since the last look at usage; history gains a line at
+    each look. Every one of them goes into the checkpoint, so a resumed run goes on exactly.
+    """
+
+    def __init__(self, images, config, settings, recipe, world):
+        self.images, self.config, self.settings, self.recipe = images, config, settings, recipe
+        self.world, self.xp = world, backend.xp()
+        self.quantizer = QUANTIZERS[config.quantizer]
+        self.lo, self.hi = batch_share(settings.batch_size, world)   # this process's rows
+        self.share = (self.hi - self.lo) / settings.batch_size       # of each batch's mean loss
+        self.params = init_tokenizer_params(config, seed=settings.seed)
+        # The gradient trains every parameter, the codebook too unless EMA updates move it.
+        self.trainable = [k for k in self.params
+                          if k != "quant.codebook" or not self.quantizer.ema_updates]
+        self.opt_state = adamw_init({k: self.params[k] for k in self.trainable})
+        self.ema_state = None
+        self.window = self.xp.zeros(config.num_codes, dtype=self.xp.int64)
+        self.start, self.history = 0, []
+        self.run_config = {"model": config_dict(config), "train": settings_dict(settings),
+                           "recipe": asdict(recipe)}
+
+    def start_codebook(self):
+        """A fresh run's codebook care before step 1: the k-means start, the EMA state."""
+        if self.quantizer.kmeans_start and self.recipe.kmeans_init:
+            codebook = self.params["quant.codebook"]   # every code on a real encoder output
+            if self.world.is_root:   # decided once: k-means amplifies the last bits of z
+                sample = self.images[step_rng(self.settings.seed, 0, 9).permutation(
+                    len(self.images))[:self.recipe.kmeans_images]]
+                z = encode_latents(sample, self.params, self.config)
+                codebook[...] = kmeans_init(z, self.config.num_codes, self.settings.seed)
+            share_from_root(self.world, {"codebook": codebook})
+        if self.quantizer.ema_updates:
+            self.ema_state = ema_init(self.params["quant.codebook"])
+
+    def resume(self, out, log):
+        """Take up the run saved in out: parameters, optimizer and EMA state, window, history."""
+        resumed = resume_state(out, "tokenizer", self.params, config_dict(self.config))
+        planned = "the learning-rate schedule" + (
+            " and the Gumbel temperature" if self.quantizer.annealed else "")
+        announce_resume(out, resumed, self.run_config, self.settings, log, planned)
+        self.start, self.params = resumed.step, resumed.params
+        self.history = resumed.extra["history"]
+        self.opt_state = adamw_state_to_device(resumed.optimizer_state["adam"])
         if resumed.optimizer_state.get("ema") is not None:
-            ema_state = backend.params_to_device(resumed.optimizer_state["ema"])
-        window = xp.asarray(resumed.extra["window_counts"])
-    elif config.quantizer in ("vq", "ema"):
-        if recipe.kmeans_init:  # start every code on a real encoder output
-            if world.is_root:   # decided once: k-means amplifies the last bits of z
-                sample = images[step_rng(settings.seed, 0, 9).permutation(len(images))
-                                [:recipe.kmeans_images]]
-                z = encode_latents(sample, params, config)
-                params["quant.codebook"][...] = kmeans_init(z, config.num_codes, settings.seed)
-            share_from_root(world, {"codebook": params["quant.codebook"]})
-        if config.quantizer == "ema":
-            ema_state = ema_init(params["quant.codebook"])
+            self.ema_state = backend.params_to_device(resumed.optimizer_state["ema"])
+        self.window = self.xp.asarray(resumed.extra["window_counts"])
 
-    def snapshot(step_count):
+    def snapshot(self, step_count):
+        """The checkpoint's contents after step_count steps, copied to the host."""
         return host_copy(dict(
-            kind="tokenizer", params=params, step=step_count, config=run_config,
-            optimizer_state={"adam": opt_state, "ema": ema_state},
-            extra={"history": history, "window_counts": window}))
+            kind="tokenizer", params=self.params, step=step_count, config=self.run_config,
+            optimizer_state={"adam": self.opt_state, "ema": self.ema_state},
+            extra={"history": self.history, "window_counts": self.window}))
 
-    share = (hi - lo) / settings.batch_size   # of every batch's mean loss
-
-    def batch(step):
+    def batch(self, step):
         """This process's rows of the step's images, Gumbel temperature and noise (None for
-        VQ): drawn for the whole batch from (seed, step), then cut to rows lo..hi-1."""
-        idx = batch_indices(len(images), settings.batch_size, settings.seed, step)
+        the others): drawn for the whole batch from (seed, step), then cut to rows lo..hi-1."""
+        settings, config, lo, hi = self.settings, self.config, self.lo, self.hi
+        idx = batch_indices(len(self.images), settings.batch_size, settings.seed, step)
         tau, noise = 1.0, None
-        if config.quantizer == "gumbel":
-            tau = temperature_at(step, settings.steps, recipe.tau_start, recipe.tau_end)
+        if self.quantizer.annealed:
+            tau = temperature_at(step, settings.steps, self.recipe.tau_start, self.recipe.tau_end)
             g = config.grid_size
-            noise = xp.asarray(gumbel_noise((len(idx), config.num_codes, g, g),
-                                            step_rng(settings.seed, step, 1))[lo:hi])
-        return images_to_model(images[idx[lo:hi]]), tau, noise
+            noise = self.xp.asarray(gumbel_noise((len(idx), config.num_codes, g, g),
+                                                 step_rng(settings.seed, step, 1))[lo:hi])
+        return images_to_model(self.images[idx[lo:hi]]), tau, noise
 
-    def forward(step):  # the loss alone: run_loop's last check before the final write
-        x, tau, noise = batch(step)
-        loss = {"loss": xp.asarray(tokenizer_forward(x, params, config, tau, noise)[0]["loss"]
-                                   * share)}
-        check_finite_loss(float(sum_over_processes(world, loss)["loss"]), step)
+    def probe(self, step):
+        """The loss alone, checked for NaN and inf: run_loop's last check before the final
+        write."""
+        x, tau, noise = self.batch(step)
+        out, _ = tokenizer_forward(x, self.params, self.config, tau, noise)
+        loss = {"loss": self.xp.asarray(out["loss"] * self.share)}
+        check_finite_loss(float(sum_over_processes(self.world, loss)["loss"]), step)
 
-    def step_fn(step):
-        nonlocal window
-        grads = zeros_like_params(params)
-        x, tau, noise = batch(step)
-        out_dict = tokenizer_grads(x, params, config, grads, tau, noise,
-                                   of_batch=settings.batch_size)      # on every core
-        summed = sum_over_processes(world, batch_sums(grads, out_dict))  # one all-reduce
+    def step(self, step):
+        """One step: gradients on every core, one all-reduce, AdamW, the EMA codebook, and
+        every window of steps a look at code usage. Returns the figures to show."""
+        grads = zeros_like_params(self.params)
+        x, tau, noise = self.batch(step)
+        out = tokenizer_grads(x, self.params, self.config, grads, tau, noise,
+                              of_batch=self.settings.batch_size)             # on every core
+        summed = sum_over_processes(self.world, self.batch_sums(grads, out))  # one all-reduce
         loss = float(summed["loss"])
         check_finite_loss(loss, step)
-        optimizer_step(params, grads, opt_state, settings, step, trainable)
-        if ema_state is not None:
-            ema_apply(params["quant.codebook"], ema_state, summed["ema.counts"],
-                      summed["ema.sums"], recipe.ema_decay)
-        window = window + summed["code_counts"]
-        figures = {"loss": f"{loss:.4f}",
-                   "psnr": f"{10 * math.log10(1 / max(float(summed['recon_loss']), 1e-10)):.2f}"}
-        if config.quantizer == "gumbel":
+        optimizer_step(self.params, grads, self.opt_state, self.settings, step, self.trainable)
+        if self.ema_state is not None:
+            ema_apply(self.params["quant.codebook"], self.ema_state, summed["ema.counts"],
+                      summed["ema.sums"], self.recipe.ema_decay)
+        self.window = self.window + summed["code_counts"]
+        psnr = 10 * math.log10(1 / max(float(summed["recon_loss"]), 1e-10))
+        figures = {"loss": f"{loss:.4f}", "psnr": f"{psnr:.2f}"}
+        if self.quantizer.annealed:
             figures["tau"] = f"{tau:.3f}"
-        window_len = recipe.restart_every or recipe.stats_every  # steps of usage counting
-        if window_len and (step + 1) % window_len == 0:
-            stats = usage_stats(window)
-            figures.update(usage=f"{stats['usage']:.0%}", ppl=f"{stats['perplexity']:.0f}")
-            if recipe.restart_every and config.quantizer in ("vq", "ema"):
-                figures["restarted"] = restart_on_root(world, params["quant.codebook"],
-                                                       window, out_dict["z"],
-                                                       [settings.seed, step, 2], ema_state)
-            history.append({"step": step + 1, "loss": loss, **stats})
-            window = xp.zeros_like(window)
+        figures.update(self.look_at_usage(step, loss, out["z"]))
         return figures
 
-    def batch_sums(grads, out_dict):
+    def batch_sums(self, grads, out):
         """Everything of this step that is a sum over the batch's examples, as one flat dict
         of arrays: the gradients, this share's part of the losses, the code counts."""
         sums = {f"grad.{k}": g for k, g in grads.items()}
         for key in ("loss", "recon_loss"):  # 0-d arrays, which the all-reduce writes into
-            sums[key] = xp.asarray(out_dict[key] * share)
-        if ema_state is not None:
+            sums[key] = self.xp.asarray(out[key] * self.share)
+        if self.ema_state is not None:
             sums["ema.counts"], sums["ema.sums"] = ema_statistics(
-                out_dict["z"], out_dict["ids"], config.num_codes, params["quant.codebook"].dtype)
-        sums["code_counts"] = code_counts(out_dict["ids"], config.num_codes)
+                out["z"], out["ids"], self.config.num_codes, self.params["quant.codebook"].dtype)
+        sums["code_counts"] = code_counts(out["ids"], self.config.num_codes)
         return sums
 
-    progress = Progress(settings.steps, start, "tokenizer", settings.log_every,
-                        progress_stream, items_per_step=settings.batch_size, item="img")
-    run_loop(settings, start, step_fn, snapshot, forward, out, progress, world)
-    return history
+    def look_at_usage(self, step, loss, z):
+        """At the end of each window of steps (restart_every, or stats_every without
+        restarts): the usage figures, a line of history, the dead-code restarts (made from
+        this step's encoder outputs z), and a fresh window. Returns the figures to show."""
+        window_len = self.recipe.restart_every or self.recipe.stats_every
+        if not window_len or (step + 1) % window_len:
+            return {}
+        stats = usage_stats(self.window)
+        figures = {"usage": f"{stats['usage']:.0%}", "ppl": f"{stats['perplexity']:.0f}"}
+        if self.recipe.restart_every and self.quantizer.restarts:
+            figures["restarted"] = restart_on_root(self.world, self.params["quant.codebook"],
+                                                   self.window, z, [self.settings.seed, step, 2],
+                                                   self.ema_state)
+        self.history.append({"step": step + 1, "loss": loss, **stats})
+        self.window = self.xp.zeros_like(self.window)
+        return figures
 
 
 def restart_on_root(world, codebook, window, z, seed, ema_state):

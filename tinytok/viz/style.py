@@ -9,6 +9,7 @@ from PIL import Image, ImageFont
 from tinytok.backend import to_numpy
 from tinytok.errors import ConfigError, DTypeError, ShapeError
 from tinytok.files import write_atomically
+from tinytok.ops.checks import require_positive_int
 
 BACKGROUND = (28, 28, 32)    # dark neutral grey, a little blue
 TEXT = (222, 222, 228)
@@ -52,9 +53,7 @@ def _check_len(items, n, what):
 
 def _check_int(value, what, minimum=1):
     """value as an int >= minimum (scale, gap, ...), or a ConfigError."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(f"{what} must be a whole number >= {minimum}, got {value!r}")
-    return int(value)
+    return require_positive_int(what, value, minimum)
 
 
 def upscale(images, scale):
