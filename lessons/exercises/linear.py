@@ -3,7 +3,7 @@
     y = x @ w + b          x (..., in)   w (in, out)   b (out,)   ->   y (..., out)
 
 All leading axes of x are rows: x (2, 3, in) is 6 rows. The backward gets dout = dL/dy
-(y's shape) and returns dx (x's shape), dw (w's shape) and db (b's shape). Lesson 02 derives
+(y's shape) and returns dx (x's shape), dw (w's shape) and db (b's shape). Lesson 2 derives
 them; the shape of each is a strong hint.
 
 Check:     tinytok check linear lessons/exercises/linear.py
