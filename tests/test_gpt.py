@@ -1,16 +1,20 @@
 """The prior: end-to-end gradient check of the loss, the block and MLP pairs, the tied head,
-causality, ignored targets, the context limit and parity with a PyTorch re-implementation."""
+causality, ignored targets, the context limit, the KV cache (the block and the model fed in
+pieces) and parity with a PyTorch re-implementation."""
 import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import reference_models as ref
 from tinytok.errors import ConfigError, DTypeError, ShapeError
-from tinytok.prior.gpt import (GPTConfig, block_backward, block_forward, gpt_config, gpt_forward,
-                               gpt_loss_backward, gpt_loss_forward, init_gpt_params,
+from tinytok.ops.attention import KVCache
+from tinytok.prior.gpt import (GPTConfig, block_backward, block_forward, gpt_backward, gpt_config,
+                               gpt_forward, gpt_loss_backward, gpt_loss_forward, init_gpt_params,
                                layer_norm_named_backward, layer_norm_named_forward, mlp_backward,
-                               mlp_forward)
+                               mlp_forward, new_kv_cache)
 from tinytok.training.optim import zeros_like_params
 from tinytok.gradcheck import assert_gradients_close, relative_error
 from tinytok.ops import (cross_entropy_backward, cross_entropy_forward, embedding_backward,
@@ -216,6 +220,91 @@ def test_ids_must_be_a_2d_int_array():
         gpt_forward(np.zeros((1, 3)), params, TINY)
     with pytest.raises(ShapeError):
         gpt_forward(np.zeros(3, dtype=np.int64), params, TINY)
+
+
+# --- the KV cache ---------------------------------------------------------------------------
+
+@st.composite
+def cuts_of(draw, T):
+    """The ends of the pieces a sequence of T tokens is fed in: a prompt, then any split."""
+    inner = draw(st.sets(st.integers(1, T - 1), max_size=T - 1)) if T > 1 else set()
+    return sorted(inner) + [T]
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data(), T=st.integers(1, 8), seed=st.integers(0, 2 ** 16))
+def test_block_fed_in_pieces_through_a_kv_cache_equals_the_whole(data, T, seed):
+    params = scaled_params(TINY, seed=seed % 7)
+    x = x_in(seed, T=T)
+    want, _ = block_forward(x, params, "gpt.h1", TINY.n_head)
+    kv = KVCache.empty((2, TINY.n_head, TINY.context, TINY.n_embd // TINY.n_head), like=x)
+    got, start = [], 0
+    for end in data.draw(cuts_of(T)):
+        y, _ = block_forward(x[:, start:end], params, "gpt.h1", TINY.n_head, kv)
+        got.append(y)
+        start = end
+    np.testing.assert_allclose(np.concatenate(got, axis=1), want, rtol=1e-12, atol=1e-12)
+    assert kv.length == T
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data(), T=st.integers(1, 8), seed=st.integers(0, 2 ** 16))
+def test_model_fed_in_pieces_through_a_kv_cache_equals_the_whole(data, T, seed):
+    """Each piece's tokens get their positions after the cached ones: the logits are the
+    plain forward's, and every layer's cache holds the T tokens."""
+    params = scaled_params(TINY, seed=seed % 7)
+    ids, _ = batch(TINY, seed=seed, T=T, ignore=False)
+    want, _ = gpt_forward(ids, params, TINY)
+    kv = new_kv_cache(params, TINY, 2)
+    got, start = [], 0
+    for end in data.draw(cuts_of(T)):
+        logits, _ = gpt_forward(ids[:, start:end], params, TINY, kv)
+        got.append(logits)
+        start = end
+    np.testing.assert_allclose(np.concatenate(got, axis=1), want, rtol=1e-12, atol=1e-12)
+    assert [layer.length for layer in kv] == [T] * TINY.n_layer
+
+
+def test_new_kv_cache_is_empty_room_for_the_context_on_the_params_dtype():
+    params = scaled_params(TINY, dtype="float32")
+    kv = new_kv_cache(params, TINY, 3)
+    assert len(kv) == TINY.n_layer
+    for layer in kv:
+        assert layer.length == 0
+        assert layer.k.shape == layer.v.shape == (3, 2, TINY.context, 4)
+        assert layer.k.dtype == np.float32 and not layer.k.any()
+
+
+def test_forwards_with_a_kv_cache_give_no_cache_and_the_backwards_say_so():
+    params = scaled_params(TINY)
+    ids, _ = batch(TINY, T=4)
+    kv = new_kv_cache(params, TINY, 2)
+    logits, cache = gpt_forward(ids, params, TINY, kv)
+    assert cache is None
+    y, block_cache = block_forward(x_in(T=2), params, "gpt.h1", TINY.n_head,
+                                   KVCache.empty((2, 2, 8, 4), like=logits))
+    assert block_cache is None
+    grads = zeros_like_params(params)
+    with pytest.raises(ConfigError, match="gpt_backward: no cache, as its forward ran with a "
+                                          "KV cache.*without kv to train"):
+        gpt_backward(np.ones_like(logits), cache, grads, TINY)
+    with pytest.raises(ConfigError, match="block_backward: no cache"):
+        block_backward(np.ones_like(y), block_cache, grads, "gpt.h1")
+    assert not any(g.any() for g in grads.values())
+
+
+def test_kv_cache_misuse_is_a_clear_error():
+    params = scaled_params(TINY)
+    ids, _ = batch(TINY, T=5)
+    kv = new_kv_cache(params, TINY, 2)
+    gpt_forward(ids, params, TINY, kv)
+    with pytest.raises(ConfigError, match="5 tokens and 4 more would run past the context of 8"):
+        gpt_forward(ids[:, :4], params, TINY, kv)
+    with pytest.raises(ShapeError, match="KV cache holds 2 sequences"):
+        gpt_forward(ids[:1, :1], params, TINY, kv)
+    with pytest.raises(ShapeError, match="the KV cache has 1 layers, the model 2"):
+        gpt_forward(ids, params, TINY, kv[:1])
+    assert [layer.length for layer in kv] == [5, 5]          # nothing was fed
 
 
 # --- parameters and configs -----------------------------------------------------------------

@@ -1,14 +1,16 @@
-"""causal_self_attention: gradients, a per-head loop reference, the causal mask, errors."""
+"""causal_self_attention: gradients, a per-head loop reference, the causal mask, the KV
+cache (the same outputs fed in pieces), errors."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import reference as ref
-from tinytok.backend import to_numpy
+from tinytok.backend import get_array_module, to_numpy
 from tinytok.errors import ConfigError, DTypeError, ShapeError, TinytokError
 from tinytok.gradcheck import assert_gradients_close
 from tinytok.ops import causal_self_attention_backward, causal_self_attention_forward
+from tinytok.ops.attention import KVCache, causal_mask
 
 
 def attention_inputs(B, T, n_head, hs, seed, xp=np, dtype=np.float64):
@@ -92,6 +94,101 @@ def test_heads_use_consecutive_column_chunks():
     y2, _ = causal_self_attention_forward(x, w_qkv2, b_qkv, w_proj, b_proj, n_head=2)
     assert np.array_equal(y[..., :3], y2[..., :3])
     assert not np.allclose(y[..., 3:], y2[..., 3:])
+
+
+# --- the KV cache ---------------------------------------------------------------------------
+
+def empty_kv(x, n_head, capacity):
+    B, _, C = x.shape
+    return KVCache.empty((B, n_head, capacity, C // n_head), like=x)
+
+
+def fed_in_pieces(x, params, n_head, cuts, capacity=None):
+    """The outputs for x (B, T, C) fed through one KV cache in pieces x[:, a:b] (cuts lists
+    the b's), concatenated, and the cache."""
+    kv = empty_kv(x, n_head, capacity or x.shape[1])
+    xp = get_array_module(x)
+    outs, start = [], 0
+    for end in cuts:
+        out, _ = causal_self_attention_forward(x[:, start:end], *params, n_head, kv=kv)
+        assert kv.length == end
+        outs.append(out)
+        start = end
+    return xp.concatenate(outs, axis=1), kv
+
+
+@st.composite
+def pieces(draw):
+    """B, T, n_head, hs, seed and the ends of the pieces T is fed in (prefix lengths)."""
+    B, T, n_head, hs, seed = draw(shapes)
+    cuts = sorted(draw(st.sets(st.integers(1, T - 1), max_size=T - 1)) if T > 1 else set())
+    return B, T, n_head, hs, seed, cuts + [T]
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=pieces(), extra=st.integers(0, 3))
+def test_attention_fed_in_pieces_through_a_kv_cache_equals_the_whole(xp, case, extra):
+    """Each piece sees the cached prefix and itself, causally: the outputs are the plain
+    forward's over the whole sequence, with room to spare in the cache or none."""
+    B, T, n_head, hs, seed, cuts = case
+    x, *params = attention_inputs(B, T, n_head, hs, seed, xp)
+    want, _ = causal_self_attention_forward(x, *params, n_head)
+    got, kv = fed_in_pieces(x, params, n_head, cuts, capacity=T + extra)
+    np.testing.assert_allclose(to_numpy(got), to_numpy(want), rtol=1e-12, atol=1e-12)
+    _, plain = causal_self_attention_forward(x, *params, n_head)
+    for cached, whole in ((kv.k, plain.k), (kv.v, plain.v)):   # the keys and values stored
+        np.testing.assert_allclose(to_numpy(cached[:, :, :T]), to_numpy(whole), rtol=1e-12,
+                                   atol=1e-12)
+
+
+@pytest.mark.parametrize("T, past", [(1, 0), (3, 0), (1, 4), (3, 2), (4, 5)])
+def test_causal_mask_after_past_keys(T, past):
+    """Query t sits at position past + t: it sees keys 0 .. past + t and no later one."""
+    mask = causal_mask(T, np, np.float64, past)
+    assert mask.shape == (T, past + T)
+    s, t = np.meshgrid(np.arange(past + T), np.arange(T))
+    assert np.all(mask[s <= past + t] == 0)
+    assert np.all(np.isneginf(mask[s > past + t]))
+
+
+def test_repeated_kv_cache_copies_each_sequence():
+    x, *params = attention_inputs(2, 3, 2, 2, seed=4)
+    kv = empty_kv(x, 2, 5)
+    causal_self_attention_forward(x, *params, 2, kv=kv)
+    copy = kv.repeated(3)
+    assert copy.length == 3 and copy.k.shape == (6, 2, 5, 2)
+    np.testing.assert_array_equal(copy.k[:3], np.repeat(kv.k[:1], 3, axis=0))
+    np.testing.assert_array_equal(copy.v[3:], np.repeat(kv.v[1:], 3, axis=0))
+    copy.k[...] = 0                                  # its own buffers
+    assert np.any(kv.k != 0)
+
+
+def test_a_forward_with_a_kv_cache_gives_no_cache_and_the_backward_says_so():
+    """Sampling never runs backward, and a cached forward's gradient would also belong to
+    the cached tokens: the forward keeps nothing for a backward, which says why."""
+    x, *params = attention_inputs(1, 4, 2, 3, seed=0)
+    kv = empty_kv(x, 2, 4)
+    for piece in (x[:, :3], x[:, 3:]):          # the whole prompt, then one token after it
+        out, cache = causal_self_attention_forward(piece, *params, 2, kv=kv)
+        assert cache is None
+        with pytest.raises(ConfigError, match="no cache, as its forward ran with a KV cache"):
+            causal_self_attention_backward(np.ones_like(out), cache)
+
+
+def test_attention_rejects_a_kv_cache_that_does_not_fit():
+    x, *params = attention_inputs(2, 3, 2, 3, seed=0)             # B 2, C 6: 2 heads of 3
+    with pytest.raises(ShapeError, match="holds 1 sequences of 2 heads of width 3, x needs 2"):
+        causal_self_attention_forward(x, *params, 2, kv=KVCache.empty((1, 2, 8, 3), like=x))
+    with pytest.raises(ShapeError, match="3 heads of width 2, x needs 2 of 2 of width 3"):
+        causal_self_attention_forward(x, *params, 2, kv=KVCache.empty((2, 3, 8, 2), like=x))
+    kv = KVCache.empty((2, 2, 5, 3), like=x)
+    causal_self_attention_forward(x, *params, 2, kv=kv)
+    with pytest.raises(ShapeError, match="room for 5 tokens and holds 3: 3 more do not fit"):
+        causal_self_attention_forward(x, *params, 2, kv=kv)
+    assert kv.length == 3                                        # nothing written
+    with pytest.raises(DTypeError, match="the KV cache is float32 but x is float64"):
+        causal_self_attention_forward(
+            x, *params, 2, kv=KVCache.empty((2, 2, 5, 3), like=x.astype(np.float32)))
 
 
 # --- errors -------------------------------------------------------------------------------

@@ -8,11 +8,10 @@ from hypothesis import strategies as st
 import reference_models as ref
 from tinytok.backend import to_numpy
 from tinytok.errors import ConfigError, TinytokError
-from tinytok.prior.gpt import GPTConfig, gpt_forward, init_gpt_params
+from tinytok.prior.gpt import GPTConfig, gpt_forward, init_gpt_params, new_kv_cache
 from tinytok.prior.settings import PLAIN, Sampling
-from tinytok.prior.sample import (NextTokenLogits, continue_sequences,
-                                  draw, filter_logits, gpt_forward_cached, guided,
-                                  new_kv_cache)
+from tinytok.prior.sample import (NextTokenLogits, continue_sequences, draw, filter_logits,
+                                  guided)
 
 CFG = GPTConfig("test-sample", vocab_size=17, context=12, n_layer=2, n_head=2, n_embd=16)
 FEW = settings(max_examples=30, deadline=None)
@@ -54,9 +53,9 @@ def test_cached_forward_of_a_full_sequence_equals_the_plain_forward():
     ids = tokens(2, 2, 9)
     want, _ = gpt_forward(ids, params, CFG)
     kv = new_kv_cache(params, CFG, 2)
-    got = gpt_forward_cached(ids, params, CFG, kv)
+    got, _ = gpt_forward(ids, params, CFG, kv)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
-    assert kv["length"] == 9
+    assert [layer.length for layer in kv] == [9] * CFG.n_layer
 
 
 def test_cached_forward_in_chunks_equals_the_plain_forward():
@@ -64,7 +63,7 @@ def test_cached_forward_in_chunks_equals_the_plain_forward():
     ids = tokens(3, 2, 10)
     want, _ = gpt_forward(ids, params, CFG)
     kv = new_kv_cache(params, CFG, 2)
-    parts = [gpt_forward_cached(ids[:, a:b], params, CFG, kv)
+    parts = [gpt_forward(ids[:, a:b], params, CFG, kv)[0]
              for a, b in [(0, 3), (3, 5), (5, 6), (6, 10)]]
     np.testing.assert_allclose(np.concatenate(parts, axis=1), want, rtol=1e-12, atol=1e-12)
 

@@ -6,7 +6,8 @@ fed to our backward. Agreement is to float32 rounding (rtol 1e-4, atol 1e-5).
 import numpy as np
 import pytest
 
-from tinytok.ops import PAIRS
+from tinytok.ops import PAIRS, causal_self_attention_forward
+from tinytok.ops.attention import KVCache
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -118,6 +119,28 @@ def test_attention_matches_torch_sdpa(B, T, n_head, hs):
             [((B, T, C), 1.0), ((C, 3 * C), C ** -0.5), ((3 * C,), 0.1), ((C, C), C ** -0.5),
              ((C,), 0.1)]]
     assert_matches_torch("causal_self_attention", args, {"n_head": n_head}, [0, 1, 2, 3, 4])
+
+
+@pytest.mark.parametrize("B, T, n_head, hs, cuts", [(2, 8, 4, 4, [5, 6, 7, 8]),
+                                                     (1, 3, 1, 4, [1, 2, 3]),
+                                                     (3, 6, 2, 8, [2, 6])])
+def test_attention_through_a_kv_cache_matches_torch_sdpa_on_the_whole(B, T, n_head, hs, cuts):
+    """Fed in pieces (a prompt, then a token at a time) through a KV cache, the outputs are
+    torch's causal attention over the whole sequence."""
+    C = n_head * hs
+    rng = np.random.default_rng(T)
+    x, *params = [rng.standard_normal(s).astype(np.float32) * scale for s, scale in
+                  [((B, T, C), 1.0), ((C, 3 * C), C ** -0.5), ((3 * C,), 0.1),
+                   ((C, C), C ** -0.5), ((C,), 0.1)]]
+    kv = KVCache.empty((B, n_head, T, hs), like=x)
+    outs, start = [], 0
+    for end in cuts:
+        out, _ = causal_self_attention_forward(x[:, start:end], *params, n_head, kv=kv)
+        outs.append(out)
+        start = end
+    want = torch_attention(*(torch.from_numpy(a) for a in [x, *params]), n_head=n_head)
+    np.testing.assert_allclose(np.concatenate(outs, axis=1), want.numpy(), rtol=RTOL,
+                               atol=ATOL)
 
 
 @pytest.mark.parametrize("ignore_index", [-1, -100])

@@ -6,21 +6,30 @@ all heads of all sequences go through one batched matrix product.
 
 Layout (nanoGPT's): the columns of w_qkv are [q | k | v], each C wide, and each of those is
 split into n_head consecutive chunks of hs = C // n_head channels.
+
+For sampling, the forward also takes a KV cache: the keys and values of the P tokens fed
+before. The new tokens' keys and values are written after them and the queries attend over
+all P + T; the same arithmetic, with the causal mask shifted by P. The mask is the one line
+that makes this attention causal: another pattern (none, or a block-causal one) would change
+that line only.
 """
 import math
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from tinytok.backend import get_array_module
-from tinytok.errors import ShapeError
+from tinytok.errors import ConfigError, ShapeError
 from tinytok.ops.checks import (require_float, require_ndim, require_positive_int,
                                 require_same_dtype, require_shape)
 from tinytok.ops.linear import LinearCache, linear_backward, linear_forward
 from tinytok.ops.softmax import softmax
 
 
-def causal_mask(T, xp, dtype):
-    """(T, T) additive mask: 0 where key s <= query t, -inf above the diagonal."""
-    return xp.triu(xp.full((T, T), -xp.inf, dtype=dtype), k=1)
+def causal_mask(T, xp, dtype, past=0):
+    """(T, past + T) additive mask for T queries after past earlier keys: query t sits at
+    position past + t and sees keys 0 .. past + t, so 0 there and -inf to the right of it.
+    With past = 0 the (T, T) square: -inf above the diagonal."""
+    return xp.triu(xp.full((T, past + T), -xp.inf, dtype=dtype), k=past + 1)
 
 
 def split_heads(x, n_head):
@@ -35,6 +44,40 @@ def merge_heads(x):
     return x.transpose(0, 2, 1, 3).reshape(B, T, nh * hs)
 
 
+@dataclass
+class KVCache:
+    """One attention layer's keys and values of the tokens fed so far, for sampling.
+
+    k, v (B, n_head, capacity, hs) are buffers; positions 0 .. length-1 are filled. A
+    forward given this cache writes its T tokens' keys and values after them and reads
+    all length + T back (append), so each token is run through the layer once.
+    """
+    k: Any
+    v: Any
+    length: int = 0
+
+    @classmethod
+    def empty(cls, shape, like):
+        """Zeroed buffers of shape (B, n_head, capacity, hs), on like's device and dtype."""
+        xp = get_array_module(like)
+        return cls(xp.zeros(shape, like.dtype), xp.zeros(shape, like.dtype))
+
+    def repeated(self, batch):
+        """A copy holding batch copies of each sequence (B becomes B * batch)."""
+        xp = get_array_module(self.k)
+        return KVCache(xp.repeat(self.k, batch, axis=0), xp.repeat(self.v, batch, axis=0),
+                       self.length)
+
+    def append(self, k, v):
+        """Store k, v (B, nh, T, hs) after the filled part; return the whole prefix,
+        (B, nh, length + T, hs) each, and count the T new positions as filled."""
+        end = self.length + k.shape[2]
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
 class AttentionCache(NamedTuple):
     qkv_cache: LinearCache   # x -> [q | k | v]
     proj_cache: LinearCache  # merged heads -> out
@@ -46,12 +89,19 @@ class AttentionCache(NamedTuple):
     n_head: int
 
 
-def causal_self_attention_forward(x, w_qkv, b_qkv, w_proj, b_proj, n_head):
+def causal_self_attention_forward(x, w_qkv, b_qkv, w_proj, b_proj, n_head, kv=None):
     """x (B, T, C), w_qkv (C, 3C), b_qkv (3C,), w_proj (C, C), b_proj (C,) -> y (B, T, C).
 
         q, k, v = split(x @ w_qkv + b_qkv)                   per head (B, nh, T, hs)
-        att     = softmax(q @ k^T / sqrt(hs) + mask)         mask: -inf where s > t
+        k, v    = [cached k | k], [cached v | v]             with a KV cache of P tokens
+        att     = softmax(q @ k^T / sqrt(hs) + mask)         mask: -inf where s > P + t
         y       = merge(att @ v) @ w_proj + b_proj
+
+    kv (a KVCache, for sampling) holds the keys and values of the P tokens before x (P = 0
+    without one); this call's are stored after them, so query t sits at position P + t.
+    Such a call is forward-only: it returns no cache (None), as sampling never runs
+    backward and the gradient would also flow into the cached tokens, out of this call's
+    reach.
     """
     require_float("x", x)
     require_ndim("x", x, 3, "(B, T, C)")
@@ -65,17 +115,46 @@ def causal_self_attention_forward(x, w_qkv, b_qkv, w_proj, b_proj, n_head):
     require_shape("b_qkv", b_qkv, (3 * C,), "(3C,)")
     require_shape("w_proj", w_proj, (C, C), "(C, C)")
     require_shape("b_proj", b_proj, (C,), "(C,)")
+    if kv is not None:
+        require_room(kv, x, n_head)
     xp = get_array_module(x)
     scale = 1 / math.sqrt(C // n_head)
+    past = 0 if kv is None else kv.length
 
     qkv, qkv_cache = linear_forward(x, w_qkv, b_qkv)                 # (B, T, 3C)
     q, k, v = (split_heads(qkv[..., i * C:(i + 1) * C], n_head) for i in range(3))
-    scores = (q * scale) @ k.transpose(0, 1, 3, 2)                   # (B, nh, T, T)
-    scores += causal_mask(T, xp, x.dtype)                            # hide the future
-    att = softmax(scores, out=scores)                                # (B, nh, T, T)
+    if kv is not None:
+        k, v = kv.append(k, v)                                       # (B, nh, S, hs), S = P + T
+    scores = (q * scale) @ k.transpose(0, 1, 3, 2)                   # (B, nh, T, S)
+    if T > 1:                          # a single query, the newest token, sees every key
+        scores += causal_mask(T, xp, x.dtype, past)                  # hide the future
+    att = softmax(scores, out=scores)                                # (B, nh, T, S)
     heads = att @ v                                                  # (B, nh, T, hs)
     out, proj_cache = linear_forward(merge_heads(heads), w_proj, b_proj)  # (B, T, C)
+    if kv is not None:
+        return out, None                                             # forward-only
     return out, AttentionCache(qkv_cache, proj_cache, q, k, v, att, scale, n_head)
+
+
+def require_room(kv, x, n_head):
+    """kv must hold x's B sequences in n_head heads of x's dtype, with room for its T tokens."""
+    B, T, C = x.shape
+    hs = C // n_head
+    require_same_dtype("x", x, ("the KV cache", kv.k))
+    Bk, nh, capacity, hsk = kv.k.shape
+    if (Bk, nh, hsk) != (B, n_head, hs):
+        raise ShapeError(f"the KV cache holds {Bk} sequences of {nh} heads of width {hsk}, "
+                         f"x needs {B} of {n_head} of width {hs}")
+    if kv.length + T > capacity:
+        raise ShapeError(f"the KV cache has room for {capacity} tokens and holds "
+                         f"{kv.length}: {T} more do not fit")
+
+
+def require_backward_cache(cache, what):
+    """A forward that ran with a KV cache returned None for a cache: it has no backward."""
+    if cache is None:
+        raise ConfigError(f"{what}: no cache, as its forward ran with a KV cache, which is "
+                          "for sampling only; run the forward without kv to train")
 
 
 def causal_self_attention_backward(dout, cache):
@@ -87,8 +166,10 @@ def causal_self_attention_backward(dout, cache):
         dq      = dscores @ k / sqrt(hs) dk = dscores^T @ q / sqrt(hs)
         dx, dw_qkv, db_qkv through x @ w_qkv + b_qkv, with [dq | dk | dv]
 
-    Masked positions have att = 0, so they get no gradient without any extra code.
+    Masked positions have att = 0, so they get no gradient without any extra code. A
+    forward with a KV cache gave no cache (None): the backward refuses it (ConfigError).
     """
+    require_backward_cache(cache, "causal_self_attention_backward")
     qkv_cache, proj_cache, q, k, v, att, scale, n_head = cache
     xp = get_array_module(dout)
     dy, dw_proj, db_proj = linear_backward(dout, proj_cache)         # (B, T, C)

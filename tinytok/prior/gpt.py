@@ -11,6 +11,12 @@ used twice, and its gradient is simply the sum of both uses, added into the same
 Blocks and the model follow the tokenizer's contract: ``thing_forward(x, params, ...) ->
 (y, cache)``, with a named cache, and ``thing_backward(dy, cache, grads, ...) -> dx``, adding
 parameter gradients into grads.
+
+Sampling runs the same forwards with a KV cache (new_kv_cache: one attention KVCache per
+layer): the ids are then the next tokens after those the cache holds, each layer's attention
+reads the earlier tokens' keys and values from it, and only the new tokens go through the
+model. Such a forward is for sampling only: it returns no cache (None), and the backwards
+refuse one.
 """
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
@@ -23,6 +29,7 @@ from tinytok.ops import (causal_self_attention_backward, causal_self_attention_f
                          cross_entropy_backward, cross_entropy_forward, embedding_backward,
                          embedding_forward, gelu_backward, gelu_forward, layer_norm_backward,
                          layer_norm_forward, linear_backward, linear_forward)
+from tinytok.ops.attention import KVCache, require_backward_cache
 from tinytok.ops.checks import require_int, require_ndim, require_positive_int
 
 
@@ -132,11 +139,11 @@ def mlp_backward(dy, cache, grads, name):
     return dx
 
 
-def attention_forward(x, params, name, n_head):
-    """The attention op with this block's named parameters."""
+def attention_forward(x, params, name, n_head, kv=None):
+    """The attention op with this block's named parameters (and its layer's KVCache)."""
     return causal_self_attention_forward(
         x, params[name + ".w_qkv"], params[name + ".b_qkv"],
-        params[name + ".w_proj"], params[name + ".b_proj"], n_head)
+        params[name + ".w_proj"], params[name + ".b_proj"], n_head, kv)
 
 
 def attention_backward(dy, cache, grads, name):
@@ -163,18 +170,22 @@ class BlockCache(NamedTuple):
     mlp: MlpCache
 
 
-def block_forward(x, params, name, n_head):
-    """x (B, T, C) -> x + attn(ln1(x)), then + mlp(ln2(.)). Same shape out."""
+def block_forward(x, params, name, n_head, kv=None):
+    """x (B, T, C) -> x + attn(ln1(x)), then + mlp(ln2(.)). Same shape out.
+
+    kv: this layer's KVCache, when sampling: x is then the tokens after those it holds,
+    and the forward returns no cache (None), as the attention does."""
     h, c_ln1 = layer_norm_named_forward(x, params, name + ".ln1")
-    a, c_attn = attention_forward(h, params, name + ".attn", n_head)
+    a, c_attn = attention_forward(h, params, name + ".attn", n_head, kv)
     x = x + a
     h, c_ln2 = layer_norm_named_forward(x, params, name + ".ln2")
     m, c_mlp = mlp_forward(h, params, name + ".mlp")
-    return x + m, BlockCache(c_ln1, c_attn, c_ln2, c_mlp)
+    return x + m, (BlockCache(c_ln1, c_attn, c_ln2, c_mlp) if kv is None else None)
 
 
 def block_backward(dy, cache, grads, name):
     """The mirror: each residual branch adds its dx to the gradient flowing straight through."""
+    require_backward_cache(cache, "block_backward")
     dh = mlp_backward(dy, cache.mlp, grads, name + ".mlp")
     dx = dy + layer_norm_named_backward(dh, cache.ln2, grads, name + ".ln2")
     dh = attention_backward(dx, cache.attn, grads, name + ".attn")
@@ -192,6 +203,24 @@ def check_ids(ids, config):
                          f"{config.context}] (the model's context)")
 
 
+def new_kv_cache(params, config, batch):
+    """An empty KV cache for batch sequences: one KVCache per layer, room for the context."""
+    shape = (batch, config.n_head, config.context, config.n_embd // config.n_head)
+    return [KVCache.empty(shape, like=params["gpt.wte"]) for _ in range(config.n_layer)]
+
+
+def check_kv(kv, T, config):
+    """kv must be one KVCache per layer with room for T more tokens; returns how many it
+    holds."""
+    if len(kv) != config.n_layer:
+        raise ShapeError(f"the KV cache has {len(kv)} layers, the model {config.n_layer}")
+    past = kv[0].length
+    if past + T > config.context:
+        raise ConfigError(f"{past} tokens and {T} more would run past the context of "
+                          f"{config.context} tokens")
+    return past
+
+
 class GPTCache(NamedTuple):
     tok: tuple      # the token embedding's
     blocks: list    # one BlockCache per layer
@@ -200,23 +229,34 @@ class GPTCache(NamedTuple):
     T: int          # the sequence length (rows of the position table used)
 
 
-def gpt_forward(ids, params, config):
-    """ids (B, T) int -> logits (B, T, V), cache."""
+def gpt_forward(ids, params, config, kv=None):
+    """ids (B, T) int -> logits (B, T, V), cache.
+
+    kv (new_kv_cache's, for sampling): ids are the T tokens after the P the cache holds,
+    position P + t gets row P + t of the position table, the cache then holds P + T, and
+    the cache returned is None (forward-only).
+    """
     check_ids(ids, config)
     T = ids.shape[1]
+    past = 0 if kv is None else check_kv(kv, T, config)
     tok, c_tok = embedding_forward(ids, params["gpt.wte"])           # (B, T, C)
-    x = tok + params["gpt.wpe"][:T]                                  # position t gets row t
+    x = tok + params["gpt.wpe"][past:past + T]           # position P + t gets row P + t
     c_blocks = []
     for i in range(config.n_layer):
-        x, c = block_forward(x, params, f"gpt.h{i}", config.n_head)
+        x, c = block_forward(x, params, f"gpt.h{i}", config.n_head,
+                             None if kv is None else kv[i])
         c_blocks.append(c)
     x, c_lnf = layer_norm_named_forward(x, params, "gpt.ln_f")
+    if kv is not None:  # sampling: the tied head as one product per sequence, the rounding
+        # the shipped samples were drawn with (one product of all rows differs by ~1e-6)
+        return x @ params["gpt.wte"].T, None
     logits, c_head = linear_forward(x, params["gpt.wte"].T, None)    # tied head: (B, T, V)
     return logits, GPTCache(c_tok, c_blocks, c_lnf, c_head, T)
 
 
 def gpt_backward(dlogits, cache, grads, config):
     """dlogits (B, T, V) -> parameter gradients added into grads."""
+    require_backward_cache(cache, "gpt_backward")
     dx, dw_head, _ = linear_backward(dlogits, cache.head)
     _add(grads, "gpt.wte", dw_head.T)                                # first use of wte
     dx = layer_norm_named_backward(dx, cache.ln_f, grads, "gpt.ln_f")

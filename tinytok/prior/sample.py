@@ -10,79 +10,27 @@ Everything that writes with the prior (the pipeline, the benchmark, the lessons)
 Generation runs the model forward only. Recomputing the whole prefix for every new token
 costs O(T^2) per token; the KV cache keeps each layer's keys and values from earlier
 positions, so a step only computes the new token's query, key and value and attends to the
-stored ones. The two paths give the same logits (tests check it); the cache is the default.
+stored ones. The cache is the model's own (gpt_forward's kv, prior/gpt.py): the same
+forward, fed only the new tokens. The two paths give the same logits (tests check it); the
+cache is the default.
 
 Random draws come from a host generator (seeded), so a seed means the same picture on NumPy
 and CuPy.
 """
-import math
-
 import numpy as np
 
 from tinytok import backend
 from tinytok.backend import get_array_module
-from tinytok.errors import ConfigError, ContextFullError, ShapeError
-from tinytok.prior.gpt import check_ids, gpt_forward, layer_norm_named_forward, mlp_forward
+from tinytok.errors import ContextFullError, ShapeError
+from tinytok.prior.gpt import check_ids, gpt_forward, new_kv_cache
 from tinytok.prior.settings import PLAIN
 from tinytok.prior.vocab import (EOS, IMAGE, SPECIALS, USER, caption_from_tokens, caption_prompt, image_prompt,
                                  image_to_text_sequence, image_token_mask, text_token_mask,
                                  unconditional_prompt)
-from tinytok.ops import embedding_forward, linear_forward
-from tinytok.ops.attention import merge_heads, split_heads
 from tinytok.ops.softmax import log_softmax, softmax
 
 
-# ---------------------------------------------------------------- forward with a KV cache
-
-def new_kv_cache(params, config, batch):
-    """Empty per-layer key/value buffers (B, n_head, context, hs) and the filled length."""
-    xp = get_array_module(params["gpt.wte"])
-    hs = config.n_embd // config.n_head
-    shape = (batch, config.n_head, config.context, hs)
-    dtype = params["gpt.wte"].dtype
-    return {"k": [xp.zeros(shape, dtype) for _ in range(config.n_layer)],
-            "v": [xp.zeros(shape, dtype) for _ in range(config.n_layer)],
-            "length": 0}
-
-
-def cached_attention(x, params, name, n_head, kv, layer):
-    """Attention for new positions x (B, t, C) over the cached past plus themselves."""
-    xp = get_array_module(x)
-    B, t, C = x.shape
-    L = kv["length"]
-    qkv, _ = linear_forward(x, params[name + ".w_qkv"], params[name + ".b_qkv"])
-    q, k, v = (split_heads(qkv[..., i * C:(i + 1) * C], n_head) for i in range(3))
-    kv["k"][layer][:, :, L:L + t] = k                                # store, then read back
-    kv["v"][layer][:, :, L:L + t] = v                                # the whole prefix
-    keys, values = kv["k"][layer][:, :, :L + t], kv["v"][layer][:, :, :L + t]
-    scores = (q * (1 / math.sqrt(C // n_head))) @ keys.transpose(0, 1, 3, 2)  # (B, nh, t, L+t)
-    if t > 1:  # new position i sits at L + i and may see keys 0 .. L + i (one token: all)
-        scores += xp.triu(xp.full((t, L + t), -xp.inf, dtype=x.dtype), k=L + 1)
-    y = merge_heads(softmax(scores) @ values)                        # (B, t, C)
-    out, _ = linear_forward(y, params[name + ".w_proj"], params[name + ".b_proj"])
-    return out
-
-
-def gpt_forward_cached(ids, params, config, kv):
-    """Logits (B, t, V) for new tokens ids (B, t) appended after the kv cache's prefix."""
-    B, t = ids.shape
-    L = kv["length"]
-    if B != kv["k"][0].shape[0]:
-        raise ShapeError(f"this KV cache holds {kv['k'][0].shape[0]} sequences, got {B}")
-    if L + t > config.context:
-        raise ConfigError(f"generation would run past the context of {config.context} tokens")
-    tok, _ = embedding_forward(ids, params["gpt.wte"])
-    x = tok + params["gpt.wpe"][L:L + t]
-    for i in range(config.n_layer):
-        name = f"gpt.h{i}"
-        h, _ = layer_norm_named_forward(x, params, name + ".ln1")
-        x = x + cached_attention(h, params, name + ".attn", config.n_head, kv, i)
-        h, _ = layer_norm_named_forward(x, params, name + ".ln2")
-        x = x + mlp_forward(h, params, name + ".mlp")[0]
-    kv["length"] = L + t
-    x, _ = layer_norm_named_forward(x, params, "gpt.ln_f")
-    return x @ params["gpt.wte"].T
-
+# ---------------------------------------------------------------- next-token logits
 
 class NextTokenLogits:
     """Logits for the last position of growing sequences, with or without the KV cache.
@@ -100,7 +48,7 @@ class NextTokenLogits:
     def length(self):
         """How many tokens of each sequence have been fed so far."""
         if self.use_cache:
-            return self.kv["length"]
+            return self.kv[0].length
         return 0 if self.seq is None else self.seq.shape[1]
 
     def fork(self, batch):
@@ -110,16 +58,13 @@ class NextTokenLogits:
         rows it draws side by side (candidates, and guidance's unconditional half), so
         the earlier turns are never run through the model again.
         """
-        rows = (self.kv["k"][0] if self.use_cache else self.seq)
+        rows = (self.kv[0].k if self.use_cache else self.seq)
         if rows is not None and rows.shape[0] != 1:
             raise ShapeError(f"fork copies a state of one sequence, this one holds "
                              f"{rows.shape[0]}")
         copy = NextTokenLogits(self.params, self.config, batch, self.use_cache)
         if self.use_cache:
-            xp = get_array_module(self.params["gpt.wte"])
-            for name in ("k", "v"):
-                copy.kv[name] = [xp.repeat(layer, batch, axis=0) for layer in self.kv[name]]
-            copy.kv["length"] = self.kv["length"]
+            copy.kv = [layer.repeated(batch) for layer in self.kv]
         elif self.seq is not None:
             copy.seq = get_array_module(self.seq).repeat(self.seq, batch, axis=0)
         return copy
@@ -128,7 +73,7 @@ class NextTokenLogits:
         xp = get_array_module(self.params["gpt.wte"])
         new_ids = xp.asarray(new_ids)
         if self.use_cache:
-            return gpt_forward_cached(new_ids, self.params, self.config, self.kv)[:, -1]
+            return gpt_forward(new_ids, self.params, self.config, self.kv)[0][:, -1]
         self.seq = new_ids if self.seq is None else xp.concatenate([self.seq, new_ids], 1)
         check_ids(self.seq, self.config)
         return gpt_forward(self.seq, self.params, self.config)[0][:, -1]
