@@ -35,7 +35,8 @@ def module_name(path):
 DEVICE_PACKAGES = ("ops.", "tokenizer.", "prior.", "training.")
 HOST_MODULES = {"prior.vocab", "prior.turns", "training.conversations", "training.progress",
                 "ops", "tokenizer", "prior", "training"}
-DEVICE_MODULES = ({"backend", "bench", "evaluate", "gradcheck", "parallel", "pipeline"}
+DEVICE_MODULES = ({"backend", "bench.measure", "bench.workloads", "bench.sections", "evaluate",
+                   "gradcheck", "parallel", "pipeline"}
                   | {module_name(path) for path in SOURCES
                      if module_name(path).startswith(DEVICE_PACKAGES)}) - HOST_MODULES
 

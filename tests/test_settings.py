@@ -12,6 +12,7 @@ import pytest
 import tinytok
 from tinytok import PLAIN, SAMPLING, Sampling, cli, conversation, demo, evaluate
 from tinytok.errors import ConfigError
+from tinytok.cli.drawing import sampling_from
 from tinytok.pipeline import Pipeline
 from tinytok.prior.settings import check_sampling
 
@@ -77,7 +78,7 @@ def test_something_else_than_settings_is_refused():
     (["eval-prior", "--plain", "--temperature", "0.5"], PLAIN.but(temperature=0.5)),
 ])
 def test_the_command_line_starts_from_the_same_settings(words, want):
-    assert cli._sampling(cli.build_parser().parse_args(words)) == want
+    assert sampling_from(cli.build_parser().parse_args(words)) == want
 
 
 def test_sample_has_no_edit_setting(capsys):

@@ -338,7 +338,7 @@ def rss_table(parts, quick):
     for part in parts:
         for section in RSS_SECTIONS.get(part, ()):
             p, s = tk_sections[section]
-            ours = bench._run_isolated(dict(part=p, section=s, quick=quick, repeats=3, warmup=1))
+            ours = bench.run_isolated(dict(part=p, section=s, quick=quick, repeats=3, warmup=1))
             proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--rss-child",
                                    section] + (["--quick"] if quick else []),
                                   capture_output=True, text=True, check=True)

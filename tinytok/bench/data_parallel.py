@@ -88,7 +88,7 @@ def training_step(model, sizes, world, seed=0):
 
 def measure(model, sizes, world, repeats):
     """Process 0's figures for one model: step time, items per second, bytes all-reduced."""
-    from tinytok.bench import time_it
+    from tinytok.bench.measure import time_it
     step, summed, items = training_step(model, sizes, world)
     xp = backend.xp()
     times = time_it(step, xp, *repeats)

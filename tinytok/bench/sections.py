@@ -1,0 +1,102 @@
+"""The benchmark's sections: each times some workloads and reads the memory of the process
+it runs in (tinytok.bench.run gives each a fresh one, so the peak is its own).
+"""
+from tinytok import backend, parallel
+from tinytok.bench.measure import peak_rss_mb, rss_mb, synchronize, time_it
+from tinytok.bench.options import FULL, QUICK, QUICK_REPEATS, REPEATS
+from tinytok.bench.workloads import gpt_sample, gpt_train_step, vqvae_encode, vqvae_train_step
+
+
+def _reps(key, quick, repeats, warmup):
+    w, r = QUICK_REPEATS if quick else REPEATS[key]
+    return (w if warmup is None else warmup), (r if repeats is None else repeats)
+
+
+def _ms(prefix, t):
+    return {prefix: t["median"], prefix + "_min": t["min"], prefix + "_max": t["max"],
+            prefix + "_repeats": t["repeats"]}
+
+
+def _section_sgemm(xp, sizes, quick, repeats, warmup):
+    out, best = {}, 0.0
+    for n in sizes["sgemm_sizes"]:
+        rng = backend.rng(n)
+        a, b = (backend.to_device(rng.standard_normal((n, n)), dtype="float32") for _ in "ab")
+        c = xp.empty((n, n), dtype=xp.float32)
+        t = time_it(lambda: xp.matmul(a, b, out=c), xp, *_reps("sgemm", quick, repeats, warmup))
+        gflops = 2 * n ** 3 / (t["median"] * 1e-3) / 1e9
+        out.update(_ms(f"sgemm_{n}_ms", t))
+        out[f"sgemm_{n}_gflops"] = gflops
+        best = max(best, gflops)
+    out["ceiling_gflops"] = best
+    return out
+
+
+def _section_vqvae_train(xp, sizes, quick, repeats, warmup):
+    step, flops = vqvae_train_step(sizes)
+    t = time_it(step, xp, *_reps("vqvae_train", quick, repeats, warmup))
+    return {"config": sizes["vqvae"], "batch": sizes["vq_batch"], **_ms("train_step_ms", t),
+            "train_images_per_s": sizes["vq_batch"] / (t["median"] * 1e-3),
+            "train_gflop_per_step": flops / 1e9,
+            "train_gflops": flops / (t["median"] * 1e-3) / 1e9}
+
+
+def _section_vqvae_encode(xp, sizes, quick, repeats, warmup):
+    encode, flops = vqvae_encode(sizes)
+    t = time_it(encode, xp, *_reps("vqvae_encode", quick, repeats, warmup))
+    return {"encode_batch": sizes["encode_batch"], **_ms("encode_ms", t),
+            "encode_images_per_s": sizes["encode_batch"] / (t["median"] * 1e-3),
+            "encode_gflops": flops / (t["median"] * 1e-3) / 1e9}
+
+
+def _section_gpt_train(xp, sizes, quick, repeats, warmup):
+    step, flops = gpt_train_step(sizes)
+    t = time_it(step, xp, *_reps("gpt_train", quick, repeats, warmup))
+    B, T = sizes["gpt_batch"], sizes["gpt_T"]
+    return {"config": sizes["gpt"], "vocab_size": sizes["vocab"], "batch": B, "context": T,
+            **_ms("train_step_ms", t), "train_tokens_per_s": B * T / (t["median"] * 1e-3),
+            "train_gflop_per_step": flops / 1e9,
+            "train_gflops": flops / (t["median"] * 1e-3) / 1e9}
+
+
+def _section_gpt_sample(xp, sizes, quick, repeats, warmup):
+    out = {"sample_batch": sizes["sample_batch"], "sample_new_tokens": sizes["sample_new"]}
+    n_tokens = sizes["sample_batch"] * sizes["sample_new"]
+    for tag, use_cache, key in (("kv", True, "sample_kv"), ("nocache", False, "sample_nocache")):
+        t = time_it(gpt_sample(sizes, use_cache), xp, *_reps(key, quick, repeats, warmup))
+        out.update(_ms(f"sample_{tag}_ms", t))
+        out[f"sample_{tag}_tokens_per_s"] = n_tokens / (t["median"] * 1e-3)
+    return out
+
+
+SECTIONS = {
+    "sgemm": {"sgemm": _section_sgemm},
+    "vqvae-ref": {"train_step": _section_vqvae_train, "encode": _section_vqvae_encode},
+    "gpt-ref": {"train_step": _section_gpt_train, "sample": _section_gpt_sample},
+}
+
+
+def run_section(part, section, backend_name="numpy", quick=False, repeats=None, warmup=None,
+                batch=None):
+    """Run one section in this process; returns its figures plus memory and allocator facts.
+
+    batch overrides the training batch of both models (e.g. 256 to compare with a GPU).
+    """
+    import_rss, _ = rss_mb()
+    xp = backend.use(backend_name)
+    reused = parallel.reuse_freed_host_memory()
+    if part == "sgemm":  # the ceiling is BLAS on all its own threads; the models use ours
+        parallel.blas_alone()
+    else:
+        parallel.use_cores()
+    sizes = dict(QUICK if quick else FULL)
+    if batch:
+        sizes.update(vq_batch=batch, gpt_batch=batch)
+    out = SECTIONS[part][section](xp, sizes, quick, repeats, warmup)
+    synchronize(xp)
+    out.update(import_rss_mb=import_rss, peak_rss_mb=peak_rss_mb(),
+               reuse_freed_host_memory=reused, threads=parallel.threads())
+    if xp.__name__ == "cupy":
+        out["device_pool_mb"] = xp.get_default_memory_pool().total_bytes() / 2 ** 20
+    return out
+

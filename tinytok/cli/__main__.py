@@ -1,0 +1,6 @@
+"""python -m tinytok.cli: the `tinytok` command."""
+import sys
+
+from tinytok.cli import main
+
+sys.exit(main())

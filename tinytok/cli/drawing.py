@@ -1,0 +1,232 @@
+"""The prior's commands: sample, caption, edit, chat and eval-prior, each its flags and then
+what it runs, and the sampling flags they share (their defaults are tinytok.SAMPLING's)."""
+import dataclasses
+import os
+import sys
+
+from tinytok.cli.arguments import (non_negative_float, non_negative_int, positive_float,
+                                   positive_int, probability, seed_value)
+from tinytok.cli.figures import add_record_argument, print_figures, record_if_asked
+from tinytok.errors import TinytokError
+from tinytok.prior.settings import PLAIN, SAMPLING
+
+
+def add_sampling_arguments(p, edits=False):
+    """The sampling flags of every drawing command. Each defaults to None, "not given": the
+    value then comes from tinytok.SAMPLING (or PLAIN with --plain), the one place of the
+    defaults, so the command line draws exactly as the Python API does."""
+    d = SAMPLING
+    p.add_argument("--temperature", type=positive_float, default=None,
+                   help=f"softmax temperature (default {d.temperature})")
+    p.add_argument("--top-k", type=positive_int, default=None,
+                   help="keep the k likeliest tokens (default: all)")
+    p.add_argument("--top-p", type=probability, default=None,
+                   help="keep the likeliest tokens holding this much probability (default: all)")
+    p.add_argument("--cfg", type=non_negative_float, default=None, dest="cfg_scale",
+                   help=f"classifier-free guidance scale, 1 = off (default {d.cfg_scale})")
+    p.add_argument("--rerank", type=positive_int, default=None,
+                   help="draw K candidates per picture, keep the one the prior's own caption "
+                        f"likelihood prefers (K times the drawing work; 1 = off; default "
+                        f"{d.rerank})")
+    if edits:
+        p.add_argument("--edit-rerank", type=positive_int, default=None,
+                       help=f"candidates per edited picture (default {d.edit_rerank})")
+    p.add_argument("--plain", action="store_true",
+                   help="start from plain sampling (no guidance, one draw per picture) "
+                        "instead of the recommended settings")
+    p.add_argument("--seed", type=seed_value, default=0)
+
+
+def sampling_from(args):
+    """The Sampling value the flags ask for: the defaults, with the flags given changed."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(SAMPLING)
+             if getattr(args, f.name, None) is not None}
+    return (PLAIN if args.plain else SAMPLING).but(**given)
+
+
+def add_pipeline_arguments(p):
+    p.add_argument("--tokenizer", default=None, help="tokenizer checkpoint (default: shipped)")
+    p.add_argument("--prior", default=None, help="prior checkpoint (default: shipped)")
+
+
+def add_sample(sub):
+    p = sub.add_parser("sample", help="draw pictures from captions")
+    p.add_argument("--prompt", action="append", required=True,
+                   help="a caption; repeat for several")
+    p.add_argument("-n", type=positive_int, default=8, help="samples per prompt")
+    p.add_argument("--out", default="samples.png")
+    add_sampling_arguments(p)
+    add_pipeline_arguments(p)
+    p.set_defaults(func=cmd_sample)
+
+
+def cmd_sample(args):
+    from tinytok.data.datasets import parse_caption, read_attributes
+    from tinytok.pipeline import Pipeline
+    from tinytok.viz import prompt_grid
+    import numpy as np
+    pipe = Pipeline.load(args.tokenizer, args.prior)
+    prompts = args.prompt
+    images = pipe.generate(prompts, args.n, seed=args.seed, sampling=sampling_from(args))
+    marks = None
+    try:  # a shapes caption can be checked by reading the picture back
+        wanted = np.repeat(np.array([parse_caption(p) for p in prompts]), args.n, axis=0)
+        marks = (read_attributes(images) == wanted).all(axis=1)
+    except (TinytokError, ValueError):
+        pass
+    prompt_grid(images, prompts, args.n, marks=marks, path=args.out)
+    note = f"; {marks.mean():.0%} match their prompt" if marks is not None else ""
+    print(f"wrote {args.out} ({len(images)} images{note})")
+    return 0
+
+
+def add_caption(sub):
+    p = sub.add_parser("caption", help="write a caption for each image")
+    p.add_argument("images", nargs="+")
+    add_pipeline_arguments(p)
+    p.set_defaults(func=cmd_caption)
+
+
+def cmd_caption(args):
+    import numpy as np
+    from tinytok.data.images import load_image
+    from tinytok.pipeline import Pipeline
+    pipe = Pipeline.load(args.tokenizer, args.prior)
+    size = pipe.tokenizer.config.image_size
+    images = np.stack([load_image(path, size) for path in args.images])
+    for path, caption in zip(args.images, pipe.caption(images)):
+        print(f"{path}: {caption}")
+    return 0
+
+
+def add_edit(sub):
+    p = sub.add_parser("edit", help="edit a picture by an instruction (make it blue, ...)")
+    p.add_argument("image")
+    p.add_argument("instruction", help="make it {colour}, make it {size}, move it to the "
+                   "{position} or turn it into a {shape}")
+    p.add_argument("--out", default="edited.png")
+    p.add_argument("-n", type=positive_int, default=1, help="edits to draw")
+    p.add_argument("--scale", type=positive_int, default=4)
+    add_sampling_arguments(p, edits=True)
+    add_pipeline_arguments(p)
+    p.set_defaults(func=cmd_edit)
+
+
+def cmd_edit(args):
+    from tinytok.data.images import load_image
+    from tinytok.pipeline import Pipeline
+    from tinytok.viz import image_grid
+    pipe = Pipeline.load(args.tokenizer, args.prior)
+    image = load_image(args.image, pipe.tokenizer.config.image_size)
+    edited = pipe.edit(image[None], args.instruction, args.n, seed=args.seed,
+                       sampling=sampling_from(args))
+    if args.n == 1:
+        image_grid(edited, scale=args.scale, gap=0, path=args.out)
+    else:
+        image_grid(edited, ncols=args.n, scale=args.scale, path=args.out)
+    print(f"wrote {args.out} ({args.n} edit{'s' if args.n > 1 else ''} of {args.image}: "
+          f"{args.instruction!r})")
+    return 0
+
+
+def add_chat(sub):
+    p = sub.add_parser("chat", help="a conversation in the terminal: draw, edit, describe")
+    p.add_argument("--out", default="tinytok-chat", help="folder for the pictures drawn")
+    p.add_argument("--scale", type=positive_int, default=4)
+    add_sampling_arguments(p, edits=True)
+    add_pipeline_arguments(p)
+    p.set_defaults(func=cmd_chat)
+
+
+def cmd_chat(args):
+    """A terminal conversation: one turn per line, until end of input or an empty line."""
+    from tinytok.conversation import Conversation
+    from tinytok.data.images import load_image
+    from tinytok.errors import ContextFullError
+    from tinytok.pipeline import Pipeline
+    from tinytok.viz import image_grid
+    pipe = Pipeline.load(args.tokenizer, args.prior)
+    os.makedirs(args.out, exist_ok=True)
+    sampling = sampling_from(args)
+    def new_chat():
+        return Conversation(pipe, seed=args.seed, sampling=sampling)
+    chat, drawn = new_chat(), 0
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("write a caption to draw, an instruction (make it blue, make it small, move it "
+              "to the top, turn it into a square), 'what is it?', or a picture's path; an "
+              "empty line ends")
+    for line in iter(lambda: _read_turn(interactive), None):
+        try:   # a bad turn (an unreadable picture, an unknown word) gets one line; chat goes on
+            turn = load_image(line, pipe.tokenizer.config.image_size) \
+                if os.path.isfile(line) else line
+            reply = chat.say(turn)
+        except ContextFullError as e:
+            print(f"tinytok: {e}; starting a new conversation", file=sys.stderr)
+            chat = new_chat()
+            continue
+        except TinytokError as e:
+            print(f"tinytok: {e}", file=sys.stderr)
+            continue
+        if isinstance(reply, str):
+            print(reply)
+            continue
+        drawn += 1
+        path = os.path.join(args.out, f"{drawn:03d}.png")
+        image_grid(reply[None], scale=args.scale, gap=0, path=path)
+        print(path)
+        if sys.stdout.isatty():
+            print(terminal_picture(reply))
+    return 0
+
+
+def _read_turn(interactive):
+    """The next line the user types, stripped; None at the end of input or an empty line."""
+    try:
+        line = input("> " if interactive else "")
+    except EOFError:
+        return None
+    return line.strip() or None
+
+
+def terminal_picture(image, width=16):
+    """A uint8 picture (S, S, 3) as coloured half blocks (24-bit ANSI colour), width wide:
+    each character shows two pixels, the top one as its foreground."""
+    from tinytok.data.images import resize_images
+    small = resize_images(image[None], width)[0].astype(int)
+    rows = []
+    for top, bottom in zip(small[0::2], small[1::2]):
+        cells = (f"\x1b[38;2;{t[0]};{t[1]};{t[2]}m\x1b[48;2;{b[0]};{b[1]};{b[2]}m\u2580"
+                 for t, b in zip(top, bottom))
+        rows.append("".join(cells) + "\x1b[0m")
+    return "\n".join(rows)
+
+
+def add_eval_prior(sub):
+    p = sub.add_parser("eval-prior", help="prompt adherence and caption accuracy")
+    p.add_argument("--prompts", type=positive_int, default=24, help="prompts per split")
+    p.add_argument("-n", type=positive_int, default=4, help="samples per prompt")
+    p.add_argument("--captions", type=positive_int, default=200, help="held-out images to caption")
+    p.add_argument("--edits", type=non_negative_int, default=24,
+                   help="pictures to edit (seen and held-out results, chains, captions)")
+    p.add_argument("--json", action="store_true")
+    add_record_argument(p)
+    add_sampling_arguments(p, edits=True)
+    add_pipeline_arguments(p)
+    p.set_defaults(func=cmd_eval_prior)
+
+
+def cmd_eval_prior(args):
+    from tinytok.evaluate import eval_prior
+    from tinytok.pipeline import SHIPPED, Pipeline
+    pipe = Pipeline.load(args.tokenizer, args.prior)
+    figures = eval_prior(pipe, args.prompts, args.n, seed=args.seed, n_captions=args.captions,
+                         n_edits=args.edits, sampling=sampling_from(args))
+    print_figures(figures, args.json)
+    record_if_asked(args, args.prior or SHIPPED["shapes-prior"], figures,
+            inputs=[args.tokenizer or SHIPPED["shapes-tokenizer"]])
+    return 0
+
+
+# This group's commands, in the order `tinytok --help` lists them (tinytok.cli.COMMANDS).
+COMMANDS = (add_sample, add_caption, add_edit, add_chat, add_eval_prior)

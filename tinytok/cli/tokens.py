@@ -1,0 +1,133 @@
+"""The tokenizer's commands: encode (pictures to token grids), decode (grids back to a
+picture) and eval-tokenizer (PSNR and codebook usage), each its flags and then what it runs."""
+import json
+import os
+
+from tinytok.cli.arguments import positive_int
+from tinytok.cli.figures import add_record_argument, print_figures, record_if_asked
+from tinytok.errors import ConfigError
+
+
+def add_encode(sub):
+    p = sub.add_parser("encode", help="print the token grid of each image")
+    p.add_argument("--tokenizer", default=None)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("images", nargs="+")
+    p.set_defaults(func=cmd_encode)
+
+
+def cmd_encode(args):
+    from tinytok.data.images import load_image
+    from tinytok.pipeline import Tokenizer
+    tokenizer = Tokenizer.load(args.tokenizer)
+    size = tokenizer.config.image_size
+    import numpy as np
+    images = np.stack([load_image(path, size) for path in args.images])
+    ids = tokenizer.encode(images)
+    if args.json:
+        print(json.dumps({path: grid.tolist() for path, grid in zip(args.images, ids)}))
+    else:
+        width = len(str(tokenizer.config.num_codes - 1))
+        for path, grid in zip(args.images, ids):
+            print(f"{path}:")
+            for row in grid:
+                print("  " + " ".join(f"{v:>{width}d}" for v in row))
+    return 0
+
+
+def add_decode(sub):
+    p = sub.add_parser("decode", help="turn token grids (JSON) back into a picture")
+    p.add_argument("--tokenizer", default=None)
+    p.add_argument("--ids", required=True, help="JSON file of token grids")
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--scale", type=positive_int, default=4)
+    p.set_defaults(func=cmd_decode)
+
+
+def _read_ids_json(path):
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read token ids from {path}: {e.strerror}") from None
+    except (ValueError, RecursionError) as e:
+        raise ConfigError(f"{path} is not valid JSON: {str(e) or 'nested too deeply'}") from None
+    if isinstance(data, dict):  # the output of `tinytok encode --json`
+        data = list(data.values())
+    import numpy as np
+    try:
+        ids = np.asarray(data)
+    except ValueError:
+        ids = np.asarray([], dtype=object)
+    if ids.dtype.kind not in "iu":
+        raise ConfigError(f"{path} must hold integer token grids (a list of g x g lists, or "
+                          "the output of `tinytok encode --json`)")
+    return ids
+
+
+def cmd_decode(args):
+    from tinytok.pipeline import Tokenizer
+    from tinytok.viz import image_grid
+    tokenizer = Tokenizer.load(args.tokenizer)
+    images = tokenizer.decode(_read_ids_json(args.ids))
+    image_grid(images, scale=args.scale, path=args.out)
+    print(f"wrote {args.out} ({len(images)} image{'s' * (len(images) != 1)})")
+    return 0
+
+
+def add_eval_tokenizer(sub):
+    p = sub.add_parser("eval-tokenizer", help="PSNR and codebook usage on held-out images")
+    p.add_argument("--tokenizer", default=None)
+    p.add_argument("--data", default="shapes")
+    p.add_argument("--n-images", type=positive_int, default=2000)
+    p.add_argument("--size", type=positive_int, default=None,
+                   help="picture size; must be the tokenizer's own (the default)")
+    p.add_argument("--pictures", default=None, help="folder for reconstructions and palette")
+    p.add_argument("--json", action="store_true")
+    add_record_argument(p)
+    p.set_defaults(func=cmd_eval_tokenizer)
+
+
+def cmd_eval_tokenizer(args):
+    from tinytok.data.datasets import training_images
+    from tinytok.evaluate import eval_tokenizer
+    from tinytok.pipeline import SHIPPED, Tokenizer
+    tokenizer = Tokenizer.load(args.tokenizer)
+    size = tokenizer.config.image_size  # the pictures it was made for, and no other
+    if args.size is not None and args.size != size:
+        raise ConfigError(f"--size {args.size}: this tokenizer reads {size}x{size} pictures "
+                          f"(leave --size out, or pass --size {size})")
+    split = {"shapes": "all", "photos": "val"}.get(args.data, "val")
+    seed = 12345  # validation images never overlap the training seed's draws
+    if args.data == "photos":  # held-out photographs, downscaled 2x and 4x: CIFAR-like detail
+        from tinytok.data.datasets import photo_crops
+        images = photo_crops(args.n_images, seed=seed, split="val", scales=(2, 4), size=size)
+        split = "val, 2x and 4x"
+    else:
+        images = training_images(args.data, args.n_images if args.data == "shapes" else None,
+                                 seed=seed, split=split, size=size)
+    figures, recon, ids = eval_tokenizer(tokenizer, images)
+    figures["data"] = f"{args.data} ({split} split)"
+    if args.pictures:
+        _tokenizer_pictures(tokenizer, images, recon, ids, args.pictures)
+        figures["pictures"] = args.pictures
+    print_figures(figures, args.json)
+    record_if_asked(args, args.tokenizer or SHIPPED["shapes-tokenizer"], figures)
+    return 0
+
+
+def _tokenizer_pictures(tokenizer, images, recon, ids, folder):
+    """Reconstructions, the palette and a token map, written into folder."""
+    from tinytok.tokenizer.codebook import code_counts
+    from tinytok.viz import codebook_palette, comparison_grid, token_map
+    os.makedirs(folder, exist_ok=True)
+    comparison_grid([images[:16], recon[:16]], ["original", "tokens"],
+                    path=os.path.join(folder, "reconstructions.png"))
+    K = tokenizer.config.num_codes
+    tiles = tokenizer.code_tiles()
+    codebook_palette(tiles, code_counts(ids, K), path=os.path.join(folder, "palette.png"))
+    token_map(images[0], ids[0], path=os.path.join(folder, "token_map.png"))
+
+
+# This group's commands, in the order `tinytok --help` lists them (tinytok.cli.COMMANDS).
+COMMANDS = (add_encode, add_decode, add_eval_tokenizer)

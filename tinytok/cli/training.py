@@ -1,0 +1,167 @@
+"""The training commands: demo, train-tokenizer and train-prior, each its flags and then what
+it runs. The two trainers also run on several processes under mpiexec (tinytok.distributed)."""
+import sys
+
+from tinytok import distributed
+from tinytok.cli.arguments import (fraction, fsq_levels, non_negative_int, positive_float,
+                                   positive_int, seed_value)
+from tinytok.errors import ConfigError
+
+
+def add_demo(sub):
+    p = sub.add_parser("demo", help="train a tiny tokenizer and prior on shapes, write pictures")
+    p.add_argument("--out", default="tinytok-demo", help="output folder")
+    p.add_argument("--quick", action="store_true", help="a one-minute smoke run")
+    p.add_argument("--seed", type=seed_value, default=0)
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args):
+    from tinytok.demo import run_demo
+    return run_demo(args.out, quick=args.quick, seed=args.seed)
+
+
+def add_train_tokenizer(sub):
+    from tinytok.tokenizer.quantizers import QUANTIZERS
+    p = sub.add_parser("train-tokenizer", help="train a VQ-VAE tokenizer")
+    p.add_argument("--data", default="shapes", help="shapes, photos, faces, digits or a folder")
+    p.add_argument("--config", default="vqvae-ref")
+    p.add_argument("--quantizer", default="ema", choices=tuple(QUANTIZERS),
+                   help="; ".join(f"{q.name}: {q.summary}" for q in QUANTIZERS.values()))
+    p.add_argument("--levels", type=fsq_levels, default=None,
+                   help="fsq levels per channel, e.g. 8,5,5,5 (1000 codes; the default)")
+    p.add_argument("--codes", type=positive_int, default=None, help="codebook size override")
+    p.add_argument("--size", type=positive_int, default=None,
+                   help="picture size (default 32; e.g. 64 for photos, faces or a folder)")
+    p.add_argument("--grid", type=positive_int, default=None,
+                   help="tokens per side: size/4 (default, two downsamplings) or size/2 "
+                        "(one fewer: 16 for 32x32 pictures)")
+    p.add_argument("--n-images", type=positive_int, default=20000,
+                   help="images (or crops) generated for shapes and photos")
+    p.add_argument("--split", default="train", choices=("train", "all"),
+                   help="train: leave out held-out shapes / validation photos; all: every "
+                        "image (the tokenizer never reads captions, see README)")
+    p.add_argument("--no-kmeans", action="store_true", help="random codebook start")
+    p.add_argument("--no-restarts", action="store_true", help="never restart dead codes")
+    p.add_argument("--restart-every", type=positive_int, default=100)
+    add_train_arguments(p, lr=1e-3, steps=5000)
+    p.set_defaults(func=cmd_train_tokenizer, many_processes=True)
+
+
+def cmd_train_tokenizer(args):
+    from tinytok.data.datasets import training_images
+    from tinytok.training import TokenizerRecipe, TrainSettings, train_tokenizer
+    from tinytok.tokenizer.quantizers import QUANTIZERS, quantizers_reading
+    from tinytok.tokenizer.vqvae import tokenizer_config, with_grid, with_quantizer
+    from dataclasses import replace
+    sized_by_levels = QUANTIZERS[args.quantizer].reads("levels")
+    if not sized_by_levels and args.levels is not None:
+        raise ConfigError(f"--levels is for --quantizer "
+                          f"{' or '.join(quantizers_reading('levels'))} only")
+    if sized_by_levels and args.codes:  # FSQ's codebook is the grid of its levels
+        raise ConfigError(f"--codes does not apply to --quantizer {args.quantizer}: its codes "
+                          "are prod(--levels)")
+    config = with_quantizer(tokenizer_config(args.config), args.quantizer, args.levels)
+    if args.codes:
+        config = replace(config, num_codes=args.codes)
+    config = with_grid(config, args.size, args.grid)  # refused here, before any data is read
+    images = training_images(args.data, args.n_images if args.data in ("shapes", "photos")
+                             else None, seed=args.seed, split=args.split,
+                             size=config.image_size)
+    settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                             warmup=args.warmup, seed=args.seed,
+                             checkpoint_every=args.checkpoint_every, log_every=args.log_every)
+    recipe = TokenizerRecipe(kmeans_init=not args.no_kmeans,
+                             restart_every=0 if args.no_restarts else args.restart_every)
+    settings.check()  # before anything is printed: a bad argument is one line, not two
+    world = args.world
+    distributed.batch_share(settings.batch_size, world)   # refused here too, before training
+    g, size = config.grid_size, config.image_size
+    say, on = _speaker(world), f" on {world.size} processes" if world.size > 1 else ""
+    say(f"training a {config.name} tokenizer ({config.quantizer}, {config.num_codes} codes, "
+        f"{g}x{g} tokens per {size}x{size} picture) on {len(images)} {args.data} images for "
+        f"{args.steps} steps{on} -> {args.out}", file=sys.stderr)
+    train_tokenizer(images, config, settings, args.out, recipe, resume=args.resume,
+                    world=world)
+    say(f"wrote {args.out}")
+    return 0
+
+
+def _speaker(world):
+    """print on process 0; nothing on the others (K copies of each line would only repeat)."""
+    return print if world.is_root else (lambda *args, **kwargs: None)
+
+
+def add_train_arguments(p, lr, steps, batch_size=32):
+    p.add_argument("--steps", type=positive_int, default=steps, help="total optimizer steps")
+    p.add_argument("--batch-size", type=positive_int, default=batch_size)
+    p.add_argument("--lr", type=positive_float, default=lr, help="peak learning rate")
+    p.add_argument("--warmup", type=non_negative_int, default=100, help="linear warm-up steps")
+    p.add_argument("--seed", type=seed_value, default=0)
+    p.add_argument("--out", required=True, help="checkpoint file to write (.npz)")
+    p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
+    p.add_argument("--checkpoint-every", type=positive_int, default=500)
+    p.add_argument("--log-every", type=positive_int, default=50)
+
+
+def add_train_prior(sub):
+    p = sub.add_parser("train-prior", help="train the prior on captioned shapes")
+    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--data", default="shapes", choices=("shapes",))
+    p.add_argument("--config", default="gpt-ref")
+    p.add_argument("--n-images", type=positive_int, default=20000)
+    p.add_argument("--word-noise", type=fraction, default=0.3,
+                   help="share of caption input words replaced at random in captioning "
+                   "examples (helps describe unseen combinations)")
+    p.add_argument("--conversations", type=fraction, default=0.5,
+                   help="share of the steps that train on conversations (draw, describe, "
+                   "edit, ask); 0: the two short layouts only")
+    p.add_argument("--context", type=positive_int, default=None,
+                   help="tokens the prior sees (default: the config's, or with "
+                   "conversations the longest one)")
+    p.add_argument("--init", default=None,
+                   help="start from an earlier prior checkpoint (its weights, by token name)")
+    add_train_arguments(p, lr=1e-3, steps=5000)
+    p.set_defaults(func=cmd_train_prior, many_processes=True)
+
+
+def cmd_train_prior(args):
+    from tinytok.prior.gpt import gpt_config
+    from tinytok.pipeline import Tokenizer
+    from tinytok.prior.vocab import saved_token_names
+    from tinytok.training.checkpoint import load_checkpoint
+    from tinytok.training.conversations import longest_conversation
+    from tinytok.training.prior_data import shapes_prior_data
+    from tinytok.training import TrainSettings, train_prior
+    world = args.world
+    tokenizer = Tokenizer.load(args.tokenizer)
+    data = distributed.root_first(world, lambda: shapes_prior_data(   # others read its cache
+        tokenizer, args.n_images, args.seed, cache=args.out + ".tokens",
+        tokenizer_path=args.tokenizer))
+    overrides = {"vocab_size": data.vocab.size}
+    if args.context or args.conversations:
+        overrides["context"] = args.context or longest_conversation(data.vocab) - 1
+    config = gpt_config(args.config, **overrides)
+    settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                             warmup=args.warmup, seed=args.seed, weight_decay=0.1,
+                             checkpoint_every=args.checkpoint_every, log_every=args.log_every)
+    settings.check()
+    distributed.batch_share(settings.batch_size, world)   # refused here too, before training
+    init = None
+    if args.init:
+        earlier = load_checkpoint(args.init, kind="prior")
+        init = (earlier.params, saved_token_names(earlier.config["vocab"]))
+    say, on = _speaker(world), f" on {world.size} processes" if world.size > 1 else ""
+    say(f"training a {config.name} prior (context {config.context}) on {len(data.codes)} "
+        f"captioned shapes for {args.steps} steps{on}, {args.conversations:.0%} of them on "
+        f"conversations{', from ' + args.init if init else ''} -> {args.out}",
+        file=sys.stderr)
+    train_prior(data, config, settings, args.out, resume=args.resume,
+                p_word_noise=args.word_noise, p_conversation=args.conversations, init=init,
+                world=world)
+    say(f"wrote {args.out}")
+    return 0
+
+
+# This group's commands, in the order `tinytok --help` lists them (tinytok.cli.COMMANDS).
+COMMANDS = (add_demo, add_train_tokenizer, add_train_prior)
