@@ -30,12 +30,12 @@ def module_name(path):
 
 
 # Modules whose arrays may live on the GPU: every op, model and training module, and these.
-# The others (prior.vocab, data.*, viz, cli, demo, errors, files) work on host data by design
-# and convert with to_numpy where they take arrays.
+# The others (prior.vocab, data.*, evaluate.*, viz, cli, demo, errors, files) work on host
+# data by design and convert with to_numpy where they take arrays.
 DEVICE_PACKAGES = ("ops.", "tokenizer.", "prior.", "training.")
 HOST_MODULES = {"prior.vocab", "prior.turns", "training.conversations", "training.progress",
                 "ops", "tokenizer", "prior", "training"}
-DEVICE_MODULES = ({"backend", "bench.measure", "bench.workloads", "bench.sections", "evaluate",
+DEVICE_MODULES = ({"backend", "bench.measure", "bench.workloads", "bench.sections",
                    "gradcheck", "parallel", "pipeline"}
                   | {module_name(path) for path in SOURCES
                      if module_name(path).startswith(DEVICE_PACKAGES)}) - HOST_MODULES
