@@ -234,6 +234,18 @@ def read_attributes(images):
     """
     images = check_images(images, SIZE)
     x = to_numpy(images).astype(np.float32)                        # (N, 32, 32, 3)
+    level, mask, blank = _foreground(x)
+    position, box = _position(mask)
+    colour = _colour(x, mask)
+    shape, size = _shape_and_size(level, mask, box)
+    labels = np.column_stack([shape, colour, size, position]).astype(np.int64)
+    labels[mask.sum(axis=(1, 2)) < 4, 0:3:2] = -1  # too few pixels to tell shape or size
+    labels[blank] = -1
+    return labels
+
+
+def _foreground(x):
+    """Brightness relative to the peak (N, 32, 32), the foreground mask, and blank images."""
     bright = x.max(axis=3)                                         # (N, 32, 32)
     # The peak of a 2x2 average, so that one noisy pixel does not set the scale.
     smooth = (bright[:, :-1, :-1] + bright[:, 1:, :-1] + bright[:, :-1, 1:] + bright[:, 1:, 1:])
@@ -242,16 +254,23 @@ def read_attributes(images):
     level = bright / peak[:, None, None]                           # ~1 inside the shape
     mask = level >= 0.5
     mask[blank] = False
+    return level, mask, blank
 
-    # Position: the centre of the foreground's bounding box, in the 3x3 grid.
+
+def _position(mask):
+    """The centre of the foreground's bounding box, in the 3x3 grid; and the box (y0, y1,
+    x0, x1), each (N,)."""
     rows, cols = mask.any(axis=2), mask.any(axis=1)                # (N, 32) each
     y0, y1 = rows.argmax(axis=1), SIZE - rows[:, ::-1].argmax(axis=1)
     x0, x1 = cols.argmax(axis=1), SIZE - cols[:, ::-1].argmax(axis=1)
     edges = [(a + b) / 2 for a, b in zip(CELL_CENTRES, CELL_CENTRES[1:])]
     position = np.digitize((y0 + y1) / 2, edges) * 3 + np.digitize((x0 + x1) / 2, edges)
+    return position, (y0, y1, x0, x1)
 
-    # Colour: nearest named colour by angle, from the mean foreground pixel. Blending with
-    # the black background only scales a colour, so the mean keeps its direction.
+
+def _colour(x, mask):
+    """Nearest named colour by angle, from the mean foreground pixel (-1: none near). Blending
+    with the black background only scales a colour, so the mean keeps its direction."""
     count = np.maximum(mask.sum(axis=(1, 2)), 1)[:, None]
     mean = (x * mask[..., None]).sum(axis=(1, 2)) / count          # (N, 3)
     unit = mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-9)
@@ -259,16 +278,20 @@ def read_attributes(images):
     cosine = unit @ named.T                                        # (N, colours)
     colour = cosine.argmax(axis=1)
     colour[cosine.max(axis=1) < np.cos(np.radians(MAX_COLOUR_ANGLE))] = -1
+    return colour
 
-    # Shape and size from moments of the brightness within 3 pixels of the bounding box,
-    # ignoring the faintest levels (background noise would weigh heavily far out).
+
+def _shape_and_size(level, mask, box):
+    """Shape and size from moments of the brightness within 3 pixels of the bounding box,
+    ignoring the faintest levels (background noise would weigh heavily far out)."""
+    y0, y1, x0, x1 = box
     g = np.arange(SIZE)
     near_rows = (g >= y0[:, None] - 3) & (g < y1[:, None] + 3)    # (N, 32)
     near_cols = (g >= x0[:, None] - 3) & (g < x1[:, None] + 3)    # (N, 32)
     near = near_rows[:, :, None] & near_cols[:, None, :]           # (N, 32, 32)
     weights = np.where(near & (level >= 0.2) & mask.any(axis=(1, 2))[:, None, None],
                        np.minimum(level, 1), 0)
-    weights[~weights.any(axis=(1, 2))] = 1  # blank images: any finite value, overwritten below
+    weights[~weights.any(axis=(1, 2))] = 1  # blank images: any finite value, overwritten later
     X, Y, E = _moments(weights)
     vx, vy = E(X * X), E(Y * Y)
     skew = E(Y * Y * Y) / np.maximum(vy, 1e-9) ** 1.5
@@ -283,12 +306,7 @@ def read_attributes(images):
     shape = np.where(skew < TRIANGLE_SKEW, 2, np.where(corners > SQUARE_CORNERS, 1, 0))
     # Variance of a shape of extent e: circle e^2/8, square e^2/6, triangle e^2 * 7/72.
     extent = np.sqrt(np.array([8.0, 6.0, 72 / 7])[shape] * (vx + vy))
-    size = (extent > EXTENT_SPLIT).astype(np.int64)
-
-    labels = np.column_stack([shape, colour, size, position]).astype(np.int64)
-    labels[mask.sum(axis=(1, 2)) < 4, 0:3:2] = -1  # too few pixels to tell shape or size
-    labels[blank] = -1
-    return labels
+    return shape, (extent > EXTENT_SPLIT).astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------
