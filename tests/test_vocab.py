@@ -7,13 +7,14 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from tinytok.errors import CheckpointError, ConfigError, DTypeError, PromptError, ShapeError
-from tinytok.prior.vocab import (BOS, CAPTION, END_IMAGE, EOS, IGNORE_INDEX, IMAGE, IMAGE_TO_TEXT,
-                           PAD, SPECIALS, TEXT_TO_IMAGE, UNCONDITIONAL, Vocab, caption_from_tokens,
-                                 caption_prompt, choose_layouts,
-                                 image_codes_from_tokens, image_prompt, image_to_text_sequence,
-                                 image_token_mask, make_training_batch,
-                                 max_caption_words, split_words, text_to_image_sequence,
-                                 text_token_mask, unconditional_prompt, unconditional_sequence)
+from tinytok.prior.layouts import (IMAGE_TO_TEXT, TEXT_TO_IMAGE, UNCONDITIONAL,
+                                   caption_from_tokens, caption_prompt, image_codes_from_tokens,
+                                   image_prompt, image_to_text_sequence, max_caption_words,
+                                   text_to_image_sequence, unconditional_prompt,
+                                   unconditional_sequence)
+from tinytok.prior.vocab import (BOS, CAPTION, END_IMAGE, EOS, IGNORE_INDEX, IMAGE, PAD, SPECIALS,
+                                 Vocab, image_token_mask, split_words, text_token_mask)
+from tinytok.training.prior_batches import choose_layouts, make_training_batch
 from tinytok.training.prior_data import encode_dataset_tokens, load_token_cache, save_token_cache
 
 # Captions in the shapes dataset's template, written out here so these tests don't need it.
