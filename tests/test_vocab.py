@@ -9,7 +9,8 @@ from hypothesis import given, settings, strategies as st
 from tinytok.errors import CheckpointError, ConfigError, DTypeError, PromptError, ShapeError
 from tinytok.prior.layouts import (IMAGE_TO_TEXT, TEXT_TO_IMAGE, UNCONDITIONAL,
                                    caption_from_tokens, caption_prompt, image_codes_from_tokens,
-                                   image_prompt, image_to_text_sequence, max_caption_words,
+                                   image_prompt, image_to_text_sequence, inputs_and_targets,
+                                   max_caption_words,
                                    text_to_image_sequence, unconditional_prompt,
                                    unconditional_sequence)
 from tinytok.prior.vocab import (BOS, CAPTION, END_IMAGE, EOS, IGNORE_INDEX, IMAGE, PAD, SPECIALS,
@@ -437,3 +438,36 @@ def test_word_noise_changes_only_caption_inputs_of_captioning_examples():
         assert not (changed[r] & ~after_caption).any()
     words = noisy_in[changed]
     assert ((words >= len(SPECIALS)) & (words < vocab.image_offset)).all()
+
+
+def test_inputs_and_targets_shift_mask_and_noise(vocab):
+    """The one step from sequences to (inputs, targets) that every layout goes through."""
+    w = [vocab.encode_text(c)[0] for c in CAPTIONS[:3]]
+    seq = np.array([[BOS, w[0], w[1], w[2], EOS, PAD],
+                    [BOS, IMAGE, w[2], w[0], EOS, PAD]], dtype=np.int64)
+    scored = seq != PAD
+    inputs, targets = inputs_and_targets(vocab, seq, scored)
+    np.testing.assert_array_equal(inputs, seq[:, :-1])
+    np.testing.assert_array_equal(targets, np.where(scored[:, 1:], seq[:, 1:], IGNORE_INDEX))
+    noisy_in, noisy_t = inputs_and_targets(vocab, seq, scored, np.random.default_rng(0), 1.0,
+                                           may_noise=np.array([[False], [True]]))
+    np.testing.assert_array_equal(noisy_t, targets)          # targets stay true
+    np.testing.assert_array_equal(noisy_in[0], inputs[0])     # row 0 may not be noised
+    is_word = (inputs[1] >= len(SPECIALS)) & (inputs[1] < vocab.image_offset)
+    np.testing.assert_array_equal(noisy_in[1][~is_word], inputs[1][~is_word])
+    assert all(vocab.is_word(i) for i in noisy_in[1][is_word])
+
+
+def test_moved_names_stay_importable_from_vocab_and_turns():
+    """The lessons import the layouts and batches from their old homes."""
+    import tinytok.prior.turns as turns
+    import tinytok.prior.vocab as old
+    from tinytok.prior import layouts
+    from tinytok.training import prior_batches
+    for name, home in old.MOVED.items():
+        module = layouts if home.endswith("layouts") else prior_batches
+        assert getattr(old, name) is getattr(module, name)
+    assert turns.conversation_batch is prior_batches.conversation_batch
+    assert turns.picture_ids is layouts.picture_ids
+    with pytest.raises(AttributeError):
+        old.no_such_name
