@@ -33,7 +33,8 @@ def module_name(path):
 # The others (prior.vocab, data.*, evaluate.*, viz, cli, demo, errors, files) work on host
 # data by design and convert with to_numpy where they take arrays.
 DEVICE_PACKAGES = ("ops.", "tokenizer.", "prior.", "training.")
-HOST_MODULES = {"prior.vocab", "prior.turns", "training.conversations", "training.progress",
+HOST_MODULES = {"prior.vocab", "prior.layouts", "training.conversations",
+                "training.prior_batches", "training.progress",
                 "ops", "tokenizer", "prior", "training"}
 DEVICE_MODULES = ({"backend", "bench.measure", "bench.workloads", "bench.sections",
                    "gradcheck", "parallel", "pipeline"}

@@ -16,7 +16,8 @@ from tinytok.errors import (CheckpointError, DTypeError, ImageError, PromptError
                             TinytokError)
 from tinytok.data.images import load_image
 from tinytok.pipeline import Tokenizer
-from tinytok.prior.vocab import Vocab, image_prompt, split_words
+from tinytok.prior.layouts import image_prompt
+from tinytok.prior.vocab import Vocab, split_words
 from tinytok.tokenizer.vqvae import TokenizerConfig, init_tokenizer_params
 
 FUZZ = settings(max_examples=40, deadline=None,

@@ -13,7 +13,8 @@ from tinytok.errors import ConfigError
 from tinytok.pipeline import Pipeline
 from tinytok.prior.settings import PLAIN, SAMPLING
 from tinytok.prior.sample import NextTokenLogits
-from tinytok.prior.vocab import EOS, caption_prompt
+from tinytok.prior.layouts import caption_prompt
+from tinytok.prior.vocab import EOS
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,12 @@ from tinytok.data.edits import (COLOUR, FORMS, INSTRUCTION_WORDS, POSITION, SHAP
                                 parse_instruction, possible_edits)
 from tinytok.errors import ConfigError, ContextFullError, PromptError, ShapeError
 from tinytok.prior.settings import SAMPLING
-from tinytok.prior.turns import (conversation_batch, conversation_tokens, picture_ids,
-                                 reply_prompt)
+from tinytok.prior.layouts import conversation_tokens, picture_ids, reply_prompt
 from tinytok.prior.vocab import (BOS, END_IMAGE, EOS, IGNORE_INDEX, IMAGE, MODEL, USER, Vocab,
                                  saved_token_names)
 from tinytok.training.conversations import (PictureBank, longest_conversation,
                                             random_conversation)
+from tinytok.training.prior_batches import conversation_batch
 from tinytok.training.prior_trainer import cut_padding, warm_start
 
 K = 16

@@ -7,13 +7,15 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from tinytok.errors import CheckpointError, ConfigError, DTypeError, PromptError, ShapeError
-from tinytok.prior.vocab import (BOS, CAPTION, END_IMAGE, EOS, IGNORE_INDEX, IMAGE, IMAGE_TO_TEXT,
-                           PAD, SPECIALS, TEXT_TO_IMAGE, UNCONDITIONAL, Vocab, caption_from_tokens,
-                                 caption_prompt, choose_layouts,
-                                 image_codes_from_tokens, image_prompt, image_to_text_sequence,
-                                 image_token_mask, make_training_batch,
-                                 max_caption_words, split_words, text_to_image_sequence,
-                                 text_token_mask, unconditional_prompt, unconditional_sequence)
+from tinytok.prior.layouts import (IMAGE_TO_TEXT, TEXT_TO_IMAGE, UNCONDITIONAL,
+                                   caption_from_tokens, caption_prompt, image_codes_from_tokens,
+                                   image_prompt, image_to_text_sequence, inputs_and_targets,
+                                   max_caption_words,
+                                   text_to_image_sequence, unconditional_prompt,
+                                   unconditional_sequence)
+from tinytok.prior.vocab import (BOS, CAPTION, END_IMAGE, EOS, IGNORE_INDEX, IMAGE, PAD, SPECIALS,
+                                 Vocab, image_token_mask, split_words, text_token_mask)
+from tinytok.training.prior_batches import choose_layouts, make_training_batch
 from tinytok.training.prior_data import encode_dataset_tokens, load_token_cache, save_token_cache
 
 # Captions in the shapes dataset's template, written out here so these tests don't need it.
@@ -436,3 +438,21 @@ def test_word_noise_changes_only_caption_inputs_of_captioning_examples():
         assert not (changed[r] & ~after_caption).any()
     words = noisy_in[changed]
     assert ((words >= len(SPECIALS)) & (words < vocab.image_offset)).all()
+
+
+def test_inputs_and_targets_shift_mask_and_noise(vocab):
+    """The one step from sequences to (inputs, targets) that every layout goes through."""
+    w = [vocab.encode_text(c)[0] for c in CAPTIONS[:3]]
+    seq = np.array([[BOS, w[0], w[1], w[2], EOS, PAD],
+                    [BOS, IMAGE, w[2], w[0], EOS, PAD]], dtype=np.int64)
+    scored = seq != PAD
+    inputs, targets = inputs_and_targets(vocab, seq, scored)
+    np.testing.assert_array_equal(inputs, seq[:, :-1])
+    np.testing.assert_array_equal(targets, np.where(scored[:, 1:], seq[:, 1:], IGNORE_INDEX))
+    noisy_in, noisy_t = inputs_and_targets(vocab, seq, scored, np.random.default_rng(0), 1.0,
+                                           may_noise=np.array([[False], [True]]))
+    np.testing.assert_array_equal(noisy_t, targets)          # targets stay true
+    np.testing.assert_array_equal(noisy_in[0], inputs[0])     # row 0 may not be noised
+    is_word = (inputs[1] >= len(SPECIALS)) & (inputs[1] < vocab.image_offset)
+    np.testing.assert_array_equal(noisy_in[1][~is_word], inputs[1][~is_word])
+    assert all(vocab.is_word(i) for i in noisy_in[1][is_word])

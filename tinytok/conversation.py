@@ -6,7 +6,7 @@
     chat.say("what is it?")                                      # -> a caption (str)
 
 Each user turn is words or a picture (uint8 (S, S, 3)); the model's reply continues the
-one token stream of prior/turns.py, and the model chooses its modality with the first
+one token stream of prior/layouts.py, and the model chooses its modality with the first
 token it writes (sample.reply_is_picture). The stream so far lives in one KV cache
 (history), fed once: a reply runs only its own new tokens through the model. A picture
 reply is exactly one grid of image codes, guided (sampling.cfg_scale) against the stream
@@ -23,7 +23,7 @@ from tinytok.parallel import blas_threads_for_small_products
 from tinytok.pipeline import check_seed
 from tinytok.prior.sample import NextTokenLogits, draw_picture, reply_is_picture, write_reply
 from tinytok.prior.settings import SAMPLING, check_sampling
-from tinytok.prior.turns import conversation_tokens, picture_ids, reply_prompt
+from tinytok.prior.layouts import conversation_tokens, picture_ids, reply_prompt
 from tinytok.prior.vocab import IMAGE, MODEL, USER
 
 

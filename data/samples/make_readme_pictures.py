@@ -17,7 +17,7 @@ from tinytok.data.datasets import make_shapes, parse_caption, read_attributes
 from tinytok.data.images import images_to_model
 from tinytok.evaluate import caption_accuracy, eval_tokenizer
 from tinytok.pipeline import Pipeline
-from tinytok.prior.vocab import text_to_image_sequence
+from tinytok.prior.layouts import text_to_image_sequence
 from tinytok.tokenizer.vqvae import encoder_forward
 from tinytok.tokenizer.codebook import code_counts
 from tinytok.viz import (codebook_palette, comparison_grid, image_grid, pipeline_diagram,

@@ -24,9 +24,9 @@ from tinytok.backend import get_array_module
 from tinytok.errors import ContextFullError, ShapeError
 from tinytok.prior.gpt import check_ids, gpt_forward, new_kv_cache
 from tinytok.prior.settings import PLAIN
-from tinytok.prior.vocab import (EOS, IMAGE, SPECIALS, USER, caption_from_tokens, caption_prompt, image_prompt,
-                                 image_to_text_sequence, image_token_mask, text_token_mask,
-                                 unconditional_prompt)
+from tinytok.prior.layouts import (caption_from_tokens, caption_prompt, image_prompt,
+                                   image_to_text_sequence, unconditional_prompt)
+from tinytok.prior.vocab import EOS, IMAGE, SPECIALS, USER, image_token_mask, text_token_mask
 from tinytok.ops.softmax import log_softmax, softmax
 
 

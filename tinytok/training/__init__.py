@@ -5,6 +5,7 @@
     steps.py              one step's gradients for each model, on batch parts (every core)
     tokenizer_trainer.py  TokenizerRecipe, train_tokenizer
     prior_data.py         PriorData, and the shapes encoded once by a tokenizer (cached)
+    prior_batches.py      the prior's batches: which layouts, how often, caption dropout
     prior_trainer.py      train_prior
     conversations.py      conversations for the prior: draw, describe, edit, ask
     optim.py              AdamW, gradient clipping, the learning-rate schedule

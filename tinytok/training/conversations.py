@@ -22,7 +22,7 @@ import numpy as np
 from tinytok.data.datasets import caption_for
 from tinytok.data.edits import QUESTION, apply_edit, instruction, possible_edits, random_edit
 from tinytok.errors import ConfigError
-from tinytok.prior.turns import picture_ids
+from tinytok.prior.layouts import picture_ids
 from tinytok.prior.vocab import IMAGE, MODEL, USER
 
 OPENINGS = ("draw", "show")

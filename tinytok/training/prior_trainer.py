@@ -23,12 +23,12 @@ from tinytok.data.datasets import batch_indices
 from tinytok.distributed import SINGLE, batch_share, sum_over_processes
 from tinytok.prior.gpt import config_dict, gpt_loss_forward, init_gpt_params
 from tinytok.errors import ConfigError
-from tinytok.prior.turns import conversation_batch
-from tinytok.prior.vocab import PAD, make_training_batch
+from tinytok.prior.vocab import PAD
 from tinytok.training.conversations import PictureBank, longest_conversation, random_conversation
 from tinytok.training.loop import (announce_resume, check_finite_loss, host_copy,
                                    optimizer_step, quiet_unless_root, resume_state, run_loop,
                                    settings_dict, step_rng)
+from tinytok.training.prior_batches import conversation_batch, make_training_batch
 from tinytok.training.optim import adamw_init, adamw_state_to_device, zeros_like_params
 from tinytok.training.progress import Progress, print_to_stderr
 from tinytok.training.steps import gpt_loss_grads
