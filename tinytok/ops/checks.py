@@ -2,8 +2,11 @@
 
 Each check is a cheap look at shape and dtype (no pass over the data), so it is done on
 every forward call. The whole-number check is the package's one: configs, settings and
-arguments everywhere use is_whole_number and require_positive_int.
+arguments everywhere use is_whole_number and require_positive_int, and is_finite_number
+for real-valued settings.
 """
+import math
+import numbers
 import operator
 
 from tinytok.errors import ConfigError, DTypeError, ShapeError
@@ -58,6 +61,12 @@ def is_whole_number(value, minimum=0):
         return not isinstance(value, bool) and operator.index(value) >= minimum
     except TypeError:
         return False
+
+
+def is_finite_number(value):
+    """Whether value is a finite real number (Python or NumPy); bools and strings are not."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 def require_positive_int(name, value, minimum=1):

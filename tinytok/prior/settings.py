@@ -16,19 +16,10 @@ doubling of its candidates far more than a drawing from a caption does, because 
 often redraws the picture in hand, and the caption the edit should give tells the copy from
 the edit, so edits draw 16.
 """
-import math
 from dataclasses import dataclass, replace
 
-import numpy as np
-
 from tinytok.errors import ConfigError
-from tinytok.ops.checks import is_whole_number, require_positive_int
-
-
-def _is_number(value):
-    return (not isinstance(value, bool) and isinstance(value, (int, float, np.integer,
-                                                               np.floating))
-            and math.isfinite(value))
+from tinytok.ops.checks import is_finite_number, is_whole_number, require_positive_int
 
 
 @dataclass(frozen=True)
@@ -51,13 +42,13 @@ class Sampling:
     edit_rerank: int = 16
 
     def __post_init__(self):
-        if not (_is_number(self.temperature) and self.temperature > 0):
+        if not (is_finite_number(self.temperature) and self.temperature > 0):
             raise ConfigError(f"temperature must be a finite number > 0, got {self.temperature!r}")
         if self.top_k is not None and not is_whole_number(self.top_k, 1):
             raise ConfigError(f"top_k must be a whole number >= 1 or None, got {self.top_k!r}")
-        if self.top_p is not None and not (_is_number(self.top_p) and 0 < self.top_p <= 1):
+        if self.top_p is not None and not (is_finite_number(self.top_p) and 0 < self.top_p <= 1):
             raise ConfigError(f"top_p must lie in (0, 1] or be None, got {self.top_p!r}")
-        if not (_is_number(self.cfg_scale) and self.cfg_scale >= 0):
+        if not (is_finite_number(self.cfg_scale) and self.cfg_scale >= 0):
             raise ConfigError(f"the guidance scale cfg_scale must be a finite number >= 0, "
                               f"got {self.cfg_scale!r}")
         for name in ("rerank", "edit_rerank"):

@@ -18,13 +18,12 @@ The optimizer state is a plain dict ``{"m": {name: array}, "v": {name: array}, "
 so ``tinytok.training.checkpoint.save_checkpoint(..., optimizer_state=state)`` stores it as it is.
 """
 import math
-import numbers
 
 import numpy as np
 
 from tinytok import backend
 from tinytok.errors import ConfigError, DTypeError, ShapeError
-from tinytok.ops.checks import require_positive_int
+from tinytok.ops.checks import is_finite_number, require_positive_int
 
 
 # ----------------------------------------------------------------------------------------
@@ -125,7 +124,7 @@ def _adamw_update(p, g, m, v, beta1, beta2, eps, shrink, step_size, sqrt_bc2):
 
 def _check_adamw_args(lr, betas, eps, weight_decay):
     """Raise ConfigError for hyperparameters outside their range; return beta1, beta2."""
-    if not _is_real(lr) or lr < 0:
+    if not is_finite_number(lr) or lr < 0:
         raise ConfigError(f"learning rate must be a number >= 0, got {lr!r}")
     try:
         beta1, beta2 = (float(b) for b in betas)
@@ -133,9 +132,9 @@ def _check_adamw_args(lr, betas, eps, weight_decay):
         raise ConfigError(f"betas must be a pair of numbers, got {betas!r}") from None
     if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
         raise ConfigError(f"betas must each lie in [0, 1), got {betas!r}")
-    if not _is_real(eps) or eps <= 0:
+    if not is_finite_number(eps) or eps <= 0:
         raise ConfigError(f"eps must be a number > 0, got {eps!r}")
-    if not _is_real(weight_decay) or weight_decay < 0:
+    if not is_finite_number(weight_decay) or weight_decay < 0:
         raise ConfigError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
     return beta1, beta2
 
@@ -180,7 +179,7 @@ def clip_grad_norm(grads, max_norm):
     inf norm leaves the gradients untouched (scaling would only spread the NaN) and is
     returned, so the caller can skip the step.
     """
-    if not _is_real(max_norm) or not max_norm > 0:
+    if not is_finite_number(max_norm) or not max_norm > 0:
         raise ConfigError(f"max_norm must be a number > 0, got {max_norm!r}")
     _check_arrays(grads, "grads")
     total = global_norm(grads)
@@ -238,7 +237,7 @@ def _check_schedule_args(step, base_lr, warmup_steps, total_steps, min_lr):
     if total_steps < 1 or warmup_steps > total_steps:
         raise ConfigError(f"need 0 <= warmup_steps <= total_steps and total_steps >= 1, "
                           f"got warmup_steps={warmup_steps}, total_steps={total_steps}")
-    if not _is_real(base_lr) or not _is_real(min_lr) or not 0 <= min_lr <= base_lr:
+    if not is_finite_number(base_lr) or not is_finite_number(min_lr) or not 0 <= min_lr <= base_lr:
         raise ConfigError(f"need 0 <= min_lr <= base_lr, got min_lr={min_lr!r}, "
                           f"base_lr={base_lr!r}")
 
@@ -252,10 +251,6 @@ def _check_arrays(arrays, what):
         if not (isinstance(a, np.ndarray) or backend.is_cupy_array(a)):
             raise DTypeError(f"{what}[{name!r}] is a {type(a).__name__}, not an array; "
                              "in-place updates need arrays")
-
-
-def _is_real(x):
-    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _names(keys, limit=5):
