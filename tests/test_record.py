@@ -66,6 +66,12 @@ def test_the_readme_types_no_figure_of_a_shipped_model():
     assert not bare, f"figures typed by hand in README's Shipped checkpoints: {bare}"
 
 
+def test_the_readme_is_a_front_page():
+    """Detail belongs in the lessons: the README stays under 15,000 characters."""
+    size = len((ROOT / "README.md").read_text(encoding="utf-8"))
+    assert size < 15_000, f"README.md has {size:,} characters; move detail into a lesson"
+
+
 # ---------------------------------------------------------------- the mechanism
 
 RECORD = {"m": {"best": {"command": "tinytok eval-prior", "files": {},

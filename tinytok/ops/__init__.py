@@ -5,18 +5,21 @@ the gradients in the order of the forward's float array arguments. A loss's back
 the upstream gradient of the loss first (usually 1.0). Each cache is a named tuple of what
 the backward needs (``LinearCache(x, w, has_bias)``, ...), one type per op.
 
-Besides the ten pairs of PAIRS: conv2d_as_transposed, the same numbers as conv2d by another
+Besides the pairs of PAIRS: conv2d_as_transposed, the same numbers as conv2d by another
 route (faster for a narrowing convolution); softmax and log_softmax; scatter_add, the
 accumulating write behind a lookup's gradient.
 """
-from tinytok.ops.activations import gelu_backward, gelu_forward, relu_backward, relu_forward
+from tinytok.ops.activations import (gelu_backward, gelu_forward, leaky_relu_backward,
+                                    leaky_relu_forward, relu_backward, relu_forward)
 from tinytok.ops.attention import causal_self_attention_backward, causal_self_attention_forward
 from tinytok.ops.conv import (conv2d_as_transposed_backward, conv2d_as_transposed_forward,
                               conv2d_backward, conv2d_forward, conv_transpose2d_backward,
                               conv_transpose2d_forward, narrowing_conv_is_faster)
 from tinytok.ops.embedding import embedding_backward, embedding_forward, scatter_add
 from tinytok.ops.linear import linear_backward, linear_forward
-from tinytok.ops.losses import (cross_entropy_backward, cross_entropy_forward, mse_backward,
+from tinytok.ops.losses import (cross_entropy_backward, cross_entropy_forward,
+                                hinge_d_loss_backward, hinge_d_loss_forward,
+                                hinge_g_loss_backward, hinge_g_loss_forward, mse_backward,
                                 mse_forward)
 from tinytok.ops.norm import layer_norm_backward, layer_norm_forward
 from tinytok.ops.softmax import log_softmax, softmax
@@ -26,12 +29,15 @@ PAIRS = {
     "conv2d": (conv2d_forward, conv2d_backward),
     "conv_transpose2d": (conv_transpose2d_forward, conv_transpose2d_backward),
     "relu": (relu_forward, relu_backward),
+    "leaky_relu": (leaky_relu_forward, leaky_relu_backward),
     "gelu": (gelu_forward, gelu_backward),
     "layer_norm": (layer_norm_forward, layer_norm_backward),
     "embedding": (embedding_forward, embedding_backward),
     "causal_self_attention": (causal_self_attention_forward, causal_self_attention_backward),
     "cross_entropy": (cross_entropy_forward, cross_entropy_backward),
     "mse": (mse_forward, mse_backward),
+    "hinge_d_loss": (hinge_d_loss_forward, hinge_d_loss_backward),
+    "hinge_g_loss": (hinge_g_loss_forward, hinge_g_loss_backward),
 }
 
 __all__ = [name for pair in PAIRS.values() for name in (f.__name__ for f in pair)] + [

@@ -1,4 +1,5 @@
-"""Element-wise non-linearities: ReLU and GELU (tanh approximation, as in GPT-2)."""
+"""Element-wise non-linearities: ReLU, leaky ReLU (the discriminator's) and GELU (tanh
+approximation, as in GPT-2)."""
 import math
 from typing import Any, NamedTuple
 
@@ -23,6 +24,29 @@ def relu_forward(x):
 def relu_backward(dy, cache):
     """dx = dy where x > 0, else 0. A new array: dy itself is the caller's and stays as is."""
     return dy * cache.positive
+
+
+class LeakyReluCache(NamedTuple):
+    positive: Any  # bool, x's shape: where x > 0
+    slope: float   # the factor on negative inputs
+
+
+def leaky_relu_forward(x, slope=0.2):
+    """y = x where x > 0, else slope * x. x (any shape) -> y (same shape).
+
+    A discriminator uses it rather than ReLU so that no input gets a zero gradient: the
+    tokenizer learns from D's gradient with respect to its picture, everywhere.
+    """
+    require_float("x", x)
+    positive = x > 0
+    y = get_array_module(x).where(positive, x, x * x.dtype.type(slope))
+    return y, LeakyReluCache(positive, slope)
+
+
+def leaky_relu_backward(dy, cache):
+    """dx = dy where x > 0, else slope * dy."""
+    xp = get_array_module(dy)
+    return xp.where(cache.positive, dy, dy * dy.dtype.type(cache.slope))
 
 
 class GeluCache(NamedTuple):

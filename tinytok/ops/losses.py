@@ -1,4 +1,5 @@
-"""Losses: mean squared error (reconstruction) and cross-entropy (next-token prediction).
+"""Losses: mean squared error (reconstruction), cross-entropy (next-token prediction) and the
+hinge losses of a discriminator and of the generator it judges.
 
 A loss pair returns a 0-d value of the backend (it stays on the device; call float() to
 print it) and its backward takes the upstream gradient dloss first, usually 1.0.
@@ -75,3 +76,49 @@ def cross_entropy_backward(dloss, cache):
     dz[xp.arange(len(t)), t] -= 1
     dz *= (keep[:, None] * (dloss / count)).astype(dz.dtype)
     return dz.reshape(shape)
+
+
+class HingeCache(NamedTuple):
+    short_real: Any   # bool, real's shape: where 1 - real > 0, the margin not yet met
+    short_fake: Any   # bool, fake's shape: where 1 + fake > 0
+    dtype: Any        # the scores' dtype, which the gradients keep
+
+
+def hinge_d_loss_forward(real, fake):
+    """loss = mean(relu(1 - real)) + mean(relu(1 + fake)): the discriminator's.
+
+    real, fake: its scores (logits, any shapes) on real pictures and on reconstructions ->
+    0-d. A score beyond its margin (real > 1, fake < -1) costs nothing and teaches nothing.
+    """
+    require_float("real", real)
+    require_same_dtype("real", real, ("fake", fake))
+    xp = get_array_module(real)
+    loss = xp.maximum(1 - real, 0).mean() + xp.maximum(1 + fake, 0).mean()
+    return loss, HingeCache(1 - real > 0, 1 + fake > 0, real.dtype)
+
+
+def hinge_d_loss_backward(dloss, cache):
+    """dreal = -dloss / n_real where 1 - real > 0, else 0;
+    dfake = +dloss / n_fake where 1 + fake > 0, else 0."""
+    short_real, short_fake, dtype = cache
+    xp = get_array_module(short_real)
+    dreal = short_real * xp.asarray(-dloss / short_real.size, dtype=dtype)
+    dfake = short_fake * xp.asarray(dloss / short_fake.size, dtype=dtype)
+    return dreal, dfake
+
+
+class GeneratorLossCache(NamedTuple):
+    fake: Any   # the scores, for their shape, dtype and array module
+
+
+def hinge_g_loss_forward(fake):
+    """loss = -mean(fake): the generator (the tokenizer) wants the discriminator to score
+    its pictures high. fake (any shape) -> 0-d."""
+    require_float("fake", fake)
+    return -fake.mean(), GeneratorLossCache(fake)
+
+
+def hinge_g_loss_backward(dloss, cache):
+    """dfake = -dloss / n, the same for every score."""
+    fake = cache.fake
+    return get_array_module(fake).full_like(fake, -dloss / fake.size)
