@@ -202,7 +202,7 @@ HOST_EDGES = {
     ("tokenizer.codebook", "kmeans_plus_plus"): ({"empty", "minimum"},
                                        "k-means runs on the host (kmeans_init calls to_numpy)"),
     ("tokenizer.gumbel", "gumbel_noise"): ({"log"}, "noise is drawn on the host, then moved"),
-    ("tokenizer.vqvae", "_conv_params"): ({"sqrt"}, "a Python float bound for host init draws"),
+    ("tokenizer.vqvae", "conv_params"): ({"sqrt"}, "a Python float bound for host init draws"),
     ("prior.gpt", "init_gpt_params"): ({"ones", "sqrt", "zeros"}, "host init, moved by to_device"),
     ("pipeline", "model_to_images"): ({"clip", "rint"}, "after to_numpy: uint8 images out"),
     ("evaluate", "psnr"): ({"log10", "maximum"}, "uint8 host images"),

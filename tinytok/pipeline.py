@@ -26,6 +26,7 @@ from tinytok.prior.gpt import gpt_config, init_gpt_params
 from tinytok.prior.sample import caption_log_likelihood, sample_image_codes, write_captions
 from tinytok.prior.settings import SAMPLING, check_sampling
 from tinytok.prior.vocab import Vocab
+from tinytok.tokenizer.discriminator import is_discriminator_param
 from tinytok.tokenizer.vqvae import decode_ids, encode_ids, init_tokenizer_params, tokenizer_config
 from tinytok.training.checkpoint import check_params_match, load_checkpoint, save_checkpoint
 
@@ -64,8 +65,11 @@ class Tokenizer:
         ckpt = load_checkpoint(path, kind="tokenizer")
         config = _from_checkpoint(path, "tokenizer config",
                                   lambda: tokenizer_config(dict(ckpt.config["model"])))
-        check_params_match(ckpt.params, init_tokenizer_params(config), path)
-        return cls(ckpt.params, config)
+        # A tokenizer trained against a discriminator keeps it ("disc." parameters), for
+        # resuming and for looking at; encoding and decoding never need it.
+        params = {k: v for k, v in ckpt.params.items() if not is_discriminator_param(k)}
+        check_params_match(params, init_tokenizer_params(config), path)
+        return cls(params, config)
 
     def save(self, path):
         """Write the parameters and config (no optimizer state) to path, atomically."""

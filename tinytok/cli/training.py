@@ -3,8 +3,8 @@ it runs. The two trainers also run on several processes under mpiexec (tinytok.d
 import sys
 
 from tinytok import distributed
-from tinytok.cli.arguments import (fraction, fsq_levels, non_negative_int, positive_float,
-                                   positive_int, seed_value)
+from tinytok.cli.arguments import (fraction, fsq_levels, non_negative_float, non_negative_int,
+                                   positive_float, positive_int, seed_value)
 from tinytok.errors import ConfigError
 
 
@@ -44,6 +44,15 @@ def add_train_tokenizer(sub):
     p.add_argument("--no-kmeans", action="store_true", help="random codebook start")
     p.add_argument("--no-restarts", action="store_true", help="never restart dead codes")
     p.add_argument("--restart-every", type=positive_int, default=100)
+    p.add_argument("--gan-weight", type=non_negative_float, default=0.0,
+                   help="weight of VQGAN's adversarial loss against a patch discriminator, "
+                        "balanced by the adaptive weight (0: none; 0.1 sharpens photos)")
+    p.add_argument("--gan-start", type=non_negative_int, default=0,
+                   help="the step at which the discriminator joins")
+    p.add_argument("--disc-channels", type=positive_int, default=64,
+                   help="the discriminator's first convolution's channels")
+    p.add_argument("--init", default=None,
+                   help="start from an earlier tokenizer checkpoint of the same config")
     add_train_arguments(p, lr=1e-3, steps=5000)
     p.set_defaults(func=cmd_train_tokenizer, many_processes=True)
 
@@ -72,17 +81,32 @@ def cmd_train_tokenizer(args):
                              warmup=args.warmup, seed=args.seed,
                              checkpoint_every=args.checkpoint_every, log_every=args.log_every)
     recipe = TokenizerRecipe(kmeans_init=not args.no_kmeans,
-                             restart_every=0 if args.no_restarts else args.restart_every)
+                             restart_every=0 if args.no_restarts else args.restart_every,
+                             gan_weight=args.gan_weight, gan_start=args.gan_start,
+                             disc_channels=args.disc_channels)
     settings.check()  # before anything is printed: a bad argument is one line, not two
+    recipe.check()
+    init = None
+    if args.init:
+        from tinytok.training.checkpoint import load_checkpoint
+        earlier = load_checkpoint(args.init, kind="tokenizer")
+        if tokenizer_config(earlier.config["model"]) != config:
+            raise ConfigError(f"--init {args.init} is a {earlier.config['model'].get('name')} "
+                              "tokenizer of another configuration; give the same --config, "
+                              "--quantizer, --codes and --grid as it was trained with")
+        init = earlier.params
     world = args.world
     distributed.batch_share(settings.batch_size, world)   # refused here too, before training
     g, size = config.grid_size, config.image_size
     say, on = _speaker(world), f" on {world.size} processes" if world.size > 1 else ""
+    against = (f", against a patch discriminator from step {recipe.gan_start} (weight "
+               f"{recipe.gan_weight:g})" if recipe.adversarial else "")
     say(f"training a {config.name} tokenizer ({config.quantizer}, {config.num_codes} codes, "
         f"{g}x{g} tokens per {size}x{size} picture) on {len(images)} {args.data} images for "
-        f"{args.steps} steps{on} -> {args.out}", file=sys.stderr)
+        f"{args.steps} steps{on}{against}{', from ' + args.init if init else ''} -> "
+        f"{args.out}", file=sys.stderr)
     train_tokenizer(images, config, settings, args.out, recipe, resume=args.resume,
-                    world=world)
+                    world=world, init=init)
     say(f"wrote {args.out}")
     return 0
 

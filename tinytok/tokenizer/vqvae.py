@@ -147,7 +147,7 @@ def with_grid(config, image_size=None, grid_size=None):
 
 # ---------------------------------------------------------------- parameters
 
-def _conv_params(rng, prefix, c_in, c_out, k, transposed=False):
+def conv_params(rng, prefix, c_in, c_out, k, transposed=False):
     """PyTorch's default init: uniform in +-1/sqrt(fan_in) for weights and bias."""
     bound = 1 / np.sqrt((c_out if transposed else c_in) * k * k)
     shape = (c_in, c_out, k, k) if transposed else (c_out, c_in, k, k)
@@ -161,29 +161,29 @@ def init_tokenizer_params(config, seed=0, dtype="float32"):
     quantizer = QUANTIZERS[c.quantizer]
     rng = host_rng(seed)
     p = {}
-    p.update(_conv_params(rng, "enc.conv1", 3, c.hidden // 2, 4))
+    p.update(conv_params(rng, "enc.conv1", 3, c.hidden // 2, 4))
     # The second stage halves the picture again (4x4, stride 2) or keeps its size (3x3).
-    p.update(_conv_params(rng, "enc.conv2", c.hidden // 2, c.hidden,
+    p.update(conv_params(rng, "enc.conv2", c.hidden // 2, c.hidden,
                           4 if c.downsamplings == 2 else 3))
-    p.update(_conv_params(rng, "enc.conv3", c.hidden, c.hidden, 3))
+    p.update(conv_params(rng, "enc.conv3", c.hidden, c.hidden, 3))
     for i in range(c.n_res):
-        p.update(_conv_params(rng, f"enc.res{i}.conv1", c.hidden, c.res_hidden, 3))
-        p.update(_conv_params(rng, f"enc.res{i}.conv2", c.res_hidden, c.hidden, 1))
+        p.update(conv_params(rng, f"enc.res{i}.conv1", c.hidden, c.res_hidden, 3))
+        p.update(conv_params(rng, f"enc.res{i}.conv2", c.res_hidden, c.hidden, 1))
     # The encoder's last layer gives a D-vector per cell (VQ), or K code scores (Gumbel).
     out_channels = c.num_codes if quantizer.scores_codes else c.code_dim
-    p.update(_conv_params(rng, "enc.out", c.hidden, out_channels, 1))
+    p.update(conv_params(rng, "enc.out", c.hidden, out_channels, 1))
     if quantizer.has_codebook:  # FSQ's codes are a fixed grid: no codebook parameter at all
         p["quant.codebook"] = rng.uniform(-1 / c.num_codes, 1 / c.num_codes,
                                           (c.num_codes, c.code_dim))
-    p.update(_conv_params(rng, "dec.conv1", c.code_dim, c.hidden, 3))
+    p.update(conv_params(rng, "dec.conv1", c.code_dim, c.hidden, 3))
     for i in range(c.n_res):
-        p.update(_conv_params(rng, f"dec.res{i}.conv1", c.hidden, c.res_hidden, 3))
-        p.update(_conv_params(rng, f"dec.res{i}.conv2", c.res_hidden, c.hidden, 1))
+        p.update(conv_params(rng, f"dec.res{i}.conv1", c.hidden, c.res_hidden, 3))
+        p.update(conv_params(rng, f"dec.res{i}.conv2", c.res_hidden, c.hidden, 1))
     if c.downsamplings == 2:
-        p.update(_conv_params(rng, "dec.up1", c.hidden, c.hidden // 2, 4, transposed=True))
+        p.update(conv_params(rng, "dec.up1", c.hidden, c.hidden // 2, 4, transposed=True))
     else:  # the mirror of the encoder's size-keeping stage: no upsampling here
-        p.update(_conv_params(rng, "dec.conv2", c.hidden, c.hidden // 2, 3))
-    p.update(_conv_params(rng, "dec.up2", c.hidden // 2, 3, 4, transposed=True))
+        p.update(conv_params(rng, "dec.conv2", c.hidden, c.hidden // 2, 3))
+    p.update(conv_params(rng, "dec.up2", c.hidden // 2, 3, 4, transposed=True))
     return {k: to_device(v, dtype=dtype) for k, v in p.items()}
 
 
@@ -339,6 +339,13 @@ def decoder_backward(dx_hat, caches, grads, config):
     return conv_backward(dh, caches.pop(), grads, "dec.conv1")
 
 
+def decoder_last_weight_grad(dx_hat, caches):
+    """The gradient at the decoder's last weight (dec.up2.w) of a loss whose gradient at
+    the picture is dx_hat, alone (no dx, nothing added anywhere): what VQGAN's adaptive
+    weight compares between the reconstruction loss and the adversarial one."""
+    return conv_transpose2d_backward(dx_hat, caches[-1], need_dx=False)[1]
+
+
 # ---------------------------------------------------------------- the whole tokenizer
 
 def quantize_forward(z, params, config, tau=1.0, noise=None):
@@ -379,14 +386,18 @@ def tokenizer_forward(x, params, config, tau=1.0, noise=None):
     return out, TokenizerCache(enc_cache, vq_cache, dec_cache, mse_cache)
 
 
-def tokenizer_backward(cache, grads, config, dloss=1.0, image_grad=True):
+def tokenizer_backward(cache, grads, config, dloss=1.0, image_grad=True, dx_hat_extra=None):
     """Gradients of the total loss, added into grads.
 
     Returns dx (N, 3, S, S) through the encoder only: the input is also the reconstruction
     target, but nothing upstream of an image needs that gradient. Training passes
     image_grad=False and gets None: nothing needs the images' gradient at all.
+    dx_hat_extra: the gradient of a further loss at the reconstruction x_hat (an
+    adversarial one), added to the mean squared error's before the decoder's backward.
     """
     dx_hat = mse_backward(dloss, cache.mse)
+    if dx_hat_extra is not None:
+        dx_hat += dx_hat_extra
     dz_q = decoder_backward(dx_hat, cache.decoder, grads, config)
     dz = quantize_backward(dz_q, cache.quantizer, grads, config, dloss)
     return encoder_backward(dz, cache.encoder, grads, config, image_grad)

@@ -27,8 +27,14 @@ from tinytok.tokenizer.codebook import code_counts, kmeans_init, restart_dead_co
 from tinytok.tokenizer.gumbel import gumbel_noise, temperature_at
 from tinytok.tokenizer.quantize import ema_apply, ema_init, ema_statistics
 from tinytok.tokenizer.quantizers import QUANTIZERS
+from tinytok.errors import ConfigError
+from tinytok.ops.checks import is_finite_number, require_positive_int
+from tinytok.tokenizer.discriminator import (DiscriminatorConfig, init_discriminator_params,
+                                             is_discriminator_param)
 from tinytok.tokenizer.vqvae import (config_dict, encoder_forward, init_tokenizer_params,
                                      tokenizer_forward)
+from tinytok.training.adversarial import adversarial_grads
+from tinytok.training.checkpoint import check_params_match
 from tinytok.training.loop import (announce_resume, check_finite_loss, host_copy,
                                    optimizer_step, quiet_unless_root, resume_state, run_loop,
                                    settings_dict, step_rng)
@@ -48,20 +54,38 @@ class TokenizerRecipe:
     ema_decay: float = 0.99
     tau_start: float = 1.0          # gumbel only: temperature annealed from start to end
     tau_end: float = 1 / 16
+    gan_weight: float = 0.0         # the adversarial loss's weight (VQGAN); 0: none, no D
+    gan_start: int = 0              # the step at which the discriminator joins
+    disc_channels: int = 64         # the patch discriminator's first convolution's
+
+    def check(self):
+        if not is_finite_number(self.gan_weight) or self.gan_weight < 0:
+            raise ConfigError(f"gan_weight must be a number >= 0 (0: no adversarial loss), "
+                              f"got {self.gan_weight!r}")
+        require_positive_int("gan_start", self.gan_start, 0)
+        DiscriminatorConfig(self.disc_channels)   # refuses a bad size
+
+    @property
+    def adversarial(self):
+        return self.gan_weight > 0
 
 
 def train_tokenizer(images, config, settings, out, recipe=None, resume=False,
-                    log=print_to_stderr, progress_stream=None, world=SINGLE):
+                    log=print_to_stderr, progress_stream=None, world=SINGLE, init=None):
     """Train a tokenizer on uint8 images (N, S, S, 3); checkpoints go to `out`.
 
-    config: a TokenizerConfig (its quantizer picks VQ, EMA, Gumbel or FSQ). log(text) gets the
-    messages, progress_stream the progress (default stderr). world: the processes that
-    train together (tinytok.distributed; every one calls this with the same arguments).
+    config: a TokenizerConfig (its quantizer picks VQ, EMA, Gumbel or FSQ). recipe: the
+    codebook care and the adversarial loss (TokenizerRecipe). log(text) gets the messages,
+    progress_stream the progress (default stderr). world: the processes that train together
+    (tinytok.distributed; every one calls this with the same arguments). init: the
+    parameters of an earlier tokenizer of the same config to start from (no k-means start).
     Returns the history, a list of dicts with the figures logged along the way.
     """
     settings.check()
+    recipe = recipe or TokenizerRecipe()
+    recipe.check()
     log, progress_stream = quiet_unless_root(world, log, progress_stream)
-    run = TokenizerRun(images, config, settings, recipe or TokenizerRecipe(), world)
+    run = TokenizerRun(images, config, settings, recipe, world)
     if not run.quantizer.has_codebook and (run.recipe.kmeans_init or run.recipe.restart_every):
         # FSQ's codes are a fixed grid, not a parameter: nothing to start or to move
         log(f"{config.quantizer} has no codebook: skipping the k-means start and dead-code "
@@ -69,7 +93,7 @@ def train_tokenizer(images, config, settings, out, recipe=None, resume=False,
     if resume and os.path.exists(out):
         run.resume(out, log)
     else:
-        run.start_codebook()
+        run.start_from(init)
     progress = Progress(settings.steps, run.start, "tokenizer", settings.log_every,
                         progress_stream, items_per_step=settings.batch_size, item="img")
     run_loop(settings, run.start, run.step, run.snapshot, run.probe, out, progress, world)
@@ -96,11 +120,33 @@ class TokenizerRun:
         self.trainable = [k for k in self.params
                           if k != "quant.codebook" or not self.quantizer.ema_updates]
         self.opt_state = adamw_init({k: self.params[k] for k in self.trainable})
+        self.disc, self.disc_opt_state = None, None
+        if recipe.adversarial:   # D's parameters join the flat dict, with an AdamW of its own
+            self.disc = DiscriminatorConfig(recipe.disc_channels)
+            self.params.update(init_discriminator_params(self.disc, seed=[settings.seed, 3]))
+            self.disc_opt_state = adamw_init(self.disc_params(self.params))
         self.ema_state = None
         self.window = self.xp.zeros(config.num_codes, dtype=self.xp.int64)
         self.start, self.history = 0, []
         self.run_config = {"model": config_dict(config), "train": settings_dict(settings),
                            "recipe": asdict(recipe)}
+
+    @staticmethod
+    def disc_params(tree):
+        return {k: v for k, v in tree.items() if is_discriminator_param(k)}
+
+    def start_from(self, init):
+        """A fresh run's start before step 1: the codebook care (the k-means start, the EMA
+        state), or an earlier tokenizer's parameters (init) whose codebook needs none."""
+        if init is None:
+            return self.start_codebook()
+        tokenizer_keys = [k for k in self.params if not is_discriminator_param(k)]
+        check_params_match({k: v for k, v in init.items() if not is_discriminator_param(k)},
+                           {k: self.params[k] for k in tokenizer_keys}, "--init")
+        for k in tokenizer_keys:
+            self.params[k][...] = self.xp.asarray(init[k])
+        if self.quantizer.ema_updates:
+            self.ema_state = ema_init(self.params["quant.codebook"])
 
     def start_codebook(self):
         """A fresh run's codebook care before step 1: the k-means start, the EMA state."""
@@ -124,6 +170,8 @@ class TokenizerRun:
         self.start, self.params = resumed.step, resumed.params
         self.history = resumed.extra["history"]
         self.opt_state = adamw_state_to_device(resumed.optimizer_state["adam"])
+        if self.disc is not None:
+            self.disc_opt_state = adamw_state_to_device(resumed.optimizer_state["disc_adam"])
         if resumed.optimizer_state.get("ema") is not None:
             self.ema_state = backend.params_to_device(resumed.optimizer_state["ema"])
         self.window = self.xp.asarray(resumed.extra["window_counts"])
@@ -132,7 +180,8 @@ class TokenizerRun:
         """The checkpoint's contents after step_count steps, copied to the host."""
         return host_copy(dict(
             kind="tokenizer", params=self.params, step=step_count, config=self.run_config,
-            optimizer_state={"adam": self.opt_state, "ema": self.ema_state},
+            optimizer_state={"adam": self.opt_state, "ema": self.ema_state,
+                             **({"disc_adam": self.disc_opt_state} if self.disc else {})},
             extra={"history": self.history, "window_counts": self.window}))
 
     def batch(self, step):
@@ -161,12 +210,19 @@ class TokenizerRun:
         every window of steps a look at code usage. Returns the figures to show."""
         grads = zeros_like_params(self.params)
         x, tau, noise = self.batch(step)
-        out = tokenizer_grads(x, self.params, self.config, grads, tau, noise,
-                              of_batch=self.settings.batch_size)             # on every core
+        against_d = self.disc is not None and step >= self.recipe.gan_start
+        if against_d:   # the tokenizer and D, in two passes (training.adversarial)
+            out = adversarial_grads(x, self.params, self.config, self.disc, grads,
+                                    self.recipe.gan_weight,
+                                    lambda arrays: sum_over_processes(self.world, arrays),
+                                    tau, noise, of_batch=self.settings.batch_size)
+        else:
+            out = tokenizer_grads(x, self.params, self.config, grads, tau, noise,
+                                  of_batch=self.settings.batch_size)         # on every core
         summed = sum_over_processes(self.world, self.batch_sums(grads, out))  # one all-reduce
         loss = float(summed["loss"])
         check_finite_loss(loss, step)
-        optimizer_step(self.params, grads, self.opt_state, self.settings, step, self.trainable)
+        self.update(grads, step, against_d)
         if self.ema_state is not None:
             ema_apply(self.params["quant.codebook"], self.ema_state, summed["ema.counts"],
                       summed["ema.sums"], self.recipe.ema_decay)
@@ -175,15 +231,33 @@ class TokenizerRun:
         figures = {"loss": f"{loss:.4f}", "psnr": f"{psnr:.2f}"}
         if self.quantizer.annealed:
             figures["tau"] = f"{tau:.3f}"
+        if against_d:
+            figures.update(g=f"{float(summed['g_loss']):.3f}",
+                           d=f"{float(summed['d_loss']):.3f}", lam=f"{out['gan_lambda']:.3g}")
         figures.update(self.look_at_usage(step, loss, out["z"]))
         return figures
+
+    def update(self, grads, step, against_d):
+        """AdamW for the tokenizer and, once it has joined, for D: each clipped on its own
+        gradients and with its own state (D's gradients are zero before it joins)."""
+        if self.disc is None:
+            optimizer_step(self.params, grads, self.opt_state, self.settings, step,
+                           self.trainable)
+            return
+        tokenizer = {k: g for k, g in grads.items() if not is_discriminator_param(k)}
+        optimizer_step(self.params, tokenizer, self.opt_state, self.settings, step,
+                       self.trainable)
+        if against_d:
+            optimizer_step(self.disc_params(self.params), self.disc_params(grads),
+                           self.disc_opt_state, self.settings, step)
 
     def batch_sums(self, grads, out):
         """Everything of this step that is a sum over the batch's examples, as one flat dict
         of arrays: the gradients, this share's part of the losses, the code counts."""
         sums = {f"grad.{k}": g for k, g in grads.items()}
-        for key in ("loss", "recon_loss"):  # 0-d arrays, which the all-reduce writes into
-            sums[key] = self.xp.asarray(out[key] * self.share)
+        for key in ("loss", "recon_loss", "g_loss", "d_loss"):  # 0-d arrays, which the
+            if key in out:                                          # all-reduce writes into
+                sums[key] = self.xp.asarray(out[key] * self.share)
         if self.ema_state is not None:
             sums["ema.counts"], sums["ema.sums"] = ema_statistics(
                 out["z"], out["ids"], self.config.num_codes, self.params["quant.codebook"].dtype)

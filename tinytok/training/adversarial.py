@@ -1,0 +1,124 @@
+"""One adversarial step: the tokenizer against its patch discriminator (VQGAN), on batch parts.
+
+The tokenizer's loss gains a term that rewards fooling the discriminator D,
+
+    loss = mse(x_hat, x) + quantizer loss + lambda * L_G,     L_G = -mean(D(x_hat)),
+
+and D learns, from the same pictures, to tell them apart:
+
+    L_D = mean(relu(1 - D(x))) + mean(relu(1 + D(x_hat))),    x_hat held fixed.
+
+lambda is VQGAN's adaptive weight: the ratio of the two losses' gradients at the decoder's
+last weight w,
+
+    lambda = gan_weight * |dL_rec/dw| / (|dL_G/dw| + 1e-4),   clipped to [0, 1e4 gan_weight],
+
+so that the adversarial gradient arriving at the decoder is as strong as the reconstruction's
+whatever the scale of D's scores: without it, a D that grows confident drowns the pixels.
+
+The step runs in two passes over the batch's parts (tinytok.parallel): the first runs the
+tokenizer and D on the reconstructions and returns both losses' gradients at the picture
+and at w; their sums over the parts and processes (one small all-reduce) give lambda; the
+second runs the backward passes of both models with it. So lambda is the whole batch's, on
+any number of cores and processes, as the gradients are.
+"""
+from typing import Any, NamedTuple
+
+from tinytok.backend import get_array_module
+from tinytok.ops import (hinge_d_loss_backward, hinge_d_loss_forward, hinge_g_loss_backward,
+                         hinge_g_loss_forward, mse_backward)
+from tinytok.parallel import for_batch_parts
+from tinytok.tokenizer.discriminator import (discriminator_backward, discriminator_forward,
+                                             is_discriminator_param)
+from tinytok.tokenizer.vqvae import (decoder_last_weight_grad, tokenizer_backward,
+                                     tokenizer_forward)
+from tinytok.training.steps import join_parts
+
+DELTA = 1e-4            # keeps lambda finite when the adversarial gradient vanishes
+MAX_LAMBDA = 1e4        # and bounded when it nearly does
+
+
+class JudgedPart(NamedTuple):
+    """The first pass's results for rows lo..hi-1 of the batch."""
+    lo: int
+    out: dict             # tokenizer_forward's figures and outputs
+    cache: Any            # tokenizer_forward's cache
+    fake: Any             # D's scores on the reconstructions
+    fake_cache: Any       # D's cache on them, reused for D's own backward
+    dx_gen: Any           # gradient of this part's share of L_G at x_hat
+    w_rec: Any            # this part's share of dL_rec/dw, the decoder's last weight
+    w_gen: Any            # and of dL_G/dw
+
+
+def adaptive_weight(w_rec, w_gen, gan_weight):
+    """gan_weight * |w_rec| / (|w_gen| + DELTA), clipped to [0, MAX_LAMBDA * gan_weight]:
+    VQGAN's balance of the adversarial gradient against the reconstruction's."""
+    xp = get_array_module(w_rec)
+    ratio = float(xp.linalg.norm(w_rec.ravel())) / (float(xp.linalg.norm(w_gen.ravel())) + DELTA)
+    return gan_weight * min(ratio, MAX_LAMBDA)
+
+
+def adversarial_grads(x, params, config, disc, grads, gan_weight, sum_everywhere,
+                      tau=1.0, noise=None, of_batch=None):
+    """One step's gradients of both models on x (N, 3, S, S), added into grads: the
+    tokenizer's keys for its loss with lambda * L_G, the "disc." keys for L_D.
+
+    sum_everywhere(dict of arrays) sums them over the processes in place (identity on one).
+    of_batch: the global batch's size when x is this process's share (as tokenizer_grads).
+    Returns the forward's figures joined over the parts (means over x, as tokenizer_grads's)
+    with "g_loss", "d_loss" (0-d arrays) and "gan_lambda" (a float, the same everywhere).
+    """
+    N = len(x)
+    of_batch = of_batch or N
+
+    def judge(lo, hi):
+        return judge_part(x, lo, hi, params, config, disc, (hi - lo) / of_batch, tau, noise)
+
+    judged = {part.lo: part for part in for_batch_parts(judge, N)}
+    at_w = sum_everywhere({"rec": sum(p.w_rec for p in judged.values()),
+                           "gen": sum(p.w_gen for p in judged.values())})
+    lam = adaptive_weight(at_w["rec"], at_w["gen"], gan_weight)
+
+    def learn(lo, hi, part_grads):
+        part = judged[lo]
+        share = (hi - lo) / of_batch
+        tokenizer_backward(part.cache, part_grads, config, dloss=share, image_grad=False,
+                           dx_hat_extra=lam * part.dx_gen)
+        return dict(part.out, d_loss=train_discriminator(x[lo:hi], part, params, disc,
+                                                         part_grads, share))
+
+    outs = for_batch_parts(learn, N, grads)
+    joined = join_parts(outs, N)
+    shares = [len(out["ids"]) / N for out in outs]
+    for key in ("g_loss", "d_loss"):
+        joined[key] = sum(out[key] * share for out, share in zip(outs, shares))
+    joined["gan_lambda"] = lam
+    return joined
+
+
+def judge_part(x, lo, hi, params, config, disc, share, tau, noise):
+    """The first pass on rows lo..hi-1: the tokenizer's forward, D's scores on its
+    reconstructions, and both losses' gradients at the picture and at the last weight."""
+    out, cache = tokenizer_forward(x[lo:hi], params, config, tau,
+                                   None if noise is None else noise[lo:hi])
+    fake, fake_cache = discriminator_forward(out["x_hat"], params, disc)
+    g_loss, g_cache = hinge_g_loss_forward(fake)
+    unused = {k: get_array_module(v).zeros_like(v) for k, v in params.items()
+              if is_discriminator_param(k)}   # D's own gradients of L_G are not wanted
+    dx_gen = discriminator_backward(hinge_g_loss_backward(share, g_cache), fake_cache, unused)
+    dx_rec = mse_backward(share, cache.mse)
+    out["g_loss"] = g_loss
+    return JudgedPart(lo, out, cache, fake, fake_cache, dx_gen,
+                      decoder_last_weight_grad(dx_rec, cache.decoder),
+                      decoder_last_weight_grad(dx_gen, cache.decoder))
+
+
+def train_discriminator(x, part, params, disc, grads, share):
+    """D's hinge loss on real pictures x and the part's reconstructions (held fixed: only
+    D's parameters get gradients). Returns the part's loss (a mean over its rows)."""
+    real, real_cache = discriminator_forward(x, params, disc)
+    d_loss, d_cache = hinge_d_loss_forward(real, part.fake)
+    dreal, dfake = hinge_d_loss_backward(share, d_cache)
+    discriminator_backward(dreal, real_cache, grads, image_grad=False)
+    discriminator_backward(dfake, part.fake_cache, grads, image_grad=False)
+    return d_loss
