@@ -26,6 +26,7 @@ The recipe itself, drawn (tinytok.viz.recipe, also importable from here):
 The look they share (colours, fonts, checks, saving) is tinytok.viz.style.
 """
 import math
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -34,9 +35,9 @@ from tinytok.backend import to_numpy
 from tinytok.errors import ConfigError, DTypeError, ShapeError
 from tinytok.tokenizer.codebook import usage_stats
 from tinytok.viz.style import (ACCENT, ACCENT_FAINT, BACKGROUND, BAD, CAPTION_LINES, FONT_SIZE,
-                               GOOD, MARGIN, MUTED, PAD, ROW_LABEL_WIDTH, TEXT, _check_images,
-                               _check_int, _check_len, _finish, _font, _line_height,
-                               _outlined_text, _text_width, _wrap, upscale)
+                               GOOD, GRID, MARGIN, MUTED, PAD, ROW_LABEL_WIDTH, TEXT,
+                               _check_images, _check_int, _check_len, _finish, _font,
+                               _line_height, _outlined_text, _text_width, _wrap, upscale)
 from tinytok.viz.style import save_image  # noqa: F401 (public: save any picture atomically)
 
 
@@ -240,13 +241,22 @@ def prompt_grid(images, prompts, n_per_prompt, marks=None, scale=4, gap=2, path=
 
 # ---------------------------------------------------------------- plots
 
-def loss_curve(values, path=None, title=None, width=480, height=240, log=False):
-    """A line plot of `values` (a 1-D sequence, e.g. one loss per step), drawn with Pillow.
+class _CurveFrame(NamedTuple):
+    """A loss curve's plot area in pixels, and the y range (log10 when log) it spans."""
+    left: int
+    top: int
+    right: int
+    bottom: int
+    lo: float
+    hi: float
 
-    Non-finite values (nan, inf) are skipped. log=True puts the y axis on a log scale (all
-    values must then be positive). The y axis is labelled at its max, middle and min, the x
-    axis at the first and last step; the last value is shown at the top right.
-    """
+    def to_y(self, t):
+        """Data (log10 when log) -> pixel row; for one value or an array of them."""
+        return self.bottom - (t - self.lo) / (self.hi - self.lo) * (self.bottom - self.top)
+
+
+def _curve_values(values, log):
+    """(steps, v, y): the finite values `v`, the steps they were at, and y = v or log10(v)."""
     v = to_numpy(values).astype(np.float64)
     if v.ndim != 1 or v.size == 0:
         raise ShapeError(f"loss_curve: expected a non-empty 1-D sequence, got shape {v.shape}")
@@ -255,45 +265,65 @@ def loss_curve(values, path=None, title=None, width=480, height=240, log=False):
         raise ShapeError("loss_curve: every value is nan or inf; nothing to plot")
     if log and (v <= 0).any():
         raise ConfigError("loss_curve: log=True needs positive values")
-    y = np.log10(v) if log else v
+    return steps, v, (np.log10(v) if log else v)
+
+
+def _curve_ticks(y, log):
+    """([(t, label)], lo, hi): the y axis' max, middle and min (one tick for a flat curve)
+    with their values as text, and the y range to span."""
     lo, hi = float(y.min()), float(y.max())
     ticks = [hi, (lo + hi) / 2, lo] if hi > lo else [hi]
-    tick_text = [f"{10 ** t if log else t:.4g}" for t in ticks]
+    labels = [f"{10 ** t if log else t:.4g}" for t in ticks]
     if hi == lo:
         lo, hi = lo - 1, hi + 1  # a flat line: draw it across the middle
+    return list(zip(ticks, labels)), lo, hi
 
-    font = _font()
+
+def _curve_frame(font, ticks, width, height, lo, hi):
+    """The plot area: the widest tick value at its left, a header line above, the step
+    numbers below; a ConfigError when that leaves less than 20 px either way."""
     lh = _line_height(font)
-    left = MARGIN + max(_text_width(font, t) for t in tick_text) + PAD
+    left = MARGIN + max(_text_width(font, label) for _, label in ticks) + PAD
     top, bottom, right = MARGIN + lh + PAD, height - MARGIN - lh - 2, width - MARGIN
     if right - left < 20 or bottom - top < 20:
         raise ConfigError(f"loss_curve: {width}x{height} is too small for a plot")
-    img = Image.new("RGB", (int(width), int(height)), BACKGROUND)
-    draw = ImageDraw.Draw(img)
+    return _CurveFrame(left, top, right, bottom, lo, hi)
 
-    def to_y(t):  # data (log10 when log) -> pixel row
-        return bottom - (t - lo) / (hi - lo) * (bottom - top)
 
-    def text(x, yy, t, fill=MUTED, anchor_right=False):
-        t = _wrap(t, font, width, 1)[0]
-        draw.text((x - _text_width(font, t) if anchor_right else x, yy), t, font=font, fill=fill)
+def _curve_text(draw, font, width, xy, text, fill=MUTED, anchor_right=False):
+    """One line of text at xy (its right end there when anchor_right), cut to `width`."""
+    text = _wrap(text, font, width, 1)[0]
+    x, y = xy
+    draw.text((x - _text_width(font, text) if anchor_right else x, y), text, font=font,
+              fill=fill)
 
-    text(MARGIN, MARGIN, (title or "") + ("  (log scale)" if log else ""), fill=TEXT)
-    text(right, MARGIN, f"last {v[-1]:.4g}", anchor_right=True)
-    for t, label in zip(ticks, tick_text):  # faint grid lines with their values
-        draw.line([(left, to_y(t)), (right, to_y(t))], fill=(50, 50, 58))
-        text(left - PAD, to_y(t) - lh // 2 - 1, label, anchor_right=True)
-    draw.line([(left, top), (left, bottom), (right, bottom)], fill=MUTED)
-    text(left, bottom + 3, str(steps[0]))
-    text(right, bottom + 3, str(steps[-1]), anchor_right=True)
 
+def _draw_curve_axes(draw, font, frame, width, ticks, steps):
+    """Faint grid lines at the ticks with their values, the axes, the first and last step."""
+    lh = _line_height(font)
+    for t, label in ticks:
+        draw.line([(frame.left, frame.to_y(t)), (frame.right, frame.to_y(t))], fill=GRID)
+        _curve_text(draw, font, width, (frame.left - PAD, frame.to_y(t) - lh // 2 - 1), label,
+                    anchor_right=True)
+    draw.line([(frame.left, frame.top), (frame.left, frame.bottom),
+               (frame.right, frame.bottom)], fill=MUTED)
+    _curve_text(draw, font, width, (frame.left, frame.bottom + 3), str(steps[0]))
+    _curve_text(draw, font, width, (frame.right, frame.bottom + 3), str(steps[-1]),
+                anchor_right=True)
+
+
+def _draw_curve_line(draw, frame, steps, y):
+    """The values against their steps: a dot for one, a line while there are no more
+    points than pixel columns, else the raw values faintly under each column's mean (a
+    noisy curve of thousands of steps would otherwise be a solid band)."""
+    left, right = frame.left, frame.right
     xs = left + (steps - steps[0]) / max(steps[-1] - steps[0], 1) * (right - left)
-    ys = to_y(y)
+    ys = frame.to_y(y)
     if len(xs) == 1:
         draw.ellipse([xs[0] - 2, ys[0] - 2, xs[0] + 2, ys[0] + 2], fill=ACCENT)
     elif len(xs) <= right - left:
         draw.line(list(zip(xs.tolist(), ys.tolist())), fill=ACCENT, width=2, joint="curve")
-    else:  # more points than pixel columns: the raw values faintly, each column's mean over
+    else:
         draw.line(list(zip(xs.tolist(), ys.tolist())), fill=ACCENT_FAINT)
         col = np.round(xs - left).astype(int)
         n = np.bincount(col)
@@ -301,6 +331,27 @@ def loss_curve(values, path=None, title=None, width=480, height=240, log=False):
         y_mean = np.bincount(col, weights=ys)[n > 0] / n[n > 0]
         draw.line(list(zip(x_mean.tolist(), y_mean.tolist())), fill=ACCENT, width=2,
                   joint="curve")
+
+
+def loss_curve(values, path=None, title=None, width=480, height=240, log=False):
+    """A line plot of `values` (a 1-D sequence, e.g. one loss per step), drawn with Pillow.
+
+    Non-finite values (nan, inf) are skipped. log=True puts the y axis on a log scale (all
+    values must then be positive). The y axis is labelled at its max, middle and min, the x
+    axis at the first and last step; the last value is shown at the top right.
+    """
+    steps, v, y = _curve_values(values, log)
+    ticks, lo, hi = _curve_ticks(y, log)
+    font = _font()
+    frame = _curve_frame(font, ticks, width, height, lo, hi)
+    img = Image.new("RGB", (int(width), int(height)), BACKGROUND)
+    draw = ImageDraw.Draw(img)
+    _curve_text(draw, font, width, (MARGIN, MARGIN),
+                (title or "") + ("  (log scale)" if log else ""), fill=TEXT)
+    _curve_text(draw, font, width, (frame.right, MARGIN), f"last {v[-1]:.4g}",
+                anchor_right=True)
+    _draw_curve_axes(draw, font, frame, width, ticks, steps)
+    _draw_curve_line(draw, frame, steps, y)
     return _finish(img, path)
 
 

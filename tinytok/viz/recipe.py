@@ -1,4 +1,6 @@
 """The recipe itself, drawn: the pipeline from pixels to tokens and back, and VQ in 2-D."""
+from typing import NamedTuple
+
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -83,6 +85,132 @@ def _fit_stream(tokens, font, width):
     return head + ["…"] + tail
 
 
+# ---------------------------------------------------------------- the pipeline diagram
+
+ARROW_W = 96                # the gap between two panels, where an arrow and its label go
+PANEL_FILL = (40, 40, 46)   # the stream's box and the prompt: a shade lighter than BACKGROUND
+
+
+class _Layout(NamedTuple):
+    """Where the diagram's parts go: three columns of side x side panels, ARROW_W apart."""
+    side: int       # a panel's width and height, a whole number of cells
+    cell: int       # one token's cell in the grid panels
+    font: object
+    small: object   # the font of the ids written over the cells, sized to fit a cell
+    lh: int         # the line height of `font`
+    width: int
+    row_h: int      # a row of panels: two title lines, the panels, a caption line
+    stream_h: int   # the token stream's title and its one boxed line
+    xs: list        # the left edge of each column
+
+    @property
+    def height(self):
+        return 2 * MARGIN + 2 * self.row_h + self.stream_h
+
+
+def _check_diagram_inputs(image, latents, codebook, ids, written_ids, written):
+    """The arrays on the host, checked against each other; the error (ShapeError, or
+    DTypeError for a picture) names the first that does not fit (see pipeline_diagram)."""
+    image = _check_images(image, "image")[0]
+    written = _check_images(written, "written")[0]
+    latents, codebook = to_numpy(latents), to_numpy(codebook)
+    ids, written_ids = to_numpy(ids), to_numpy(written_ids)
+    if latents.ndim != 3 or latents.shape[1] != latents.shape[2]:
+        raise ShapeError(f"pipeline_diagram: latents must be (D, g, g), got {latents.shape}")
+    D, g = latents.shape[0], latents.shape[1]
+    if codebook.ndim != 2 or codebook.shape[1] != D:
+        raise ShapeError(f"pipeline_diagram: codebook must be (K, {D}), got {codebook.shape}")
+    for what, a in (("ids", ids), ("written_ids", written_ids)):
+        if a.shape != (g, g) or a.dtype.kind not in "iu":
+            raise ShapeError(f"pipeline_diagram: {what} must be ({g}, {g}) integers, got "
+                             f"{a.shape} {a.dtype}")
+    return image, latents, codebook, ids, written_ids, written
+
+
+def _layout(image_side, g, scale):
+    """The diagram's geometry for an image_side-pixel picture, a g x g grid and `scale`."""
+    cell = image_side * scale // g
+    side = cell * g         # every panel is side x side, so the grids have no ragged edge
+    font, small = _font(), _font(max(8, min(FONT_SIZE, cell // 3 + 1)))
+    lh = _line_height(font)
+    return _Layout(side=side, cell=cell, font=font, small=small, lh=lh,
+                   width=2 * MARGIN + 3 * side + 2 * ARROW_W,
+                   row_h=2 * lh + PAD + side + PAD + lh, stream_h=3 * lh + 2 * PAD,
+                   xs=[MARGIN + k * (side + ARROW_W) for k in range(3)])
+
+
+def _grid_panels(latents, codebook, ids, written_ids, layout):
+    """The three grids of vectors as panels: the encoder's output, the input's nearest codes
+    and the codes the transformer wrote, the last two with their ids over them. One PCA
+    over all three, so that one colour means one vector in every panel."""
+    D, g = latents.shape[0], latents.shape[1]
+    vectors = np.concatenate([latents.reshape(D, -1).T, codebook[ids.reshape(-1)],
+                              codebook[written_ids.reshape(-1)]])
+    colours = _pca_colours(vectors)
+    m = g * g
+    z = Image.fromarray(_cells(colours[:m], g, layout.cell))
+    codes = Image.fromarray(_cells(colours[m:2 * m], g, layout.cell))
+    written = Image.fromarray(_cells(colours[2 * m:], g, layout.cell))
+    return (z, _ids_over(codes, ids, layout.cell, layout.small),
+            _ids_over(written, written_ids, layout.cell, layout.small))
+
+
+def _picture_panel(image, scale, side):
+    """An (S, S, 3) picture as a side x side panel, nearest-neighbour: pixels stay squares."""
+    return Image.fromarray(upscale(image, scale)).resize((side, side), Image.NEAREST)
+
+
+def _prompt_panel(stream, layout):
+    """What the transformer is given: <bos>, the stream's words (at most six lines), <image>."""
+    words = [t for t in stream if _stream_kind(t) == "word"]
+    font, side = layout.font, layout.side
+    prompt = Image.new("RGB", (side, side), PANEL_FILL)
+    draw = ImageDraw.Draw(prompt)
+    lines = ["<bos>"] + _wrap(" ".join(words), font, side - 2 * PAD, 6) + ["<image>"]
+    for k, line in enumerate(lines):
+        kind = "special" if line.startswith("<") else "word"
+        draw.text((PAD, PAD + k * layout.lh), line, font=font, fill=STREAM_COLOURS[kind])
+    return prompt
+
+
+def _draw_row(img, layout, y, title, panels, captions, arrows):
+    """One row of the diagram at height y: its title, three panels with a caption under
+    each, and an arrow with its label between neighbouring panels."""
+    draw, font, side = ImageDraw.Draw(img), layout.font, layout.side
+    draw.text((MARGIN, y), _wrap(title, font, layout.width - 2 * MARGIN, 1)[0], font=font,
+              fill=TEXT)
+    top = y + 2 * layout.lh + PAD   # two title lines: room for the arrows' two-line labels
+    for x, panel, caption in zip(layout.xs, panels, captions):
+        img.paste(panel, (x, top))
+        caption = _wrap(caption, font, side, 1)[0]
+        w = _text_width(font, caption)
+        draw.text((x + (side - w) // 2, top + side + PAD // 2), caption, font=font, fill=MUTED)
+    for k, label in enumerate(arrows):
+        _arrow(draw, layout.xs[k] + side + 6, layout.xs[k + 1] - 6, top + side // 2, label,
+               font)
+
+
+def _draw_stream(img, layout, y, stream):
+    """The middle row at height y: a title, then the token stream in one boxed line, each
+    token coloured by its kind, cut down with "…" to fit the box."""
+    draw, font, width = ImageDraw.Draw(img), layout.font, layout.width
+    draw.text((MARGIN, y), _wrap("2. Caption and ids in one token stream: what the "
+                                 "transformer learns to continue", font, width, 1)[0],
+              font=font, fill=TEXT)
+    shown = _fit_stream([str(t) for t in stream], font, width - 2 * MARGIN - 2 * PAD)
+    box_top = y + layout.lh + PAD // 2
+    draw.rectangle([MARGIN, box_top, width - MARGIN, box_top + layout.lh + 2 * PAD],
+                   outline=MUTED, fill=PANEL_FILL)
+    x = MARGIN + PAD
+    for t in shown:
+        kind = _stream_kind(t)
+        fill = MUTED if t == "…" else STREAM_COLOURS[kind]
+        # "#17" names an image id where a bare 17 could be a word; the box shows just 17
+        draw.text((x, box_top + PAD), t.lstrip("#") if kind == "image" else t, font=font,
+                  fill=fill)
+        x += _text_width(font, t) + _text_width(font, "  ")
+
+
 def pipeline_diagram(image, latents, codebook, ids, stream, written_ids, written, scale=6,
                      path=None):
     """The whole recipe in one picture, from real arrays.
@@ -101,93 +229,27 @@ def pipeline_diagram(image, latents, codebook, ids, stream, written_ids, written
     Vectors are coloured by their first three principal components (one projection for
     the encoder grid and all codes), so similar vectors look alike.
     """
-    image = _check_images(image, "image")[0]
-    written = _check_images(written, "written")[0]
-    latents, codebook = to_numpy(latents), to_numpy(codebook)
-    ids, written_ids = to_numpy(ids), to_numpy(written_ids)
-    if latents.ndim != 3 or latents.shape[1] != latents.shape[2]:
-        raise ShapeError(f"pipeline_diagram: latents must be (D, g, g), got {latents.shape}")
-    D, g = latents.shape[0], latents.shape[1]
-    if codebook.ndim != 2 or codebook.shape[1] != D:
-        raise ShapeError(f"pipeline_diagram: codebook must be (K, {D}), got {codebook.shape}")
-    for what, a in (("ids", ids), ("written_ids", written_ids)):
-        if a.shape != (g, g) or a.dtype.kind not in "iu":
-            raise ShapeError(f"pipeline_diagram: {what} must be ({g}, {g}) integers, got "
-                             f"{a.shape} {a.dtype}")
+    image, latents, codebook, ids, written_ids, written = _check_diagram_inputs(
+        image, latents, codebook, ids, written_ids, written)
     scale = _check_int(scale, "scale")
-    side = image.shape[0] * scale                      # every panel is side x side pixels
-    cell = side // g
-    side = cell * g
-    font, small = _font(), _font(max(8, min(FONT_SIZE, cell // 3 + 1)))
-    lh = _line_height(font)
-
-    vectors = np.concatenate([latents.reshape(D, -1).T, codebook[ids.reshape(-1)],
-                              codebook[written_ids.reshape(-1)]])
-    colours = _pca_colours(vectors)
-    m = g * g
-    z_panel = Image.fromarray(_cells(colours[:m], g, cell))
-    code_panel = _ids_over(Image.fromarray(_cells(colours[m:2 * m], g, cell)), ids, cell, small)
-    written_panel = _ids_over(Image.fromarray(_cells(colours[2 * m:], g, cell)), written_ids,
-                              cell, small)
-
-    def picture(a):
-        return Image.fromarray(upscale(a, scale)).resize((side, side), Image.NEAREST)
-
-    arrow_w = 96
-    width = 2 * MARGIN + 3 * side + 2 * arrow_w
-    row_h = 2 * lh + PAD + side + PAD + lh          # title lines, panel, caption
-    stream_h = 3 * lh + 2 * PAD
-    height = 2 * MARGIN + 2 * row_h + stream_h
-    img = Image.new("RGB", (width, height), BACKGROUND)
-    draw = ImageDraw.Draw(img)
-    xs = [MARGIN + k * (side + arrow_w) for k in range(3)]
-
-    def row(y, title, panels, captions, arrows):
-        draw.text((MARGIN, y), _wrap(title, font, width - 2 * MARGIN, 1)[0], font=font,
-                  fill=TEXT)
-        top = y + 2 * lh + PAD
-        for x, panel, caption in zip(xs, panels, captions):
-            if panel is not None:
-                img.paste(panel, (x, top))
-            caption = _wrap(caption, font, side, 1)[0]
-            w = _text_width(font, caption)
-            draw.text((x + (side - w) // 2, top + side + PAD // 2), caption, font=font,
-                      fill=MUTED)
-        for k, label in enumerate(arrows):
-            _arrow(draw, xs[k] + side + 6, xs[k + 1] - 6, top + side // 2, label, font)
-        return top
-
-    row(MARGIN, "1. The tokenizer reads a picture", [picture(image), z_panel, code_panel],
-        [f"pixels {image.shape[0]}x{image.shape[1]}x3", f"{g}x{g} cells, {D} numbers each",
-         f"{m} ids, one per cell"], ["encoder", "nearest\ncode"])
-
-    y = MARGIN + row_h
-    draw.text((MARGIN, y), _wrap("2. Caption and ids in one token stream: what the "
-                                 "transformer learns to continue", font, width, 1)[0],
-              font=font, fill=TEXT)
-    shown = _fit_stream([str(t) for t in stream], font, width - 2 * MARGIN - 2 * PAD)
-    box_top = y + lh + PAD // 2
-    draw.rectangle([MARGIN, box_top, width - MARGIN, box_top + lh + 2 * PAD],
-                   outline=MUTED, fill=(40, 40, 46))
-    x = MARGIN + PAD
-    for t in shown:
-        fill = MUTED if t == "…" else STREAM_COLOURS[_stream_kind(t)]
-        draw.text((x, box_top + PAD), t.lstrip("#") if _stream_kind(t) == "image" else t,
-                  font=font, fill=fill)
-        x += _text_width(font, t) + _text_width(font, "  ")
-
-    y = MARGIN + row_h + stream_h
-    words = [t for t in stream if _stream_kind(t) == "word"]
-    prompt = Image.new("RGB", (side, side), (40, 40, 46))
-    prompt_draw = ImageDraw.Draw(prompt)
-    lines = ["<bos>"] + _wrap(" ".join(words), font, side - 2 * PAD, 6) + ["<image>"]
-    for k, line in enumerate(lines):
-        kind = "special" if line.startswith("<") else "word"
-        prompt_draw.text((PAD, PAD + k * lh), line, font=font, fill=STREAM_COLOURS[kind])
-    row(y, "3. Generation: the transformer writes ids after a caption, the decoder paints them",
-        [prompt, written_panel, picture(written)],
-        ["the prompt", f"{m} ids it wrote", f"pixels {written.shape[0]}x{written.shape[1]}x3"],
-        ["transformer", "decoder"])
+    D, g = latents.shape[0], latents.shape[1]
+    layout = _layout(image.shape[0], g, scale)
+    z_panel, code_panel, written_panel = _grid_panels(latents, codebook, ids, written_ids,
+                                                      layout)
+    img = Image.new("RGB", (layout.width, layout.height), BACKGROUND)
+    _draw_row(img, layout, MARGIN, "1. The tokenizer reads a picture",
+              [_picture_panel(image, scale, layout.side), z_panel, code_panel],
+              [f"pixels {image.shape[0]}x{image.shape[1]}x3",
+               f"{g}x{g} cells, {D} numbers each", f"{g * g} ids, one per cell"],
+              ["encoder", "nearest\ncode"])
+    _draw_stream(img, layout, MARGIN + layout.row_h, stream)
+    _draw_row(img, layout, MARGIN + layout.row_h + layout.stream_h,
+              "3. Generation: the transformer writes ids after a caption, the decoder paints them",
+              [_prompt_panel(stream, layout), written_panel,
+               _picture_panel(written, scale, layout.side)],
+              ["the prompt", f"{g * g} ids it wrote",
+               f"pixels {written.shape[0]}x{written.shape[1]}x3"],
+              ["transformer", "decoder"])
     return _finish(img, path)
 
 
