@@ -17,6 +17,9 @@ from tinytok.errors import BackendError
 
 from reference import away_from_zero
 
+# The pairs whose forward returns a 0-d loss and whose backward takes dloss (a number) first.
+LOSSES = ("cross_entropy", "mse", "hinge_d_loss", "hinge_g_loss")
+
 
 def _backend_or_skip(name):
     """The array module of backend `name`, or skip the test with the BackendError's reason."""
@@ -71,6 +74,8 @@ def build_case(name, xp=np, dtype=np.float64, seed=0):
         kwargs = {"stride": 2, "padding": 1}
     elif name == "relu":
         args = [away_from_zero(f(3, 4))]
+    elif name == "leaky_relu":
+        args = [away_from_zero(f(3, 4))]
     elif name == "gelu":
         args = [f(3, 4, scale=2.0)]
     elif name == "layer_norm":
@@ -87,6 +92,10 @@ def build_case(name, xp=np, dtype=np.float64, seed=0):
         args = [f(2, 5, 7, scale=2.0), targets]
     elif name == "mse":
         args = [f(3, 4), f(3, 4)]
+    elif name == "hinge_d_loss":  # patch scores, at least 0.1 from their margins +1 and -1
+        args = [1 + away_from_zero(f(2, 1, 3, 3)), -1 + away_from_zero(f(3, 1, 2, 2))]
+    elif name == "hinge_g_loss":
+        args = [f(2, 1, 3, 3)]
     else:
         raise KeyError(name)
 

@@ -32,6 +32,10 @@ def relu(x):
     return np.array([max(v, 0.0) for v in x.reshape(-1)]).reshape(x.shape)
 
 
+def leaky_relu(x, slope=0.2):
+    return np.array([v if v > 0 else slope * v for v in x.reshape(-1)]).reshape(x.shape)
+
+
 def gelu(x):
     """GELU, tanh approximation (GPT-2): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
     c = math.sqrt(2 / math.pi)
@@ -86,6 +90,27 @@ def cross_entropy(logits, targets, ignore_index=-1):
 def mse(pred, target):
     diffs = (pred.astype(np.float64) - target).reshape(-1)
     return sum(d * d for d in diffs) / diffs.size
+
+
+def hinge_d_loss(real, fake):
+    """The two hinges written as branches: a real score below 1 costs 1 - score, a fake
+    score above -1 costs 1 + score; each side averaged over its own scores."""
+    real_cost = [1.0 - float(s) if s < 1 else 0.0 for s in real.reshape(-1)]
+    fake_cost = [1.0 + float(s) if s > -1 else 0.0 for s in fake.reshape(-1)]
+    return sum(real_cost) / len(real_cost) + sum(fake_cost) / len(fake_cost)
+
+
+def hinge_d_loss_backward(dloss, real, fake):
+    """Each score's slope on its own branch; a score exactly on its margin is on the flat
+    branch (PyTorch's choice for relu at 0)."""
+    dreal = [-dloss / real.size if s < 1 else 0.0 for s in real.reshape(-1)]
+    dfake = [dloss / fake.size if s > -1 else 0.0 for s in fake.reshape(-1)]
+    return np.array(dreal).reshape(real.shape), np.array(dfake).reshape(fake.shape)
+
+
+def hinge_g_loss(fake):
+    scores = [float(s) for s in fake.reshape(-1)]
+    return -sum(scores) / len(scores)
 
 
 # --- convolutions -------------------------------------------------------------------------

@@ -116,6 +116,41 @@ MSE = """
         return diff / diff.size * dloss                     # the 2 of d(diff^2) forgotten
 """
 
+LEAKY_RELU = """
+    import numpy as np
+
+    def leaky_relu_forward(x, slope=0.2):
+        positive = x > 0
+        return np.where(positive, x, slope * x), (positive, slope)
+
+    def leaky_relu_backward(dout, cache):
+        positive, slope = cache
+        return np.where(positive, dout, slope * dout)
+"""
+
+HINGE_D = """
+    import numpy as np
+
+    def hinge_d_loss_forward(real, fake):
+        loss = np.maximum(1 - real, 0).mean() + np.maximum(1 + fake, 0).mean()
+        return loss, (1 - real > 0, 1 + fake > 0)
+
+    def hinge_d_loss_backward(dloss, cache):
+        short_real, short_fake = cache
+        dreal = -dloss * short_real / short_real.size
+        return dreal, dloss * short_fake / short_fake.size
+"""
+
+HINGE_G = """
+    import numpy as np
+
+    def hinge_g_loss_forward(fake):
+        return -fake.mean(), fake.shape
+
+    def hinge_g_loss_backward(dloss, shape):
+        return np.full(shape, -dloss / np.prod(shape))
+"""
+
 EMBEDDING = """
     import numpy as np
 
@@ -211,6 +246,44 @@ MISTAKES = {  # name: (op, source, the wrong line, what the checker must say abo
     "mse without dloss": ("mse", MSE.replace("/ diff.size * dloss", "* 2 / diff.size"),
                           "dpred", "dloss (0.7 here) is not multiplied in"),
     "embedding assigns": ("embedding", EMBEDDING, "dtable", "wrong where an id repeats"),
+    "leaky relu with relu's backward": ("leaky_relu", LEAKY_RELU.replace(
+        "np.where(positive, dout, slope * dout)", "dout * positive"), "dx",
+        "0 where x <= 0: that is ReLU's backward"),
+    "leaky relu slope without dout": ("leaky_relu", LEAKY_RELU.replace(
+        "slope * dout)", "slope)"), "dx", "slope alone where x <= 0: multiply it by dout"),
+    "leaky relu slope 0.2 built in": ("leaky_relu", LEAKY_RELU.replace(
+        "slope * x), (positive, slope)", "0.2 * x), (positive, 0.2)"), "out",
+        "slope 0.2 built in: use the slope argument (0.1 here)"),
+    "leaky relu slope on the positive side": ("leaky_relu", LEAKY_RELU.replace(
+        "np.where(positive, x, slope * x)", "np.where(positive, slope * x, x)"), "out",
+        "the slope on the wrong side"),
+    "hinge d margins swapped": ("hinge_d_loss", HINGE_D.replace(
+        "maximum(1 - real, 0).mean() + np.maximum(1 + fake",
+        "maximum(1 + real, 0).mean() + np.maximum(1 - fake"), "loss",
+        "real and fake swapped"),
+    "hinge d one mean": ("hinge_d_loss", HINGE_D.replace(
+        "np.maximum(1 - real, 0).mean() + np.maximum(1 + fake, 0).mean()",
+        "np.concatenate([np.maximum(1 - real, 0).ravel(), np.maximum(1 + fake, 0).ravel()])"
+        ".mean()"), "loss", "one mean over real and fake together"),
+    "hinge d gradient beyond the margin": ("hinge_d_loss", HINGE_D.replace(
+        "-dloss * short_real", "-dloss * np.ones(short_real.shape)"), "dreal",
+        "a gradient beyond the margin"),
+    "hinge d divided by both sides": ("hinge_d_loss", HINGE_D.replace(
+        "short_fake.size\n", "(short_real.size + short_fake.size)\n"), "dfake",
+        "divided by all the scores, real and fake together: divide by this side's 12"),
+    "hinge d divided by the active scores": ("hinge_d_loss", HINGE_D.replace(
+        "short_real / short_real.size", "short_real / short_real.sum()"), "dreal",
+        "divided by the scores short of the margin only: divide by all 18"),
+    "hinge d without dloss": ("hinge_d_loss", HINGE_D.replace(
+        "-dloss * short_real", "-1.0 * short_real"), "dreal",
+        "dloss (0.7 here) is not multiplied in"),
+    "hinge g as a hinge": ("hinge_g_loss", HINGE_G.replace(
+        "-fake.mean(), fake.shape", "np.maximum(1 - fake, 0).mean(), fake.shape"), "loss",
+        "a hinge: that is D's loss on real pictures"),
+    "hinge g sum": ("hinge_g_loss", HINGE_G.replace("-dloss / np.prod(shape)", "-dloss"),
+                    "dfake", "18x too large: a sum where a mean over 18 belongs?"),
+    "hinge g sign": ("hinge_g_loss", HINGE_G.replace("-dloss /", "dloss /"), "dfake",
+                     "sign flipped"),
     "conv2d kernel not flipped": ("conv2d", CONV2D.format(
         kernel="w[:, :, kh - 1 - i, kw - 1 - j]", dw="dw"), "dx", "turned by 180 degrees"),
     "conv2d dw transposed": ("conv2d", CONV2D.format(

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import fake_cupy
-from conftest import build_case
+from conftest import LOSSES, build_case
 from tinytok import backend
 from tinytok.prior.settings import PLAIN
 from tinytok.ops import PAIRS, scatter_add
@@ -164,7 +164,7 @@ def run_pair(name, xp, dtype):
     forward, backward = PAIRS[name]
     case = build_case(name, xp=xp, dtype=dtype)
     out, cache = forward(*case.args, **case.kwargs)
-    if name in ("cross_entropy", "mse"):
+    if name in LOSSES:
         grads = backward(1.0, cache)
     else:
         grads = backward(xp.asarray(_dout(out)), cache)
@@ -177,13 +177,26 @@ def test_op_pair_on_device_equals_numpy(fake, name, dtype):
     assert_device_matches_numpy(lambda xp: run_pair(name, xp, dtype), fake, what=name)
 
 
-@pytest.mark.parametrize("name", ["linear", "layer_norm", "causal_self_attention", "conv2d"])
+@pytest.mark.parametrize("name", ["linear", "layer_norm", "causal_self_attention", "conv2d",
+                                  "leaky_relu", "hinge_d_loss", "hinge_g_loss"])
 def test_gradcheck_on_device(fake, name):
     from tinytok.gradcheck import assert_gradients_close
     forward, backward = PAIRS[name]
     case = build_case(name, xp=fake, dtype=np.float64)
     assert_gradients_close(forward, backward, case.args, case.kwargs, wrt=case.wrt,
                            max_elements=20)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_loss_backward_takes_a_0d_device_dloss(fake, name):
+    """A loss times a weight, still on the device, as dloss: float32 gradients on the device."""
+    case = build_case(name, xp=fake, dtype=np.float32)
+    forward, backward = PAIRS[name]
+    _, cache = forward(*case.args, **case.kwargs)
+    grads = backward(fake.asarray(0.5, dtype="float64"), cache)
+    grads = grads if isinstance(grads, tuple) else (grads,)
+    assert_all_on_device(grads)
+    assert all(g.dtype == np.float32 for g in grads)
 
 
 def test_relative_error_of_device_arrays(fake):

@@ -357,3 +357,11 @@ def test_whole_numbers_are_integers_of_any_kind_but_bool():
     assert got == 2 and type(got) is int
     with pytest.raises(ConfigError, match=r"^padding must be a whole number >= 0, got -1$"):
         require_positive_int("padding", -1, minimum=0)
+
+
+def test_finite_numbers_are_reals_but_not_bools_infinities_or_huge_integers():
+    from tinytok.ops.checks import is_finite_number
+    for value in (0, -2.5, np.float32(0.2), np.int64(3), 10 ** 300):
+        assert is_finite_number(value)
+    for value in (True, float("nan"), float("inf"), "1", None, 10 ** 400, np.complex128(1)):
+        assert not is_finite_number(value)

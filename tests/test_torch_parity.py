@@ -33,17 +33,29 @@ def torch_cross_entropy(logits, targets, ignore_index=-1):
     return F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), ignore_index=ignore_index)
 
 
+def torch_hinge_d_loss(real, fake):
+    """The discriminator's hinge loss in torch ops; autograd differentiates it."""
+    return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+
+
+def torch_hinge_g_loss(fake):
+    return -fake.mean()
+
+
 TORCH = {
     "linear": lambda x, w, b: F.linear(x, w.T, b),  # torch stores w as (out, in)
     "conv2d": F.conv2d,
     "conv_transpose2d": F.conv_transpose2d,
     "relu": F.relu,
+    "leaky_relu": lambda x, slope=0.2: F.leaky_relu(x, slope),
     "gelu": lambda x: F.gelu(x, approximate="tanh"),
     "layer_norm": lambda x, gamma, beta: F.layer_norm(x, gamma.shape, gamma, beta, eps=1e-5),
     "embedding": F.embedding,
     "causal_self_attention": torch_attention,
     "cross_entropy": torch_cross_entropy,
     "mse": F.mse_loss,
+    "hinge_d_loss": torch_hinge_d_loss,
+    "hinge_g_loss": torch_hinge_g_loss,
 }
 
 
@@ -158,3 +170,33 @@ def test_embedding_with_repeated_ids_matches_torch():
     ids = rng.integers(0, 4, size=(3, 9))  # 27 lookups into 4 rows: many repeats
     table = rng.standard_normal((4, 5)).astype(np.float32)
     assert_matches_torch("embedding", [ids, table], {}, [1])
+
+
+@pytest.mark.parametrize("slope", [0.2, 0.01, 0.0, 1.0])
+def test_leaky_relu_matches_torch_across_slopes_and_at_zero(slope):
+    """x exactly 0 included: both take the slope side there (y = 0, dx = slope * dout)."""
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    x.reshape(-1)[::7] = 0.0
+    assert_matches_torch("leaky_relu", [x], {"slope": slope}, [0])
+
+
+@pytest.mark.parametrize("dloss", [1.0, 0.3, -2.0])
+def test_hinge_losses_match_torch_with_scores_on_their_margins(dloss):
+    """Scores exactly at +1 (real) and -1 (fake) are ties: relu's gradient at 0 is 0 in
+    torch, and here too. The other scores are spread across both sides of the margins."""
+    rng = np.random.default_rng(1)
+    real = (1 + 2 * rng.standard_normal((4, 1, 5, 5))).astype(np.float32)
+    fake = (-1 + 2 * rng.standard_normal((4, 1, 5, 5))).astype(np.float32)
+    real.reshape(-1)[::5], fake.reshape(-1)[::4] = 1.0, -1.0
+    for name, args in (("hinge_d_loss", [real, fake]), ("hinge_g_loss", [fake])):
+        forward, backward = PAIRS[name]
+        loss, cache = forward(*args)
+        grads = backward(dloss, cache)
+        grads = grads if isinstance(grads, tuple) else (grads,)
+        tensors = [torch.from_numpy(a).requires_grad_(True) for a in args]
+        t_loss = TORCH[name](*tensors)
+        t_grads = torch.autograd.grad(t_loss * dloss, tensors)
+        np.testing.assert_allclose(float(loss), t_loss.item(), rtol=RTOL, atol=ATOL)
+        for g, tg in zip(grads, t_grads):
+            assert g.dtype == np.float32
+            np.testing.assert_allclose(g, tg.numpy(), rtol=RTOL, atol=ATOL, err_msg=name)

@@ -3,7 +3,8 @@
 Inputs are float64 (central differences in float32 drown in rounding), small (every
 element is finite-differenced), drawn from fixed seeds, and kept away from the places a
 derivative does not exist: relu's inputs are at least 0.1 from 0, the quantizer's vectors
-clearly nearer one code than any other.
+clearly nearer one code than any other, a hinge loss's scores at least 0.1 from their
+margins.
 """
 from dataclasses import dataclass, field
 from typing import Callable
@@ -78,11 +79,18 @@ def conv_transpose2d_cases(rng):
                  {"stride": 2, "padding": 1})]
 
 
+def away_from_zero(x):  # |x| >= 0.1: no probe of h = 1e-5 crosses a kink at 0
+    return np.sign(x) * (0.1 + np.abs(x))
+
+
 def relu_cases(rng):
-    def away_from_zero(x):  # |x| >= 0.1: no probe of h = 1e-5 crosses the kink at 0
-        return np.sign(x) * (0.1 + np.abs(x))
     return [Case([away_from_zero(normal(rng, 3, 4))]),
             Case([away_from_zero(normal(rng, 2, 3, 2))])]
+
+
+def leaky_relu_cases(rng):  # the second slope is not the default: 0.2 must not be built in
+    return [Case([away_from_zero(normal(rng, 3, 4))]),
+            Case([away_from_zero(normal(rng, 2, 3, 2))], {"slope": 0.1})]
 
 
 def gelu_cases(rng):
@@ -121,6 +129,20 @@ def mse_cases(rng):
             Case([normal(rng, 2, 3, 2), normal(rng, 2, 3, 2)], dloss=1.3)]
 
 
+def hinge_d_loss_cases(rng):
+    """Patch scores on both sides of their margins (real: +1, fake: -1), real and fake of
+    different sizes, so that a mean over both together is caught."""
+    def scores(margin, *shape):
+        return margin + away_from_zero(normal(rng, *shape, scale=1.5))
+    return [Case([scores(1, 2, 1, 3, 3), scores(-1, 3, 1, 2, 2)], dloss=0.7),
+            Case([scores(1, 5), scores(-1, 5)], dloss=1.3)]
+
+
+def hinge_g_loss_cases(rng):
+    return [Case([normal(rng, 2, 1, 3, 3, scale=1.5)], dloss=0.7),
+            Case([normal(rng, 5, scale=1.5)], dloss=1.3)]
+
+
 def vq_cases(rng):
     cases = []
     for beta, dloss in ((0.25, 0.8), (0.6, 1.0)):
@@ -140,6 +162,56 @@ def loss_hints(name, case, want, upstream):
     if not name.startswith("d"):
         return []  # the loss itself does not depend on dloss
     return [like(want / case.dloss, f"dloss ({case.dloss} here) is not multiplied in")]
+
+
+def leaky_relu_hints(name, case, want, upstream):
+    x, slope = case.args[0], case.kwargs.get("slope", 0.2)
+    positive = x > 0
+    if name == "out":
+        return [like(np.where(positive, slope * x, x), "the slope on the wrong side: y = x "
+                                                        "where x > 0, slope * x elsewhere"),
+                like(np.where(positive, x, 0.2 * x), f"slope 0.2 built in: use the slope "
+                                                     f"argument ({slope} here)")]
+    return [like(upstream * positive, "0 where x <= 0: that is ReLU's backward; leaky ReLU "
+                                      "passes slope * dout there"),
+            like(np.where(positive, upstream, slope), "slope alone where x <= 0: multiply "
+                                                      "it by dout"),
+            like(np.where(positive, upstream, 0.2 * upstream), f"slope 0.2 built in: use the "
+                                                               f"slope ({slope} here)")]
+
+
+def hinge_d_loss_hints(name, case, want, upstream):
+    real, fake = case.args
+    n_real, n_fake, dloss = real.size, fake.size, case.dloss
+    if name == "loss":
+        both = np.concatenate([np.maximum(1 - real, 0).ravel(), np.maximum(1 + fake, 0).ravel()])
+        return [like(np.maximum(1 + real, 0).mean() + np.maximum(1 - fake, 0).mean(),
+                     "real and fake swapped: D wants real scores >= 1 and fake ones <= -1"),
+                like((1 - real).mean() + (1 + fake).mean(), "no hinge: a score beyond its "
+                     "margin costs 0 (take max(., 0) before the mean)"),
+                like(both.mean(), "one mean over real and fake together: average each over "
+                                  "its own scores"),
+                like(np.maximum(1 - real, 0).sum() + np.maximum(1 + fake, 0).sum(),
+                     "sums where means belong: divide each side by its number of scores")]
+    scores, n, sign, short = ((real, n_real, -1, real < 1) if name == "dreal" else
+                              (fake, n_fake, 1, fake > -1))
+    return loss_hints(name, case, want, upstream) + [
+        like(np.full(scores.shape, sign * dloss / n), "a gradient beyond the margin: a score "
+             "that already costs 0 gets 0"),
+        like(want * n / (n_real + n_fake), "divided by all the scores, real and fake "
+             f"together: divide by this side's {n}"),
+        like(want * n / max(int(short.sum()), 1), "divided by the scores short of the "
+             f"margin only: divide by all {n}")]
+
+
+def hinge_g_loss_hints(name, case, want, upstream):
+    fake = case.args[0]
+    if name == "loss":
+        return [like(np.maximum(1 - fake, 0).mean(), "a hinge: that is D's loss on real "
+                     "pictures; the generator's is just -mean(fake)")]
+    return loss_hints(name, case, want, upstream) + [
+        like(-case.dloss * (fake < 1) / fake.size, "0 beyond a margin: the generator's loss "
+             "has none, every score gets -dloss / n")]
 
 
 def cross_entropy_hints(name, case, want, upstream):
@@ -250,6 +322,8 @@ OPS = {op.name: op for op in [
     Op("conv_transpose2d", CONV, ("out",), ("dx", "dw", "db"), (0, 1, 2),
        conv_transpose2d_cases, conv_hints("conv_transpose2d")),
     Op("relu", "x", ("out",), ("dx",), (0,), relu_cases),
+    Op("leaky_relu", "x, slope=0.2", ("out",), ("dx",), (0,), leaky_relu_cases,
+       leaky_relu_hints),
     Op("gelu", "x", ("out",), ("dx",), (0,), gelu_cases),
     Op("layer_norm", "x, gamma, beta", ("out",), ("dx", "dgamma", "dbeta"), (0, 1, 2),
        layer_norm_cases, layer_norm_hints),
@@ -261,6 +335,10 @@ OPS = {op.name: op for op in [
        cross_entropy_hints, upstream="dloss"),
     Op("mse", "pred, target", ("loss",), ("dpred",), (0,), mse_cases, loss_hints,
        upstream="dloss"),
+    Op("hinge_d_loss", "real, fake", ("loss",), ("dreal", "dfake"), (0, 1),
+       hinge_d_loss_cases, hinge_d_loss_hints, upstream="dloss"),
+    Op("hinge_g_loss", "fake", ("loss",), ("dfake",), (0,), hinge_g_loss_cases,
+       hinge_g_loss_hints, upstream="dloss"),
     Op("vector_quantize", "z, codebook, beta=0.25", ("z_q", "ids", "loss"), ("dz", "dcodebook"),
        (0, 1), vq_cases, vq_hints, upstream="dz_q",
        pair=(vector_quantize_forward, vector_quantize_backward), straight_through=True),

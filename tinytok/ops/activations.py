@@ -4,7 +4,8 @@ import math
 from typing import Any, NamedTuple
 
 from tinytok.backend import get_array_module
-from tinytok.ops.checks import require_float
+from tinytok.errors import ConfigError
+from tinytok.ops.checks import is_finite_number, require_float
 
 GELU_C = math.sqrt(2.0 / math.pi)  # the tanh approximation's constants:
 GELU_A = 0.044715                  # u = GELU_C * (x + GELU_A * x^3)
@@ -28,23 +29,26 @@ def relu_backward(dy, cache):
 
 class LeakyReluCache(NamedTuple):
     positive: Any  # bool, x's shape: where x > 0
-    slope: float   # the factor on negative inputs
+    slope: float   # the factor on the other inputs
 
 
 def leaky_relu_forward(x, slope=0.2):
-    """y = x where x > 0, else slope * x. x (any shape) -> y (same shape).
+    """y = x where x > 0, else slope * x.   x (any shape) -> y (same shape), 0 <= slope <= 1.
 
     A discriminator uses it rather than ReLU so that no input gets a zero gradient: the
     tokenizer learns from D's gradient with respect to its picture, everywhere.
     """
     require_float("x", x)
+    if not (is_finite_number(slope) and 0 <= slope <= 1):
+        raise ConfigError(f"slope must be a number in [0, 1] (0: ReLU, 1: the identity; "
+                          f"0.2 for a discriminator), got {slope!r}")
     positive = x > 0
     y = get_array_module(x).where(positive, x, x * x.dtype.type(slope))
-    return y, LeakyReluCache(positive, slope)
+    return y, LeakyReluCache(positive, float(slope))
 
 
 def leaky_relu_backward(dy, cache):
-    """dx = dy where x > 0, else slope * dy."""
+    """dx = dy where x > 0, else slope * dy. At x = 0 exactly the slope side, as PyTorch."""
     xp = get_array_module(dy)
     return xp.where(cache.positive, dy, dy * dy.dtype.type(cache.slope))
 

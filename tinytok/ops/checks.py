@@ -64,9 +64,13 @@ def is_whole_number(value, minimum=0):
 
 
 def is_finite_number(value):
-    """Whether value is a finite real number (Python or NumPy); bools and strings are not."""
-    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
-            and math.isfinite(value))
+    """Whether value is a finite real number (Python or NumPy); bools and strings are not,
+    nor an integer too large for a float (10**400)."""
+    try:
+        return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                and math.isfinite(value))
+    except OverflowError:
+        return False
 
 
 def require_positive_int(name, value, minimum=1):

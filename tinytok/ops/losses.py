@@ -78,7 +78,15 @@ def cross_entropy_backward(dloss, cache):
     return dz.reshape(shape)
 
 
-class HingeCache(NamedTuple):
+def require_scores(name, scores):
+    """A discriminator's scores: a float array with at least one score to average."""
+    require_float(name, scores)
+    if scores.size == 0:
+        raise ShapeError(f"{name} holds no scores (shape {tuple(scores.shape)}): the mean "
+                         "of nothing is undefined; give at least one")
+
+
+class HingeDLossCache(NamedTuple):
     short_real: Any   # bool, real's shape: where 1 - real > 0, the margin not yet met
     short_fake: Any   # bool, fake's shape: where 1 + fake > 0
     dtype: Any        # the scores' dtype, which the gradients keep
@@ -87,38 +95,45 @@ class HingeCache(NamedTuple):
 def hinge_d_loss_forward(real, fake):
     """loss = mean(relu(1 - real)) + mean(relu(1 + fake)): the discriminator's.
 
-    real, fake: its scores (logits, any shapes) on real pictures and on reconstructions ->
-    0-d. A score beyond its margin (real > 1, fake < -1) costs nothing and teaches nothing.
+    real, fake: its scores (logits, any shapes, one dtype) on real pictures and on
+    reconstructions -> 0-d. A score beyond its margin (real > 1, fake < -1) costs nothing
+    and teaches nothing; one exactly on it counts as beyond (gradient 0, as relu's at 0 in
+    PyTorch). VQGAN's code halves this sum: that only rescales D's learning rate.
     """
-    require_float("real", real)
+    require_scores("real", real)
+    require_scores("fake", fake)
     require_same_dtype("real", real, ("fake", fake))
     xp = get_array_module(real)
-    loss = xp.maximum(1 - real, 0).mean() + xp.maximum(1 + fake, 0).mean()
-    return loss, HingeCache(1 - real > 0, 1 + fake > 0, real.dtype)
+    gap_real, gap_fake = 1 - real, 1 + fake    # how far short of its margin each score is
+    loss = xp.maximum(gap_real, 0).mean() + xp.maximum(gap_fake, 0).mean()
+    return loss, HingeDLossCache(gap_real > 0, gap_fake > 0, real.dtype)
 
 
 def hinge_d_loss_backward(dloss, cache):
     """dreal = -dloss / n_real where 1 - real > 0, else 0;
     dfake = +dloss / n_fake where 1 + fake > 0, else 0."""
     short_real, short_fake, dtype = cache
-    xp = get_array_module(short_real)
-    dreal = short_real * xp.asarray(-dloss / short_real.size, dtype=dtype)
-    dfake = short_fake * xp.asarray(dloss / short_fake.size, dtype=dtype)
+    dreal = short_real.astype(dtype)  # 1 where the margin is not met; the dtype first, so
+    dreal *= -dloss / dreal.size      # that a float64 dloss cannot promote float32 grads
+    dfake = short_fake.astype(dtype)
+    dfake *= dloss / dfake.size
     return dreal, dfake
 
 
-class GeneratorLossCache(NamedTuple):
-    fake: Any   # the scores, for their shape, dtype and array module
+class HingeGLossCache(NamedTuple):
+    fake: Any   # the scores, for their shape, dtype and array module (never read)
 
 
 def hinge_g_loss_forward(fake):
     """loss = -mean(fake): the generator (the tokenizer) wants the discriminator to score
     its pictures high. fake (any shape) -> 0-d."""
-    require_float("fake", fake)
-    return -fake.mean(), GeneratorLossCache(fake)
+    require_scores("fake", fake)
+    return -fake.mean(), HingeGLossCache(fake)
 
 
 def hinge_g_loss_backward(dloss, cache):
     """dfake = -dloss / n, the same for every score."""
     fake = cache.fake
-    return get_array_module(fake).full_like(fake, -dloss / fake.size)
+    dfake = get_array_module(fake).ones_like(fake)
+    dfake *= -dloss / fake.size     # in place: fake's dtype whatever dloss's type
+    return dfake
