@@ -236,3 +236,58 @@ def causal_self_attention(x, w_qkv, b_qkv, w_proj, b_proj, n_head):
                 y[bi, t, cols] = sum(wt / total * v[bi, s, cols]
                                      for wt, s in zip(weights, visible))
     return y @ w_proj + b_proj
+
+
+# --- picture fidelity ---------------------------------------------------------------------
+
+def ssim(a, b, data_range=255.0, size=11, sigma=1.5):
+    """Wang et al. 2004, one window position and channel at a time: the 2-D Gaussian window
+    written out as exp(-(dy^2 + dx^2) / (2 sigma^2)) over size x size offsets, normalised,
+    applied to every position where it fits inside the picture; mean per picture (N,)."""
+    N, H, W, C = a.shape
+    r = (size - 1) // 2
+    window = np.array([[math.exp(-(dy * dy + dx * dx) / (2 * sigma * sigma))
+                        for dx in range(-r, r + 1)] for dy in range(-r, r + 1)])
+    window /= window.sum()
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    out = np.zeros(N)
+    for n in range(N):
+        values = []
+        for c in range(C):
+            for i in range(r, H - r):
+                for j in range(r, W - r):
+                    pa = a[n, i - r:i + r + 1, j - r:j + r + 1, c].astype(np.float64)
+                    pb = b[n, i - r:i + r + 1, j - r:j + r + 1, c].astype(np.float64)
+                    ma, mb = np.sum(window * pa), np.sum(window * pb)
+                    va = np.sum(window * (pa - ma) ** 2)
+                    vb = np.sum(window * (pb - mb) ** 2)
+                    cov = np.sum(window * (pa - ma) * (pb - mb))
+                    values.append((2 * ma * mb + c1) * (2 * cov + c2)
+                                  / ((ma * ma + mb * mb + c1) * (va + vb + c2)))
+        out[n] = np.mean(values)
+    return out
+
+
+def hf_share(originals, reconstructions, low):
+    """Power at radial frequencies >= low cycles per pixel, reconstructions over originals:
+    each DFT coefficient F[u, v] = sum_y sum_x x[y, x] exp(-2 pi i (u y / H + v x / W))
+    summed from its definition; coefficient k of n is the frequency k / n cycles per pixel,
+    the same as -(n - k) / n (the DFT is periodic), so its size is min(k, n - k) / n."""
+    N, H, W, C = originals.shape
+
+    def fold(k, n):
+        return min(k, n - k) / n
+
+    ys, xs = np.arange(H)[:, None], np.arange(W)[None, :]
+    power = [0.0, 0.0]
+    for u in range(H):
+        for v in range(W):
+            if math.hypot(fold(u, H), fold(v, W)) < low:
+                continue
+            basis = np.exp(-2j * math.pi * (u * ys / H + v * xs / W))
+            for k, pictures in enumerate((originals, reconstructions)):
+                for n in range(N):
+                    for c in range(C):
+                        coefficient = np.sum(pictures[n, :, :, c] * basis)
+                        power[k] += abs(coefficient) ** 2
+    return power[1] / power[0]

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from PIL import Image
 from tinytok.training.checkpoint import load_checkpoint
 from tinytok.data.datasets import make_shapes
 
+ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
        "MKL_NUM_THREADS": "1", "TINYTOK_BACKEND": "numpy"}
 
@@ -80,11 +82,52 @@ def test_eval_tokenizer_json_and_pictures(work):
     figures = json.loads(r.stdout)
     assert figures["pictures"] == "pics"
     assert any("psnr" in k for k in figures), figures
+    assert -1 < figures["ssim"] < 1 and figures["hf_share"] > 0 and figures["hf_share_035"] > 0
     for name in ("reconstructions.png", "palette.png", "token_map.png"):
         with Image.open(work / "pics" / name) as img:
             assert img.size[0] > 0
+    assert not (work / "pics" / "side_by_side.png").exists()   # only with --compare
     r = ok(tinytok("eval-tokenizer", "--tokenizer", "tok.npz", "--n-images", 8, cwd=work))
-    assert "psnr" in r.stdout.lower()
+    lines = {k.strip(): v.strip() for k, v in (line.split(":", 1)
+                                               for line in r.stdout.splitlines())}
+    assert float(lines["psnr_db"]) > 0 and float(lines["ssim"]) == pytest.approx(
+        figures["ssim"], rel=1e-3)
+    for key in ("hf_share", "hf_share_035"):   # shown as percentages
+        assert lines[key] == f"{figures[key]:.1%}"
+
+
+def test_eval_tokenizer_compare_side_by_side(work, tmp_path):
+    """--compare: the other tokenizer's fidelity figures on the same pictures, its hash in the
+    record, and with --pictures the originals and both reconstructions, enlarged, in one PNG."""
+    from tinytok.evaluate.record import sha256_of
+    from tinytok.viz.style import MARGIN, ROW_LABEL_WIDTH, PAD
+    other = ROOT / "data" / "checkpoints" / "shapes_tokenizer.npz"
+    r = ok(tinytok("eval-tokenizer", "--tokenizer", "tok.npz", "--n-images", 8, "--compare",
+                   other, "--pictures", "both", "--json", "--record", "compared", cwd=work))
+    figures = json.loads(r.stdout)
+    assert figures["compare"] == str(other)
+    for key in ("psnr_db", "psnr_db_median", "ssim", "hf_share", "hf_share_035"):
+        assert isinstance(figures[f"compare_{key}"], float)
+    assert figures["compare_psnr_db"] > figures["psnr_db"] + 5   # trained vs 3 steps
+    files = json.loads((work / "figures.json").read_text())["tok"]["compared"]["files"]
+    assert files == {"tok.npz": sha256_of(work / "tok.npz"), other.name: sha256_of(other)}
+    n, side, gap = 6, 32 * 6, 2              # six pictures, 32x32 enlarged 6 times
+    with Image.open(work / "both" / "side_by_side.png") as img:
+        img.load()
+        assert img.format == "PNG" and img.mode == "RGB"
+        width, height = img.size
+    assert height == 2 * MARGIN + 3 * side + 2 * gap          # originals, tok, shapes
+    tiles = 2 * MARGIN + n * side + (n - 1) * gap
+    assert tiles < width <= tiles + ROW_LABEL_WIDTH + PAD     # and the row labels
+    # the same data for both, or one line: a tokenizer of 64x64 pictures
+    from tinytok.pipeline import Tokenizer
+    from tinytok.tokenizer.vqvae import init_tokenizer_params, with_grid
+    config = with_grid("vqvae-tiny", 64, 16)
+    Tokenizer(init_tokenizer_params(config), config).save(tmp_path / "t64.npz")
+    r = tinytok("eval-tokenizer", "--tokenizer", "tok.npz", "--n-images", 8, "--compare",
+                tmp_path / "t64.npz", cwd=work)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "reads 64x64 pictures, the tokenizer 32x32" in r.stderr
 
 
 def test_encode_json_then_decode(work):

@@ -1,5 +1,6 @@
 """The tokenizer's commands: encode (pictures to token grids), decode (grids back to a
-picture) and eval-tokenizer (PSNR and codebook usage), each its flags and then what it runs."""
+picture) and eval-tokenizer (PSNR, SSIM, high-frequency power kept and codebook usage, beside
+another tokenizer's with --compare), each its flags and then what it runs."""
 import json
 import os
 
@@ -76,43 +77,72 @@ def cmd_decode(args):
 
 
 def add_eval_tokenizer(sub):
-    p = sub.add_parser("eval-tokenizer", help="PSNR and codebook usage on held-out images")
+    p = sub.add_parser("eval-tokenizer", help="PSNR, SSIM, high-frequency power kept and "
+                       "codebook usage on held-out images")
     p.add_argument("--tokenizer", default=None)
     p.add_argument("--data", default="shapes")
     p.add_argument("--n-images", type=positive_int, default=2000)
     p.add_argument("--size", type=positive_int, default=None,
                    help="picture size; must be the tokenizer's own (the default)")
+    p.add_argument("--compare", default=None, metavar="CHECKPOINT",
+                   help="another tokenizer of the same picture size: its PSNR, SSIM and "
+                        "high-frequency power kept on the same pictures; with --pictures "
+                        "its reconstructions beside these (side_by_side.png)")
     p.add_argument("--pictures", default=None, help="folder for reconstructions and palette")
     p.add_argument("--json", action="store_true")
     add_record_argument(p)
     p.set_defaults(func=cmd_eval_tokenizer)
 
 
+def _evaluation_images(data, n_images, size):
+    """The held-out pictures eval-tokenizer measures on, and the split's name."""
+    from tinytok.data.datasets import photo_crops, training_images
+    seed = 12345  # validation images never overlap the training seed's draws
+    if data == "photos":  # held-out photographs, downscaled 2x and 4x: CIFAR-like detail
+        return photo_crops(n_images, seed=seed, split="val", scales=(2, 4), size=size), \
+            "val, 2x and 4x"
+    split = "all" if data == "shapes" else "val"
+    return training_images(data, n_images if data == "shapes" else None, seed=seed,
+                           split=split, size=size), split
+
+
+def _rival(path, size):
+    """The --compare tokenizer, which must read the same size x size pictures."""
+    from tinytok.pipeline import Tokenizer
+    rival = Tokenizer.load(path)
+    if rival.config.image_size != size:
+        raise ConfigError(f"--compare {path} reads {rival.config.image_size}x"
+                          f"{rival.config.image_size} pictures, the tokenizer {size}x{size}; "
+                          "compare tokenizers of the same picture size")
+    return rival
+
+
 def cmd_eval_tokenizer(args):
-    from tinytok.data.datasets import training_images
-    from tinytok.evaluate import eval_tokenizer
+    from tinytok.evaluate import eval_tokenizer, fidelity
     from tinytok.pipeline import SHIPPED, Tokenizer
     tokenizer = Tokenizer.load(args.tokenizer)
     size = tokenizer.config.image_size  # the pictures it was made for, and no other
     if args.size is not None and args.size != size:
         raise ConfigError(f"--size {args.size}: this tokenizer reads {size}x{size} pictures "
                           f"(leave --size out, or pass --size {size})")
-    split = {"shapes": "all", "photos": "val"}.get(args.data, "val")
-    seed = 12345  # validation images never overlap the training seed's draws
-    if args.data == "photos":  # held-out photographs, downscaled 2x and 4x: CIFAR-like detail
-        from tinytok.data.datasets import photo_crops
-        images = photo_crops(args.n_images, seed=seed, split="val", scales=(2, 4), size=size)
-        split = "val, 2x and 4x"
-    else:
-        images = training_images(args.data, args.n_images if args.data == "shapes" else None,
-                                 seed=seed, split=split, size=size)
+    rival = _rival(args.compare, size) if args.compare else None
+    images, split = _evaluation_images(args.data, args.n_images, size)
     figures, recon, ids = eval_tokenizer(tokenizer, images)
     figures["data"] = f"{args.data} ({split} split)"
+    rows = [(args.tokenizer or SHIPPED["shapes-tokenizer"], recon, figures)]
+    if rival is not None:
+        rival_recon = rival.reconstruct(images)
+        theirs = fidelity(images, rival_recon)
+        figures["compare"] = args.compare
+        figures.update({f"compare_{key}": value for key, value in theirs.items()})
+        rows.append((args.compare, rival_recon, theirs))
     if args.pictures:
         _tokenizer_pictures(tokenizer, images, recon, ids, args.pictures)
+        if rival is not None:
+            side_by_side(images, rows, os.path.join(args.pictures, "side_by_side.png"))
         figures["pictures"] = args.pictures
     print_figures(figures, args.json)
-    record_if_asked(args, args.tokenizer or SHIPPED["shapes-tokenizer"], figures)
+    record_if_asked(args, rows[0][0], figures, inputs=[args.compare] if args.compare else ())
     return 0
 
 
@@ -127,6 +157,21 @@ def _tokenizer_pictures(tokenizer, images, recon, ids, folder):
     tiles = tokenizer.code_tiles()
     codebook_palette(tiles, code_counts(ids, K), path=os.path.join(folder, "palette.png"))
     token_map(images[0], ids[0], path=os.path.join(folder, "token_map.png"))
+
+
+SIDE_BY_SIDE_PICTURES, SIDE_BY_SIDE_SCALE = 6, 6
+
+
+def side_by_side(images, rows, path, n=SIDE_BY_SIDE_PICTURES, scale=SIDE_BY_SIDE_SCALE):
+    """The first n originals in a row, and under them each tokenizer's reconstructions,
+    enlarged scale times (nearest neighbour: every pixel a crisp square, so a blur shows).
+    rows: (checkpoint path, reconstructions, its fidelity figures), one per tokenizer."""
+    from tinytok.viz import comparison_grid
+    names = ["original"] + [f"{os.path.basename(str(checkpoint))}  PSNR {f['psnr_db']:.1f} dB"
+                            f"  SSIM {f['ssim']:.3f}  HF power kept {f['hf_share']:.0%}"
+                            for checkpoint, _, f in rows]
+    return comparison_grid([images[:n]] + [recon[:n] for _, recon, _ in rows], names,
+                           scale=scale, path=path)
 
 
 # This group's commands, in the order `tinytok --help` lists them (tinytok.cli.COMMANDS).

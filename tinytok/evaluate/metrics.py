@@ -1,20 +1,25 @@
 """Honest numbers: what `tinytok eval-tokenizer` and `tinytok eval-prior` measure.
 
-Tokenizer: PSNR of reconstructions (uint8, mean over images) and codebook usage on images it
-never saw, and what its token grid costs in bits against the best thumbnail (a small,
-coarsely rounded picture, enlarged again) of no more bits. Prior: prompt adherence, the share of generated images whose attributes, read
-back from pixels by tinytok.data.datasets.read_attributes, all match the prompt, separately for
+Tokenizer: PSNR and SSIM of reconstructions (uint8, mean over images), the share of the
+originals' high-frequency power the reconstructions keep (is the detail there, or a blur?)
+and codebook usage, on images it never saw, and what its token grid costs in bits against
+the best thumbnail (a small, coarsely rounded picture, enlarged again) of no more bits.
+Prior: prompt adherence, the share of generated images whose attributes, read back from
+pixels by tinytok.data.datasets.read_attributes, all match the prompt, separately for
 attribute combinations seen in training and for held-out ones; and caption accuracy, the
 share of held-out images whose written caption matches the true one exactly.
 """
 from dataclasses import asdict
 from typing import NamedTuple
 
+import numbers
+
 import numpy as np
 
 from tinytok import backend
 from tinytok.data.datasets import caption_for, is_heldout, make_shapes, read_attributes
 from tinytok.data.images import resize_images
+from tinytok.errors import ConfigError, DTypeError, ImageError, ShapeError
 from tinytok.prior.settings import SAMPLING
 from tinytok.tokenizer.codebook import code_counts, usage_stats
 
@@ -25,6 +30,125 @@ def psnr(a, b):
     diff = a.astype(np.float64) - b.astype(np.float64)
     mse = (diff ** 2).reshape(len(a), -1).mean(axis=1)
     return 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10))
+
+
+def picture_pair(a, b, what, min_side=1):
+    """a and b as host float64 arrays (N, H, W, C) of the same shape, or a one-line error."""
+    a, b = backend.to_numpy(a), backend.to_numpy(b)
+    if a.shape != b.shape or a.ndim != 4 or 0 in a.shape:
+        raise ShapeError(f"{what}: expected two non-empty batches of pictures (N, H, W, C) of "
+                         f"the same shape, got {a.shape} and {b.shape}")
+    if min(a.shape[1:3]) < min_side:
+        raise ShapeError(f"{what}: pictures must be at least {min_side}x{min_side} pixels, "
+                         f"got {a.shape[1]}x{a.shape[2]}")
+    for array in (a, b):
+        if array.dtype.kind not in "uif":
+            raise DTypeError(f"{what}: expected pixel values of an integer or float dtype "
+                             f"(uint8 0..255), got {array.dtype}")
+    return a.astype(np.float64), b.astype(np.float64)
+
+
+# ---------------------------------------------------------------- SSIM
+
+SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03   # Wang et al. 2004
+
+
+def gaussian_window(size=SSIM_WINDOW, sigma=SSIM_SIGMA):
+    """The 1-D Gaussian weights w (size,), summing to 1; the 2-D window is outer(w, w)."""
+    offsets = np.arange(size) - (size - 1) / 2
+    weights = np.exp(-offsets ** 2 / (2 * sigma ** 2))
+    return weights / weights.sum()
+
+
+def window_means(x, weights):
+    """Weighted means of x (N, H, W, C) over every whole k x k window, k = len(weights):
+    (N, H-k+1, W-k+1, C). Separable (the window is an outer product): along the rows, then
+    along the columns, each a sum over the k taps of a shifted slice times its weight, for
+    all pixels at once. (A matrix product over sliding windows is quicker, but its rounding
+    can depend on where the array sits in memory; this order of sums is always the same.)"""
+    k = len(weights)
+    rows = x.shape[1] - k + 1
+    x = sum(w * x[:, i:i + rows] for i, w in enumerate(weights))          # (N, H-k+1, W, C)
+    cols = x.shape[2] - k + 1
+    return sum(w * x[:, :, j:j + cols] for j, w in enumerate(weights))   # (N, H-k+1, W-k+1, C)
+
+
+def ssim(a, b, data_range=255.0):
+    """Structural similarity of pictures (N, H, W, C), one figure per picture (N,).
+
+    Wang, Bovik, Sheikh and Simoncelli 2004: in every 11x11 window (Gaussian weights, sigma
+    1.5) wholly inside the picture, for each channel,
+
+        SSIM = (2 mu_a mu_b + C1)(2 cov_ab + C2) / ((mu_a^2 + mu_b^2 + C1)(var_a + var_b + C2))
+
+    means, variances and covariance weighted by the window, C1 = (0.01 L)^2, C2 = (0.03 L)^2,
+    L = data_range (255 for uint8); the figure is the mean over windows and channels (the
+    same as scikit-image's structural_similarity with gaussian_weights=True,
+    use_sample_covariance=False). 1 for identical pictures; it falls as local means,
+    contrasts or structure differ, so a blur that keeps PSNR fair still loses SSIM.
+    """
+    x, y = picture_pair(a, b, "ssim", min_side=SSIM_WINDOW)
+    w = gaussian_window()
+    mx, my = window_means(x, w), window_means(y, w)
+    var_x = window_means(x * x, w) - mx * mx
+    var_y = window_means(y * y, w) - my * my
+    cov = window_means(x * y, w) - mx * my
+    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
+    s = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (var_x + var_y + c2))
+    return s.reshape(len(s), -1).mean(axis=1)
+
+
+# ---------------------------------------------------------------- high-frequency power
+
+HF_LOW, HF_HIGH = 0.25, 0.35   # cycles per pixel; 0.5 is the finest a pixel grid holds
+
+
+def radial_frequency(height, width):
+    """|f| = sqrt(fy^2 + fx^2) in cycles per pixel of each coefficient of a height x width
+    2-D DFT, fy and fx as np.fft.fftfreq orders them (0, 1/n, ... up to 0.5, then negative)."""
+    return np.hypot(np.fft.fftfreq(height)[:, None], np.fft.fftfreq(width)[None, :])
+
+
+def band_power(x, band):
+    """Sum over pictures, channels and the coefficients in band (H, W) of |F|^2, F the 2-D DFT
+    of each picture's channel (N, H, W, C)."""
+    spectrum = np.fft.fft2(x, axes=(1, 2))
+    return float((np.abs(spectrum[:, band]) ** 2).sum())
+
+
+def hf_share(originals, reconstructions, low=HF_LOW):
+    """The share of the originals' power at spatial frequencies >= low cycles per pixel that
+    the reconstructions have: sum |F_rec|^2 / sum |F_orig|^2 over that band (radial_frequency),
+    every picture and channel (N, H, W, C), pooled.
+
+    The whole picture, periodic, unwindowed: the DFT of exactly the pixels the tokenizer saw
+    (a window would weigh the centre over the edges); its wrap-around edge is the same for
+    both pictures. The mean (0 cycles) is never in the band, so removing it changes nothing.
+    Power, not error: 1 for identical pictures, below 1 for a blur, and above 1 for a picture
+    with detail (or noise) added, right or wrong; SSIM and PSNR say whether it is right.
+    """
+    x, y = picture_pair(originals, reconstructions, "hf_share")
+    frequency = radial_frequency(*x.shape[1:3])
+    if not (isinstance(low, numbers.Real) and 0 < low <= frequency.max()):   # NaN fails too
+        raise ConfigError(f"hf_share: low must be a frequency in (0, {frequency.max():.3g}] "
+                          f"cycles per pixel for {x.shape[1]}x{x.shape[2]} pictures, "
+                          f"got {low!r}")
+    band = frequency >= low
+    original = band_power(x, band)
+    if original == 0:
+        raise ImageError(f"hf_share: the originals have no power at or above {low} cycles per "
+                         "pixel (flat pictures), so no share of it can be kept")
+    return band_power(y, band) / original
+
+
+def fidelity(images, recon):
+    """How close reconstructions are to the pictures: PSNR (mean, median), SSIM, and the
+    shares of high-frequency power kept, at or above HF_LOW and HF_HIGH cycles per pixel."""
+    per_image = psnr(images, recon)
+    return {"psnr_db": float(per_image.mean()), "psnr_db_median": float(np.median(per_image)),
+            "ssim": float(ssim(images, recon).mean()),
+            "hf_share": hf_share(images, recon, HF_LOW),
+            "hf_share_035": hf_share(images, recon, HF_HIGH)}
 
 
 def round_channels(images, bits):
@@ -78,16 +202,15 @@ def best_thumbnail(images, max_bits, sizes=range(2, 17), depths=range(1, 9)):
 
 
 def eval_tokenizer(tokenizer, images, batch_size=256):
-    """Figures for a tokenizer on uint8 images (N, S, S, 3): PSNR, usage, perplexity, dead,
-    its bits per picture and its margin over the best thumbnail of no more bits."""
+    """Figures for a tokenizer on uint8 images (N, S, S, 3): PSNR, SSIM, high-frequency power
+    kept (fidelity), usage, perplexity, dead, its bits per picture and its margin over the
+    best thumbnail of no more bits."""
     ids = tokenizer.encode(images, batch_size)
     recon = tokenizer.decode(ids, batch_size)
-    per_image = psnr(images, recon)
     stats = usage_stats(code_counts(ids, tokenizer.config.num_codes))
     stats["codes_used"] = tokenizer.config.num_codes - stats["dead"]
     figures = {"images": int(len(images)), "image_size": tokenizer.config.image_size,
-               "grid_size": tokenizer.grid_size, "psnr_db": float(per_image.mean()),
-               "psnr_db_median": float(np.median(per_image)), **stats,
+               "grid_size": tokenizer.grid_size, **fidelity(images, recon), **stats,
                "vocab_size": tokenizer.vocab_size,
                "bits_per_picture": tokenizer.bits_per_picture}
     rival = best_thumbnail(images, tokenizer.bits_per_picture)
