@@ -47,8 +47,13 @@ def add_train_tokenizer(sub):
     p.add_argument("--gan-weight", type=non_negative_float, default=0.0,
                    help="weight of VQGAN's adversarial loss against a patch discriminator, "
                         "balanced by the adaptive weight (0: none; 0.1 sharpens photos)")
-    p.add_argument("--gan-start", type=non_negative_int, default=0,
-                   help="the step at which the discriminator joins")
+    p.add_argument("--disc-start", type=non_negative_int, default=0,
+                   help="the step at which the discriminator starts learning")
+    p.add_argument("--gan-start", type=non_negative_int, default=None,
+                   help="the step at which the tokenizer starts to heed it (default: "
+                        "--disc-start)")
+    p.add_argument("--disc-lr-scale", type=positive_float, default=1.0,
+                   help="the discriminator's learning rate over the tokenizer's")
     p.add_argument("--disc-channels", type=positive_int, default=64,
                    help="the discriminator's first convolution's channels")
     p.add_argument("--init", default=None,
@@ -82,7 +87,10 @@ def cmd_train_tokenizer(args):
                              checkpoint_every=args.checkpoint_every, log_every=args.log_every)
     recipe = TokenizerRecipe(kmeans_init=not args.no_kmeans,
                              restart_every=0 if args.no_restarts else args.restart_every,
-                             gan_weight=args.gan_weight, gan_start=args.gan_start,
+                             gan_weight=args.gan_weight, disc_start=args.disc_start,
+                             gan_start=(args.disc_start if args.gan_start is None
+                                        else args.gan_start),
+                             disc_lr_scale=args.disc_lr_scale,
                              disc_channels=args.disc_channels)
     settings.check()  # before anything is printed: a bad argument is one line, not two
     recipe.check()
@@ -99,8 +107,9 @@ def cmd_train_tokenizer(args):
     distributed.batch_share(settings.batch_size, world)   # refused here too, before training
     g, size = config.grid_size, config.image_size
     say, on = _speaker(world), f" on {world.size} processes" if world.size > 1 else ""
-    against = (f", against a patch discriminator from step {recipe.gan_start} (weight "
-               f"{recipe.gan_weight:g})" if recipe.adversarial else "")
+    against = (f", against a patch discriminator learning from step {recipe.disc_start}, "
+               f"heeded from step {recipe.gan_start} (weight {recipe.gan_weight:g})"
+               if recipe.adversarial else "")
     say(f"training a {config.name} tokenizer ({config.quantizer}, {config.num_codes} codes, "
         f"{g}x{g} tokens per {size}x{size} picture) on {len(images)} {args.data} images for "
         f"{args.steps} steps{on}{against}{', from ' + args.init if init else ''} -> "

@@ -16,7 +16,7 @@ encoder outputs, and broadcast.
 """
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from tinytok import backend
 from tinytok.data.datasets import batch_indices
@@ -55,14 +55,23 @@ class TokenizerRecipe:
     tau_start: float = 1.0          # gumbel only: temperature annealed from start to end
     tau_end: float = 1 / 16
     gan_weight: float = 0.0         # the adversarial loss's weight (VQGAN); 0: none, no D
-    gan_start: int = 0              # the step at which the discriminator joins
+    disc_start: int = 0             # the step at which the discriminator starts learning
+    gan_start: int = 0              # and the one at which the tokenizer starts to heed it
+    disc_lr_scale: float = 1.0      # the discriminator's learning rate over the tokenizer's
     disc_channels: int = 64         # the patch discriminator's first convolution's
 
     def check(self):
         if not is_finite_number(self.gan_weight) or self.gan_weight < 0:
             raise ConfigError(f"gan_weight must be a number >= 0 (0: no adversarial loss), "
                               f"got {self.gan_weight!r}")
+        require_positive_int("disc_start", self.disc_start, 0)
         require_positive_int("gan_start", self.gan_start, 0)
+        if self.gan_start < self.disc_start:
+            raise ConfigError(f"gan_start ({self.gan_start}) must not come before disc_start "
+                              f"({self.disc_start}): the tokenizer would heed an untrained "
+                              "discriminator")
+        if not is_finite_number(self.disc_lr_scale) or not self.disc_lr_scale > 0:
+            raise ConfigError(f"disc_lr_scale must be a number > 0, got {self.disc_lr_scale!r}")
         DiscriminatorConfig(self.disc_channels)   # refuses a bad size
 
     @property
@@ -125,6 +134,7 @@ class TokenizerRun:
             self.disc = DiscriminatorConfig(recipe.disc_channels)
             self.params.update(init_discriminator_params(self.disc, seed=[settings.seed, 3]))
             self.disc_opt_state = adamw_init(self.disc_params(self.params))
+            self.disc_settings = replace(settings, lr=settings.lr * recipe.disc_lr_scale)
         self.ema_state = None
         self.window = self.xp.zeros(config.num_codes, dtype=self.xp.int64)
         self.start, self.history = 0, []
@@ -210,10 +220,11 @@ class TokenizerRun:
         every window of steps a look at code usage. Returns the figures to show."""
         grads = zeros_like_params(self.params)
         x, tau, noise = self.batch(step)
-        against_d = self.disc is not None and step >= self.recipe.gan_start
+        against_d = self.disc is not None and step >= self.recipe.disc_start
         if against_d:   # the tokenizer and D, in two passes (training.adversarial)
+            heeded = step >= self.recipe.gan_start   # before: D learns, the tokenizer not
             out = adversarial_grads(x, self.params, self.config, self.disc, grads,
-                                    self.recipe.gan_weight,
+                                    self.recipe.gan_weight if heeded else 0.0,
                                     lambda arrays: sum_over_processes(self.world, arrays),
                                     tau, noise, of_batch=self.settings.batch_size)
         else:
@@ -249,7 +260,7 @@ class TokenizerRun:
                        self.trainable)
         if against_d:
             optimizer_step(self.disc_params(self.params), self.disc_params(grads),
-                           self.disc_opt_state, self.settings, step)
+                           self.disc_opt_state, self.disc_settings, step)
 
     def batch_sums(self, grads, out):
         """Everything of this step that is a sum over the batch's examples, as one flat dict
