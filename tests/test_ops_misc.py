@@ -136,7 +136,7 @@ def test_layer_norm_matches_loops(xp, eps):
 @given(rows=st.integers(2, 40), C=st.integers(1, 300), start=st.integers(0, 39),
        seed=seeds)
 def test_layer_norm_of_a_row_does_not_depend_on_the_other_rows(rows, C, start, seed):
-    """Same bits for a row alone or in a batch (float32): a picture's score (lesson 13's
+    """Same bits for a row alone or in a batch (float32): a picture's score (lesson 14's
     reranking) and a KV-cache step must not change with what else is in the batch."""
     start = min(start, rows - 1)
     rng = np.random.default_rng(seed)

@@ -223,7 +223,7 @@ class Pipeline:
         caption_log_likelihood): DALL-E's reranking, with the one-stream model as its own
         judge, k times the drawing work. sampling=tinytok.PLAIN draws once, unguided.
         seed fixes the draws; use_cache=False recomputes the whole prefix for each token
-        (the same pictures, slower: lesson 11).
+        (the same pictures, slower: lesson 12).
         """
         if isinstance(prompts, str):
             prompts = [prompts]

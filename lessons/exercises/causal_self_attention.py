@@ -11,7 +11,7 @@ db_qkv, dw_proj, db_proj. Go through the forward bottom to top: two linear layer
 row p with upstream dp is  p * (dp - sum(dp * p)). The masked entries have att = 0.
 
 Check:     tinytok check causal_self_attention lessons/exercises/causal_self_attention.py
-Solution:  tinytok/ops/attention.py (lesson 9)
+Solution:  tinytok/ops/attention.py (lesson 10)
 """
 import numpy as np
 

@@ -144,7 +144,7 @@ step bench_numpy 120 bash -c '"$@" > "$0"' "$OUT/bench_numpy.json" \
     "${TINYTOK[@]}" bench --backend numpy --json ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"}
 
 # --- the lessons' GPU blocks (skipped on machines without a GPU, so run them here)
-step lessons 60 "${PYTEST[@]}" tests/test_lessons.py -k "01_ or 15_" -s \
+step lessons 60 "${PYTEST[@]}" tests/test_lessons.py -k "01_ or 16_" -s \
     --junitxml="$OUT/lessons.xml"
 
 # --- two GPUs: gradients added by NCCL, ranks as threads (no MPI needed); with fewer

@@ -59,7 +59,7 @@ def row_mean(a, b=None):
     inner loop once per row, and for rows of a few hundred floats that costs more than the
     additions (einsum is about 3x faster here). Not a product with a vector of ones: BLAS
     would sum a row differently depending on how many rows came with it, and a row's result
-    must not depend on its batch (a picture's score in lesson 13's reranking, a KV-cache
+    must not depend on its batch (a picture's score in lesson 14's reranking, a KV-cache
     step; tests/test_ops_misc.py checks it bit for bit).
     """
     xp = get_array_module(a)

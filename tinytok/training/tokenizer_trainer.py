@@ -242,10 +242,13 @@ class TokenizerRun:
         figures = {"loss": f"{loss:.4f}", "psnr": f"{psnr:.2f}"}
         if self.quantizer.annealed:
             figures["tau"] = f"{tau:.3f}"
+        adversarial = {}
         if against_d:
-            figures.update(g=f"{float(summed['g_loss']):.3f}",
-                           d=f"{float(summed['d_loss']):.3f}", lam=f"{out['gan_lambda']:.3g}")
-        figures.update(self.look_at_usage(step, loss, out["z"]))
+            adversarial = {"psnr": psnr, "g_loss": float(summed["g_loss"]),
+                           "d_loss": float(summed["d_loss"]), "gan_lambda": out["gan_lambda"]}
+            figures.update(g=f"{adversarial['g_loss']:.3f}", d=f"{adversarial['d_loss']:.3f}",
+                           lam=f"{adversarial['gan_lambda']:.3g}")
+        figures.update(self.look_at_usage(step, loss, out["z"], adversarial))
         return figures
 
     def update(self, grads, step, against_d):
@@ -275,10 +278,11 @@ class TokenizerRun:
         sums["code_counts"] = code_counts(out["ids"], self.config.num_codes)
         return sums
 
-    def look_at_usage(self, step, loss, z):
+    def look_at_usage(self, step, loss, z, adversarial):
         """At the end of each window of steps (restart_every, or stats_every without
-        restarts): the usage figures, a line of history, the dead-code restarts (made from
-        this step's encoder outputs z), and a fresh window. Returns the figures to show."""
+        restarts): the usage figures, a line of history (with this step's adversarial
+        figures, if any), the dead-code restarts (made from this step's encoder outputs z),
+        and a fresh window. Returns the figures to show."""
         window_len = self.recipe.restart_every or self.recipe.stats_every
         if not window_len or (step + 1) % window_len:
             return {}
@@ -288,7 +292,7 @@ class TokenizerRun:
             figures["restarted"] = restart_on_root(self.world, self.params["quant.codebook"],
                                                    self.window, z, [self.settings.seed, step, 2],
                                                    self.ema_state)
-        self.history.append({"step": step + 1, "loss": loss, **stats})
+        self.history.append({"step": step + 1, "loss": loss, **stats, **adversarial})
         self.window = self.xp.zeros_like(self.window)
         return figures
 
