@@ -33,6 +33,7 @@ from tinytok.training.checkpoint import check_params_match, load_checkpoint, sav
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
 SHIPPED = {"shapes-tokenizer": CHECKPOINT_DIR / "shapes_tokenizer.npz",
            "photos-tokenizer": CHECKPOINT_DIR / "photos_tokenizer.npz",
+           "photos-gan-tokenizer": CHECKPOINT_DIR / "photos_gan_tokenizer.npz",
            "shapes-prior": CHECKPOINT_DIR / "shapes_prior.npz"}
 
 
