@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-import reference as R
+import reference
 import reference_models as ref
 from tinytok import parallel
 from tinytok.data.datasets import make_shapes
-from tinytok.errors import CheckpointError, ConfigError, DTypeError, ShapeError
+from tinytok.errors import ConfigError, DTypeError, ShapeError
 from tinytok.gradcheck import assert_gradients_close, relative_error
 from tinytok.ops import hinge_d_loss_forward, hinge_g_loss_backward, hinge_g_loss_forward
 from tinytok.tokenizer.discriminator import (DiscriminatorConfig, discriminator_backward,
@@ -82,7 +82,8 @@ def test_discriminator_gradients_match_central_differences(n, size, channels, sl
 def reference_discriminator(x, params, slope):
     """The same network by scipy.signal.correlate (tests/reference.py) and np.where."""
     def conv(h, name, stride):
-        return R.conv2d_scipy(h, params[f"disc.{name}.w"], params[f"disc.{name}.b"], stride, 1)
+        w, b = params[f"disc.{name}.w"], params[f"disc.{name}.b"]
+        return reference.conv2d_scipy(h, w, b, stride, 1)
 
     def leaky(h):
         return np.where(h > 0, h, slope * h)
