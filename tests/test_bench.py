@@ -17,6 +17,9 @@ REQUIRED = {
     "vqvae-ref": ["train_step_ms", "train_step_ms_min", "train_step_ms_max",
                   "train_images_per_s", "train_gflops", "train_share_of_sgemm", "encode_ms",
                   "encode_images_per_s", "peak_rss_mb", "import_rss_mb"],
+    "vqvae-gan": ["train_step_ms", "train_step_ms_min", "train_step_ms_max",
+                  "train_images_per_s", "train_gflops", "train_gflop_per_step",
+                  "train_share_of_sgemm", "disc_channels", "peak_rss_mb", "import_rss_mb"],
     "gpt-ref": ["train_step_ms", "train_tokens_per_s", "train_gflops", "train_share_of_sgemm",
                 "sample_kv_tokens_per_s", "sample_nocache_tokens_per_s", "peak_rss_mb",
                 "import_rss_mb"],
@@ -37,11 +40,15 @@ def test_quick_run_has_every_figure(quick_result):
         assert quick_result[part]["reuse_freed_host_memory"] in (True, False)
         assert set(quick_result[part]["peak_rss_mb_by_section"]) == set(bench.SECTIONS[part])
     assert quick_result["vqvae-ref"]["config"] == "vqvae-tiny"
+    gan = quick_result["vqvae-gan"]
+    assert gan["config"] == "vqvae-tiny" and gan["disc_channels"] == 8
+    assert gan["train_gflop_per_step"] > quick_result["vqvae-ref"]["train_gflop_per_step"]
 
 
 def test_table_formats(quick_result):
     table = bench.format_table(quick_result)
-    for word in ("sgemm", "train step", "encode", "sample", "peak RSS"):
+    for word in ("sgemm", "train step", "encode", "sample", "peak RSS",
+                 "vqvae-gan (vqvae-tiny) train step", "D of 8 channels"):
         assert word in table
 
 
@@ -57,6 +64,7 @@ def test_only_accepts_lists_and_keeps_order():
     assert bench.parse_only("gpt-ref,sgemm") == ["sgemm", "gpt-ref"]
     assert bench.parse_only(["vqvae-ref", "sgemm"]) == ["sgemm", "vqvae-ref"]
     assert bench.parse_only(None) == list(bench.PARTS)
+    assert bench.parse_only("vqvae-gan,vqvae-ref") == ["vqvae-ref", "vqvae-gan"]
 
 
 def test_in_process_run_works():
@@ -121,3 +129,20 @@ def test_vqvae_ref_flops_by_hand():
     assert flops.vqvae_train_flops("vqvae-ref", 1) == 3 * (enc + dec) - first_layer_dx + f["vq"]
     # About 2.9 GFLOP for a forward pass at batch 32: a figure to sanity-check the sum.
     assert 2.9e9 < 32 * (enc + dec + f["vq"]) < 2.95e9
+
+
+def test_discriminator_and_adversarial_step_flops_by_hand():
+    d = flops.discriminator_flops(64, 32, 1)
+    conv1 = 2 * 16 * 16 * 64 * 3 * 16             # 3 -> 64, 4x4/2: 16x16 outputs
+    conv2 = 2 * 8 * 8 * 128 * 64 * 16             # 64 -> 128, 4x4/2: 8x8 outputs
+    out = 2 * 8 * 8 * 1 * 128 * 9                 # 128 -> 1, 3x3: one score per patch
+    assert d == {"conv1": conv1, "conv2": conv2, "out": out}
+    last = 2 * 16 * 16 * 64 * 3 * 16              # dec.up2: 64 -> 3 channels, 16x16 -> 32x32
+    D = conv1 + conv2 + out
+    # D on the reconstructions: forward, dx, dw; on the real pictures: forward, dw, dx but
+    # conv1's; on the reconstructions for L_D: dw, dx but conv1's (the forward reused)
+    assert flops.vqvae_gan_train_flops("vqvae-ref", 64, 1) == (
+        flops.vqvae_train_flops("vqvae-ref", 1) + 2 * last + 3 * D + (3 * D - conv1)
+        + (2 * D - conv1))
+    assert flops.vqvae_gan_train_flops("vqvae-ref", 64, 32) == \
+        32 * flops.vqvae_gan_train_flops("vqvae-ref", 64, 1)

@@ -11,6 +11,7 @@ processes, a killed process, bad input. Those skip, with the reason, where MPI c
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -281,6 +282,46 @@ def test_nccl_world_trains_the_same_tokenizer_as_one_process(monkeypatch, tmp_pa
     np.testing.assert_array_equal(two.extra["window_counts"], one.extra["window_counts"])
 
 
+def test_nccl_world_trains_the_same_adversarial_tokenizer_as_one_process(monkeypatch, tmp_path):
+    """Against a patch discriminator from step 2 (VQGAN): on two NCCL ranks (threads, fake
+    CuPy) the same parameters of both models and the same adaptive weight lambda at every
+    step as one NumPy process, to float32 rounding."""
+    from tinytok.data.datasets import make_shapes
+    from tinytok.tokenizer.vqvae import TokenizerConfig
+    from tinytok.training import TokenizerRecipe, TrainSettings, train_tokenizer, tokenizer_trainer
+    config = TokenizerConfig("micro", image_size=16, hidden=8, res_hidden=4, n_res=1,
+                             code_dim=4, num_codes=16, quantizer="ema")
+    images = np.ascontiguousarray(make_shapes(24, seed=1).images[:, ::2, ::2])
+    run = TrainSettings(steps=6, batch_size=6, lr=3e-3, warmup=2, seed=7, checkpoint_every=3)
+    recipe = TokenizerRecipe(kmeans_init=False, restart_every=0, gan_weight=0.1, gan_start=2,
+                             disc_channels=4)
+    quiet = dict(log=lambda *a: None, progress_stream=io.StringIO())
+    lambdas, real = {}, tokenizer_trainer.adversarial_grads
+
+    def recording(*args, **kwargs):           # observes each step's lambda; changes nothing
+        out = real(*args, **kwargs)
+        lambdas.setdefault(threading.current_thread().name, []).append(out["gan_lambda"])
+        return out
+
+    monkeypatch.setattr(tokenizer_trainer, "adversarial_grads", recording)
+    train_tokenizer(images, config, run, str(tmp_path / "one.npz"), recipe, **quiet)
+    [one_lambdas] = lambdas.values()
+    lambdas.clear()
+    monkeypatch.setattr(backend, "_active", FAKE)
+    on_ranks(2, lambda rank, uid: train_tokenizer(
+        images, config, run, str(tmp_path / f"nccl{rank}.npz"), recipe,
+        world=NCCLWorld(rank, 2, uid), **quiet))
+    assert len(one_lambdas) == 4 and len(lambdas) == 2          # steps 2..5, on both ranks
+    for ranks_lambdas in lambdas.values():
+        np.testing.assert_allclose(ranks_lambdas, one_lambdas, rtol=1e-5)
+    one, two = load_checkpoint(tmp_path / "one.npz"), load_checkpoint(tmp_path / "nccl0.npz")
+    assert any(k.startswith("disc.") for k in one.params)
+    for k in one.params:
+        np.testing.assert_allclose(two.params[k], one.params[k], rtol=1e-4, atol=1e-6,
+                                   err_msg=k)
+    assert two.optimizer_state["disc_adam"]["t"] == one.optimizer_state["disc_adam"]["t"] == 4
+
+
 # ---------------------------------------------------------------- the benchmark's step
 
 def test_the_benchmark_step_reports_its_figures_and_sends_nothing_alone():
@@ -436,6 +477,43 @@ def test_with_codebook_care_every_process_holds_the_same_state(mpiexec, tmp_path
                                       states[1].optimizer_state["ema"][k])
     np.testing.assert_array_equal(states[0].extra["window_counts"],
                                   states[1].extra["window_counts"])
+
+
+def test_an_adversarial_step_on_two_processes_is_one_processes(mpiexec, tmp_path):
+    """One step against the patch discriminator, the batch shared by two processes: the
+    adaptive weight lambda (its sums at the decoder's last weight all-reduced) the same on
+    both, and lambda, the gradients of both models and the losses those of one process."""
+    import mpi_gan_check
+    ok(run(mpiexec + [sys.executable, str(TESTS / "mpi_gan_check.py"), str(tmp_path)], ROOT))
+    ranks = [dict(np.load(tmp_path / f"gan_rank{r}.npz")) for r in (0, 1)]
+    alone = mpi_gan_check.one_step(SINGLE)
+    assert float(ranks[0]["gan_lambda"]) == float(ranks[1]["gan_lambda"])   # bit for bit
+    assert float(ranks[0]["gan_lambda"]) == pytest.approx(float(alone["gan_lambda"]),
+                                                          rel=1e-5)
+    assert set(ranks[0]) == set(alone)
+    for k, want in alone.items():
+        np.testing.assert_array_equal(ranks[1][k], ranks[0][k], err_msg=k)  # both hold the sum
+        np.testing.assert_allclose(ranks[0][k], want, rtol=1e-5,
+                                   atol=1e-5 * float(np.abs(want).max()), err_msg=k)
+
+
+def test_two_processes_train_the_same_adversarial_tokenizer_as_one(mpiexec, tmp_path):
+    """The command line with --gan-weight (D from step 4 of 12): both models' parameters
+    and D's optimizer state to float32 rounding, and the lambda shown at every step."""
+    gan = ["--gan-weight", "0.1", "--gan-start", "4", "--disc-channels", "8"]
+    one = ok(run(CLI + tokenizer_args("one_gan.npz") + gan, tmp_path))
+    two = ok(run(mpiexec + CLI + tokenizer_args("two_gan.npz") + gan, tmp_path))
+    a, b = assert_close_checkpoints(tmp_path / "one_gan.npz", tmp_path / "two_gan.npz")
+    assert any(k.startswith("disc.") for k in a.params)
+    assert a.optimizer_state["disc_adam"]["t"] == b.optimizer_state["disc_adam"]["t"] == 8
+    for moment in ("m", "v"):
+        for k, want in a.optimizer_state["disc_adam"][moment].items():
+            np.testing.assert_allclose(b.optimizer_state["disc_adam"][moment][k], want,
+                                       rtol=1e-3, atol=1e-8, err_msg=f"{moment} {k}")
+    shown = [[float(v) for v in re.findall(r"lam=([-0-9.e+]+)", r.stderr)] for r in (one, two)]
+    assert len(shown[0]) == STEPS - 4 and len(shown[1]) == len(shown[0])
+    np.testing.assert_allclose(shown[1], shown[0], rtol=1e-2)     # shown to 3 digits
+    assert two.stderr.count("against a patch discriminator from step 4") == 1
 
 
 @pytest.fixture(scope="module")

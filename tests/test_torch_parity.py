@@ -200,3 +200,84 @@ def test_hinge_losses_match_torch_with_scores_on_their_margins(dloss):
         for g, tg in zip(grads, t_grads):
             assert g.dtype == np.float32
             np.testing.assert_allclose(g, tg.numpy(), rtol=RTOL, atol=ATOL, err_msg=name)
+
+
+# ---------------------------------------------------------------- the adversarial tokenizer
+
+@pytest.fixture(scope="module")
+def peer():
+    """tests/peers/torch_peer.py: the torch models the benchmark's ratios are measured
+    against. Checking them here is what makes those ratios compare the same work."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent / "peers"))
+    import torch_peer
+    torch.set_num_threads(1)          # the peer asks for 2 when imported
+    return torch_peer
+
+
+def close_to(ours, theirs, what, rel=1e-4):
+    """Equal to float32 rounding, relative to the array's largest value (a deep chain of
+    products rounds its small entries by the large ones')."""
+    theirs = theirs.detach().numpy()
+    scale = float(np.abs(theirs).max())
+    assert scale > 0, f"{what}: zero in torch too checks nothing"
+    np.testing.assert_allclose(ours, theirs, rtol=rel, atol=rel * scale, err_msg=what)
+
+
+@pytest.mark.parametrize("channels, size, slope", [(4, 16, 0.2), (3, 8, 0.0), (2, 12, 0.5)])
+def test_discriminator_matches_torch(peer, channels, size, slope):
+    from tinytok.tokenizer.discriminator import (DiscriminatorConfig, discriminator_backward,
+                                                 discriminator_forward,
+                                                 init_discriminator_params)
+    config = DiscriminatorConfig(channels, slope)
+    params = init_discriminator_params(config, seed=channels)
+    rng = np.random.default_rng(size)
+    x = rng.standard_normal((3, 3, size, size)).astype(np.float32)
+    scores, cache = discriminator_forward(x, params, config)
+    dscores = rng.standard_normal(scores.shape).astype(np.float32)
+    grads = {k: np.zeros_like(v) for k, v in params.items()}
+    dx = discriminator_backward(dscores, cache, grads)
+
+    P = peer.as_torch(params)
+    tx = torch.from_numpy(x).requires_grad_(True)
+    t_scores = peer.discriminator(tx, P, slope)
+    t_grads = torch.autograd.grad(t_scores, [tx, *P.values()], torch.from_numpy(dscores))
+    assert scores.dtype == dx.dtype == np.float32
+    close_to(scores, t_scores, "scores")
+    close_to(dx, t_grads[0], "dx")
+    for (k, g), tg in zip(P.items(), t_grads[1:]):
+        close_to(grads[k], tg, k)
+
+
+def test_one_adversarial_step_matches_torch_autograd(peer):
+    """adversarial_grads against VQGAN's step in torch on the same weights and pictures:
+    lambda by torch.autograd.grad at dec.up2.w (taming-transformers'
+    calculate_adaptive_weight), the tokenizer's gradients of mse + vq + lambda * L_G, D's of
+    its hinge loss with x_hat detached."""
+    from dataclasses import replace
+    from tinytok.tokenizer.discriminator import DiscriminatorConfig, is_discriminator_param
+    from tinytok.training.adversarial import adversarial_grads
+    sizes = dict(vqvae="vqvae-tiny", disc_channels=8, gan_weight=0.1)
+    config, params = peer.gan_params(sizes, seed=3)
+    config = replace(config, image_size=16)
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, (4, 3, 16, 16)).astype(np.float32)
+    grads = {k: np.zeros_like(v) for k, v in params.items()}
+    out = adversarial_grads(x, params, config, DiscriminatorConfig(8), grads, 0.1,
+                            lambda arrays: arrays)
+
+    P = peer.as_torch(params)
+    loss, d_loss, lam, ids = peer.vqgan_losses(torch.from_numpy(x), P, config, 0.1)
+    np.testing.assert_array_equal(out["ids"].reshape(-1), ids.numpy())   # the same codes
+    assert out["gan_lambda"] == pytest.approx(float(lam), rel=1e-4)
+    assert 0 < out["gan_lambda"] < 0.1 * 1e4                               # not clipped
+    assert float(out["d_loss"]) == pytest.approx(float(d_loss.detach()), rel=1e-5)
+    tok = [k for k in P if not is_discriminator_param(k)]
+    disc = [k for k in P if is_discriminator_param(k)]
+    for keys, of in ((tok, loss), (disc, d_loss)):
+        for k, tg in zip(keys, torch.autograd.grad(of, [P[k] for k in keys],
+                                                   retain_graph=True)):
+            if k == "disc.out.b" and not tg.abs().max():
+                assert not np.abs(grads[k]).max()      # every score inside its margin: 0
+                continue
+            close_to(grads[k], tg, k)

@@ -11,7 +11,10 @@ Peak resident memory cannot be split inside one process, so (unless --no-rss) ea
 run once more, alone, in a fresh process for each library, with its import baseline.
 
 The torch models are written functionally on the same flat param dict: vqvae-ref layer
-for layer as tinytok.tokenizer.vqvae builds it, with a straight-through VQ; gpt-ref
+for layer as tinytok.tokenizer.vqvae builds it, with a straight-through VQ; vqvae-gan the
+same against the patch discriminator (tinytok.tokenizer.discriminator), VQGAN's step as
+taming-transformers writes it (the adaptive weight by torch.autograd.grad at the decoder's
+last weight, calculate_adaptive_weight; two optimizers); gpt-ref
 nanoGPT-style with the head tied to the token embedding, attention explicit (masked softmax) or
 F.scaled_dot_product_attention ("sdpa"). Optimizer: torch.optim.AdamW with its defaults
 (lr 3e-4; weight decay 0.1 on matrices for gpt, none for vqvae, as tinytok's bench).
@@ -31,10 +34,13 @@ import torch.nn.functional as F
 
 from tinytok import backend, bench, parallel
 from tinytok.prior.gpt import gpt_config, gpt_loss_forward, init_gpt_params
+from tinytok.tokenizer.discriminator import (DiscriminatorConfig, init_discriminator_params,
+                                             is_discriminator_param)
 from tinytok.tokenizer.vqvae import init_tokenizer_params, tokenizer_config, tokenizer_forward
+from tinytok.training.adversarial import adversarial_grads
 
 torch.set_num_threads(2)
-PARTS = ("sgemm", "vqvae-ref", "gpt-ref")
+PARTS = ("sgemm", "vqvae-ref", "vqvae-gan", "gpt-ref")
 
 
 def as_torch(params):
@@ -84,6 +90,71 @@ def vq(z, codebook, beta):
 def vqvae_loss(x, P, c):
     z_q, vq_loss = vq(encoder(x, P, c), P["quant.codebook"], c.beta)
     return F.mse_loss(decoder(z_q, P, c), x) + vq_loss
+
+
+# ---------------------------------------------------------------- vqvae-gan in torch
+
+def discriminator(x, P, slope=0.2):
+    """The patch discriminator: two 4x4/2 convolutions with leaky ReLU, a 3x3 to one score."""
+    h = F.leaky_relu(conv(x, P, "disc.conv1", 2, 1), slope)
+    h = F.leaky_relu(conv(h, P, "disc.conv2", 2, 1), slope)
+    return conv(h, P, "disc.out", padding=1)
+
+
+def adaptive_weight(rec_loss, g_loss, last_layer, gan_weight):
+    """taming-transformers' calculate_adaptive_weight, times the discriminator weight."""
+    rec_grads = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
+    g_grads = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    ratio = torch.norm(rec_grads) / (torch.norm(g_grads) + 1e-4)
+    return gan_weight * torch.clamp(ratio, 0.0, 1e4).detach()
+
+
+def vqgan_losses(x, P, c, gan_weight, slope=0.2):
+    """(the tokenizer's loss mse + vq + lambda * L_G, D's hinge loss L_D, lambda, ids)."""
+    z = encoder(x, P, c)
+    ids = nearest(z, P["quant.codebook"])
+    z_q, vq_loss = vq(z, P["quant.codebook"], c.beta)
+    x_hat = decoder(z_q, P, c)
+    rec = F.mse_loss(x_hat, x)
+    g_loss = -discriminator(x_hat, P, slope).mean()
+    lam = adaptive_weight(rec, g_loss, P["dec.up2.w"], gan_weight)
+    d_loss = (F.relu(1 - discriminator(x, P, slope)).mean()
+              + F.relu(1 + discriminator(x_hat.detach(), P, slope)).mean())
+    return rec + vq_loss + lam * g_loss, d_loss, lam, ids
+
+
+def gan_params(sizes, seed=0):
+    """vqvae's and D's initial weights, as tinytok's bench workload draws them."""
+    c = tokenizer_config(sizes["vqvae"])
+    params = init_tokenizer_params(c, seed=seed)
+    params.update(init_discriminator_params(DiscriminatorConfig(sizes["disc_channels"]),
+                                            seed=seed + 1))
+    return c, params
+
+
+def torch_vqvae_gan_train(sizes):
+    """One adversarial step: both losses, each model's gradients (backward(inputs=...)),
+    each clipped to norm 1 and stepped by its own torch.optim.AdamW (lr 3e-4, no decay)."""
+    c, params = gan_params(sizes)
+    P = as_torch(params)
+    tok = [p for k, p in P.items() if not is_discriminator_param(k)]
+    disc = [p for k, p in P.items() if is_discriminator_param(k)]
+    opts = [(torch.optim.AdamW(ps, lr=3e-4, weight_decay=0.0), ps) for ps in (tok, disc)]
+    x = torch.from_numpy(backend.rng(0).uniform(-0.5, 0.5, (sizes["vq_batch"], 3, c.image_size,
+                                                           c.image_size)).astype(np.float32))
+
+    def step():
+        for opt, _ in opts:
+            opt.zero_grad(set_to_none=True)
+        loss, d_loss, _, _ = vqgan_losses(x, P, c, sizes["gan_weight"])
+        loss.backward(inputs=tok)
+        d_loss.backward(inputs=disc)
+        for opt, ps in opts:
+            torch.nn.utils.clip_grad_norm_(ps, 1.0)
+            opt.step()
+        return loss
+
+    return step
 
 
 # ---------------------------------------------------------------- gpt-ref in torch
@@ -241,6 +312,10 @@ def measurements(part, sizes):
                 (f"vqvae encode {sizes['encode_batch']}", "vqvae_encode",
                  {tk: lambda: bench.vqvae_encode(sizes)[0],
                   tt: lambda: torch_vqvae_encode(sizes)}, sizes["encode_batch"], "images")]
+    if part == "vqvae-gan":
+        return [("vqvae train step with D", "vqvae_gan",
+                 {tk: lambda: bench.vqvae_gan_train_step(sizes)[0],
+                  tt: lambda: torch_vqvae_gan_train(sizes)}, sizes["vq_batch"], "images")]
     return [("gpt train step", "gpt_train",
              {tk: lambda: bench.gpt_train_step(sizes)[0],
               "torch-sdpa": lambda: torch_gpt_train(sizes, True),
@@ -256,7 +331,8 @@ def measurements(part, sizes):
 
 # the pause before each timed run, by measurement (see interleaved): 0.3 s where tinytok
 # runs BLAS on its own threads (sgemm, and sampling: blas_threads_for_small_products)
-SETTLE_S = {"sgemm": 0.3, "vqvae_train": 0.05, "vqvae_encode": 0.05, "gpt_train": 0.05,
+SETTLE_S = {"sgemm": 0.3, "vqvae_train": 0.05, "vqvae_encode": 0.05, "vqvae_gan": 0.05,
+            "gpt_train": 0.05,
             "sample_kv": 0.3, "sample_nocache": 0.3}
 
 
@@ -306,13 +382,20 @@ def same_model_check(sizes):
     with torch.no_grad():
         theirs_g = float(F.cross_entropy(gpt_logits(torch.from_numpy(ids), as_torch(gp), g)
                                          .view(32, -1), torch.from_numpy(tgt).view(-1)))
-    return {"vqvae_loss": [ours, theirs], "gpt_loss": [ours_g, theirs_g]}
+    gc, gp = gan_params(sizes)
+    ours_lam = adversarial_grads(x, gp, gc, DiscriminatorConfig(sizes["disc_channels"]),
+                                 {k: np.zeros_like(v) for k, v in gp.items()},
+                                 sizes["gan_weight"], lambda arrays: arrays)["gan_lambda"]
+    theirs_lam = float(vqgan_losses(torch.from_numpy(x), as_torch(gp), gc,
+                                    sizes["gan_weight"])[2])
+    return {"vqvae_loss": [ours, theirs], "gpt_loss": [ours_g, theirs_g],
+            "gan_lambda": [ours_lam, theirs_lam]}
 
 
 # ---------------------------------------------------------------- peak RSS, one process each
 
-RSS_SECTIONS = {"vqvae-ref": ("vqvae_train", "vqvae_encode"), "gpt-ref": ("gpt_train",
-                                                                         "gpt_sample")}
+RSS_SECTIONS = {"vqvae-ref": ("vqvae_train", "vqvae_encode"), "vqvae-gan": ("vqvae_gan",),
+                "gpt-ref": ("gpt_train", "gpt_sample")}
 
 
 def torch_rss_child(section, quick):
@@ -321,6 +404,7 @@ def torch_rss_child(section, quick):
     sizes = bench.QUICK if quick else bench.FULL
     fns = {"vqvae_train": lambda: [torch_vqvae_train(sizes)],
            "vqvae_encode": lambda: [torch_vqvae_encode(sizes)],
+           "vqvae_gan": lambda: [torch_vqvae_gan_train(sizes)],
            "gpt_train": lambda: [torch_gpt_train(sizes, True)],
            "gpt_sample": lambda: [torch_gpt_sample(sizes, True),
                                   torch_gpt_sample(sizes, False)]}[section]()
@@ -334,6 +418,7 @@ def rss_table(parts, quick):
     rows = {}
     tk_sections = {"vqvae_train": ("vqvae-ref", "train_step"),
                    "vqvae_encode": ("vqvae-ref", "encode"),
+                   "vqvae_gan": ("vqvae-gan", "train_step"),
                    "gpt_train": ("gpt-ref", "train_step"), "gpt_sample": ("gpt-ref", "sample")}
     for part in parts:
         for section in RSS_SECTIONS.get(part, ()):

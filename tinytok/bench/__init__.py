@@ -9,6 +9,10 @@ Parts (``--only`` picks some, comma-separated or repeated):
 * ``vqvae-ref``: one training step at batch 32 (zero grads, forward, backward,
   clip_grad_norm(1.0), adamw_step, as a training loop does it), and encoding (image to ids:
   encoder forward plus the nearest codes) at batch 256.
+* ``vqvae-gan``: one adversarial training step of vqvae-ref at batch 32 against a patch
+  discriminator of 64 channels (VQGAN, tinytok.training.adversarial: both models'
+  gradients in two passes, the adaptive weight, then each model clipped and updated by its
+  own AdamW), as train-tokenizer --gan-weight does it past --gan-start.
 * ``gpt-ref``: one training step at batch 32 x context 80, and sampling 64 new tokens for 16
   sequences after a 1-token prompt, with and without the KV cache.
 
@@ -30,7 +34,10 @@ product (2*M*K*D). Element-wise ops, norms, softmax and the optimizer are not co
 A training step counts 3x the forward FLOPs of every layer (the forward product and the two
 backward products, dx and dw), except the first convolution's dx (the gradient to the images,
 which training does not ask for: ``tokenizer_backward(..., image_grad=False)``); the VQ
-distance product has no backward product and is counted once. GFLOP/s = counted FLOPs /
+distance product has no backward product and is counted once. The adversarial step counts
+the products it computes (tinytok.bench.flops.vqvae_gan_train_flops): the tokenizer's
+step, the decoder's last weight's gradient twice more, and the discriminator's
+convolutions eight times forward less its first layer's dx twice. GFLOP/s = counted FLOPs /
 median time. The counters live in tinytok/bench/flops.py.
 
 Python use: ``run_bench(backend="numpy", only=None, repeats=None, quick=False) -> dict``.
@@ -55,7 +62,8 @@ _HOMES = {
     "options": ("PARTS", "FULL", "QUICK", "REPEATS", "QUICK_REPEATS", "parse_only",
                 "add_arguments"),
     "measure": ("synchronize", "time_it", "rss_mb", "peak_rss_mb"),
-    "workloads": ("vqvae_train_step", "vqvae_encode", "gpt_train_step", "gpt_sample"),
+    "workloads": ("vqvae_train_step", "vqvae_gan_train_step", "vqvae_encode", "gpt_train_step",
+                  "gpt_sample"),
     "sections": ("SECTIONS", "run_section"),
     "run": ("run_isolated", "run_bench", "run", "main"),
     "report": ("format_table",),

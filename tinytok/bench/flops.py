@@ -61,6 +61,30 @@ def vqvae_train_flops(config, batch):
     return 3 * (f["encoder"] + f["decoder"]) - first_layer + f["vq"]
 
 
+def discriminator_flops(channels, image_size, batch):
+    """{"conv1", "conv2", "out"}: forward FLOPs of the patch discriminator
+    (tinytok.tokenizer.discriminator) of that many channels on (batch, 3, S, S) pictures."""
+    S, C, N = image_size, channels, batch
+    return {"conv1": conv2d_flops(N, 3, S, S, C, 4, 4, 2, 1),
+            "conv2": conv2d_flops(N, C, S // 2, S // 2, 2 * C, 4, 4, 2, 1),
+            "out": conv2d_flops(N, 2 * C, S // 4, S // 4, 1, 3, 3, 1, 1)}
+
+
+def vqvae_gan_train_flops(config, disc_channels, batch):
+    """FLOPs of an adversarial step (tinytok.training.adversarial), the products it computes:
+    the tokenizer's step; the decoder's last weight's gradient twice more (the adaptive
+    weight's two); and D eight times its forward less its first layer's dx twice: on the
+    reconstructions forward, dx and dw (for L_G's gradient at the picture), on the real
+    pictures forward, dw and dx but the first layer's, on the reconstructions again dw and
+    dx but the first layer's (for L_D, the forward reused)."""
+    c = tokenizer_config(config)
+    half = c.image_size // 2                     # the last layer paints S x S from S/2 x S/2
+    last_weight = conv_transpose2d_flops(batch, c.hidden // 2, half, half, 3, 4, 4)
+    d = discriminator_flops(disc_channels, c.image_size, batch)
+    return (vqvae_train_flops(c, batch) + 2 * last_weight + 8 * sum(d.values())
+            - 2 * d["conv1"])
+
+
 def gpt_flops(config, B, T):
     """Forward FLOPs of a GPTConfig on (B, T) ids: per layer qkv, attention, proj, MLP; head."""
     C, M = config.n_embd, B * T

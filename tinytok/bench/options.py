@@ -7,16 +7,19 @@ import os
 
 from tinytok.errors import ConfigError
 
-PARTS = ("sgemm", "vqvae-ref", "gpt-ref")
+PARTS = ("sgemm", "vqvae-ref", "vqvae-gan", "gpt-ref")
 
 # The sizes benchmarked; QUICK keeps the code path and shrinks everything (for tests).
 FULL = dict(sgemm_sizes=(1024, 2048), vqvae="vqvae-ref", vq_batch=32, encode_batch=256,
+            disc_channels=64, gan_weight=0.1,
             gpt="gpt-ref", vocab=600, gpt_batch=32, gpt_T=80, sample_batch=16, sample_new=64)
 QUICK = dict(sgemm_sizes=(64, 128), vqvae="vqvae-tiny", vq_batch=4, encode_batch=8,
+             disc_channels=8, gan_weight=0.1,
              gpt="gpt-tiny", vocab=50, gpt_batch=2, gpt_T=16, sample_batch=2, sample_new=4)
 
 # (warm-up, repeats) per measurement: fewer repeats for the slow ones.
 REPEATS = {"sgemm": (3, 15), "vqvae_train": (3, 15), "vqvae_encode": (2, 10),
+           "vqvae_gan": (3, 15),
            "gpt_train": (3, 15), "sample_kv": (1, 7), "sample_nocache": (1, 3)}
 QUICK_REPEATS = (0, 2)
 

@@ -19,18 +19,20 @@ def format_table(result):
         for n in (QUICK if m["quick"] else FULL)["sgemm_sizes"]:
             row(f"sgemm {n}x{n} float32", "sgemm", f"sgemm_{n}_ms",
                 f"{s[f'sgemm_{n}_gflops']:.1f} GFLOP/s")
-    for part, unit in (("vqvae-ref", "images"), ("gpt-ref", "tokens")):
+    for part, unit in (("vqvae-ref", "images"), ("vqvae-gan", "images"), ("gpt-ref", "tokens")):
         if part not in result:
             continue
         f = result[part]
         share = f["train_share_of_sgemm"]
         share = f", {100 * share:.0f}% of sgemm" if share else ""
+        against = f", D of {f['disc_channels']} channels" if part == "vqvae-gan" else ""
         row(f"{part} ({f['config']}) train step", part, "train_step_ms",
-            f"{f[f'train_{unit}_per_s']:.0f} {unit}/s, {f['train_gflops']:.1f} GFLOP/s{share}")
+            f"{f[f'train_{unit}_per_s']:.0f} {unit}/s, {f['train_gflops']:.1f} GFLOP/s{share}"
+            f"{against}")
         if part == "vqvae-ref":
             row(f"  encode batch {f['encode_batch']}", part, "encode_ms",
                 f"{f['encode_images_per_s']:.0f} images/s")
-        else:
+        elif part == "gpt-ref":
             for tag in ("kv", "nocache"):
                 row(f"  sample {f['sample_batch']}x{f['sample_new_tokens']} ({tag})", part,
                     f"sample_{tag}_ms", f"{f[f'sample_{tag}_tokens_per_s']:.0f} tokens/s")

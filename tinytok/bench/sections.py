@@ -4,7 +4,8 @@ it runs in (tinytok.bench.run gives each a fresh one, so the peak is its own).
 from tinytok import backend, parallel
 from tinytok.bench.measure import peak_rss_mb, rss_mb, synchronize, time_it
 from tinytok.bench.options import FULL, QUICK, QUICK_REPEATS, REPEATS
-from tinytok.bench.workloads import gpt_sample, gpt_train_step, vqvae_encode, vqvae_train_step
+from tinytok.bench.workloads import (gpt_sample, gpt_train_step, vqvae_encode,
+                                     vqvae_gan_train_step, vqvae_train_step)
 
 
 def _reps(key, quick, repeats, warmup):
@@ -41,6 +42,16 @@ def _section_vqvae_train(xp, sizes, quick, repeats, warmup):
             "train_gflops": flops / (t["median"] * 1e-3) / 1e9}
 
 
+def _section_vqvae_gan(xp, sizes, quick, repeats, warmup):
+    step, flops = vqvae_gan_train_step(sizes)
+    t = time_it(step, xp, *_reps("vqvae_gan", quick, repeats, warmup))
+    return {"config": sizes["vqvae"], "batch": sizes["vq_batch"],
+            "disc_channels": sizes["disc_channels"], **_ms("train_step_ms", t),
+            "train_images_per_s": sizes["vq_batch"] / (t["median"] * 1e-3),
+            "train_gflop_per_step": flops / 1e9,
+            "train_gflops": flops / (t["median"] * 1e-3) / 1e9}
+
+
 def _section_vqvae_encode(xp, sizes, quick, repeats, warmup):
     encode, flops = vqvae_encode(sizes)
     t = time_it(encode, xp, *_reps("vqvae_encode", quick, repeats, warmup))
@@ -72,6 +83,7 @@ def _section_gpt_sample(xp, sizes, quick, repeats, warmup):
 SECTIONS = {
     "sgemm": {"sgemm": _section_sgemm},
     "vqvae-ref": {"train_step": _section_vqvae_train, "encode": _section_vqvae_encode},
+    "vqvae-gan": {"train_step": _section_vqvae_gan},
     "gpt-ref": {"train_step": _section_gpt_train, "sample": _section_gpt_sample},
 }
 

@@ -3,13 +3,17 @@ random weights and inputs at the sizes of tinytok.bench.options, each with its F
 (tinytok/bench/flops.py). tests/peers/torch_peer.py times the same closures beside PyTorch.
 """
 from tinytok import backend
-from tinytok.bench.flops import gpt_train_flops, vqvae_flops, vqvae_train_flops
+from tinytok.bench.flops import (gpt_train_flops, vqvae_flops, vqvae_gan_train_flops,
+                                 vqvae_train_flops)
 from tinytok.parallel import blas_threads_for_small_products
 from tinytok.pipeline import Tokenizer
 from tinytok.prior.gpt import gpt_config, init_gpt_params
 from tinytok.prior.sample import continue_sequences
 from tinytok.prior.settings import PLAIN
+from tinytok.tokenizer.discriminator import (DiscriminatorConfig, init_discriminator_params,
+                                             is_discriminator_param)
 from tinytok.tokenizer.vqvae import init_tokenizer_params, tokenizer_config
+from tinytok.training.adversarial import adversarial_grads
 from tinytok.training.optim import adamw_init, adamw_step, clip_grad_norm, zeros_like_params
 from tinytok.training.steps import gpt_loss_grads, tokenizer_grads
 
@@ -32,6 +36,38 @@ def vqvae_train_step(sizes, seed=0):
         return loss
 
     return step, vqvae_train_flops(config, sizes["vq_batch"])
+
+
+def vqvae_gan_train_step(sizes, seed=0):
+    """A closure running one adversarial vqvae step (the tokenizer against its patch
+    discriminator, VQGAN) on fixed random images, and its FLOPs: as TokenizerRun.step does
+    it past gan_start, both models' gradients in two passes over the batch parts, then
+    each model clipped and updated by an AdamW of its own."""
+    config = tokenizer_config(sizes["vqvae"])
+    disc = DiscriminatorConfig(sizes["disc_channels"])
+    params = init_tokenizer_params(config, seed=seed)
+    params.update(init_discriminator_params(disc, seed=seed + 1))
+    grads = zeros_like_params(params)
+    models = []
+    for is_d in (False, True):                 # the tokenizer, then D: (params, grads, AdamW)
+        keys = [k for k in params if is_discriminator_param(k) == is_d]
+        mine = {k: params[k] for k in keys}
+        models.append((mine, {k: grads[k] for k in keys}, adamw_init(mine)))
+    x = backend.to_device(backend.rng(seed).uniform(
+        -0.5, 0.5, (sizes["vq_batch"], 3, config.image_size, config.image_size)),
+        dtype="float32")
+
+    def step():
+        for g in grads.values():
+            g[...] = 0
+        out = adversarial_grads(x, params, config, disc, grads, sizes["gan_weight"],
+                                lambda arrays: arrays)           # one process: no sums
+        for mine, mine_grads, state in models:
+            clip_grad_norm(mine_grads, 1.0)
+            adamw_step(mine, mine_grads, state, lr=3e-4)
+        return out["loss"]
+
+    return step, vqvae_gan_train_flops(config, disc.channels, sizes["vq_batch"])
 
 
 def vqvae_encode(sizes, seed=0):

@@ -13,8 +13,11 @@ last weight w,
 
     lambda = gan_weight * |dL_rec/dw| / (|dL_G/dw| + 1e-4),   clipped to [0, 1e4 gan_weight],
 
-so that the adversarial gradient arriving at the decoder is as strong as the reconstruction's
-whatever the scale of D's scores: without it, a D that grows confident drowns the pixels.
+where L_rec = mse(x_hat, x) is the reconstruction term alone (VQGAN's nll_loss, an L1 and
+a perceptual loss there; the quantizer loss is not in it, and could not reach w anyway: it
+lies before the decoder). So the adversarial gradient arriving at the decoder is gan_weight
+times as strong as the reconstruction's, whatever the scale of D's scores: without it, a D
+that grows confident drowns the pixels.
 
 The step runs in two passes over the batch's parts (tinytok.parallel): the first runs the
 tokenizer and D on the reconstructions and returns both losses' gradients at the picture

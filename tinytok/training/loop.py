@@ -230,11 +230,12 @@ class Resumed(NamedTuple):
     config: dict            # the config the run was saved with: model, train, ...
 
 
-def resume_state(path, kind, params, model_config):
+def resume_state(path, kind, params, model_config, check_params=check_params_match):
     """Load a checkpoint to resume from, as Resumed.
 
     The checkpoint's model config must equal the one asked for: resuming a VQ run as EMA,
-    say, would silently train something else.
+    say, would silently train something else. check_params(saved, params, path) refuses
+    saved parameters that are not the model's (a trainer may give one that says more).
     """
     ckpt = load_checkpoint(path, kind=kind)
     config = ckpt.config if isinstance(ckpt.config, dict) else {}
@@ -245,7 +246,7 @@ def resume_state(path, kind, params, model_config):
         raise CheckpointError(f"cannot resume {path}: it was trained with another model "
                               f"configuration (differs in {', '.join(differ)}); use the same "
                               "--config/--quantizer/--codes/--levels, or a new --out")
-    check_params_match(ckpt.params, params, path)
+    check_params(ckpt.params, params, path)
     return Resumed(ckpt.step, backend.params_to_device(ckpt.params), ckpt.optimizer_state,
                    ckpt.extra, config)
 

@@ -27,10 +27,10 @@ from tinytok.tokenizer.codebook import code_counts, kmeans_init, restart_dead_co
 from tinytok.tokenizer.gumbel import gumbel_noise, temperature_at
 from tinytok.tokenizer.quantize import ema_apply, ema_init, ema_statistics
 from tinytok.tokenizer.quantizers import QUANTIZERS
-from tinytok.errors import ConfigError
+from tinytok.errors import CheckpointError, ConfigError
 from tinytok.ops.checks import is_finite_number, require_positive_int
-from tinytok.tokenizer.discriminator import (DiscriminatorConfig, init_discriminator_params,
-                                             is_discriminator_param)
+from tinytok.tokenizer.discriminator import (PREFIX, DiscriminatorConfig,
+                                             init_discriminator_params, is_discriminator_param)
 from tinytok.tokenizer.vqvae import (config_dict, encoder_forward, init_tokenizer_params,
                                      tokenizer_forward)
 from tinytok.training.adversarial import adversarial_grads
@@ -173,7 +173,8 @@ class TokenizerRun:
 
     def resume(self, out, log):
         """Take up the run saved in out: parameters, optimizer and EMA state, window, history."""
-        resumed = resume_state(out, "tokenizer", self.params, config_dict(self.config))
+        resumed = resume_state(out, "tokenizer", self.params, config_dict(self.config),
+                               check_discriminator_match)
         planned = "the learning-rate schedule" + (
             " and the Gumbel temperature" if self.quantizer.annealed else "")
         announce_resume(out, resumed, self.run_config, self.settings, log, planned)
@@ -295,6 +296,29 @@ class TokenizerRun:
         self.history.append({"step": step + 1, "loss": loss, **stats, **adversarial})
         self.window = self.xp.zeros_like(self.window)
         return figures
+
+
+def check_discriminator_match(saved, params, path):
+    """check_params_match for a resume, saying first (and plainly) when the discriminator
+    is on one side only or of another size: the flags that differ, and the way on."""
+    has_d, wants_d = (any(is_discriminator_param(k) for k in p) for p in (saved, params))
+    if wants_d and not has_d:
+        raise CheckpointError(
+            f"cannot resume {path} with --gan-weight: it was trained without a discriminator "
+            f"(no disc.* parameters); to go on against one, start from it with --init {path} "
+            "and a new --out")
+    if has_d and not wants_d:
+        raise CheckpointError(
+            f"cannot resume {path} without --gan-weight: it was trained against a "
+            f"discriminator (disc.* parameters); give --gan-weight to resume it, or start "
+            f"from it with --init {path} and a new --out to go on without one")
+    key = PREFIX + "conv1.w"
+    if has_d and saved[key].shape != params[key].shape:
+        raise CheckpointError(
+            f"cannot resume {path} with --disc-channels {params[key].shape[0]}: its "
+            f"discriminator has {saved[key].shape[0]} (give --disc-channels "
+            f"{saved[key].shape[0]})")
+    check_params_match(saved, params, path)
 
 
 def restart_on_root(world, codebook, window, z, seed, ema_state):

@@ -1,0 +1,557 @@
+"""Adversarial tokenizer training (VQGAN), shown rather than claimed.
+
+The patch discriminator as a model pair: float64 gradients against central differences
+(w.r.t. the picture and every parameter, hypothesis over sizes), its forward against a
+direct formulation (scipy's correlate, not the package's convolution), its receptive field,
+bad configs. The adaptive weight: lambda from adversarial_grads against lambda from central
+differences of the reconstruction loss (the MSE alone) and of L_G = -mean(D(x_hat)) at the
+decoder's last weight, and against two separate full backward passes. The whole step: with
+lambda held fixed, the tokenizer's gradients are those of recon + vq + lambda * L_G and D's
+those of L_D with x_hat fixed. Batch parts on threads give one thread's numbers. Training:
+exact resume, nothing of D before gan_start, the checkpoint read by Tokenizer.load and
+export, and the command line's bad settings as one line each.
+"""
+import io
+import re
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import reference
+import reference_models as ref
+from tinytok import parallel
+from tinytok.data.datasets import make_shapes
+from tinytok.errors import ConfigError, DTypeError, ShapeError
+from tinytok.gradcheck import assert_gradients_close, relative_error
+from tinytok.ops import hinge_d_loss_forward, hinge_g_loss_backward, hinge_g_loss_forward
+from tinytok.tokenizer.discriminator import (DiscriminatorConfig, discriminator_backward,
+                                             discriminator_forward, init_discriminator_params,
+                                             is_discriminator_param)
+from tinytok.tokenizer.quantize import vector_quantize_forward
+from tinytok.tokenizer.vqvae import (decoder_forward, encoder_forward, init_tokenizer_params,
+                                     tokenizer_backward, tokenizer_config, tokenizer_forward)
+from tinytok.training.adversarial import (DELTA, MAX_LAMBDA, adaptive_weight,
+                                          adversarial_grads)
+from tinytok.training.checkpoint import load_checkpoint
+from tinytok.training.optim import zeros_like_params
+
+TOL = 1e-6
+ALONE = lambda arrays: arrays          # noqa: E731  sum_everywhere on one process
+
+
+def disc_params(config, seed=0, dtype="float64"):
+    return init_discriminator_params(config, seed=seed, dtype=dtype)
+
+
+# ---------------------------------------------------------------- the discriminator pair
+
+def disc_as_op_pair(config, keys):
+    """discriminator_forward/backward as an op pair (x, *param arrays) for check_pair."""
+    def forward(x, *arrays):
+        params = dict(zip(keys, arrays))
+        scores, cache = discriminator_forward(x, params, config)
+        return scores, (cache, params)
+
+    def backward(dscores, cache):
+        cache, params = cache
+        grads = {k: np.zeros_like(v) for k, v in params.items()}
+        before = dscores.copy()
+        dx = discriminator_backward(dscores, cache, grads)
+        np.testing.assert_array_equal(dscores, before)   # the backward leaves dscores alone
+        return (dx,) + tuple(grads[k] for k in keys)
+    return forward, backward
+
+
+@settings(max_examples=12, deadline=None)
+@given(n=st.integers(1, 2), size=st.sampled_from([4, 8, 12]), channels=st.integers(1, 3),
+       slope=st.sampled_from([0.0, 0.2, 0.5]), seed=st.integers(0, 2 ** 16))
+def test_discriminator_gradients_match_central_differences(n, size, channels, slope, seed):
+    """Every argument: the picture and each of the six parameters, in float64."""
+    config = DiscriminatorConfig(channels, slope)
+    params = disc_params(config, seed)
+    keys = sorted(params)
+    x = np.random.default_rng(seed).standard_normal((n, 3, size, size))
+    forward, backward = disc_as_op_pair(config, keys)
+    errors = assert_gradients_close(forward, backward, [x] + [params[k] for k in keys],
+                                    tol=TOL, max_elements=60, seed=seed)
+    assert len(errors) == 1 + 6
+
+
+def reference_discriminator(x, params, slope):
+    """The same network by scipy.signal.correlate (tests/reference.py) and np.where."""
+    def conv(h, name, stride):
+        w, b = params[f"disc.{name}.w"], params[f"disc.{name}.b"]
+        return reference.conv2d_scipy(h, w, b, stride, 1)
+
+    def leaky(h):
+        return np.where(h > 0, h, slope * h)
+
+    return conv(leaky(conv(leaky(conv(x, "conv1", 2)), "conv2", 2)), "out", 1)
+
+
+@pytest.mark.parametrize("n, size, channels, slope", [(2, 8, 3, 0.2), (1, 16, 4, 0.0),
+                                                      (3, 12, 2, 0.5)])
+def test_discriminator_forward_matches_a_direct_formulation(n, size, channels, slope):
+    config = DiscriminatorConfig(channels, slope)
+    params = disc_params(config, seed=size)
+    x = np.random.default_rng(n).standard_normal((n, 3, size, size))
+    scores, _ = discriminator_forward(x, params, config)
+    assert scores.shape == (n, 1, size // 4, size // 4)
+    np.testing.assert_allclose(scores, reference_discriminator(x, params, slope),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_discriminator_parameters_are_named_and_shaped():
+    params = disc_params(DiscriminatorConfig(5))
+    assert {k: v.shape for k, v in params.items()} == {
+        "disc.conv1.w": (5, 3, 4, 4), "disc.conv1.b": (5,),
+        "disc.conv2.w": (10, 5, 4, 4), "disc.conv2.b": (10,),
+        "disc.out.w": (1, 10, 3, 3), "disc.out.b": (1,)}
+    assert all(is_discriminator_param(k) for k in params)
+    assert not any(is_discriminator_param(k) for k in init_tokenizer_params(
+        tokenizer_config("vqvae-tiny")))
+    again = disc_params(DiscriminatorConfig(5))
+    assert all(np.array_equal(params[k], again[k]) for k in params)     # seeded
+    assert init_discriminator_params(DiscriminatorConfig(5))["disc.out.w"].dtype == np.float32
+
+
+def test_each_score_sees_an_18_pixel_patch():
+    """The module's claim: a score at (i, j) of a 32x32 picture depends on rows and columns
+    4i-7 .. 4i+10 (18 pixels, cut at the border), and on no other pixel."""
+    config = DiscriminatorConfig(3)
+    params = disc_params(config, seed=1)
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32))
+    scores, cache = discriminator_forward(x, params, config)
+    for i, j in [(0, 0), (3, 4), (7, 2)]:
+        one = np.zeros_like(scores)
+        one[0, 0, i, j] = 1.0
+        dx = discriminator_backward(one, cache, zeros_like_params(params))
+        rows, cols = np.nonzero(np.abs(dx[0]).sum(0))
+        assert (rows.min(), rows.max()) == (max(4 * i - 7, 0), min(4 * i + 10, 31))
+        assert (cols.min(), cols.max()) == (max(4 * j - 7, 0), min(4 * j + 10, 31))
+
+
+def test_only_the_parameter_gradients_when_the_picture_needs_none():
+    config = DiscriminatorConfig(2)
+    params = disc_params(config)
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8))
+    scores, cache = discriminator_forward(x, params, config)
+    with_dx, without = zeros_like_params(params), zeros_like_params(params)
+    assert discriminator_backward(np.ones_like(scores), cache, with_dx) is not None
+    assert discriminator_backward(np.ones_like(scores), cache, without, image_grad=False) is None
+    for k in params:
+        np.testing.assert_array_equal(with_dx[k], without[k])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(channels=0), "discriminator channels must be a whole number >= 1, got 0"),
+    (dict(channels=2.5), "discriminator channels must be a whole number >= 1, got 2.5"),
+    (dict(channels=True), "discriminator channels must be a whole number >= 1, got True"),
+    (dict(slope=1.0), "discriminator slope must be a number in [0, 1), got 1.0"),
+    (dict(slope=-0.1), "discriminator slope must be a number in [0, 1), got -0.1"),
+    (dict(slope=float("nan")), "discriminator slope must be a number in [0, 1), got nan"),
+    (dict(slope="0.2"), "discriminator slope must be a number in [0, 1), got '0.2'"),
+])
+def test_bad_discriminator_configs_are_one_line_errors(kwargs, message):
+    with pytest.raises(ConfigError) as e:
+        DiscriminatorConfig(**kwargs)
+    assert str(e.value) == message
+
+
+def test_bad_pictures_for_the_discriminator_are_one_line_errors():
+    config = DiscriminatorConfig(2)
+    params = init_discriminator_params(config)
+    for x, error, words in [
+            (np.zeros((1, 1, 8, 8), np.float32), ShapeError, "expects C = 3 input channels"),
+            (np.zeros((3, 8, 8), np.float32), ShapeError, "(N, C, H, W)"),
+            (np.zeros((1, 3, 8, 8)), DTypeError, "float32 but x is float64"),
+            (np.zeros((1, 3, 2, 2), np.float32), ShapeError, "does not fit")]:
+        with pytest.raises(error) as e:
+            discriminator_forward(x, params, config)
+        assert words in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(gan_weight=-1.0), "gan_weight must be a number >= 0"),
+    (dict(gan_weight=float("inf")), "gan_weight must be a number >= 0"),
+    (dict(gan_start=-1), "gan_start must be a whole number >= 0, got -1"),
+    (dict(gan_start=1.5), "gan_start must be a whole number >= 0, got 1.5"),
+    (dict(disc_channels=0), "discriminator channels must be a whole number >= 1, got 0"),
+])
+def test_bad_recipes_are_one_line_errors(changes, message):
+    from tinytok.training import TokenizerRecipe
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        TokenizerRecipe(**{"gan_weight": 0.1, **changes}).check()
+    TokenizerRecipe(gan_weight=0.0, gan_start=5, disc_channels=3).check()   # all fine
+
+
+# ---------------------------------------------------------------- one step, float64
+
+def tiny_config():
+    """vqvae-tiny's layers at 16x16 pictures, narrow enough for central differences."""
+    return replace(tokenizer_config("vqvae-tiny"), image_size=16, hidden=8, res_hidden=4,
+                   code_dim=3, num_codes=6)
+
+
+DISC = DiscriminatorConfig(3)
+
+
+def step_setup(seed=0, gan_weight=0.5):
+    """float64 params of both models (the tokenizer scaled up, so that several codes are
+    used, each latent's nearest code by a clear margin), two pictures, adversarial_grads."""
+    config = tiny_config()
+    params = {k: 3.0 * v for k, v in init_tokenizer_params(config, seed, "float64").items()}
+    params.update(disc_params(DISC, seed + 1))
+    x = np.random.default_rng(seed + 10).uniform(-0.5, 0.5, (2, 3, 16, 16))
+    grads = zeros_like_params(params)
+    out = adversarial_grads(x, params, config, DISC, grads, gan_weight, ALONE)
+    z = out["z"]
+    rows = z.transpose(0, 2, 3, 1).reshape(-1, config.code_dim)
+    d = ((rows[:, None] - params["quant.codebook"][None]) ** 2).sum(-1)
+    top2 = np.sort(d, axis=1)[:, :2]
+    assert (top2[:, 1] - top2[:, 0]).min() > 1e-4 and len(np.unique(out["ids"])) > 1
+    return config, params, x, grads, out
+
+
+def forward_both(x, params, config):
+    """(x_hat, ids, mse, vq loss, L_G) by the forward passes alone."""
+    o, _ = tokenizer_forward(x, params, config)
+    fake, _ = discriminator_forward(o["x_hat"], params, DISC)
+    return o["x_hat"], o["ids"], float(o["recon_loss"]), float(o["vq_loss"]), float(-fake.mean())
+
+
+def test_adaptive_weight_is_vqgans_ratio_at_the_decoders_last_weight():
+    """lambda = gan_weight * |dL_rec/dw| / (|dL_G/dw| + 1e-4), w = dec.up2.w, with L_rec the
+    mean squared error alone: both gradients by central differences over every element of
+    w (a decoder weight: the codes cannot change)."""
+    gan_weight = 0.5
+    config, params, x, grads, out = step_setup(gan_weight=gan_weight)
+    w = params["dec.up2.w"].reshape(-1)
+    rec, gen = np.empty(w.size), np.empty(w.size)
+    h = 1e-5
+    for i in range(w.size):
+        old = w[i]
+        w[i] = old + h
+        _, _, rec_plus, _, gen_plus = forward_both(x, params, config)
+        w[i] = old - h
+        _, _, rec_minus, _, gen_minus = forward_both(x, params, config)
+        w[i] = old
+        rec[i], gen[i] = (rec_plus - rec_minus) / (2 * h), (gen_plus - gen_minus) / (2 * h)
+    want = gan_weight * np.linalg.norm(rec) / (np.linalg.norm(gen) + DELTA)
+    assert 0 < want < gan_weight * MAX_LAMBDA           # not clipped: the ratio itself
+    assert out["gan_lambda"] == pytest.approx(want, rel=1e-7)
+    # and not the ratio of any other loss's gradient: the total loss with lambda * L_G has
+    # another gradient at w
+    total = rec + out["gan_lambda"] * gen
+    other = gan_weight * np.linalg.norm(total) / (np.linalg.norm(gen) + DELTA)
+    assert abs(other - want) > 1e-3 * want
+
+
+def test_adaptive_weight_equals_two_separate_full_backward_passes():
+    """The independent route: one whole tokenizer backward for the reconstruction loss (its
+    quantizer loss too, which cannot reach the decoder), one for L_G alone (dloss=0, D's
+    picture gradient fed in at x_hat); lambda from their dec.up2.w gradients."""
+    gan_weight = 0.8
+    config, params, x, _, out = step_setup(seed=0, gan_weight=gan_weight)
+    tokenizer = {k: v for k, v in params.items() if not is_discriminator_param(k)}
+    o, cache = tokenizer_forward(x, tokenizer, config)
+    rec_grads = zeros_like_params(tokenizer)
+    tokenizer_backward(cache, rec_grads, config)                           # mse + vq
+    fake, fake_cache = discriminator_forward(o["x_hat"], params, DISC)
+    _, g_cache = hinge_g_loss_forward(fake)
+    dx_gen = discriminator_backward(hinge_g_loss_backward(1.0, g_cache), fake_cache,
+                                    zeros_like_params(disc_params(DISC)))
+    gen_grads = zeros_like_params(tokenizer)
+    tokenizer_backward(cache, gen_grads, config, dloss=0.0, dx_hat_extra=dx_gen)  # L_G alone
+    rec_w, gen_w = rec_grads["dec.up2.w"], gen_grads["dec.up2.w"]
+    want = gan_weight * np.linalg.norm(rec_w) / (np.linalg.norm(gen_w) + 1e-4)
+    assert out["gan_lambda"] == pytest.approx(want, rel=1e-12)
+    assert adaptive_weight(rec_w, gen_w, gan_weight) == pytest.approx(want, rel=1e-12)
+    assert np.abs(gen_grads["enc.out.w"]).max() > 0       # L_G did reach the encoder
+
+
+def test_adaptive_weight_is_clipped_and_finite():
+    rec, nothing = np.full((2, 3), 1.0), np.zeros((2, 3))      # |rec| = sqrt(6)
+    assert adaptive_weight(rec, nothing, 0.1) == pytest.approx(0.1 * MAX_LAMBDA)
+    small = rec * 1e-3                                           # |small| / 1e-4 = 24.5
+    assert adaptive_weight(small, nothing, 0.1) == pytest.approx(0.1 * np.sqrt(6) * 10)
+    assert adaptive_weight(rec, rec, 2.0) == pytest.approx(2.0 * 6 ** 0.5 / (6 ** 0.5 + 1e-4))
+    assert adaptive_weight(rec, rec, 0.0) == 0.0
+
+
+def test_tokenizer_gradients_are_those_of_recon_vq_and_lambda_times_l_g():
+    """Decoder: the plain derivative of mse + vq + lambda * L_G (lambda as computed, held
+    fixed). Encoder: the straight-through surrogate's, the codes checked unchanged."""
+    config, params, x, grads, out = step_setup(seed=0)
+    lam = out["gan_lambda"]
+    ids0 = out["ids"]
+
+    def total(p):
+        _, ids, mse, vq, gen = forward_both(x, p, config)
+        np.testing.assert_array_equal(ids, ids0)
+        return mse + vq + lam * gen
+
+    decoder = [k for k in params if k.startswith("dec.")]
+    errors = assert_param_grads(total, params, grads, decoder)
+    assert len(errors) == len(decoder)
+
+    z0 = out["z"].copy()
+    e0, _, _, _ = vector_quantize_forward(z0, params["quant.codebook"], config.beta)
+
+    def surrogate(p):      # what straight-through differentiates: z_q = z + (e0 - z0)
+        z, _ = encoder_forward(x, p, config)
+        _, ids, _, _ = vector_quantize_forward(z, p["quant.codebook"], config.beta)
+        np.testing.assert_array_equal(ids, ids0)
+        x_hat, _ = decoder_forward(z + (e0 - z0), p, config)
+        fake, _ = discriminator_forward(x_hat, p, DISC)
+        return float(np.mean((x_hat - x) ** 2) + config.beta * np.mean((z - e0) ** 2)
+                     - lam * fake.mean())
+
+    assert_param_grads(surrogate, params, grads, [k for k in params if k.startswith("enc.")])
+
+
+def test_discriminator_gradients_are_those_of_its_hinge_loss_with_x_hat_fixed():
+    """L_D = mean(relu(1 - D(x))) + mean(relu(1 + D(x_hat))): none of L_G's gradient at D's
+    parameters (computed on the way to lambda) may leak into them."""
+    config, params, x, grads, out = step_setup(seed=0)
+    x_hat = out["x_hat"].copy()
+
+    def l_d(p):
+        real, _ = discriminator_forward(x, p, DISC)
+        fake, _ = discriminator_forward(x_hat, p, DISC)
+        assert np.abs(real).max() < 0.9 and np.abs(fake).max() < 0.9   # away from the hinge
+        return float(hinge_d_loss_forward(real, fake)[0])
+
+    assert float(out["d_loss"]) == pytest.approx(l_d(params), rel=1e-12)
+    # the last bias moves every score alike: -1 from the real half, +1 from the fake half
+    assert_param_grads(l_d, params, grads, [k for k in params if is_discriminator_param(k)],
+                       zero={"disc.out.b"})
+
+
+def assert_param_grads(loss_fn, params, grads, keys, tol=TOL, max_elements=25, seed=0,
+                       zero=()):
+    """Central differences of loss_fn(params) at up to max_elements positions of each key;
+    only the keys in `zero` may have a zero gradient there (else the check checks nothing)."""
+    rng = np.random.default_rng(seed)
+    errors = {}
+    for key in keys:
+        idx = ref.sample_indices(params[key].size, max_elements, rng)
+        num = ref.numerical_param_gradient(loss_fn, params, key, idx)
+        assert key in zero or np.abs(num).max() > 1e-8, f"{key}: a zero gradient checks nothing"
+        errors[key] = relative_error(grads[key].reshape(-1)[idx], num)
+    bad = {k: v for k, v in errors.items() if not v < tol}
+    assert not bad, f"gradient check failed: {bad}; all: {errors}"
+    return errors
+
+
+def test_the_figures_are_the_losses():
+    config, params, x, _, out = step_setup(seed=0)
+    _, _, mse, vq, gen = forward_both(x, params, config)
+    assert float(out["recon_loss"]) == pytest.approx(mse, rel=1e-12)
+    assert float(out["loss"]) == pytest.approx(mse + vq, rel=1e-12)   # without lambda * L_G
+    assert float(out["g_loss"]) == pytest.approx(gen, rel=1e-12)
+
+
+# ---------------------------------------------------------------- batch parts on threads
+
+@pytest.fixture
+def one_thread_after():
+    yield
+    parallel.use_cores(1)
+
+
+def float32_step(threads, n=7):
+    parallel.use_cores(threads)
+    config = replace(tokenizer_config("vqvae-tiny"), image_size=16)
+    params = init_tokenizer_params(config, seed=2)
+    params.update(init_discriminator_params(DiscriminatorConfig(8), seed=3))
+    x = np.random.default_rng(4).uniform(-0.5, 0.5, (n, 3, 16, 16)).astype(np.float32)
+    grads = zeros_like_params(params)
+    out = adversarial_grads(x, params, config, DiscriminatorConfig(8), grads, 0.1, ALONE)
+    return grads, out
+
+
+def test_batch_parts_give_one_threads_gradients_and_lambda(one_thread_after):
+    one_grads, one = float32_step(1)
+    three_grads, three = float32_step(3)
+    assert len(parallel.row_blocks(7, parallel.threads())) == 3       # parts really ran
+    np.testing.assert_array_equal(three["ids"], one["ids"])
+    assert three["gan_lambda"] == pytest.approx(one["gan_lambda"], rel=1e-5)
+    for key in ("loss", "recon_loss", "g_loss", "d_loss"):
+        assert float(three[key]) == pytest.approx(float(one[key]), rel=1e-5), key
+    for k, g in one_grads.items():
+        assert g.dtype == np.float32 and (np.abs(g).max() > 0 or k == "disc.out.b"), k
+        np.testing.assert_allclose(three_grads[k], g, rtol=1e-5,
+                                   atol=1e-5 * np.abs(g).max(), err_msg=k)
+    again_grads, again = float32_step(3)                 # the same thread count: same bits
+    assert again["gan_lambda"] == three["gan_lambda"]
+    for k in three_grads:
+        np.testing.assert_array_equal(again_grads[k], three_grads[k], err_msg=k)
+
+
+# ---------------------------------------------------------------- training
+
+N_STEPS, GAN_START, STOP = 12, 4, 6
+GAN = dict(gan_weight=0.1, gan_start=GAN_START, disc_channels=8)
+
+
+@pytest.fixture(scope="module")
+def shapes_images():
+    return make_shapes(32, seed=1).images                              # (32, 32, 32, 3)
+
+
+def gan_run(images, out, stream=None, resume=False, **recipe):
+    from tinytok.training import TokenizerRecipe, TrainSettings, train_tokenizer
+    settings = TrainSettings(steps=N_STEPS, batch_size=4, lr=3e-3, warmup=2, seed=5,
+                             checkpoint_every=3, log_every=1)
+    return train_tokenizer(images, tokenizer_config("vqvae-tiny"), settings, str(out),
+                           TokenizerRecipe(kmeans_images=16, restart_every=3, **recipe),
+                           resume=resume, log=lambda *a: None,
+                           progress_stream=stream or io.StringIO())
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, shapes_images):
+    """The adversarial run straight through, the same stopped at step 6 and resumed, and
+    the adversarial and the plain run each stopped after step 4 (gan_start)."""
+    from test_resume import StopAt
+    from tinytok.training import TrainingStopped
+    d = tmp_path_factory.mktemp("gan")
+    gan_run(shapes_images, d / "straight.npz", **GAN)
+    with pytest.raises(TrainingStopped):
+        gan_run(shapes_images, d / "resumed.npz", StopAt(STOP, "sigint"), **GAN)
+    assert load_checkpoint(d / "resumed.npz").step == STOP
+    gan_run(shapes_images, d / "resumed.npz", resume=True, **GAN)
+    for name, recipe in (("gan_at_start.npz", GAN), ("plain_at_start.npz", {})):
+        with pytest.raises(TrainingStopped):
+            gan_run(shapes_images, d / name, StopAt(GAN_START, "sigint"), **recipe)
+    return d
+
+
+def test_an_adversarial_run_resumes_exactly(trained):
+    from test_resume import assert_same_checkpoint
+    assert_same_checkpoint(trained / "straight.npz", trained / "resumed.npz")
+    ckpt = load_checkpoint(trained / "straight.npz")
+    assert ckpt.optimizer_state["disc_adam"]["t"] == N_STEPS - GAN_START   # D from step 4 on
+    assert ckpt.optimizer_state["adam"]["t"] == N_STEPS
+    start = init_discriminator_params(DiscriminatorConfig(8), seed=[5, 3])
+    same = [k for k in start if np.array_equal(ckpt.params[k], start[k])]
+    # D learned; its last bias only once some score passes its margin (it moves every
+    # score alike: -1 from the real half of L_D, +1 from the fake half)
+    assert same in ([], ["disc.out.b"]), same
+
+
+def test_before_gan_start_the_tokenizer_trains_as_without_the_discriminator(trained):
+    from test_resume import assert_same
+    gan = load_checkpoint(trained / "gan_at_start.npz")
+    plain = load_checkpoint(trained / "plain_at_start.npz")
+    assert gan.step == plain.step == GAN_START
+    tokenizer = {k: v for k, v in gan.params.items() if not is_discriminator_param(k)}
+    assert_same(tokenizer, plain.params, "tokenizer params")                  # bit for bit
+    assert_same(gan.optimizer_state["adam"], plain.optimizer_state["adam"], "adam")
+    assert_same(gan.extra, plain.extra, "extra")
+    start = init_discriminator_params(DiscriminatorConfig(8), seed=[5, 3])
+    assert_same({k: v for k, v in gan.params.items() if is_discriminator_param(k)},
+                start, "D's params")                                          # untouched
+    disc_adam = gan.optimizer_state["disc_adam"]
+    assert disc_adam["t"] == 0
+    assert all(not np.any(m) for m in disc_adam["m"].values())
+    assert all(not np.any(v) for v in disc_adam["v"].values())
+
+
+def test_the_checkpoint_loads_as_a_tokenizer_and_exports(trained, shapes_images, tmp_path,
+                                                         capsys):
+    from tinytok.cli import main
+    from tinytok.pipeline import Tokenizer
+    path = trained / "straight.npz"
+    ckpt = load_checkpoint(path)
+    config = tokenizer_config(ckpt.config["model"])
+    plain = Tokenizer({k: v for k, v in ckpt.params.items() if not is_discriminator_param(k)},
+                      config)
+    images = shapes_images[:5]
+    want_ids = plain.encode(images)
+    want_pictures = plain.decode(want_ids)
+    assert main(["export", str(path), "--out", str(tmp_path / "shared.npz")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    for source in (path, tmp_path / "shared.npz"):
+        tok = Tokenizer.load(source)
+        assert not any(is_discriminator_param(k) for k in tok.params)
+        ids = tok.encode(images)
+        np.testing.assert_array_equal(ids, want_ids)
+        np.testing.assert_array_equal(tok.decode(ids), want_pictures)
+
+
+# ---------------------------------------------------------------- the command line
+
+def cli(capsys, *args):
+    from tinytok.cli import main
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+TRAIN = ["train-tokenizer", "--config", "vqvae-tiny", "--n-images", "16", "--batch-size", "4",
+         "--log-every", "1", "--no-kmeans"]
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--gan-weight", "-1", "argument --gan-weight: must be a finite number >= 0, got -1"),
+    ("--gan-weight", "nan", "argument --gan-weight: must be a finite number >= 0, got nan"),
+    ("--gan-start", "-1", "argument --gan-start: must be >= 0, got -1"),
+    ("--disc-channels", "0", "argument --disc-channels: must be >= 1, got 0"),
+])
+def test_bad_adversarial_flags_are_one_line(capsys, tmp_path, flag, value, message):
+    code, _, err = cli(capsys, *TRAIN, "--steps", "2", "--out", tmp_path / "t.npz", flag, value)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("tinytok: error: "), err
+    assert message in err, err
+    assert not (tmp_path / "t.npz").exists()
+
+
+def test_init_from_another_configuration_is_one_line(capsys, tmp_path):
+    assert cli(capsys, *TRAIN, "--steps", "1", "--out", tmp_path / "a.npz")[0] == 0
+    code, _, err = cli(capsys, *TRAIN, "--steps", "1", "--codes", "32", "--gan-weight", "0.1",
+                       "--init", tmp_path / "a.npz", "--out", tmp_path / "b.npz")
+    assert code == 2 and err.count("\n") == 1 and err.startswith("tinytok: error: "), err
+    assert f"--init {tmp_path / 'a.npz'}" in err and "another configuration" in err
+    assert not (tmp_path / "b.npz").exists()
+
+
+def error_lines(err):
+    assert "Traceback" not in err
+    return [line for line in err.splitlines() if line.startswith("tinytok: error:")]
+
+
+def test_resuming_across_the_discriminator_says_what_to_do(capsys, tmp_path):
+    """A plain checkpoint resumed with --gan-weight, or an adversarial one without: one
+    error line naming the file, what it lacks or holds, and the way on (--init, new --out)."""
+    plain, gan = tmp_path / "plain.npz", tmp_path / "gan.npz"
+    assert cli(capsys, *TRAIN, "--steps", "2", "--out", plain)[0] == 0
+    code, _, err = cli(capsys, *TRAIN, "--steps", "4", "--out", plain, "--resume",
+                       "--gan-weight", "0.1")
+    [line] = error_lines(err)
+    assert code == 2 and str(plain) in line and "without a discriminator" in line
+    assert f"--init {plain}" in line and "new --out" in line
+    assert load_checkpoint(plain).step == 2                        # left as it was
+
+    assert cli(capsys, *TRAIN, "--steps", "2", "--out", gan, "--gan-weight", "0.1")[0] == 0
+    code, _, err = cli(capsys, *TRAIN, "--steps", "4", "--out", gan, "--resume")
+    [line] = error_lines(err)
+    assert code == 2 and str(gan) in line and "discriminator" in line
+    assert "--gan-weight" in line and f"--init {gan}" in line
+    code, _, err = cli(capsys, *TRAIN, "--steps", "4", "--out", gan, "--resume",
+                       "--gan-weight", "0.1", "--disc-channels", "8")
+    [line] = error_lines(err)
+    assert code == 2 and "its discriminator has 64 (give --disc-channels 64)" in line
+    assert load_checkpoint(gan).step == 2
+
+    # the way it names works: --init with a new --out trains against D from the plain run
+    code, _, err = cli(capsys, *TRAIN, "--steps", "2", "--out", tmp_path / "on.npz",
+                       "--init", plain, "--gan-weight", "0.1")
+    assert code == 0, err
+    on = load_checkpoint(tmp_path / "on.npz")
+    assert "disc_adam" in on.optimizer_state and on.optimizer_state["disc_adam"]["t"] == 2
