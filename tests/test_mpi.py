@@ -293,7 +293,7 @@ def test_nccl_world_trains_the_same_adversarial_tokenizer_as_one_process(monkeyp
                              code_dim=4, num_codes=16, quantizer="ema")
     images = np.ascontiguousarray(make_shapes(24, seed=1).images[:, ::2, ::2])
     run = TrainSettings(steps=6, batch_size=6, lr=3e-3, warmup=2, seed=7, checkpoint_every=3)
-    recipe = TokenizerRecipe(kmeans_init=False, restart_every=0, gan_weight=0.1, gan_start=2,
+    recipe = TokenizerRecipe(kmeans_init=False, restart_every=0, gan_weight=0.1, disc_start=2,
                              disc_channels=4)
     quiet = dict(log=lambda *a: None, progress_stream=io.StringIO())
     lambdas, real = {}, tokenizer_trainer.adversarial_grads
@@ -500,7 +500,7 @@ def test_an_adversarial_step_on_two_processes_is_one_processes(mpiexec, tmp_path
 def test_two_processes_train_the_same_adversarial_tokenizer_as_one(mpiexec, tmp_path):
     """The command line with --gan-weight (D from step 4 of 12): both models' parameters
     and D's optimizer state to float32 rounding, and the lambda shown at every step."""
-    gan = ["--gan-weight", "0.1", "--gan-start", "4", "--disc-channels", "8"]
+    gan = ["--gan-weight", "0.1", "--disc-start", "4", "--disc-channels", "8"]
     one = ok(run(CLI + tokenizer_args("one_gan.npz") + gan, tmp_path))
     two = ok(run(mpiexec + CLI + tokenizer_args("two_gan.npz") + gan, tmp_path))
     a, b = assert_close_checkpoints(tmp_path / "one_gan.npz", tmp_path / "two_gan.npz")
@@ -513,7 +513,7 @@ def test_two_processes_train_the_same_adversarial_tokenizer_as_one(mpiexec, tmp_
     shown = [[float(v) for v in re.findall(r"lam=([-0-9.e+]+)", r.stderr)] for r in (one, two)]
     assert len(shown[0]) == STEPS - 4 and len(shown[1]) == len(shown[0])
     np.testing.assert_allclose(shown[1], shown[0], rtol=1e-2)     # shown to 3 digits
-    assert two.stderr.count("against a patch discriminator from step 4") == 1
+    assert two.stderr.count("against a patch discriminator learning from step 4") == 1
 
 
 @pytest.fixture(scope="module")

@@ -88,8 +88,7 @@ def cmd_train_tokenizer(args):
     recipe = TokenizerRecipe(kmeans_init=not args.no_kmeans,
                              restart_every=0 if args.no_restarts else args.restart_every,
                              gan_weight=args.gan_weight, disc_start=args.disc_start,
-                             gan_start=(args.disc_start if args.gan_start is None
-                                        else args.gan_start),
+                             gan_start=args.gan_start,
                              disc_lr_scale=args.disc_lr_scale,
                              disc_channels=args.disc_channels)
     settings.check()  # before anything is printed: a bad argument is one line, not two
@@ -108,7 +107,7 @@ def cmd_train_tokenizer(args):
     g, size = config.grid_size, config.image_size
     say, on = _speaker(world), f" on {world.size} processes" if world.size > 1 else ""
     against = (f", against a patch discriminator learning from step {recipe.disc_start}, "
-               f"heeded from step {recipe.gan_start} (weight {recipe.gan_weight:g})"
+               f"heeded from step {recipe.heeded_from} (weight {recipe.gan_weight:g})"
                if recipe.adversarial else "")
     say(f"training a {config.name} tokenizer ({config.quantizer}, {config.num_codes} codes, "
         f"{g}x{g} tokens per {size}x{size} picture) on {len(images)} {args.data} images for "

@@ -56,7 +56,8 @@ class TokenizerRecipe:
     tau_end: float = 1 / 16
     gan_weight: float = 0.0         # the adversarial loss's weight (VQGAN); 0: none, no D
     disc_start: int = 0             # the step at which the discriminator starts learning
-    gan_start: int = 0              # and the one at which the tokenizer starts to heed it
+    gan_start: int = None           # and the one at which the tokenizer heeds it (None:
+                                    # disc_start)
     disc_lr_scale: float = 1.0      # the discriminator's learning rate over the tokenizer's
     disc_channels: int = 64         # the patch discriminator's first convolution's
 
@@ -65,14 +66,20 @@ class TokenizerRecipe:
             raise ConfigError(f"gan_weight must be a number >= 0 (0: no adversarial loss), "
                               f"got {self.gan_weight!r}")
         require_positive_int("disc_start", self.disc_start, 0)
-        require_positive_int("gan_start", self.gan_start, 0)
-        if self.gan_start < self.disc_start:
-            raise ConfigError(f"gan_start ({self.gan_start}) must not come before disc_start "
+        if self.gan_start is not None:
+            require_positive_int("gan_start", self.gan_start, 0)
+        if self.heeded_from < self.disc_start:
+            raise ConfigError(f"gan_start ({self.heeded_from}) must not come before disc_start "
                               f"({self.disc_start}): the tokenizer would heed an untrained "
                               "discriminator")
         if not is_finite_number(self.disc_lr_scale) or not self.disc_lr_scale > 0:
             raise ConfigError(f"disc_lr_scale must be a number > 0, got {self.disc_lr_scale!r}")
         DiscriminatorConfig(self.disc_channels)   # refuses a bad size
+
+    @property
+    def heeded_from(self):
+        """The first step at which the tokenizer heeds the discriminator."""
+        return self.disc_start if self.gan_start is None else self.gan_start
 
     @property
     def adversarial(self):
@@ -223,7 +230,7 @@ class TokenizerRun:
         x, tau, noise = self.batch(step)
         against_d = self.disc is not None and step >= self.recipe.disc_start
         if against_d:   # the tokenizer and D, in two passes (training.adversarial)
-            heeded = step >= self.recipe.gan_start   # before: D learns, the tokenizer not
+            heeded = step >= self.recipe.heeded_from   # before: D learns, the tokenizer not
             out = adversarial_grads(x, self.params, self.config, self.disc, grads,
                                     self.recipe.gan_weight if heeded else 0.0,
                                     lambda arrays: sum_over_processes(self.world, arrays),
