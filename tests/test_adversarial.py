@@ -542,6 +542,18 @@ def test_bad_adversarial_flags_are_one_line(capsys, tmp_path, flag, value, messa
     assert not (tmp_path / "t.npz").exists()
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--decoder-only"], "--decoder-only trains the decoder of an existing tokenizer"),
+    (["--gan-weight", "0.1", "--disc-start", "3", "--gan-start", "2"],
+     "gan_start (2) must not come before disc_start (3)"),
+    (["--gan-weight", "0.1", "--disc-lr-scale", "0"], "argument --disc-lr-scale: must be"),
+])
+def test_bad_adversarial_settings_are_one_line(capsys, tmp_path, flags, message):
+    code, _, err = cli(capsys, *TRAIN, "--steps", "2", "--out", tmp_path / "t.npz", *flags)
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "t.npz").exists()
+
+
 def test_init_from_another_configuration_is_one_line(capsys, tmp_path):
     assert cli(capsys, *TRAIN, "--steps", "1", "--out", tmp_path / "a.npz")[0] == 0
     code, _, err = cli(capsys, *TRAIN, "--steps", "1", "--codes", "32", "--gan-weight", "0.1",
@@ -585,3 +597,35 @@ def test_resuming_across_the_discriminator_says_what_to_do(capsys, tmp_path):
     assert code == 0, err
     on = load_checkpoint(tmp_path / "on.npz")
     assert "disc_adam" in on.optimizer_state and on.optimizer_state["disc_adam"]["t"] == 2
+
+
+# ---------------------------------------------------------------- the decoder alone
+
+def test_decoder_only_keeps_the_tokens_and_trains_the_painter(tmp_path, shapes_images):
+    """--decoder-only from an earlier tokenizer: the encoder and codebook (so every id) stay
+    bit for bit; the decoder and D learn; without an init it is a one-line error."""
+    from tinytok.pipeline import Tokenizer
+    from tinytok.training import TrainSettings, TokenizerRecipe, train_tokenizer
+    first = tmp_path / "first.npz"
+    gan_run(shapes_images, first)                                   # a plain tokenizer
+    init = load_checkpoint(first).params
+    settings = TrainSettings(steps=4, batch_size=4, lr=3e-3, warmup=1, seed=5,
+                             checkpoint_every=4, log_every=1)
+    recipe = TokenizerRecipe(kmeans_images=16, restart_every=2, decoder_only=True, **GAN)
+    out = tmp_path / "painter.npz"
+    with pytest.raises(ConfigError, match="give its parameters as init"):
+        train_tokenizer(shapes_images, tokenizer_config("vqvae-tiny"), settings, str(out),
+                        recipe, log=lambda *a: None, progress_stream=io.StringIO())
+    train_tokenizer(shapes_images, tokenizer_config("vqvae-tiny"), settings, str(out),
+                    replace(recipe, disc_start=0, gan_start=1), log=lambda *a: None,
+                    progress_stream=io.StringIO(), init=init)
+    after = load_checkpoint(out).params
+    for k, v in init.items():
+        same = np.array_equal(after[k], v)
+        assert same == (not k.startswith("dec.")), k              # only the decoder moved
+    assert not np.array_equal(after["disc.out.w"],
+                              init_discriminator_params(DiscriminatorConfig(8),
+                                                        seed=[5, 3])["disc.out.w"])
+    images = shapes_images[:8]
+    np.testing.assert_array_equal(Tokenizer.load(out).encode(images),
+                                  Tokenizer.load(first).encode(images))

@@ -58,6 +58,8 @@ def add_train_tokenizer(sub):
                    help="the discriminator's first convolution's channels")
     p.add_argument("--init", default=None,
                    help="start from an earlier tokenizer checkpoint of the same config")
+    p.add_argument("--decoder-only", action="store_true",
+                   help="train the decoder alone: the --init tokenizer's tokens stay as they are")
     add_train_arguments(p, lr=1e-3, steps=5000)
     p.set_defaults(func=cmd_train_tokenizer, many_processes=True)
 
@@ -90,9 +92,13 @@ def cmd_train_tokenizer(args):
                              gan_weight=args.gan_weight, disc_start=args.disc_start,
                              gan_start=args.gan_start,
                              disc_lr_scale=args.disc_lr_scale,
+                             decoder_only=args.decoder_only,
                              disc_channels=args.disc_channels)
     settings.check()  # before anything is printed: a bad argument is one line, not two
     recipe.check()
+    if args.decoder_only and not args.init and not args.resume:
+        raise ConfigError("--decoder-only trains the decoder of an existing tokenizer: give it "
+                          "with --init FILE")
     init = None
     if args.init:
         from tinytok.training.checkpoint import load_checkpoint

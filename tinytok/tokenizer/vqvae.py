@@ -386,7 +386,8 @@ def tokenizer_forward(x, params, config, tau=1.0, noise=None):
     return out, TokenizerCache(enc_cache, vq_cache, dec_cache, mse_cache)
 
 
-def tokenizer_backward(cache, grads, config, dloss=1.0, image_grad=True, dx_hat_extra=None):
+def tokenizer_backward(cache, grads, config, dloss=1.0, image_grad=True, dx_hat_extra=None,
+                       decoder_only=False):
     """Gradients of the total loss, added into grads.
 
     Returns dx (N, 3, S, S) through the encoder only: the input is also the reconstruction
@@ -394,11 +395,15 @@ def tokenizer_backward(cache, grads, config, dloss=1.0, image_grad=True, dx_hat_
     image_grad=False and gets None: nothing needs the images' gradient at all.
     dx_hat_extra: the gradient of a further loss at the reconstruction x_hat (an
     adversarial one), added to the mean squared error's before the decoder's backward.
+    decoder_only: stop after the decoder (its gradients alone; returns None), for a run that
+    trains the decoder and keeps the tokens as they are.
     """
     dx_hat = mse_backward(dloss, cache.mse)
     if dx_hat_extra is not None:
         dx_hat += dx_hat_extra
     dz_q = decoder_backward(dx_hat, cache.decoder, grads, config)
+    if decoder_only:
+        return None
     dz = quantize_backward(dz_q, cache.quantizer, grads, config, dloss)
     return encoder_backward(dz, cache.encoder, grads, config, image_grad)
 

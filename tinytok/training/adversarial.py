@@ -62,12 +62,13 @@ def adaptive_weight(w_rec, w_gen, gan_weight):
 
 
 def adversarial_grads(x, params, config, disc, grads, gan_weight, sum_everywhere,
-                      tau=1.0, noise=None, of_batch=None):
+                      tau=1.0, noise=None, of_batch=None, decoder_only=False):
     """One step's gradients of both models on x (N, 3, S, S), added into grads: the
     tokenizer's keys for its loss with lambda * L_G, the "disc." keys for L_D.
 
     sum_everywhere(dict of arrays) sums them over the processes in place (identity on one).
     of_batch: the global batch's size when x is this process's share (as tokenizer_grads).
+    decoder_only: of the tokenizer, the decoder's gradients alone (as tokenizer_grads).
     Returns the forward's figures joined over the parts (means over x, as tokenizer_grads's)
     with "g_loss", "d_loss" (0-d arrays) and "gan_lambda" (a float, the same everywhere).
     """
@@ -86,7 +87,7 @@ def adversarial_grads(x, params, config, disc, grads, gan_weight, sum_everywhere
         part = judged[lo]
         share = (hi - lo) / of_batch
         tokenizer_backward(part.cache, part_grads, config, dloss=share, image_grad=False,
-                           dx_hat_extra=lam * part.dx_gen)
+                           dx_hat_extra=lam * part.dx_gen, decoder_only=decoder_only)
         return dict(part.out, d_loss=train_discriminator(x[lo:hi], part, params, disc,
                                                          part_grads, share))
 

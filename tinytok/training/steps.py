@@ -21,7 +21,8 @@ from tinytok.prior.gpt import gpt_loss_backward, gpt_loss_forward
 from tinytok.tokenizer.vqvae import tokenizer_backward, tokenizer_forward
 
 
-def tokenizer_grads(x, params, config, grads, tau=1.0, noise=None, of_batch=None):
+def tokenizer_grads(x, params, config, grads, tau=1.0, noise=None, of_batch=None,
+                    decoder_only=False):
     """One training step's forward and backward on x (N, 3, S, S): gradients of the mean
     loss added into grads, no gradient of the images. Returns the forward's dict ("loss",
     "recon_loss", "vq_loss", "z", "ids") for the whole of x (its losses are x's means).
@@ -29,6 +30,7 @@ def tokenizer_grads(x, params, config, grads, tau=1.0, noise=None, of_batch=None
     tau and noise (N, K, g, g) are the Gumbel temperature and noise (ignored by VQ).
     of_batch: when x is a share of a bigger batch, that batch's size (default N): the
     gradients are then those of the bigger batch's mean loss, from x's examples.
+    decoder_only: the decoder's gradients alone (the encoder's backward is skipped).
     """
     N = len(x)
     of_batch = of_batch or N
@@ -37,7 +39,7 @@ def tokenizer_grads(x, params, config, grads, tau=1.0, noise=None, of_batch=None
         out, cache = tokenizer_forward(x[lo:hi], params, config, tau,
                                        None if noise is None else noise[lo:hi])
         tokenizer_backward(cache, part_grads, config, dloss=(hi - lo) / of_batch,
-                           image_grad=False)
+                           image_grad=False, decoder_only=decoder_only)
         return out
 
     return join_parts(for_batch_parts(part, N, grads), N)

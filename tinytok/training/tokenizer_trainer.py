@@ -60,6 +60,8 @@ class TokenizerRecipe:
                                     # disc_start)
     disc_lr_scale: float = 1.0      # the discriminator's learning rate over the tokenizer's
     disc_channels: int = 64         # the patch discriminator's first convolution's
+    decoder_only: bool = False      # train the decoder alone: the encoder and the codebook,
+                                    # so the tokens, stay those of the init tokenizer
 
     def check(self):
         if not is_finite_number(self.gan_weight) or self.gan_weight < 0:
@@ -100,6 +102,9 @@ def train_tokenizer(images, config, settings, out, recipe=None, resume=False,
     settings.check()
     recipe = recipe or TokenizerRecipe()
     recipe.check()
+    if recipe.decoder_only and init is None and not (resume and os.path.exists(out)):
+        raise ConfigError("decoder_only trains the decoder of an existing tokenizer: give "
+                          "its parameters as init (--init FILE)")
     log, progress_stream = quiet_unless_root(world, log, progress_stream)
     run = TokenizerRun(images, config, settings, recipe, world)
     if not run.quantizer.has_codebook and (run.recipe.kmeans_init or run.recipe.restart_every):
@@ -135,6 +140,8 @@ class TokenizerRun:
         # The gradient trains every parameter, the codebook too unless EMA updates move it.
         self.trainable = [k for k in self.params
                           if k != "quant.codebook" or not self.quantizer.ema_updates]
+        if recipe.decoder_only:
+            self.trainable = [k for k in self.trainable if k.startswith("dec.")]
         self.opt_state = adamw_init({k: self.params[k] for k in self.trainable})
         self.disc, self.disc_opt_state = None, None
         if recipe.adversarial:   # D's parameters join the flat dict, with an AdamW of its own
@@ -234,15 +241,17 @@ class TokenizerRun:
             out = adversarial_grads(x, self.params, self.config, self.disc, grads,
                                     self.recipe.gan_weight if heeded else 0.0,
                                     lambda arrays: sum_over_processes(self.world, arrays),
-                                    tau, noise, of_batch=self.settings.batch_size)
+                                    tau, noise, of_batch=self.settings.batch_size,
+                                    decoder_only=self.recipe.decoder_only)
         else:
             out = tokenizer_grads(x, self.params, self.config, grads, tau, noise,
-                                  of_batch=self.settings.batch_size)         # on every core
+                                  of_batch=self.settings.batch_size,         # on every core
+                                  decoder_only=self.recipe.decoder_only)
         summed = sum_over_processes(self.world, self.batch_sums(grads, out))  # one all-reduce
         loss = float(summed["loss"])
         check_finite_loss(loss, step)
         self.update(grads, step, against_d)
-        if self.ema_state is not None:
+        if self.ema_state is not None and not self.recipe.decoder_only:
             ema_apply(self.params["quant.codebook"], self.ema_state, summed["ema.counts"],
                       summed["ema.sums"], self.recipe.ema_decay)
         self.window = self.window + summed["code_counts"]
@@ -296,7 +305,8 @@ class TokenizerRun:
             return {}
         stats = usage_stats(self.window)
         figures = {"usage": f"{stats['usage']:.0%}", "ppl": f"{stats['perplexity']:.0f}"}
-        if self.recipe.restart_every and self.quantizer.restarts:
+        moves_codes = self.quantizer.restarts and not self.recipe.decoder_only
+        if self.recipe.restart_every and moves_codes:
             figures["restarted"] = restart_on_root(self.world, self.params["quant.codebook"],
                                                    self.window, z, [self.settings.seed, step, 2],
                                                    self.ema_state)
