@@ -452,7 +452,7 @@ def test_an_adversarial_run_resumes_exactly(trained):
     assert same in ([], ["disc.out.b"]), same
 
 
-ADVERSARIAL_HISTORY = {"psnr", "g_loss", "d_loss", "gan_lambda"}
+ADVERSARIAL_HISTORY = {"psnr", "g_loss", "d_loss", "gan_lambda", "feature_loss"}
 
 
 def test_before_gan_start_the_tokenizer_trains_as_without_the_discriminator(trained):

@@ -54,6 +54,9 @@ def add_train_tokenizer(sub):
                         "--disc-start)")
     p.add_argument("--disc-lr-scale", type=positive_float, default=1.0,
                    help="the discriminator's learning rate over the tokenizer's")
+    p.add_argument("--feature-weight", type=non_negative_float, default=0.0,
+                   help="weight of the match between the discriminator's features of the "
+                        "picture and of its reconstruction (a perceptual term), in L_rec")
     p.add_argument("--disc-channels", type=positive_int, default=64,
                    help="the discriminator's first convolution's channels")
     p.add_argument("--init", default=None,
@@ -93,6 +96,7 @@ def cmd_train_tokenizer(args):
                              gan_start=args.gan_start,
                              disc_lr_scale=args.disc_lr_scale,
                              decoder_only=args.decoder_only,
+                             feature_weight=args.feature_weight,
                              disc_channels=args.disc_channels)
     settings.check()  # before anything is printed: a bad argument is one line, not two
     recipe.check()

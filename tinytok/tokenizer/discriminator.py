@@ -61,26 +61,37 @@ class DiscriminatorCache(NamedTuple):
     conv2: tuple
     act2: tuple
     out: tuple
+    features: tuple   # the two hidden activations, (N, C, S/2, S/2) and (N, 2C, S/4, S/4)
 
 
 def discriminator_forward(x, params, config):
-    """x (N, 3, S, S) pictures -> scores (N, 1, S/4, S/4), one per patch."""
-    h, c_conv1 = conv_forward(x, params, PREFIX + "conv1", stride=2, padding=1)
-    h, c_act1 = leaky_relu_forward(h, config.slope)
-    h, c_conv2 = conv_forward(h, params, PREFIX + "conv2", stride=2, padding=1)
-    h, c_act2 = leaky_relu_forward(h, config.slope)
-    scores, c_out = conv_forward(h, params, PREFIX + "out", padding=1)
-    return scores, DiscriminatorCache(c_conv1, c_act1, c_conv2, c_act2, c_out)
+    """x (N, 3, S, S) pictures -> scores (N, 1, S/4, S/4), one per patch. The cache's
+    features are what D sees on the way: a learned description of the picture's texture."""
+    h1, c_conv1 = conv_forward(x, params, PREFIX + "conv1", stride=2, padding=1)
+    h1, c_act1 = leaky_relu_forward(h1, config.slope)
+    h2, c_conv2 = conv_forward(h1, params, PREFIX + "conv2", stride=2, padding=1)
+    h2, c_act2 = leaky_relu_forward(h2, config.slope)
+    scores, c_out = conv_forward(h2, params, PREFIX + "out", padding=1)
+    return scores, DiscriminatorCache(c_conv1, c_act1, c_conv2, c_act2, c_out, (h1, h2))
 
 
-def discriminator_backward(dscores, cache, grads, image_grad=True):
+def discriminator_backward(dscores, cache, grads, image_grad=True, dfeatures=None):
     """dscores (N, 1, S/4, S/4) -> dx (N, 3, S, S), or None with image_grad=False; the
     parameters' gradients added into grads.
 
     Training the discriminator needs only its parameters' gradients; the tokenizer needs
-    only the picture's (what D's score says about each pixel), which is the image_grad."""
-    dh = conv_backward(dscores, cache.out, grads, PREFIX + "out")
+    only the picture's (what D's score says about each pixel), which is the image_grad.
+    dfeatures: gradients of a loss on the two features (None, or a pair of arrays or Nones),
+    added where the backward passes them; dscores may then be None."""
+    d1, d2 = dfeatures or (None, None)
+    dh = None if dscores is None else conv_backward(dscores, cache.out, grads, PREFIX + "out")
+    dh = _plus(dh, d2)
     dh = leaky_relu_backward(dh, cache.act2)
     dh = conv_backward(dh, cache.conv2, grads, PREFIX + "conv2")
-    dh = leaky_relu_backward(dh, cache.act1)
+    dh = leaky_relu_backward(_plus(dh, d1), cache.act1)
     return conv_backward(dh, cache.conv1, grads, PREFIX + "conv1", need_dx=image_grad)
+
+
+def _plus(a, b):
+    """a + b where either may be None (no gradient from that side)."""
+    return b if a is None else a if b is None else a + b

@@ -13,9 +13,11 @@ last weight w,
 
     lambda = gan_weight * |dL_rec/dw| / (|dL_G/dw| + 1e-4),   clipped to [0, 1e4 gan_weight],
 
-where L_rec = mse(x_hat, x) is the reconstruction term alone (VQGAN's nll_loss, an L1 and
-a perceptual loss there; the quantizer loss is not in it, and could not reach w anyway: it
-lies before the decoder). So the adversarial gradient arriving at the decoder is gan_weight
+where L_rec is the reconstruction term alone (VQGAN's nll_loss, an L1 and a perceptual loss
+there; the quantizer loss is not in it, and could not reach w anyway: it lies before the
+decoder). Here L_rec = mse(x_hat, x) + feature_weight * L_F, with L_F a perceptual term that
+needs no downloaded network: the mean squared distance between D's own features (its two
+hidden activations) of the reconstruction and of the picture, the picture's held fixed. So the adversarial gradient arriving at the decoder is gan_weight
 times as strong as the reconstruction's, whatever the scale of D's scores: without it, a D
 that grows confident drowns the pixels.
 
@@ -29,7 +31,7 @@ from typing import Any, NamedTuple
 
 from tinytok.backend import get_array_module
 from tinytok.ops import (hinge_d_loss_backward, hinge_d_loss_forward, hinge_g_loss_backward,
-                         hinge_g_loss_forward, mse_backward)
+                         hinge_g_loss_forward, mse_backward, mse_forward)
 from tinytok.parallel import for_batch_parts
 from tinytok.tokenizer.discriminator import (discriminator_backward, discriminator_forward,
                                              is_discriminator_param)
@@ -46,9 +48,12 @@ class JudgedPart(NamedTuple):
     lo: int
     out: dict             # tokenizer_forward's figures and outputs
     cache: Any            # tokenizer_forward's cache
+    real: Any             # D's scores on the pictures
+    real_cache: Any       # D's cache on them, reused for D's own backward
     fake: Any             # D's scores on the reconstructions
-    fake_cache: Any       # D's cache on them, reused for D's own backward
+    fake_cache: Any       # and its cache on them
     dx_gen: Any           # gradient of this part's share of L_G at x_hat
+    dx_features: Any      # of feature_weight * L_F (None without that term)
     w_rec: Any            # this part's share of dL_rec/dw, the decoder's last weight
     w_gen: Any            # and of dL_G/dw
 
@@ -62,13 +67,15 @@ def adaptive_weight(w_rec, w_gen, gan_weight):
 
 
 def adversarial_grads(x, params, config, disc, grads, gan_weight, sum_everywhere,
-                      tau=1.0, noise=None, of_batch=None, decoder_only=False):
+                      tau=1.0, noise=None, of_batch=None, decoder_only=False,
+                      feature_weight=0.0):
     """One step's gradients of both models on x (N, 3, S, S), added into grads: the
     tokenizer's keys for its loss with lambda * L_G, the "disc." keys for L_D.
 
     sum_everywhere(dict of arrays) sums them over the processes in place (identity on one).
     of_batch: the global batch's size when x is this process's share (as tokenizer_grads).
     decoder_only: of the tokenizer, the decoder's gradients alone (as tokenizer_grads).
+    feature_weight: the weight of L_F, the distance between D's features, in L_rec.
     Returns the forward's figures joined over the parts (means over x, as tokenizer_grads's)
     with "g_loss", "d_loss" (0-d arrays) and "gan_lambda" (a float, the same everywhere).
     """
@@ -76,7 +83,8 @@ def adversarial_grads(x, params, config, disc, grads, gan_weight, sum_everywhere
     of_batch = of_batch or N
 
     def judge(lo, hi):
-        return judge_part(x, lo, hi, params, config, disc, (hi - lo) / of_batch, tau, noise)
+        return judge_part(x, lo, hi, params, config, disc, (hi - lo) / of_batch, tau, noise,
+                          feature_weight)
 
     judged = {part.lo: part for part in for_batch_parts(judge, N)}
     at_w = sum_everywhere({"rec": sum(p.w_rec for p in judged.values()),
@@ -86,43 +94,62 @@ def adversarial_grads(x, params, config, disc, grads, gan_weight, sum_everywhere
     def learn(lo, hi, part_grads):
         part = judged[lo]
         share = (hi - lo) / of_batch
+        extra = lam * part.dx_gen
+        if part.dx_features is not None:
+            extra += part.dx_features
         tokenizer_backward(part.cache, part_grads, config, dloss=share, image_grad=False,
-                           dx_hat_extra=lam * part.dx_gen, decoder_only=decoder_only)
-        return dict(part.out, d_loss=train_discriminator(x[lo:hi], part, params, disc,
-                                                         part_grads, share))
+                           dx_hat_extra=extra, decoder_only=decoder_only)
+        return dict(part.out, d_loss=train_discriminator(part, part_grads, share))
 
     outs = for_batch_parts(learn, N, grads)
     joined = join_parts(outs, N)
     shares = [len(out["ids"]) / N for out in outs]
-    for key in ("g_loss", "d_loss"):
+    for key in ("g_loss", "d_loss", "feature_loss"):
         joined[key] = sum(out[key] * share for out, share in zip(outs, shares))
     joined["gan_lambda"] = lam
     return joined
 
 
-def judge_part(x, lo, hi, params, config, disc, share, tau, noise):
-    """The first pass on rows lo..hi-1: the tokenizer's forward, D's scores on its
-    reconstructions, and both losses' gradients at the picture and at the last weight."""
+def judge_part(x, lo, hi, params, config, disc, share, tau, noise, feature_weight):
+    """The first pass on rows lo..hi-1: the tokenizer's forward, D's scores on the pictures
+    and on their reconstructions, and the gradients at the picture and at the last weight
+    of L_rec (with L_F) and of L_G."""
     out, cache = tokenizer_forward(x[lo:hi], params, config, tau,
                                    None if noise is None else noise[lo:hi])
+    real, real_cache = discriminator_forward(x[lo:hi], params, disc)
     fake, fake_cache = discriminator_forward(out["x_hat"], params, disc)
     g_loss, g_cache = hinge_g_loss_forward(fake)
     unused = {k: get_array_module(v).zeros_like(v) for k, v in params.items()
-              if is_discriminator_param(k)}   # D's own gradients of L_G are not wanted
+              if is_discriminator_param(k)}   # D's own gradients of L_G and L_F are not wanted
     dx_gen = discriminator_backward(hinge_g_loss_backward(share, g_cache), fake_cache, unused)
     dx_rec = mse_backward(share, cache.mse)
-    out["g_loss"] = g_loss
-    return JudgedPart(lo, out, cache, fake, fake_cache, dx_gen,
+    out["g_loss"], out["feature_loss"], dx_features = g_loss, 0.0, None
+    if feature_weight:
+        out["feature_loss"], dx_features = feature_matching(
+            real_cache, fake_cache, share * feature_weight, unused)
+        dx_rec += dx_features
+    return JudgedPart(lo, out, cache, real, real_cache, fake, fake_cache, dx_gen, dx_features,
                       decoder_last_weight_grad(dx_rec, cache.decoder),
                       decoder_last_weight_grad(dx_gen, cache.decoder))
 
 
-def train_discriminator(x, part, params, disc, grads, share):
-    """D's hinge loss on real pictures x and the part's reconstructions (held fixed: only
-    D's parameters get gradients). Returns the part's loss (a mean over its rows)."""
-    real, real_cache = discriminator_forward(x, params, disc)
-    d_loss, d_cache = hinge_d_loss_forward(real, part.fake)
+def feature_matching(real_cache, fake_cache, dloss, unused):
+    """L_F = sum over D's two features of mse(feature of x_hat, feature of x), the
+    picture's held fixed. Returns L_F (0-d) and dloss * dL_F/dx_hat, through D's backward."""
+    losses, dfeatures = [], []
+    for fake_feature, real_feature in zip(fake_cache.features, real_cache.features):
+        loss, cache = mse_forward(fake_feature, real_feature)
+        losses.append(loss)
+        dfeatures.append(mse_backward(dloss, cache))
+    dx = discriminator_backward(None, fake_cache, unused, dfeatures=tuple(dfeatures))
+    return sum(losses), dx
+
+
+def train_discriminator(part, grads, share):
+    """D's hinge loss on the part's pictures and reconstructions (held fixed: only D's
+    parameters get gradients). Returns the part's loss (a mean over its rows)."""
+    d_loss, d_cache = hinge_d_loss_forward(part.real, part.fake)
     dreal, dfake = hinge_d_loss_backward(share, d_cache)
-    discriminator_backward(dreal, real_cache, grads, image_grad=False)
+    discriminator_backward(dreal, part.real_cache, grads, image_grad=False)
     discriminator_backward(dfake, part.fake_cache, grads, image_grad=False)
     return d_loss

@@ -60,6 +60,7 @@ class TokenizerRecipe:
                                     # disc_start)
     disc_lr_scale: float = 1.0      # the discriminator's learning rate over the tokenizer's
     disc_channels: int = 64         # the patch discriminator's first convolution's
+    feature_weight: float = 0.0     # weight of the match of D's features, in L_rec
     decoder_only: bool = False      # train the decoder alone: the encoder and the codebook,
                                     # so the tokens, stay those of the init tokenizer
 
@@ -74,6 +75,9 @@ class TokenizerRecipe:
             raise ConfigError(f"gan_start ({self.heeded_from}) must not come before disc_start "
                               f"({self.disc_start}): the tokenizer would heed an untrained "
                               "discriminator")
+        if not is_finite_number(self.feature_weight) or self.feature_weight < 0:
+            raise ConfigError(f"feature_weight must be a number >= 0, got "
+                              f"{self.feature_weight!r}")
         if not is_finite_number(self.disc_lr_scale) or not self.disc_lr_scale > 0:
             raise ConfigError(f"disc_lr_scale must be a number > 0, got {self.disc_lr_scale!r}")
         DiscriminatorConfig(self.disc_channels)   # refuses a bad size
@@ -242,7 +246,9 @@ class TokenizerRun:
                                     self.recipe.gan_weight if heeded else 0.0,
                                     lambda arrays: sum_over_processes(self.world, arrays),
                                     tau, noise, of_batch=self.settings.batch_size,
-                                    decoder_only=self.recipe.decoder_only)
+                                    decoder_only=self.recipe.decoder_only,
+                                    feature_weight=(self.recipe.feature_weight if heeded
+                                                    else 0.0))
         else:
             out = tokenizer_grads(x, self.params, self.config, grads, tau, noise,
                                   of_batch=self.settings.batch_size,         # on every core
@@ -262,7 +268,8 @@ class TokenizerRun:
         adversarial = {}
         if against_d:
             adversarial = {"psnr": psnr, "g_loss": float(summed["g_loss"]),
-                           "d_loss": float(summed["d_loss"]), "gan_lambda": out["gan_lambda"]}
+                           "d_loss": float(summed["d_loss"]), "gan_lambda": out["gan_lambda"],
+                           "feature_loss": float(summed["feature_loss"])}
             figures.update(g=f"{adversarial['g_loss']:.3f}", d=f"{adversarial['d_loss']:.3f}",
                            lam=f"{adversarial['gan_lambda']:.3g}")
         figures.update(self.look_at_usage(step, loss, out["z"], adversarial))
@@ -286,8 +293,8 @@ class TokenizerRun:
         """Everything of this step that is a sum over the batch's examples, as one flat dict
         of arrays: the gradients, this share's part of the losses, the code counts."""
         sums = {f"grad.{k}": g for k, g in grads.items()}
-        for key in ("loss", "recon_loss", "g_loss", "d_loss"):  # 0-d arrays, which the
-            if key in out:                                          # all-reduce writes into
+        for key in ("loss", "recon_loss", "g_loss", "d_loss", "feature_loss"):  # 0-d arrays,
+            if key in out:                                  # which the all-reduce writes into
                 sums[key] = self.xp.asarray(out[key] * self.share)
         if self.ema_state is not None:
             sums["ema.counts"], sums["ema.sums"] = ema_statistics(
