@@ -77,7 +77,8 @@ def adversarial_grads(x, params, config, disc, grads, gan_weight, sum_everywhere
     decoder_only: of the tokenizer, the decoder's gradients alone (as tokenizer_grads).
     feature_weight: the weight of L_F, the distance between D's features, in L_rec.
     Returns the forward's figures joined over the parts (means over x, as tokenizer_grads's)
-    with "g_loss", "d_loss" (0-d arrays) and "gan_lambda" (a float, the same everywhere).
+    with "g_loss", "d_loss", "feature_loss" (0-d arrays or 0) and "gan_lambda" (a float, the
+    same everywhere).
     """
     N = len(x)
     of_batch = of_batch or N
