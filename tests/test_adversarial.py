@@ -14,6 +14,7 @@ export, and the command line's bad settings as one line each.
 import io
 import re
 from dataclasses import replace
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -65,25 +66,108 @@ def disc_as_op_pair(config, keys):
     return forward, backward
 
 
+def disc_with_features_as_op_pair(config, keys, outputs):
+    """The same pair with its features as outputs: forward's out is the chosen ones of
+    (scores, h1, h2) flattened and joined, so check_pair's random upstream gradient makes a
+    loss on them together; backward cuts it up and passes dscores (None when the scores are
+    not chosen) and dfeatures (None for a feature not chosen)."""
+    def forward(x, *arrays):
+        params = dict(zip(keys, arrays))
+        scores, cache = discriminator_forward(x, params, config)
+        chosen = [a for a, name in zip((scores,) + cache.features, ("scores", "h1", "h2"))
+                  if name in outputs]
+        return np.concatenate([a.ravel() for a in chosen]), (cache, params, scores.shape)
+
+    def backward(dout, cache):
+        cache, params, scores_shape = cache
+        shapes = dict(zip(("scores", "h1", "h2"), (scores_shape,) + tuple(
+            f.shape for f in cache.features)))
+        pieces, at = {}, 0
+        for name in ("scores", "h1", "h2"):
+            if name in outputs:
+                size = int(np.prod(shapes[name]))
+                pieces[name] = dout[at:at + size].reshape(shapes[name])
+                at += size
+        assert at == dout.size
+        before = {k: v.copy() for k, v in pieces.items()}
+        grads = {k: np.zeros_like(v) for k, v in params.items()}
+        dx = discriminator_backward(pieces.get("scores"), cache, grads,
+                                    dfeatures=(pieces.get("h1"), pieces.get("h2")))
+        for k, v in pieces.items():                    # the backward leaves them alone
+            np.testing.assert_array_equal(v, before[k], err_msg=k)
+        return (dx,) + tuple(grads[k] for k in keys)
+    return forward, backward
+
+
+def kink_free(x, params, slope):
+    """Whether no pre-activation of D's two leaky ReLUs lies within 1e-4 of the kink at 0,
+    where a central difference straddling it is wrong by design (a 1e-5 step can move one
+    that far)."""
+    h1, _ = conv_forward(x, params, "disc.conv1", stride=2, padding=1)
+    h2, _ = conv_forward(np.where(h1 > 0, h1, slope * h1), params, "disc.conv2", stride=2,
+                         padding=1)
+    return min(np.abs(h1).min(), np.abs(h2).min()) > 1e-4
+
+
 @settings(max_examples=12, deadline=None)
 @given(n=st.integers(1, 2), size=st.sampled_from([4, 8, 12]), channels=st.integers(1, 3),
        slope=st.sampled_from([0.0, 0.2, 0.5]), seed=st.integers(0, 2 ** 16))
 def test_discriminator_gradients_match_central_differences(n, size, channels, slope, seed):
     """Every argument: the picture and each of the six parameters, in float64. Leaky ReLU
-    has a kink at 0, where a central difference straddling it is wrong by design: examples
-    with a pre-activation within 1e-4 of it (what a 1e-5 step can move) are skipped."""
+    has a kink at 0: examples with a pre-activation near it are skipped (kink_free)."""
     config = DiscriminatorConfig(channels, slope)
     params = disc_params(config, seed)
     keys = sorted(params)
     x = np.random.default_rng(seed).standard_normal((n, 3, size, size))
-    h1, _ = conv_forward(x, params, "disc.conv1", stride=2, padding=1)
-    h2, _ = conv_forward(np.where(h1 > 0, h1, slope * h1), params, "disc.conv2", stride=2,
-                         padding=1)
-    assume(min(np.abs(h1).min(), np.abs(h2).min()) > 1e-4)
+    assume(kink_free(x, params, slope))
     forward, backward = disc_as_op_pair(config, keys)
     errors = assert_gradients_close(forward, backward, [x] + [params[k] for k in keys],
                                     tol=TOL, max_elements=60, seed=seed)
     assert len(errors) == 1 + 6
+
+
+FEATURE_LOSSES = [("scores", "h1", "h2"), ("h1", "h2"), ("scores", "h1"), ("h1",), ("h2",)]
+
+
+@settings(max_examples=20, deadline=None)
+@given(outputs=st.sampled_from(FEATURE_LOSSES), n=st.integers(1, 2),
+       size=st.sampled_from([4, 8]), channels=st.integers(1, 3),
+       slope=st.sampled_from([0.0, 0.2, 0.5]), seed=st.integers(0, 2 ** 16))
+def test_discriminator_gradients_of_a_loss_on_its_features(outputs, n, size, channels, slope,
+                                                           seed):
+    """dfeatures: a loss on the scores and both features together, on the features alone
+    (dscores None) or on one of them: the gradients at the picture and at every parameter
+    against central differences, float64, kink-free examples only; those of the layers above
+    the loss's lowest output exactly zero."""
+    config = DiscriminatorConfig(channels, slope)
+    params = disc_params(config, seed)
+    keys = sorted(params)
+    x = np.random.default_rng(seed).standard_normal((n, 3, size, size))
+    assume(kink_free(x, params, slope))
+    forward, backward = disc_with_features_as_op_pair(config, keys, outputs)
+    args = [x] + [params[k] for k in keys]
+    errors = assert_gradients_close(forward, backward, args, tol=TOL, max_elements=60,
+                                    seed=seed)
+    assert len(errors) == 1 + 6
+    out, cache = forward(*args)
+    grads = backward(np.random.default_rng(seed).standard_normal(out.shape), cache)
+    reached = {"disc.conv1.w", "disc.conv1.b"}
+    if "h2" in outputs or "scores" in outputs:
+        reached |= {"disc.conv2.w", "disc.conv2.b"}
+    if "scores" in outputs:
+        reached |= {"disc.out.w", "disc.out.b"}
+    for k, g in zip(keys, grads[1:]):   # (with slope 0, a layer all below 0 passes none)
+        assert (bool(np.abs(g).max() > 0) == (k in reached)) or (slope == 0 and not g.any()), k
+
+
+def test_discriminator_backward_needs_some_gradient():
+    config = DiscriminatorConfig(2)
+    params = disc_params(config)
+    _, cache = discriminator_forward(np.zeros((1, 3, 8, 8)), params, config)
+    for dfeatures in (None, (None, None)):
+        with pytest.raises(ConfigError, match="needs a gradient: dscores, or dfeatures"):
+            discriminator_backward(None, cache, zeros_like_params(params),
+                                   dfeatures=dfeatures)
 
 
 def reference_discriminator(x, params, slope):
@@ -188,6 +272,10 @@ def test_bad_pictures_for_the_discriminator_are_one_line_errors():
     (dict(disc_channels=0), "discriminator channels must be a whole number >= 1, got 0"),
     (dict(disc_start=3, gan_start=2), "gan_start (2) must not come before disc_start (3)"),
     (dict(disc_lr_scale=0), "disc_lr_scale must be a number > 0"),
+    (dict(feature_weight=-0.5), "feature_weight must be a number >= 0, got -0.5"),
+    (dict(feature_weight=float("nan")), "feature_weight must be a number >= 0, got nan"),
+    (dict(gan_weight=0.0, feature_weight=0.5), "feature_weight (0.5) matches the "
+                                               "discriminator's features: it needs one"),
 ])
 def test_bad_recipes_are_one_line_errors(changes, message):
     from tinytok.training import TokenizerRecipe
@@ -207,7 +295,10 @@ def tiny_config():
 DISC = DiscriminatorConfig(3)
 
 
-def step_setup(seed=0, gan_weight=0.5):
+FEATURE_WEIGHTS = [0.0, 0.7]     # without L_F, and with it weighing about as much as the mse
+
+
+def step_setup(seed=0, gan_weight=0.5, feature_weight=0.0, decoder_only=False):
     """float64 params of both models (the tokenizer scaled up, so that several codes are
     used, each latent's nearest code by a clear margin), two pictures, adversarial_grads."""
     config = tiny_config()
@@ -215,7 +306,8 @@ def step_setup(seed=0, gan_weight=0.5):
     params.update(disc_params(DISC, seed + 1))
     x = np.random.default_rng(seed + 10).uniform(-0.5, 0.5, (2, 3, 16, 16))
     grads = zeros_like_params(params)
-    out = adversarial_grads(x, params, config, DISC, grads, gan_weight, ALONE)
+    out = adversarial_grads(x, params, config, DISC, grads, gan_weight, ALONE,
+                            feature_weight=feature_weight, decoder_only=decoder_only)
     z = out["z"]
     rows = z.transpose(0, 2, 3, 1).reshape(-1, config.code_dim)
     d = ((rows[:, None] - params["quant.codebook"][None]) ** 2).sum(-1)
@@ -224,50 +316,88 @@ def step_setup(seed=0, gan_weight=0.5):
     return config, params, x, grads, out
 
 
+class Losses(NamedTuple):
+    x_hat: np.ndarray
+    ids: np.ndarray
+    mse: float
+    vq: float
+    gen: float         # L_G = -mean(D(x_hat))
+    features: float    # L_F = sum over D's features of mean((f(x_hat) - f(x))^2)
+
+
+def feature_distance(x_hat, x, params):
+    """L_F written out: D's two features of each picture, their mean squared distance."""
+    _, fake = discriminator_forward(x_hat, params, DISC)
+    _, real = discriminator_forward(x, params, DISC)
+    return float(sum(np.mean((f - r) ** 2) for f, r in zip(fake.features, real.features)))
+
+
 def forward_both(x, params, config):
-    """(x_hat, ids, mse, vq loss, L_G) by the forward passes alone."""
+    """The losses of the step by the forward passes alone."""
     o, _ = tokenizer_forward(x, params, config)
     fake, _ = discriminator_forward(o["x_hat"], params, DISC)
-    return o["x_hat"], o["ids"], float(o["recon_loss"]), float(o["vq_loss"]), float(-fake.mean())
+    return Losses(o["x_hat"], o["ids"], float(o["recon_loss"]), float(o["vq_loss"]),
+                  float(-fake.mean()), feature_distance(o["x_hat"], x, params))
 
 
-def test_adaptive_weight_is_vqgans_ratio_at_the_decoders_last_weight():
+@pytest.mark.parametrize("feature_weight", FEATURE_WEIGHTS)
+def test_adaptive_weight_is_vqgans_ratio_at_the_decoders_last_weight(feature_weight):
     """lambda = gan_weight * |dL_rec/dw| / (|dL_G/dw| + 1e-4), w = dec.up2.w, with L_rec the
-    mean squared error alone: both gradients by central differences over every element of
-    w (a decoder weight: the codes cannot change)."""
+    mean squared error plus feature_weight * L_F: both gradients by central differences over
+    every element of w (a decoder weight: the codes cannot change)."""
     gan_weight = 0.5
-    config, params, x, grads, out = step_setup(gan_weight=gan_weight)
+    config, params, x, grads, out = step_setup(gan_weight=gan_weight,
+                                               feature_weight=feature_weight)
     w = params["dec.up2.w"].reshape(-1)
-    rec, gen = np.empty(w.size), np.empty(w.size)
+    rec, gen, mse = np.empty(w.size), np.empty(w.size), np.empty(w.size)
     h = 1e-5
     for i in range(w.size):
         old = w[i]
         w[i] = old + h
-        _, _, rec_plus, _, gen_plus = forward_both(x, params, config)
+        plus = forward_both(x, params, config)
         w[i] = old - h
-        _, _, rec_minus, _, gen_minus = forward_both(x, params, config)
+        minus = forward_both(x, params, config)
         w[i] = old
-        rec[i], gen[i] = (rec_plus - rec_minus) / (2 * h), (gen_plus - gen_minus) / (2 * h)
+        mse[i] = (plus.mse - minus.mse) / (2 * h)
+        rec[i] = mse[i] + feature_weight * (plus.features - minus.features) / (2 * h)
+        gen[i] = (plus.gen - minus.gen) / (2 * h)
     want = gan_weight * np.linalg.norm(rec) / (np.linalg.norm(gen) + DELTA)
     assert 0 < want < gan_weight * MAX_LAMBDA           # not clipped: the ratio itself
     assert out["gan_lambda"] == pytest.approx(want, rel=1e-7)
     # and not the ratio of any other loss's gradient: the total loss with lambda * L_G has
-    # another gradient at w
+    # another gradient at w, and with L_F the mse alone another
     total = rec + out["gan_lambda"] * gen
-    other = gan_weight * np.linalg.norm(total) / (np.linalg.norm(gen) + DELTA)
-    assert abs(other - want) > 1e-3 * want
+    for other_rec in [total] + ([mse] if feature_weight else []):
+        other = gan_weight * np.linalg.norm(other_rec) / (np.linalg.norm(gen) + DELTA)
+        assert abs(other - want) > 1e-3 * want
 
 
-def test_adaptive_weight_equals_two_separate_full_backward_passes():
+def feature_matching_grad(x_hat, x, params):
+    """dL_F/dx_hat: D's backward from the features alone, the derivative of each mean
+    squared distance, 2 (f(x_hat) - f(x)) / size, written out here."""
+    _, fake_cache = discriminator_forward(x_hat, params, DISC)
+    _, real_cache = discriminator_forward(x, params, DISC)
+    dfeatures = tuple(2 * (f - r) / f.size
+                      for f, r in zip(fake_cache.features, real_cache.features))
+    return discriminator_backward(None, fake_cache, zeros_like_params(disc_params(DISC)),
+                                  dfeatures=dfeatures)
+
+
+@pytest.mark.parametrize("feature_weight", FEATURE_WEIGHTS)
+def test_adaptive_weight_equals_two_separate_full_backward_passes(feature_weight):
     """The independent route: one whole tokenizer backward for the reconstruction loss (its
-    quantizer loss too, which cannot reach the decoder), one for L_G alone (dloss=0, D's
-    picture gradient fed in at x_hat); lambda from their dec.up2.w gradients."""
+    quantizer loss too, which cannot reach the decoder; feature_weight * L_F's gradient fed
+    in at x_hat), one for L_G alone (dloss=0, D's picture gradient fed in at x_hat); lambda
+    from their dec.up2.w gradients."""
     gan_weight = 0.8
-    config, params, x, _, out = step_setup(seed=0, gan_weight=gan_weight)
+    config, params, x, _, out = step_setup(seed=0, gan_weight=gan_weight,
+                                           feature_weight=feature_weight)
     tokenizer = {k: v for k, v in params.items() if not is_discriminator_param(k)}
     o, cache = tokenizer_forward(x, tokenizer, config)
     rec_grads = zeros_like_params(tokenizer)
-    tokenizer_backward(cache, rec_grads, config)                           # mse + vq
+    tokenizer_backward(cache, rec_grads, config,                     # mse + vq + w L_F
+                       dx_hat_extra=feature_weight * feature_matching_grad(o["x_hat"], x,
+                                                                           params))
     fake, fake_cache = discriminator_forward(o["x_hat"], params, DISC)
     _, g_cache = hinge_g_loss_forward(fake)
     dx_gen = discriminator_backward(hinge_g_loss_backward(1.0, g_cache), fake_cache,
@@ -290,17 +420,19 @@ def test_adaptive_weight_is_clipped_and_finite():
     assert adaptive_weight(rec, rec, 0.0) == 0.0
 
 
-def test_tokenizer_gradients_are_those_of_recon_vq_and_lambda_times_l_g():
-    """Decoder: the plain derivative of mse + vq + lambda * L_G (lambda as computed, held
-    fixed). Encoder: the straight-through surrogate's, the codes checked unchanged."""
-    config, params, x, grads, out = step_setup(seed=0)
+@pytest.mark.parametrize("feature_weight", FEATURE_WEIGHTS)
+def test_tokenizer_gradients_are_those_of_recon_vq_and_lambda_times_l_g(feature_weight):
+    """Decoder: the plain derivative of mse + vq + feature_weight * L_F + lambda * L_G
+    (lambda as computed, held fixed). Encoder: the straight-through surrogate's, the codes
+    checked unchanged."""
+    config, params, x, grads, out = step_setup(seed=0, feature_weight=feature_weight)
     lam = out["gan_lambda"]
     ids0 = out["ids"]
 
     def total(p):
-        _, ids, mse, vq, gen = forward_both(x, p, config)
-        np.testing.assert_array_equal(ids, ids0)
-        return mse + vq + lam * gen
+        f = forward_both(x, p, config)
+        np.testing.assert_array_equal(f.ids, ids0)
+        return f.mse + f.vq + feature_weight * f.features + lam * f.gen
 
     decoder = [k for k in params if k.startswith("dec.")]
     errors = assert_param_grads(total, params, grads, decoder)
@@ -316,15 +448,16 @@ def test_tokenizer_gradients_are_those_of_recon_vq_and_lambda_times_l_g():
         x_hat, _ = decoder_forward(z + (e0 - z0), p, config)
         fake, _ = discriminator_forward(x_hat, p, DISC)
         return float(np.mean((x_hat - x) ** 2) + config.beta * np.mean((z - e0) ** 2)
-                     - lam * fake.mean())
+                     + feature_weight * feature_distance(x_hat, x, p) - lam * fake.mean())
 
     assert_param_grads(surrogate, params, grads, [k for k in params if k.startswith("enc.")])
 
 
-def test_discriminator_gradients_are_those_of_its_hinge_loss_with_x_hat_fixed():
+@pytest.mark.parametrize("feature_weight", FEATURE_WEIGHTS)
+def test_discriminator_gradients_are_those_of_its_hinge_loss_with_x_hat_fixed(feature_weight):
     """L_D = mean(relu(1 - D(x))) + mean(relu(1 + D(x_hat))): none of L_G's gradient at D's
-    parameters (computed on the way to lambda) may leak into them."""
-    config, params, x, grads, out = step_setup(seed=0)
+    parameters (computed on the way to lambda), nor of L_F's, may leak into them."""
+    config, params, x, grads, out = step_setup(seed=0, feature_weight=feature_weight)
     x_hat = out["x_hat"].copy()
 
     def l_d(p):
@@ -337,6 +470,24 @@ def test_discriminator_gradients_are_those_of_its_hinge_loss_with_x_hat_fixed():
     # the last bias moves every score alike: -1 from the real half, +1 from the fake half
     assert_param_grads(l_d, params, grads, [k for k in params if is_discriminator_param(k)],
                        zero={"disc.out.b"})
+
+
+def test_the_feature_term_trains_the_tokenizer_and_not_the_discriminator():
+    """With feature_weight, D's gradients are those without it, bit for bit (D learns L_D
+    alone), while every tokenizer gradient that L_F reaches (the decoder's, the encoder's)
+    changes; decoder_only gives the same decoder and D gradients and none elsewhere."""
+    *_, without, _ = step_setup(seed=0)
+    *_, with_f, _ = step_setup(seed=0, feature_weight=0.7)
+    *_, decoder_only, _ = step_setup(seed=0, feature_weight=0.7, decoder_only=True)
+    for k in without:
+        if is_discriminator_param(k):
+            np.testing.assert_array_equal(with_f[k], without[k], err_msg=k)
+        elif k != "quant.codebook":          # the codebook's: the vq loss's alone
+            assert not np.allclose(with_f[k], without[k], rtol=1e-6, atol=0), k
+        if is_discriminator_param(k) or k.startswith("dec."):
+            np.testing.assert_array_equal(decoder_only[k], with_f[k], err_msg=k)
+        else:
+            assert not np.any(decoder_only[k]), k
 
 
 def assert_param_grads(loss_fn, params, grads, keys, tol=TOL, max_elements=25, seed=0,
@@ -355,12 +506,18 @@ def assert_param_grads(loss_fn, params, grads, keys, tol=TOL, max_elements=25, s
     return errors
 
 
-def test_the_figures_are_the_losses():
-    config, params, x, _, out = step_setup(seed=0)
-    _, _, mse, vq, gen = forward_both(x, params, config)
-    assert float(out["recon_loss"]) == pytest.approx(mse, rel=1e-12)
-    assert float(out["loss"]) == pytest.approx(mse + vq, rel=1e-12)   # without lambda * L_G
-    assert float(out["g_loss"]) == pytest.approx(gen, rel=1e-12)
+@pytest.mark.parametrize("feature_weight", FEATURE_WEIGHTS)
+def test_the_figures_are_the_losses(feature_weight):
+    """loss and recon_loss as without D (neither lambda * L_G nor L_F in them), g_loss L_G,
+    feature_loss L_F unweighted (0 when the term is off)."""
+    config, params, x, _, out = step_setup(seed=0, feature_weight=feature_weight)
+    f = forward_both(x, params, config)
+    assert float(out["recon_loss"]) == pytest.approx(f.mse, rel=1e-12)
+    assert float(out["loss"]) == pytest.approx(f.mse + f.vq, rel=1e-12)
+    assert float(out["g_loss"]) == pytest.approx(f.gen, rel=1e-12)
+    assert f.features > 0.01 * f.mse                          # a distance worth checking
+    want = f.features if feature_weight else 0.0
+    assert float(out["feature_loss"]) == pytest.approx(want, rel=1e-12, abs=0)
 
 
 # ---------------------------------------------------------------- batch parts on threads
@@ -371,31 +528,34 @@ def one_thread_after():
     parallel.use_cores(1)
 
 
-def float32_step(threads, n=7):
+def float32_step(threads, n=7, feature_weight=0.0):
     parallel.use_cores(threads)
     config = replace(tokenizer_config("vqvae-tiny"), image_size=16)
     params = init_tokenizer_params(config, seed=2)
     params.update(init_discriminator_params(DiscriminatorConfig(8), seed=3))
     x = np.random.default_rng(4).uniform(-0.5, 0.5, (n, 3, 16, 16)).astype(np.float32)
     grads = zeros_like_params(params)
-    out = adversarial_grads(x, params, config, DiscriminatorConfig(8), grads, 0.1, ALONE)
+    out = adversarial_grads(x, params, config, DiscriminatorConfig(8), grads, 0.1, ALONE,
+                            feature_weight=feature_weight)
     return grads, out
 
 
-def test_batch_parts_give_one_threads_gradients_and_lambda(one_thread_after):
-    one_grads, one = float32_step(1)
-    three_grads, three = float32_step(3)
+@pytest.mark.parametrize("feature_weight", [0.0, 0.5])
+def test_batch_parts_give_one_threads_gradients_and_lambda(one_thread_after, feature_weight):
+    one_grads, one = float32_step(1, feature_weight=feature_weight)
+    three_grads, three = float32_step(3, feature_weight=feature_weight)
     assert len(parallel.row_blocks(7, parallel.threads())) == 3       # parts really ran
     np.testing.assert_array_equal(three["ids"], one["ids"])
     assert three["gan_lambda"] == pytest.approx(one["gan_lambda"], rel=1e-5)
-    for key in ("loss", "recon_loss", "g_loss", "d_loss"):
+    for key in ("loss", "recon_loss", "g_loss", "d_loss", "feature_loss"):
         assert float(three[key]) == pytest.approx(float(one[key]), rel=1e-5), key
+    assert (float(one["feature_loss"]) > 0) == (feature_weight > 0)
     for k, g in one_grads.items():
         assert g.dtype == np.float32 and (np.abs(g).max() > 0 or k == "disc.out.b"), k
         np.testing.assert_allclose(three_grads[k], g, rtol=1e-5,
                                    atol=1e-5 * np.abs(g).max(), err_msg=k)
-    again_grads, again = float32_step(3)                 # the same thread count: same bits
-    assert again["gan_lambda"] == three["gan_lambda"]
+    again_grads, again = float32_step(3, feature_weight=feature_weight)   # same count:
+    assert again["gan_lambda"] == three["gan_lambda"]                      # same bits
     for k in three_grads:
         np.testing.assert_array_equal(again_grads[k], three_grads[k], err_msg=k)
 
@@ -403,7 +563,8 @@ def test_batch_parts_give_one_threads_gradients_and_lambda(one_thread_after):
 # ---------------------------------------------------------------- training
 
 N_STEPS, DISC_START, GAN_START, STOP = 12, 2, 4, 6
-GAN = dict(gan_weight=0.1, disc_start=DISC_START, gan_start=GAN_START, disc_channels=8)
+GAN = dict(gan_weight=0.1, disc_start=DISC_START, gan_start=GAN_START, disc_channels=8,
+           feature_weight=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -450,6 +611,20 @@ def test_an_adversarial_run_resumes_exactly(trained):
     # D learned; its last bias only once some score passes its margin (it moves every
     # score alike: -1 from the real half of L_D, +1 from the fake half)
     assert same in ([], ["disc.out.b"]), same
+
+
+def test_the_history_carries_the_adversarial_figures(trained):
+    """A line every restart_every (3) steps: the one at step 3 (D learning, not heeded yet)
+    with lambda and feature_loss 0, the later ones with both measured; the resumed run's
+    lines those of the run straight through."""
+    history = load_checkpoint(trained / "straight.npz").extra["history"]
+    assert [h["step"] for h in history] == [3, 6, 9, 12]
+    for h in history:
+        assert ADVERSARIAL_HISTORY <= set(h), h
+        heeded = h["step"] - 1 >= GAN_START
+        assert (h["gan_lambda"] > 0, h["feature_loss"] > 0) == (heeded, heeded), h
+        assert h["d_loss"] > 0 and np.isfinite(h["feature_loss"]), h
+    assert load_checkpoint(trained / "resumed.npz").extra["history"] == history
 
 
 ADVERSARIAL_HISTORY = {"psnr", "g_loss", "d_loss", "gan_lambda", "feature_loss"}
@@ -534,6 +709,10 @@ TRAIN = ["train-tokenizer", "--config", "vqvae-tiny", "--n-images", "16", "--bat
     ("--gan-weight", "nan", "argument --gan-weight: must be a finite number >= 0, got nan"),
     ("--gan-start", "-1", "argument --gan-start: must be >= 0, got -1"),
     ("--disc-channels", "0", "argument --disc-channels: must be >= 1, got 0"),
+    ("--feature-weight", "-1", "argument --feature-weight: must be a finite number >= 0, "
+                               "got -1"),
+    ("--feature-weight", "inf", "argument --feature-weight: must be a finite number >= 0, "
+                                "got inf"),
 ])
 def test_bad_adversarial_flags_are_one_line(capsys, tmp_path, flag, value, message):
     code, _, err = cli(capsys, *TRAIN, "--steps", "2", "--out", tmp_path / "t.npz", flag, value)
@@ -547,6 +726,8 @@ def test_bad_adversarial_flags_are_one_line(capsys, tmp_path, flag, value, messa
     (["--gan-weight", "0.1", "--disc-start", "3", "--gan-start", "2"],
      "gan_start (2) must not come before disc_start (3)"),
     (["--gan-weight", "0.1", "--disc-lr-scale", "0"], "argument --disc-lr-scale: must be"),
+    (["--feature-weight", "0.5"], "feature_weight (0.5) matches the discriminator's "
+                                  "features: it needs one, give gan_weight > 0"),
 ])
 def test_bad_adversarial_settings_are_one_line(capsys, tmp_path, flags, message):
     code, _, err = cli(capsys, *TRAIN, "--steps", "2", "--out", tmp_path / "t.npz", *flags)

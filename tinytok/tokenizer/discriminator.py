@@ -13,8 +13,10 @@ without one.
 
 It is a model pair like the tokenizer's blocks: parameters in the same flat dict under the
 prefix "disc.", discriminator_forward(x, params, config) -> (scores, cache) and
-discriminator_backward(dscores, cache, grads, image_grad) -> dx, adding each parameter's
-gradient into grads.
+discriminator_backward(dscores, cache, grads, image_grad, dfeatures) -> dx, adding each
+parameter's gradient into grads. The cache keeps the two hidden activations (its
+features): a loss on them (the tokenizer's feature matching) sends its gradients in
+through dfeatures.
 """
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -82,12 +84,17 @@ def discriminator_backward(dscores, cache, grads, image_grad=True, dfeatures=Non
     Training the discriminator needs only its parameters' gradients; the tokenizer needs
     only the picture's (what D's score says about each pixel), which is the image_grad.
     dfeatures: gradients of a loss on the two features (None, or a pair of arrays or Nones),
-    added where the backward passes them; dscores may then be None."""
+    added where the backward passes them; dscores may then be None (a loss on the features
+    alone), and the layers above the lowest gradient get none from it."""
     d1, d2 = dfeatures or (None, None)
+    if dscores is None and d1 is None and d2 is None:
+        raise ConfigError("discriminator_backward needs a gradient: dscores, or dfeatures "
+                          "with at least one array")
     dh = None if dscores is None else conv_backward(dscores, cache.out, grads, PREFIX + "out")
     dh = _plus(dh, d2)
-    dh = leaky_relu_backward(dh, cache.act2)
-    dh = conv_backward(dh, cache.conv2, grads, PREFIX + "conv2")
+    if dh is not None:   # nothing reaches the second feature when only the first has a loss
+        dh = leaky_relu_backward(dh, cache.act2)
+        dh = conv_backward(dh, cache.conv2, grads, PREFIX + "conv2")
     dh = leaky_relu_backward(_plus(dh, d1), cache.act1)
     return conv_backward(dh, cache.conv1, grads, PREFIX + "conv1", need_dx=image_grad)
 

@@ -2,11 +2,17 @@
 
 The tokenizer's loss gains a term that rewards fooling the discriminator D,
 
-    loss = mse(x_hat, x) + quantizer loss + lambda * L_G,     L_G = -mean(D(x_hat)),
+    loss = L_rec + quantizer loss + lambda * L_G,     L_G = -mean(D(x_hat)),
+    L_rec = mse(x_hat, x) + feature_weight * L_F,
+    L_F = sum over D's two hidden activations f1, f2 of mse(f(x_hat), f(x)),
 
 and D learns, from the same pictures, to tell them apart:
 
     L_D = mean(relu(1 - D(x))) + mean(relu(1 + D(x_hat))),    x_hat held fixed.
+
+L_F is a perceptual term that needs no downloaded network: D's own features of the
+reconstruction drawn towards those of the picture (held fixed). Only the tokenizer learns
+from it (and from L_G); D's parameters learn from L_D alone.
 
 lambda is VQGAN's adaptive weight: the ratio of the two losses' gradients at the decoder's
 last weight w,
@@ -15,17 +21,15 @@ last weight w,
 
 where L_rec is the reconstruction term alone (VQGAN's nll_loss, an L1 and a perceptual loss
 there; the quantizer loss is not in it, and could not reach w anyway: it lies before the
-decoder). Here L_rec = mse(x_hat, x) + feature_weight * L_F, with L_F a perceptual term that
-needs no downloaded network: the mean squared distance between D's own features (its two
-hidden activations) of the reconstruction and of the picture, the picture's held fixed. So the adversarial gradient arriving at the decoder is gan_weight
-times as strong as the reconstruction's, whatever the scale of D's scores: without it, a D
-that grows confident drowns the pixels.
+decoder). So the adversarial gradient arriving at the decoder is gan_weight times as strong
+as the reconstruction's, whatever the scale of D's scores: without it, a D that grows
+confident drowns the pixels.
 
 The step runs in two passes over the batch's parts (tinytok.parallel): the first runs the
-tokenizer and D on the reconstructions and returns both losses' gradients at the picture
-and at w; their sums over the parts and processes (one small all-reduce) give lambda; the
-second runs the backward passes of both models with it. So lambda is the whole batch's, on
-any number of cores and processes, as the gradients are.
+tokenizer, and D on the pictures and on their reconstructions, and returns both losses'
+gradients at the picture and at w; their sums over the parts and processes (one small
+all-reduce) give lambda; the second runs the backward passes of both models with it. So
+lambda is the whole batch's, on any number of cores and processes, as the gradients are.
 """
 from typing import Any, NamedTuple
 

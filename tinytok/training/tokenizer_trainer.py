@@ -78,6 +78,9 @@ class TokenizerRecipe:
         if not is_finite_number(self.feature_weight) or self.feature_weight < 0:
             raise ConfigError(f"feature_weight must be a number >= 0, got "
                               f"{self.feature_weight!r}")
+        if self.feature_weight and not self.adversarial:   # else silently without effect
+            raise ConfigError(f"feature_weight ({self.feature_weight:g}) matches the "
+                              "discriminator's features: it needs one, give gan_weight > 0")
         if not is_finite_number(self.disc_lr_scale) or not self.disc_lr_scale > 0:
             raise ConfigError(f"disc_lr_scale must be a number > 0, got {self.disc_lr_scale!r}")
         DiscriminatorConfig(self.disc_channels)   # refuses a bad size
