@@ -250,11 +250,13 @@ def test_discriminator_matches_torch(peer, channels, size, slope):
         close_to(grads[k], tg, k)
 
 
-def test_one_adversarial_step_matches_torch_autograd(peer):
+@pytest.mark.parametrize("feature_weight", [0.0, 0.5])
+def test_one_adversarial_step_matches_torch_autograd(peer, feature_weight):
     """adversarial_grads against VQGAN's step in torch on the same weights and pictures:
     lambda by torch.autograd.grad at dec.up2.w (taming-transformers'
-    calculate_adaptive_weight), the tokenizer's gradients of mse + vq + lambda * L_G, D's of
-    its hinge loss with x_hat detached."""
+    calculate_adaptive_weight) of nll = mse + feature_weight * L_F and of L_G, the
+    tokenizer's gradients of nll + vq + lambda * L_G, D's of its hinge loss with x_hat
+    detached (L_F, D's features of x_hat against those of x detached, by autograd)."""
     from dataclasses import replace
     from tinytok.tokenizer.discriminator import DiscriminatorConfig, is_discriminator_param
     from tinytok.training.adversarial import adversarial_grads
@@ -264,14 +266,18 @@ def test_one_adversarial_step_matches_torch_autograd(peer):
     x = np.random.default_rng(0).uniform(-0.5, 0.5, (4, 3, 16, 16)).astype(np.float32)
     grads = {k: np.zeros_like(v) for k, v in params.items()}
     out = adversarial_grads(x, params, config, DiscriminatorConfig(8), grads, 0.1,
-                            lambda arrays: arrays)
+                            lambda arrays: arrays, feature_weight=feature_weight)
 
     P = peer.as_torch(params)
-    loss, d_loss, lam, ids = peer.vqgan_losses(torch.from_numpy(x), P, config, 0.1)
+    loss, d_loss, lam, ids, feature_loss = peer.vqgan_losses(
+        torch.from_numpy(x), P, config, 0.1, feature_weight=feature_weight)
     np.testing.assert_array_equal(out["ids"].reshape(-1), ids.numpy())   # the same codes
     assert out["gan_lambda"] == pytest.approx(float(lam), rel=1e-4)
     assert 0 < out["gan_lambda"] < 0.1 * 1e4                               # not clipped
     assert float(out["d_loss"]) == pytest.approx(float(d_loss.detach()), rel=1e-5)
+    assert float(out["feature_loss"]) == pytest.approx(float(torch.as_tensor(feature_loss)
+                                                             .detach()), rel=1e-5)
+    assert (float(out["feature_loss"]) > 0) == (feature_weight > 0)
     tok = [k for k in P if not is_discriminator_param(k)]
     disc = [k for k in P if is_discriminator_param(k)]
     for keys, of in ((tok, loss), (disc, d_loss)):

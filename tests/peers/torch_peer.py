@@ -14,7 +14,8 @@ The torch models are written functionally on the same flat param dict: vqvae-ref
 for layer as tinytok.tokenizer.vqvae builds it, with a straight-through VQ; vqvae-gan the
 same against the patch discriminator (tinytok.tokenizer.discriminator), VQGAN's step as
 taming-transformers writes it (the adaptive weight by torch.autograd.grad at the decoder's
-last weight, calculate_adaptive_weight; two optimizers); gpt-ref
+last weight, calculate_adaptive_weight; two optimizers; tinytok's feature-matching term
+optional, off in the benchmark); gpt-ref
 nanoGPT-style with the head tied to the token embedding, attention explicit (masked softmax) or
 F.scaled_dot_product_attention ("sdpa"). Optimizer: torch.optim.AdamW with its defaults
 (lr 3e-4; weight decay 0.1 on matrices for gpt, none for vqvae, as tinytok's bench).
@@ -96,9 +97,14 @@ def vqvae_loss(x, P, c):
 
 def discriminator(x, P, slope=0.2):
     """The patch discriminator: two 4x4/2 convolutions with leaky ReLU, a 3x3 to one score."""
-    h = F.leaky_relu(conv(x, P, "disc.conv1", 2, 1), slope)
-    h = F.leaky_relu(conv(h, P, "disc.conv2", 2, 1), slope)
-    return conv(h, P, "disc.out", padding=1)
+    return discriminator_features(x, P, slope)[0]
+
+
+def discriminator_features(x, P, slope=0.2):
+    """(scores, (h1, h2)): the same, with its two hidden activations (its features)."""
+    h1 = F.leaky_relu(conv(x, P, "disc.conv1", 2, 1), slope)
+    h2 = F.leaky_relu(conv(h1, P, "disc.conv2", 2, 1), slope)
+    return conv(h2, P, "disc.out", padding=1), (h1, h2)
 
 
 def adaptive_weight(rec_loss, g_loss, last_layer, gan_weight):
@@ -109,18 +115,30 @@ def adaptive_weight(rec_loss, g_loss, last_layer, gan_weight):
     return gan_weight * torch.clamp(ratio, 0.0, 1e4).detach()
 
 
-def vqgan_losses(x, P, c, gan_weight, slope=0.2):
-    """(the tokenizer's loss mse + vq + lambda * L_G, D's hinge loss L_D, lambda, ids)."""
+def vqgan_losses(x, P, c, gan_weight, slope=0.2, feature_weight=0.0):
+    """(the tokenizer's loss nll + vq + lambda * L_G, D's hinge loss L_D, lambda, ids, L_F).
+
+    nll = mse + feature_weight * L_F, the reconstruction term VQGAN's adaptive weight
+    balances (its nll_loss), with L_F the mean squared distance between D's features of
+    x_hat and of x (x's detached); without the term (feature_weight 0) L_F is not computed
+    (0.0) and the step costs what it did before it existed."""
     z = encoder(x, P, c)
     ids = nearest(z, P["quant.codebook"])
     z_q, vq_loss = vq(z, P["quant.codebook"], c.beta)
     x_hat = decoder(z_q, P, c)
-    rec = F.mse_loss(x_hat, x)
-    g_loss = -discriminator(x_hat, P, slope).mean()
-    lam = adaptive_weight(rec, g_loss, P["dec.up2.w"], gan_weight)
-    d_loss = (F.relu(1 - discriminator(x, P, slope)).mean()
+    nll = F.mse_loss(x_hat, x)
+    fake, fake_features = discriminator_features(x_hat, P, slope)
+    g_loss = -fake.mean()
+    real, real_features = discriminator_features(x, P, slope)
+    feature_loss = 0.0
+    if feature_weight:
+        feature_loss = sum(F.mse_loss(f, r.detach())
+                           for f, r in zip(fake_features, real_features))
+        nll = nll + feature_weight * feature_loss
+    lam = adaptive_weight(nll, g_loss, P["dec.up2.w"], gan_weight)
+    d_loss = (F.relu(1 - real).mean()
               + F.relu(1 + discriminator(x_hat.detach(), P, slope)).mean())
-    return rec + vq_loss + lam * g_loss, d_loss, lam, ids
+    return nll + vq_loss + lam * g_loss, d_loss, lam, ids, feature_loss
 
 
 def gan_params(sizes, seed=0):
@@ -146,7 +164,7 @@ def torch_vqvae_gan_train(sizes):
     def step():
         for opt, _ in opts:
             opt.zero_grad(set_to_none=True)
-        loss, d_loss, _, _ = vqgan_losses(x, P, c, sizes["gan_weight"])
+        loss, d_loss, *_ = vqgan_losses(x, P, c, sizes["gan_weight"])
         loss.backward(inputs=tok)
         d_loss.backward(inputs=disc)
         for opt, ps in opts:
