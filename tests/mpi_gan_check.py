@@ -7,7 +7,9 @@ Each process takes its rows of one fixed batch (batch_share), runs adversarial_g
 the real all-reduce as sum_everywhere (the adaptive weight's sums at the decoder's last
 weight) and the whole batch's size as of_batch, then sums the gradients and its share of
 the losses as the trainer does. Process r writes OUT_FOLDER/gan_rank<r>.npz: the summed
-gradients, the losses and lambda, for the test to compare with one process.
+gradients, the losses and lambda, for the test to compare with one process. The
+feature-matching term is on (FEATURE_WEIGHT): its share of the reconstruction gradient at
+the decoder's last weight goes into the same all-reduce as the rest of lambda's sums.
 """
 import os
 import sys
@@ -18,6 +20,8 @@ from tinytok import distributed
 from tinytok.distributed import batch_share, sum_over_processes
 from tinytok.training.adversarial import adversarial_grads
 from tinytok.training.optim import zeros_like_params
+
+FEATURE_WEIGHT = 0.5
 
 
 def setup(batch=6):
@@ -35,15 +39,17 @@ def setup(batch=6):
 
 def one_step(world):
     """This process's share of the step; every sum over the processes done. Returns
-    {"grad.<name>": ..., "loss", "g_loss", "d_loss", "gan_lambda"}."""
+    {"grad.<name>": ..., "loss", "g_loss", "d_loss", "feature_loss", "gan_lambda"}."""
     config, disc, params, x = setup()
     lo, hi = batch_share(len(x), world)
     grads = zeros_like_params(params)
     out = adversarial_grads(x[lo:hi], params, config, disc, grads, 0.1,
-                            lambda arrays: sum_over_processes(world, arrays), of_batch=len(x))
+                            lambda arrays: sum_over_processes(world, arrays), of_batch=len(x),
+                            feature_weight=FEATURE_WEIGHT)
     share = (hi - lo) / len(x)
     summed = {f"grad.{k}": g for k, g in grads.items()}
-    summed.update({k: np.asarray(out[k] * share) for k in ("loss", "g_loss", "d_loss")})
+    summed.update({k: np.asarray(out[k] * share)
+                   for k in ("loss", "g_loss", "d_loss", "feature_loss")})
     sum_over_processes(world, summed)
     summed["gan_lambda"] = np.asarray(out["gan_lambda"])
     return summed
