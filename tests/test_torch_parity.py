@@ -40,6 +40,7 @@ TORCH = {
     "relu": F.relu,
     "gelu": lambda x: F.gelu(x, approximate="tanh"),
     "layer_norm": lambda x, gamma, beta: F.layer_norm(x, gamma.shape, gamma, beta, eps=1e-5),
+    "l2_normalize": lambda x, axis=-1: F.normalize(x, dim=axis),
     "embedding": F.embedding,
     "causal_self_attention": torch_attention,
     "cross_entropy": torch_cross_entropy,
