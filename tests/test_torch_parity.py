@@ -77,6 +77,15 @@ def test_pair_matches_torch_in_float32(make_case, name):
     assert_matches_torch(name, case.args, case.kwargs, case.wrt)
 
 
+@pytest.mark.parametrize("axis", [0, 1, 2, -1])
+def test_l2_normalize_matches_torch_along_every_axis_and_at_zero(axis):
+    """F.normalize(x, dim=axis): lengths over one axis, a zero vector left at zero (its
+    gradient dy / eps, where torch's clamp_min passes it on the same way)."""
+    x = np.random.default_rng(axis + 3).standard_normal((3, 4, 5)).astype(np.float32)
+    np.moveaxis(x, axis, -1)[0, 0] = 0.0                    # one vector along axis is zero
+    assert_matches_torch("l2_normalize", [x], {"axis": axis}, [0])
+
+
 CONV_SHAPES = [  # C, F, H, W, kh, kw, stride, padding
     (3, 4, 8, 8, 3, 3, 1, 1),
     (3, 4, 9, 7, 4, 4, 2, 1),
