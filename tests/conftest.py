@@ -80,6 +80,9 @@ def build_case(name, xp=np, dtype=np.float64, seed=0):
         args = [f(3, 4, scale=2.0)]
     elif name == "layer_norm":
         args = [f(2, 3, 6), 1 + f(6, scale=0.1), f(6, scale=0.1)]
+    elif name == "l2_normalize":
+        args = [f(2, 5, 3)]
+        kwargs = {"axis": 1}
     elif name == "embedding":
         args = [rng.integers(0, 7, size=(2, 5)), f(7, 4)]
     elif name == "causal_self_attention":

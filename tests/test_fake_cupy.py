@@ -319,7 +319,7 @@ def _tokenizer_run(xp, quantizer):
     return {"params": params, "out": out, "grads": grads, "dx": dx}
 
 
-@pytest.mark.parametrize("quantizer", ["vq", "gumbel"])
+@pytest.mark.parametrize("quantizer", ["vq", "gumbel", "cosine", "factorized"])
 def test_tokenizer_forward_backward_on_device(fake, quantizer):
     assert_device_matches_numpy(_tokenizer_run, fake, quantizer, what="tokenizer")
 
@@ -436,7 +436,7 @@ def _train_tokenizer(xp, quantizer, out, resume=False, stream=None):
                                progress_stream=stream or io.StringIO())
 
 
-@pytest.mark.parametrize("quantizer", ["vq", "ema", "gumbel"])
+@pytest.mark.parametrize("quantizer", ["vq", "ema", "gumbel", "cosine", "factorized"])
 def test_train_tokenizer_on_device_matches_numpy(fake, tmp_path, quantizer):
     from tinytok.training.checkpoint import load_checkpoint
     want = _train_tokenizer(np, quantizer, tmp_path / "numpy.npz")

@@ -56,6 +56,10 @@ def test_each_record_describes_its_model(name):
     assert q.has_codebook or not (q.kmeans_start or q.restarts or q.ema_updates)
     assert set(q.config_fields) <= set(cfg.__dataclass_fields__)
     assert ("levels" in config_dict(cfg)) == q.reads("levels")
+    assert ("factor_dim" in config_dict(cfg)) == q.reads("factor_dim")
+    assert {k for k in params if k.startswith("quant.")} == set(q.init_params(
+        np.random.default_rng(0), cfg))
+    assert (q.search_space is not None) == (q.kmeans_start or q.restarts)
 
 
 @every_quantizer
@@ -77,6 +81,7 @@ def test_ids_of_and_codes_of_agree_with_the_forward(name):
 def test_names_are_checked_against_the_table():
     assert quantizer_named("ema") is QUANTIZERS["ema"]
     assert quantizers_reading("levels") == ["fsq"]
+    assert quantizers_reading("factor_dim") == ["factorized"]
     for bad in ("lfq", None, ["vq"]):
         with pytest.raises(ConfigError, match="unknown quantizer .*choose one of vq, ema, "
                                               "gumbel, fsq"):

@@ -4,8 +4,8 @@ A run of N steps is compared, array by array and bit for bit, with a run stopped
 and resumed to N: parameters, optimizer state, EMA state, dead-code window, loss history.
 The stop is a Ctrl-C (SIGINT: the loop finishes the step and writes a checkpoint) or a
 crash / SIGKILL (only the last periodic checkpoint survives). First through the Python API
-with very small models (all three quantizers, restarts on, and the prior), then through the
-real command line in a subprocess.
+with very small models (every quantizer with a codebook, restarts on, and the prior), then
+through the real command line in a subprocess.
 """
 import glob
 import os
@@ -112,7 +112,7 @@ def _tok_run(images, quantizer, out, stream=None, resume=False):
                            log=lambda *a: None, progress_stream=stream)
 
 
-@pytest.mark.parametrize("quantizer", ["vq", "ema", "gumbel"])
+@pytest.mark.parametrize("quantizer", ["vq", "ema", "gumbel", "cosine", "factorized"])
 def test_tokenizer_resume_after_ctrl_c_and_after_crash_is_exact(quantizer, micro_images,
                                                                 tmp_path, monkeypatch):
     from tinytok.training import tokenizer_trainer    # calls restart_dead_codes from here

@@ -50,6 +50,7 @@ TORCH = {
     "leaky_relu": lambda x, slope=0.2: F.leaky_relu(x, slope),
     "gelu": lambda x: F.gelu(x, approximate="tanh"),
     "layer_norm": lambda x, gamma, beta: F.layer_norm(x, gamma.shape, gamma, beta, eps=1e-5),
+    "l2_normalize": lambda x, axis=-1: F.normalize(x, dim=axis),
     "embedding": F.embedding,
     "causal_self_attention": torch_attention,
     "cross_entropy": torch_cross_entropy,
@@ -86,6 +87,15 @@ def assert_matches_torch(name, args, kwargs, wrt, seed=0):
 def test_pair_matches_torch_in_float32(make_case, name):
     case = make_case(name, dtype=np.float32)
     assert_matches_torch(name, case.args, case.kwargs, case.wrt)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2, -1])
+def test_l2_normalize_matches_torch_along_every_axis_and_at_zero(axis):
+    """F.normalize(x, dim=axis): lengths over one axis, a zero vector left at zero (its
+    gradient dy / eps, where torch's clamp_min passes it on the same way)."""
+    x = np.random.default_rng(axis + 3).standard_normal((3, 4, 5)).astype(np.float32)
+    np.moveaxis(x, axis, -1)[0, 0] = 0.0                    # one vector along axis is zero
+    assert_matches_torch("l2_normalize", [x], {"axis": axis}, [0])
 
 
 CONV_SHAPES = [  # C, F, H, W, kh, kw, stride, padding

@@ -30,6 +30,8 @@ def add_train_tokenizer(sub):
                    help="; ".join(f"{q.name}: {q.summary}" for q in QUANTIZERS.values()))
     p.add_argument("--levels", type=fsq_levels, default=None,
                    help="fsq levels per channel, e.g. 8,5,5,5 (1000 codes; the default)")
+    p.add_argument("--factor-dim", type=positive_int, default=None,
+                   help="factorized: the dims the codes are searched in (default 8)")
     p.add_argument("--codes", type=positive_int, default=None, help="codebook size override")
     p.add_argument("--size", type=positive_int, default=None,
                    help="picture size (default 32; e.g. 64 for photos, faces or a folder)")
@@ -80,9 +82,14 @@ def cmd_train_tokenizer(args):
     if sized_by_levels and args.codes:  # FSQ's codebook is the grid of its levels
         raise ConfigError(f"--codes does not apply to --quantizer {args.quantizer}: its codes "
                           "are prod(--levels)")
+    if args.factor_dim is not None and not QUANTIZERS[args.quantizer].reads("factor_dim"):
+        raise ConfigError(f"--factor-dim is for --quantizer "
+                          f"{' or '.join(quantizers_reading('factor_dim'))} only")
     config = with_quantizer(tokenizer_config(args.config), args.quantizer, args.levels)
     if args.codes:
         config = replace(config, num_codes=args.codes)
+    if args.factor_dim is not None:
+        config = replace(config, factor_dim=args.factor_dim)
     config = with_grid(config, args.size, args.grid)  # refused here, before any data is read
     images = training_images(args.data, args.n_images if args.data in ("shapes", "photos")
                              else None, seed=args.seed, split=args.split,

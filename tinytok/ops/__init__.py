@@ -21,7 +21,8 @@ from tinytok.ops.losses import (cross_entropy_backward, cross_entropy_forward,
                                 hinge_d_loss_backward, hinge_d_loss_forward,
                                 hinge_g_loss_backward, hinge_g_loss_forward, mse_backward,
                                 mse_forward)
-from tinytok.ops.norm import layer_norm_backward, layer_norm_forward
+from tinytok.ops.norm import (l2_normalize_backward, l2_normalize_forward, layer_norm_backward,
+                              layer_norm_forward)
 from tinytok.ops.softmax import log_softmax, softmax
 
 PAIRS = {
@@ -32,6 +33,7 @@ PAIRS = {
     "leaky_relu": (leaky_relu_forward, leaky_relu_backward),
     "gelu": (gelu_forward, gelu_backward),
     "layer_norm": (layer_norm_forward, layer_norm_backward),
+    "l2_normalize": (l2_normalize_forward, l2_normalize_backward),
     "embedding": (embedding_forward, embedding_backward),
     "causal_self_attention": (causal_self_attention_forward, causal_self_attention_backward),
     "cross_entropy": (cross_entropy_forward, cross_entropy_backward),

@@ -1,7 +1,9 @@
-"""Layer normalization over the last axis (as in GPT-2 and nanoGPT)."""
+"""Layer normalization over the last axis (as in GPT-2 and nanoGPT), and l2 normalization
+over any one axis (unit-length vectors, for the cosine and factorized quantizers)."""
 from typing import Any, NamedTuple
 
 from tinytok.backend import get_array_module
+from tinytok.errors import ShapeError
 from tinytok.ops.checks import require_float, require_same_dtype, require_shape
 
 
@@ -65,3 +67,47 @@ def row_mean(a, b=None):
     xp = get_array_module(a)
     sums = xp.einsum("...c->...", a) if b is None else xp.einsum("...c,...c->...", a, b)
     return sums[..., None] / a.shape[-1]
+
+
+# ---------------------------------------------------------------- l2 normalization
+
+class L2NormalizeCache(NamedTuple):
+    y: Any        # x / max(|x|, eps): the unit vectors
+    length: Any   # max(|x|, eps), one per vector (axis kept, size 1)
+    clamped: Any  # bool, one per vector: |x| <= eps, where y = x / eps is only a scaling
+    axis: int     # the axis the vectors lie along
+
+
+def l2_normalize_forward(x, axis=-1, eps=1e-12):
+    """y = x / max(|x|, eps), |x| = sqrt(sum of x^2 along axis) (PyTorch's F.normalize).
+
+    x (...) -> y (same shape): each vector along `axis` scaled to length 1. A vector shorter
+    than eps is divided by eps instead, so zero stays zero rather than becoming 0 / 0.
+    """
+    require_float("x", x)
+    if not -x.ndim <= axis < x.ndim:
+        raise ShapeError(f"l2_normalize: axis {axis} does not exist for x of shape "
+                         f"{tuple(x.shape)}; choose one in [{-x.ndim}, {x.ndim})")
+    xp = get_array_module(x)
+    norm = xp.sqrt((x * x).sum(axis=axis, keepdims=True))  # one length per vector
+    length = xp.maximum(norm, eps)
+    y = x / length
+    return y, L2NormalizeCache(y, length, norm <= eps, axis)
+
+
+def l2_normalize_backward(dy, cache):
+    """dy (same shape as x) -> dx.
+
+    y = x / |x| does not change when x is lengthened, so the part of dy along y is dropped
+    and the rest scaled by 1 / |x| (the Jacobian is (I - y y^T) / |x|, symmetric):
+
+        dx = (dy - y * sum(dy * y)) / |x|        (sum along the axis)
+
+    A clamped vector (|x| <= eps) was only divided by eps: there dx = dy / eps.
+    """
+    y, length, clamped, axis = cache
+    along = (dy * y).sum(axis=axis, keepdims=True)     # the part of dy along y, per vector
+    along *= ~clamped                                  # none taken out where x was clamped
+    dx = dy - y * along
+    dx /= length
+    return dx

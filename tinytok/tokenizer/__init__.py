@@ -6,4 +6,6 @@
     codebook.py   codebook care: k-means start, dead-code restarts, usage statistics
     gumbel.py     DALL-E's Gumbel-softmax relaxation, the other way to pick a code
     fsq.py        finite scalar quantization: round each channel, a fixed grid of codes
+    cosine.py     ViT-VQGAN's codes: unit vectors (cosine), and a lookup in few dims
+                  between two projections (factorized)
 """

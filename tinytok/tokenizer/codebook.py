@@ -77,22 +77,27 @@ def kmeans_init(z, num_codes, seed=0, iterations=20):
     return xp.asarray(centroids, dtype=z.dtype)
 
 
-def restart_dead_codes(codebook, counts, z, seed=0, min_count=1, ema_state=None):
+def restart_dead_codes(codebook, counts, z, seed=0, min_count=1, ema_state=None,
+                       searched=None):
     """Move codes chosen fewer than min_count times (over a window) onto encoder outputs.
 
     codebook (K, D) is changed in place; counts (K,) are the window's code counts; z
-    (N, D, H, W) recent encoder outputs. A dead code gets no gradient and would stay dead
-    forever. Its replacement is drawn with probability proportional to each vector's squared
-    distance from its nearest code (as in k-means++): vectors the codebook already covers
-    well (on plain backgrounds, most of them) are rarely picked, badly covered ones often.
+    (N, D, H, W) recent encoder outputs, as the nearest-code search sees them (a
+    quantizer's search_space: unit vectors for the cosine quantizer). A dead code gets no
+    gradient and would stay dead forever. Its replacement is drawn with probability
+    proportional to each vector's squared distance from its nearest code (as in k-means++):
+    vectors the codebook already covers well (on plain backgrounds, most of them) are
+    rarely picked, badly covered ones often. searched (K, D): the codes as the search sees
+    them (default: the codebook itself; the cosine quantizer's unit rows).
     Returns the number of codes restarted.
     """
     xp = get_array_module(codebook)
     dead = np.flatnonzero(to_numpy(counts) < min_count)
     if dead.size == 0:
         return 0
+    searched = codebook if searched is None else searched
     z_cols = latents_as_columns(z)                                      # (D, M)
-    nearest = codebook[nearest_codes(z_cols, codebook)].T               # (D, M)
+    nearest = searched[nearest_codes(z_cols, searched)].T               # (D, M)
     error = to_numpy(((z_cols - nearest) ** 2).sum(axis=0)).astype(np.float64)  # (M,)
     p = error / error.sum() if error.sum() > 0 else None
     picks = host_rng(seed).choice(z_cols.shape[1], size=dead.size, p=p)

@@ -3,24 +3,35 @@
 Every module that depends on the quantizer (the tokenizer in vqvae.py, its trainer, the
 command line, the vocabulary sweep) asks this table, never the quantizer's name:
 
-    name     op pair                          codebook        codebook care
-    vq       vector_quantize (quantize.py)    learned (loss)  k-means start, restarts
-    ema      vector_quantize (quantize.py)    learned (EMA)   k-means start, restarts, EMA
-    gumbel   gumbel_quantize (gumbel.py)      learned (loss)  none
-    fsq      fsq (fsq.py)                     a fixed grid    none: there is no codebook
+    name        op pair                              codebook        codebook care
+    vq          vector_quantize (quantize.py)        learned (loss)  k-means start, restarts
+    ema         vector_quantize (quantize.py)        learned (EMA)   k-means start, restarts, EMA
+    gumbel      gumbel_quantize (gumbel.py)          learned (loss)  none
+    fsq         fsq (fsq.py)                         a fixed grid    none: there is no codebook
+    cosine      cosine_quantize (cosine.py)          unit vectors    k-means start, restarts
+    factorized  factorized_quantize (cosine.py)      unit, d dims    k-means start, restarts
 
 A record holds the op pair itself, how the tokenizer calls it (forward_in_model and
-backward_in_model: the pair with the parameters and config it needs), how an encoder output
-becomes ids at inference (ids_of) and how ids map back to code vectors (codes_of), and
-plain facts that the rest of the package reads: whether there is a learned codebook
-(the parameter "quant.codebook"), which codebook care applies, and which config fields the
-quantizer reads. Adding a quantizer is one entry here and its op pair in a module of its own.
+backward_in_model: the pair with the parameters and config it needs), the quantizer's own
+parameters (init_params: "quant.*", such as "quant.codebook"), how an encoder output
+becomes ids at inference (ids_of) and how ids map back to code vectors (codes_of), where
+the nearest-code search looks (search_space: the vectors and codes it compares, which is
+where the k-means start and the restarts must work too), and plain facts that the rest of
+the package reads: whether there is a learned codebook (the parameter "quant.codebook"),
+which codebook care applies, and which config fields the quantizer reads. Adding a
+quantizer is one entry here and its op pair in a module of its own.
 """
 from dataclasses import dataclass, replace
 from typing import Callable
 
+import numpy as np
+
 from tinytok.backend import get_array_module
 from tinytok.errors import ConfigError
+from tinytok.ops.linear import linear_forward
+from tinytok.ops.norm import l2_normalize_forward
+from tinytok.tokenizer.cosine import (cosine_quantize_backward, cosine_quantize_forward,
+                                      factorized_quantize_backward, factorized_quantize_forward)
 from tinytok.tokenizer.fsq import fsq_backward, fsq_codes, fsq_forward
 from tinytok.tokenizer.gumbel import gumbel_quantize_backward, gumbel_quantize_forward
 from tinytok.tokenizer.quantize import (columns_as_ids, latents_as_columns, nearest_codes,
@@ -35,10 +46,13 @@ class Quantizer:
     forward: Callable            # the op pair, as the lessons and `tinytok check` call it
     backward: Callable
     forward_in_model: Callable   # (z, params, config, tau, noise) -> z_q, ids, loss, cache
-    backward_in_model: Callable  # (dz_q, cache, config, dloss) -> dz, dcodebook (None: none)
+    backward_in_model: Callable  # (dz_q, cache, config, dloss) -> dz, {param name: gradient}
+    init_params: Callable        # (host rng, config) -> its parameters {"quant.*": array}
     ids_of: Callable             # (z, params, config) -> ids (N, h, w), at inference
     codes_of: Callable           # (ids, params, config) -> z_q (N, D, h, w), the ids' codes
     config_fields: tuple         # the TokenizerConfig fields it reads, beyond the sizes
+    search_space: Callable = None  # (z, params, config) -> vectors (N, d, h, w), codes (K, d):
+                                   # what the nearest-code search compares (None: no search)
     has_codebook: bool = True    # a learned codebook, the parameter "quant.codebook"
     scores_codes: bool = False   # the encoder writes one score per code (K channels), not z
     annealed: bool = False       # Gumbel noise each step, at a temperature annealed over the run
@@ -59,7 +73,8 @@ def vq_in_model(z, params, config, tau=1.0, noise=None):
 
 
 def vq_backward_in_model(dz_q, cache, config, dloss=1.0):
-    return vector_quantize_backward(dz_q, cache, dloss)
+    dz, dcodebook = vector_quantize_backward(dz_q, cache, dloss)
+    return dz, {"quant.codebook": dcodebook}
 
 
 def gumbel_in_model(z, params, config, tau=1.0, noise=None):
@@ -69,7 +84,8 @@ def gumbel_in_model(z, params, config, tau=1.0, noise=None):
 
 
 def gumbel_backward_in_model(dz_q, cache, config, dloss=1.0):
-    return gumbel_quantize_backward(dz_q, cache, dloss * config.kl_weight)
+    dz, dcodebook = gumbel_quantize_backward(dz_q, cache, dloss * config.kl_weight)
+    return dz, {"quant.codebook": dcodebook}
 
 
 def fsq_in_model(z, params, config, tau=1.0, noise=None):
@@ -80,15 +96,116 @@ def fsq_in_model(z, params, config, tau=1.0, noise=None):
 
 def fsq_backward_in_model(dz_q, cache, config, dloss=1.0):
     """Its loss is 0, so dloss adds nothing; and there is no codebook to update."""
-    return fsq_backward(dz_q, cache), None
+    return fsq_backward(dz_q, cache), {}
+
+
+def cosine_in_model(z, params, config, tau=1.0, noise=None):
+    """Nearest unit code to the unit vector; loss = codebook + beta * commitment on them."""
+    return cosine_quantize_forward(z, params["quant.codebook"], config.beta)
+
+
+def cosine_backward_in_model(dz_q, cache, config, dloss=1.0):
+    dz, dcodebook = cosine_quantize_backward(dz_q, cache, dloss)
+    return dz, {"quant.codebook": dcodebook}
+
+
+FACTORIZED_PARAMS = ("quant.down.w", "quant.down.b", "quant.codebook", "quant.up.w",
+                     "quant.up.b")   # in the order of the pair's arguments and gradients
+
+
+def factorized_in_model(z, params, config, tau=1.0, noise=None):
+    """Down to d dims, the cosine lookup there, back up to D; the cosine quantizer's loss."""
+    return factorized_quantize_forward(z, *(params[k] for k in FACTORIZED_PARAMS), config.beta)
+
+
+def factorized_backward_in_model(dz_q, cache, config, dloss=1.0):
+    dz, *dparams = factorized_quantize_backward(dz_q, cache, dloss)
+    return dz, dict(zip(FACTORIZED_PARAMS, dparams))
+
+
+# ---------------------------------------------------------------- their parameters
+
+def codebook_params(rng, config):
+    """A codebook (K, D), uniform in +-1/K (the VQ-VAE paper's code starts it so)."""
+    K = config.num_codes
+    return {"quant.codebook": rng.uniform(-1 / K, 1 / K, (K, config.code_dim))}
+
+
+def no_params(rng, config):
+    """FSQ's codes are a fixed grid: no parameter at all."""
+    return {}
+
+
+def unit_rows(rng, K, d):
+    """K random directions (K, d), rows of length 1: a code's length means nothing to a
+    normalized quantizer, but it sets how far an Adam step turns the code (a step of about
+    lr per entry turns a code of length 1/K all the way round)."""
+    rows = rng.standard_normal((K, d))
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def cosine_params(rng, config):
+    return {"quant.codebook": unit_rows(rng, config.num_codes, config.code_dim)}
+
+
+def linear_params(rng, name, n_in, n_out):
+    """PyTorch's nn.Linear start: uniform in +-1/sqrt(n_in), w stored (in, out)."""
+    bound = 1 / np.sqrt(n_in)
+    return {name + ".w": rng.uniform(-bound, bound, (n_in, n_out)),
+            name + ".b": rng.uniform(-bound, bound, (n_out,))}
+
+
+def factorized_params(rng, config):
+    """The down projection (D, d), a codebook of unit rows (K, d), the up projection (d, D)."""
+    D, d = config.code_dim, config.factor_dim
+    params = linear_params(rng, "quant.down", D, d)
+    params["quant.codebook"] = unit_rows(rng, config.num_codes, d)
+    params.update(linear_params(rng, "quant.up", d, D))
+    return params
+
+
+# ---------------------------------------------------------------- where the codes are searched
+
+def vq_search_space(z, params, config):
+    """VQ and EMA compare the encoder's vectors with the codebook as they are."""
+    return z, params["quant.codebook"]
+
+
+def cosine_search_space(z, params, config):
+    """Unit vectors (each cell's, over D) against unit codes."""
+    return (l2_normalize_forward(z, axis=1)[0],
+            l2_normalize_forward(params["quant.codebook"], axis=1)[0])
+
+
+def factorized_search_space(z, params, config):
+    """The vectors taken down to d dims (the pair's own product), then both sides to unit
+    length: (N, d, h, w) against (K, d)."""
+    p = linear_forward(z.transpose(0, 2, 3, 1), params["quant.down.w"],
+                       params["quant.down.b"])[0]                          # (N, h, w, d)
+    return (l2_normalize_forward(p.transpose(0, 3, 1, 2), axis=1)[0],
+            l2_normalize_forward(params["quant.codebook"], axis=1)[0])
 
 
 # ---------------------------------------------------------------- ids and codes at inference
 
+def nearest_in(vectors, codes):
+    """Each vector's nearest code: vectors (N, d, h, w), codes (K, d) -> ids (N, h, w)."""
+    return columns_as_ids(nearest_codes(latents_as_columns(vectors), codes), vectors.shape)
+
+
 def nearest_ids(z, params, config):
     """VQ and EMA: each vector's nearest code."""
-    return columns_as_ids(nearest_codes(latents_as_columns(z), params["quant.codebook"]),
-                          z.shape)
+    return nearest_in(*vq_search_space(z, params, config))
+
+
+def nearest_unit_ids(z, params, config):
+    """Cosine: the code at the smallest angle."""
+    return nearest_in(*cosine_search_space(z, params, config))
+
+
+def nearest_factorized_ids(z, params, config):
+    """Factorized: the code at the smallest angle, in d dimensions."""
+    return nearest_in(*factorized_search_space(z, params, config))
 
 
 def likeliest_ids(z, params, config):
@@ -111,12 +228,27 @@ def fsq_grid_codes(ids, params, config):
     return fsq_codes(ids, config.levels, params["dec.conv1.w"].dtype)
 
 
+def unit_codebook_rows(ids, params, config):
+    """Cosine: each id's codebook row scaled to length 1, as the forward hands it on."""
+    codes = l2_normalize_forward(params["quant.codebook"], axis=1)[0]
+    return codes[ids].transpose(0, 3, 1, 2)
+
+
+def up_projected_codes(ids, params, config):
+    """Factorized: each id's unit code (d dims) through the up projection to D, one row per
+    cell in the forward's (N, h, w) order, so that the numbers are the forward's own."""
+    codes = l2_normalize_forward(params["quant.codebook"], axis=1)[0]
+    z_q = linear_forward(codes[ids], params["quant.up.w"], params["quant.up.b"])[0]
+    return z_q.transpose(0, 3, 1, 2)                                        # (N, D, h, w)
+
+
 # ---------------------------------------------------------------- the table
 
 VQ = Quantizer("vq", "nearest code, codebook loss",
                forward=vector_quantize_forward, backward=vector_quantize_backward,
                forward_in_model=vq_in_model, backward_in_model=vq_backward_in_model,
-               ids_of=nearest_ids, codes_of=codebook_rows, config_fields=("beta",),
+               init_params=codebook_params, ids_of=nearest_ids, codes_of=codebook_rows,
+               config_fields=("beta",), search_space=vq_search_space,
                kmeans_start=True, restarts=True)
 
 QUANTIZERS = {q.name: q for q in [
@@ -125,13 +257,26 @@ QUANTIZERS = {q.name: q for q in [
     Quantizer("gumbel", "Gumbel-softmax over code scores (the dVAE)",
               forward=gumbel_quantize_forward, backward=gumbel_quantize_backward,
               forward_in_model=gumbel_in_model, backward_in_model=gumbel_backward_in_model,
-              ids_of=likeliest_ids, codes_of=codebook_rows, config_fields=("kl_weight",),
-              scores_codes=True, annealed=True),
+              init_params=codebook_params, ids_of=likeliest_ids, codes_of=codebook_rows,
+              config_fields=("kl_weight",), scores_codes=True, annealed=True),
     Quantizer("fsq", "finite scalar quantization, no codebook",
               forward=fsq_forward, backward=fsq_backward,
               forward_in_model=fsq_in_model, backward_in_model=fsq_backward_in_model,
-              ids_of=fsq_ids, codes_of=fsq_grid_codes, config_fields=("levels",),
-              has_codebook=False),
+              init_params=no_params, ids_of=fsq_ids, codes_of=fsq_grid_codes,
+              config_fields=("levels",), has_codebook=False),
+    Quantizer("cosine", "nearest unit code to the unit vector (ViT-VQGAN)",
+              forward=cosine_quantize_forward, backward=cosine_quantize_backward,
+              forward_in_model=cosine_in_model, backward_in_model=cosine_backward_in_model,
+              init_params=cosine_params, ids_of=nearest_unit_ids, codes_of=unit_codebook_rows,
+              config_fields=("beta",), search_space=cosine_search_space,
+              kmeans_start=True, restarts=True),
+    Quantizer("factorized", "unit codes in factor_dim dims, projected (ViT-VQGAN)",
+              forward=factorized_quantize_forward, backward=factorized_quantize_backward,
+              forward_in_model=factorized_in_model,
+              backward_in_model=factorized_backward_in_model, init_params=factorized_params,
+              ids_of=nearest_factorized_ids, codes_of=up_projected_codes,
+              config_fields=("beta", "factor_dim"), search_space=factorized_search_space,
+              kmeans_start=True, restarts=True),
 ]}
 
 

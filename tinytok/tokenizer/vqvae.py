@@ -41,15 +41,18 @@ class TokenizerConfig:
     num_codes: int = 512    # K: size of the visual vocabulary (fsq: prod(levels))
     beta: float = 0.25      # weight of the commitment loss
     quantizer: str = "vq"   # a name in tinytok.tokenizer.quantizers.QUANTIZERS: "vq"
-                            # (codebook loss), "ema" (EMA codebook), "gumbel" (dVAE) or
-                            # "fsq" (finite scalar quantization, no codebook)
+                            # (codebook loss), "ema" (EMA codebook), "gumbel" (dVAE), "fsq"
+                            # (finite scalar quantization, no codebook), "cosine" (unit
+                            # codes) or "factorized" (unit codes in factor_dim dims)
     kl_weight: float = 5e-4  # gumbel only: weight of the KL term to the uniform prior
     levels: tuple = (8, 5, 5, 5)  # fsq only: levels per channel, prod(levels) codes
     downsamplings: int = 2  # stride-2 stages, 1 or 2: grid_size = image_size // 2**downsamplings
+    factor_dim: int = 8     # factorized only: d, the dims the codes are searched in (D -> d)
 
     def __post_init__(self):
         # each a Python int (NumPy's are taken too), as the checkpoint's JSON holds it
-        for name in ("image_size", "hidden", "res_hidden", "code_dim", "num_codes", "n_res"):
+        for name in ("image_size", "hidden", "res_hidden", "code_dim", "num_codes", "n_res",
+                     "factor_dim"):
             minimum = 0 if name == "n_res" else 1
             setattr(self, name, require_positive_int(f"tokenizer config: {name}",
                                                      getattr(self, name), minimum))
@@ -107,8 +110,8 @@ def tokenizer_config(name_or_dict):
 
 
 def with_quantizer(config, quantizer, levels=None):
-    """A copy of config using another quantizer (a name in QUANTIZERS: "vq", "ema",
-    "gumbel" or "fsq").
+    """A copy of config using another quantizer (a name in QUANTIZERS, such as "vq",
+    "ema", "gumbel", "fsq", "cosine" or "factorized").
 
     For a quantizer that reads levels (fsq) the levels (default: the config's) also set
     code_dim = len(levels) and num_codes = prod(levels); they mean nothing to the others.
@@ -172,9 +175,7 @@ def init_tokenizer_params(config, seed=0, dtype="float32"):
     # The encoder's last layer gives a D-vector per cell (VQ), or K code scores (Gumbel).
     out_channels = c.num_codes if quantizer.scores_codes else c.code_dim
     p.update(conv_params(rng, "enc.out", c.hidden, out_channels, 1))
-    if quantizer.has_codebook:  # FSQ's codes are a fixed grid: no codebook parameter at all
-        p["quant.codebook"] = rng.uniform(-1 / c.num_codes, 1 / c.num_codes,
-                                          (c.num_codes, c.code_dim))
+    p.update(quantizer.init_params(rng, c))  # "quant.*": a codebook, projections, or none
     p.update(conv_params(rng, "dec.conv1", c.code_dim, c.hidden, 3))
     for i in range(c.n_res):
         p.update(conv_params(rng, f"dec.res{i}.conv1", c.hidden, c.res_hidden, 3))
@@ -355,9 +356,9 @@ def quantize_forward(z, params, config, tau=1.0, noise=None):
 
 
 def quantize_backward(dz_q, cache, grads, config, dloss=1.0):
-    dz, dcodebook = QUANTIZERS[config.quantizer].backward_in_model(dz_q, cache, config, dloss)
-    if dcodebook is not None:  # None: no codebook (FSQ)
-        add_grad(grads, "quant.codebook", dcodebook)
+    dz, dparams = QUANTIZERS[config.quantizer].backward_in_model(dz_q, cache, config, dloss)
+    for name, g in dparams.items():  # the codebook, projections, or nothing (FSQ)
+        add_grad(grads, name, g)
     return dz
 
 
@@ -371,8 +372,9 @@ class TokenizerCache(NamedTuple):
 def tokenizer_forward(x, params, config, tau=1.0, noise=None):
     """x (N, 3, S, S) -> dict of losses and outputs, and a cache.
 
-    loss = mse(x_hat, x) + quantizer loss (VQ: codebook + beta * commitment; Gumbel:
-    kl_weight * KL to the uniform prior; FSQ: none, 0). The dict holds "loss", "recon_loss",
+    loss = mse(x_hat, x) + quantizer loss (VQ: codebook + beta * commitment, cosine and
+    factorized the same on unit vectors; Gumbel: kl_weight * KL to the uniform prior; FSQ:
+    none, 0). The dict holds "loss", "recon_loss",
     "vq_loss" (0-d arrays), "x_hat" (N, 3, S, S), "ids" (N, g, g) and the encoder output
     "z".
     tau and noise are the Gumbel temperature and noise (ignored by VQ).
@@ -414,8 +416,8 @@ def encode_ids(x, params, config):
     """x (N, 3, S, S) -> ids (N, g, g): the encoder, then each latent's code.
 
     The encoder keeps no caches (no backward follows). The quantizer's ids_of reads the
-    ids: VQ and EMA pick the nearest code; Gumbel, whose encoder writes one logit per code,
-    the likeliest; FSQ rounds each channel.
+    ids: VQ and EMA pick the nearest code, cosine and factorized the nearest unit code;
+    Gumbel, whose encoder writes one logit per code, the likeliest; FSQ rounds each channel.
     """
     z, _ = encoder_forward(x, params, config, keep_cache=False)             # (N, D, h, w)
     return QUANTIZERS[config.quantizer].ids_of(z, params, config)           # (N, h, w)
@@ -435,16 +437,17 @@ def decode_ids(ids, params, config):
 def config_dict(config):
     """A JSON-able dict of a config, for checkpoints.
 
-    levels (a list, as JSON reads it back) only for a quantizer that reads them (fsq): the
-    others ignore them, and so their checkpoints from before FSQ still resume (the saved
-    config must be equal). downsamplings likewise only when not the default 2, which
-    checkpoints from before the choice existed all used.
+    levels (a list, as JSON reads it back) and factor_dim only for a quantizer that reads
+    them (fsq; factorized): the others ignore them, and so their checkpoints from before
+    the fields existed still resume (the saved config must be equal). downsamplings
+    likewise only when not the default 2, which checkpoints from before the choice existed
+    all used.
     """
     d = asdict(config)
-    if QUANTIZERS[config.quantizer].reads("levels"):
-        d["levels"] = list(config.levels)
-    else:
-        del d["levels"]
+    d["levels"] = list(config.levels)
+    for name in ("levels", "factor_dim"):
+        if not QUANTIZERS[config.quantizer].reads(name):
+            del d[name]
     if config.downsamplings == 2:
         del d["downsamplings"]
     return d

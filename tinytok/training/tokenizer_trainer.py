@@ -1,4 +1,5 @@
-"""Training the tokenizer: the VQ-VAE (VQ, EMA, Gumbel, FSQ) on uint8 pictures, with codebook care.
+"""Training the tokenizer: the VQ-VAE (each quantizer of the table) on uint8 pictures, with
+codebook care.
 
     train_tokenizer(images, tokenizer_config("vqvae-tiny"), TrainSettings(steps=300),
                     "tokenizer.npz", TokenizerRecipe(restart_every=50))
@@ -182,12 +183,14 @@ class TokenizerRun:
     def start_codebook(self):
         """A fresh run's codebook care before step 1: the k-means start, the EMA state."""
         if self.quantizer.kmeans_start and self.recipe.kmeans_init:
-            codebook = self.params["quant.codebook"]   # every code on a real encoder output
+            codebook = self.params["quant.codebook"]   # every code on a real encoder output,
+            # as the search sees it (the quantizer's search_space: unit vectors for cosine)
             if self.world.is_root:   # decided once: k-means amplifies the last bits of z
                 sample = self.images[step_rng(self.settings.seed, 0, 9).permutation(
                     len(self.images))[:self.recipe.kmeans_images]]
                 z = encode_latents(sample, self.params, self.config)
-                codebook[...] = kmeans_init(z, self.config.num_codes, self.settings.seed)
+                vectors, _ = self.quantizer.search_space(z, self.params, self.config)
+                codebook[...] = kmeans_init(vectors, self.config.num_codes, self.settings.seed)
             share_from_root(self.world, {"codebook": codebook})
         if self.quantizer.ema_updates:
             self.ema_state = ema_init(self.params["quant.codebook"])
@@ -317,8 +320,10 @@ class TokenizerRun:
         figures = {"usage": f"{stats['usage']:.0%}", "ppl": f"{stats['perplexity']:.0f}"}
         moves_codes = self.quantizer.restarts and not self.recipe.decoder_only
         if self.recipe.restart_every and moves_codes:
+            vectors, searched = self.quantizer.search_space(z, self.params, self.config)
             figures["restarted"] = restart_on_root(self.world, self.params["quant.codebook"],
-                                                   self.window, z, [self.settings.seed, step, 2],
+                                                   self.window, vectors, searched,
+                                                   [self.settings.seed, step, 2],
                                                    self.ema_state)
         self.history.append({"step": step + 1, "loss": loss, **stats, **adversarial})
         self.window = self.xp.zeros_like(self.window)
@@ -348,12 +353,14 @@ def check_discriminator_match(saved, params, path):
     check_params_match(saved, params, path)
 
 
-def restart_on_root(world, codebook, window, z, seed, ema_state):
-    """Dead-code restarts decided on process 0 (from its encoder outputs z) and broadcast
-    with the EMA statistics they reset. Returns the number restarted (None elsewhere)."""
+def restart_on_root(world, codebook, window, vectors, searched, seed, ema_state):
+    """Dead-code restarts decided on process 0 (from its encoder outputs, as the search
+    sees them: vectors against the codes searched) and broadcast with the EMA statistics
+    they reset. Returns the number restarted (None elsewhere)."""
     restarted = None
     if world.is_root:
-        restarted = restart_dead_codes(codebook, window, z, seed=seed, ema_state=ema_state)
+        restarted = restart_dead_codes(codebook, window, vectors, seed=seed,
+                                       ema_state=ema_state, searched=searched)
     moved = {"codebook": codebook}
     if ema_state is not None:
         moved.update(cluster_size=ema_state["cluster_size"], embed_sum=ema_state["embed_sum"])
