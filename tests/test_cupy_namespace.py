@@ -203,6 +203,8 @@ HOST_EDGES = {
                                        "k-means runs on the host (kmeans_init calls to_numpy)"),
     ("tokenizer.gumbel", "gumbel_noise"): ({"log"}, "noise is drawn on the host, then moved"),
     ("tokenizer.vqvae", "conv_params"): ({"sqrt"}, "a Python float bound for host init draws"),
+    ("tokenizer.quantizers", "linear_params"): ({"sqrt"}, "a Python float bound, host init"),
+    ("tokenizer.quantizers", "unit_rows"): ({"linalg"}, "host init draws, moved by to_device"),
     ("prior.gpt", "init_gpt_params"): ({"ones", "sqrt", "zeros"}, "host init, moved by to_device"),
     ("pipeline", "model_to_images"): ({"clip", "rint"}, "after to_numpy: uint8 images out"),
     ("evaluate", "psnr"): ({"log10", "maximum"}, "uint8 host images"),
