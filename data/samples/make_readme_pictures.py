@@ -6,7 +6,13 @@ Writes samples.png (six drawings per caption, as `tinytok sample` draws them: gu
 each the best of 4 by the prior's own caption likelihood; the last three captions held out of
 training, a green dot where the attributes read back from the pixels match), captions.png
 (captions the prior writes for held-out pictures), shapes_reconstructions.png,
-shapes_palette.png and pipeline.png (the whole recipe on one picture) into data/samples/, and prints what it measured on them.
+shapes_palette.png and pipeline.png (the whole recipe on one picture) into data/samples/, and
+prints what it measured on them.
+
+photos_gan_side_by_side.png is eval-tokenizer's own picture (side_by_side.png):
+
+    tinytok eval-tokenizer --tokenizer data/checkpoints/photos_gan_tokenizer.npz --data photos \
+        --compare data/checkpoints/photos_tokenizer.npz --pictures DIR
 """
 import os
 
