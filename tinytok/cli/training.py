@@ -71,10 +71,40 @@ def add_train_tokenizer(sub):
 
 def cmd_train_tokenizer(args):
     from tinytok.data.datasets import training_images
-    from tinytok.training import TokenizerRecipe, TrainSettings, train_tokenizer
+    from tinytok.training import TrainSettings, train_tokenizer
+    config = _tokenizer_config(args)   # every refusal here, before any data is read
+    settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                             warmup=args.warmup, seed=args.seed,
+                             checkpoint_every=args.checkpoint_every, log_every=args.log_every)
+    settings.check()  # before anything is printed: a bad argument is one line, not two
+    recipe = _tokenizer_recipe(args)
+    init = _init_params(args, config)
+    world = args.world
+    distributed.batch_share(settings.batch_size, world)   # refused here too, before training
+    images = training_images(args.data, args.n_images if args.data in ("shapes", "photos")
+                             else None, seed=args.seed, split=args.split,
+                             size=config.image_size)
+    g, size = config.grid_size, config.image_size
+    say, on = _speaker(world), f" on {world.size} processes" if world.size > 1 else ""
+    against = (f", against a patch discriminator learning from step {recipe.disc_start}, "
+               f"heeded from step {recipe.heeded_from} (weight {recipe.gan_weight:g})"
+               if recipe.adversarial else "")
+    say(f"training a {config.name} tokenizer ({config.quantizer}, {config.num_codes} codes, "
+        f"{g}x{g} tokens per {size}x{size} picture) on {len(images)} {args.data} images for "
+        f"{args.steps} steps{on}{against}{', from ' + args.init if init else ''} -> "
+        f"{args.out}", file=sys.stderr)
+    train_tokenizer(images, config, settings, args.out, recipe, resume=args.resume,
+                    world=world, init=init)
+    say(f"wrote {args.out}")
+    return 0
+
+
+def _tokenizer_config(args):
+    """The TokenizerConfig the flags ask for, or a one-line refusal of a flag that does not
+    apply to the quantizer (its record in QUANTIZERS says which fields it reads)."""
+    from dataclasses import replace
     from tinytok.tokenizer.quantizers import QUANTIZERS, quantizers_reading
     from tinytok.tokenizer.vqvae import tokenizer_config, with_grid, with_quantizer
-    from dataclasses import replace
     sized_by_levels = QUANTIZERS[args.quantizer].reads("levels")
     if not sized_by_levels and args.levels is not None:
         raise ConfigError(f"--levels is for --quantizer "
@@ -90,50 +120,37 @@ def cmd_train_tokenizer(args):
         config = replace(config, num_codes=args.codes)
     if args.factor_dim is not None:
         config = replace(config, factor_dim=args.factor_dim)
-    config = with_grid(config, args.size, args.grid)  # refused here, before any data is read
-    images = training_images(args.data, args.n_images if args.data in ("shapes", "photos")
-                             else None, seed=args.seed, split=args.split,
-                             size=config.image_size)
-    settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                             warmup=args.warmup, seed=args.seed,
-                             checkpoint_every=args.checkpoint_every, log_every=args.log_every)
+    return with_grid(config, args.size, args.grid)
+
+
+def _tokenizer_recipe(args):
+    """The codebook care and the adversarial settings, checked."""
+    from tinytok.training import TokenizerRecipe
     recipe = TokenizerRecipe(kmeans_init=not args.no_kmeans,
                              restart_every=0 if args.no_restarts else args.restart_every,
                              gan_weight=args.gan_weight, disc_start=args.disc_start,
-                             gan_start=args.gan_start,
-                             disc_lr_scale=args.disc_lr_scale,
-                             decoder_only=args.decoder_only,
+                             gan_start=args.gan_start, disc_lr_scale=args.disc_lr_scale,
                              feature_weight=args.feature_weight,
-                             disc_channels=args.disc_channels)
-    settings.check()  # before anything is printed: a bad argument is one line, not two
+                             disc_channels=args.disc_channels, decoder_only=args.decoder_only)
     recipe.check()
     if args.decoder_only and not args.init and not args.resume:
         raise ConfigError("--decoder-only trains the decoder of an existing tokenizer: give it "
                           "with --init FILE")
-    init = None
-    if args.init:
-        from tinytok.training.checkpoint import load_checkpoint
-        earlier = load_checkpoint(args.init, kind="tokenizer")
-        if tokenizer_config(earlier.config["model"]) != config:
-            raise ConfigError(f"--init {args.init} is a {earlier.config['model'].get('name')} "
-                              "tokenizer of another configuration; give the same --config, "
-                              "--quantizer, --codes and --grid as it was trained with")
-        init = earlier.params
-    world = args.world
-    distributed.batch_share(settings.batch_size, world)   # refused here too, before training
-    g, size = config.grid_size, config.image_size
-    say, on = _speaker(world), f" on {world.size} processes" if world.size > 1 else ""
-    against = (f", against a patch discriminator learning from step {recipe.disc_start}, "
-               f"heeded from step {recipe.heeded_from} (weight {recipe.gan_weight:g})"
-               if recipe.adversarial else "")
-    say(f"training a {config.name} tokenizer ({config.quantizer}, {config.num_codes} codes, "
-        f"{g}x{g} tokens per {size}x{size} picture) on {len(images)} {args.data} images for "
-        f"{args.steps} steps{on}{against}{', from ' + args.init if init else ''} -> "
-        f"{args.out}", file=sys.stderr)
-    train_tokenizer(images, config, settings, args.out, recipe, resume=args.resume,
-                    world=world, init=init)
-    say(f"wrote {args.out}")
-    return 0
+    return recipe
+
+
+def _init_params(args, config):
+    """The parameters of the --init tokenizer (None without one), which must have config."""
+    if not args.init:
+        return None
+    from tinytok.tokenizer.vqvae import tokenizer_config
+    from tinytok.training.checkpoint import load_checkpoint
+    earlier = load_checkpoint(args.init, kind="tokenizer")
+    if tokenizer_config(earlier.config["model"]) != config:
+        raise ConfigError(f"--init {args.init} is a {earlier.config['model'].get('name')} "
+                          "tokenizer of another configuration; give the same --config, "
+                          "--quantizer, --codes and --grid as it was trained with")
+    return earlier.params
 
 
 def _speaker(world):
