@@ -89,6 +89,12 @@ def build_case(name, xp=np, dtype=np.float64, seed=0):
         args = [f(2, 5, 6), f(6, 18, scale=0.5), f(18, scale=0.1), f(6, 6, scale=0.5),
                 f(6, scale=0.1)]
         kwargs = {"n_head": 2}
+    elif name == "self_attention":  # a given mask, neither causal nor full; row 2 skips itself
+        args = [f(2, 5, 6), f(6, 18, scale=0.5), f(18, scale=0.1), f(6, 6, scale=0.5),
+                f(6, scale=0.1)]
+        kwargs = {"n_head": 2, "mask": np.array([[1, 1, 0, 0, 0], [0, 1, 1, 0, 1],
+                                                 [1, 0, 0, 1, 0], [1, 1, 1, 1, 1],
+                                                 [0, 0, 0, 0, 1]], dtype=bool)}
     elif name == "cross_entropy":
         targets = rng.integers(0, 7, size=(2, 5))
         targets[0, 1] = targets[1, 3] = -1  # two ignored positions

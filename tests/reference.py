@@ -238,6 +238,29 @@ def causal_self_attention(x, w_qkv, b_qkv, w_proj, b_proj, n_head):
     return y @ w_proj + b_proj
 
 
+def masked_self_attention(x, w_qkv, b_qkv, w_proj, b_proj, n_head, allowed):
+    """The same loops, each query over the keys its row of allowed (T, T) lets it see:
+    allowed[t][s] True where position t may attend to position s."""
+    B, T, C = x.shape
+    hs = C // n_head
+    qkv = x.astype(np.float64) @ w_qkv + b_qkv          # (B, T, 3C)
+    q, k, v = qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:]
+    y = np.zeros((B, T, C))
+    for bi in range(B):
+        for h in range(n_head):
+            cols = slice(h * hs, (h + 1) * hs)
+            for t in range(T):
+                visible = [s for s in range(T) if allowed[t][s]]
+                scores = [float(q[bi, t, cols] @ k[bi, s, cols]) / math.sqrt(hs)
+                          for s in visible]
+                m = max(scores)
+                weights = [math.exp(sc - m) for sc in scores]
+                total = sum(weights)
+                y[bi, t, cols] = sum(wt / total * v[bi, s, cols]
+                                     for wt, s in zip(weights, visible))
+    return y @ w_proj + b_proj
+
+
 # --- picture fidelity ---------------------------------------------------------------------
 
 def ssim(a, b, data_range=255.0, size=11, sigma=1.5):

@@ -103,7 +103,8 @@ def test_op_pair_parity(cp, name, dtype):
     assert_close(want, got, TOL[dtype], name)
 
 
-@pytest.mark.parametrize("name", ["conv2d", "conv_transpose2d", "causal_self_attention"])
+@pytest.mark.parametrize("name", ["conv2d", "conv_transpose2d", "causal_self_attention",
+                                  "self_attention"])
 def test_gradient_check_on_cupy(cp, name):
     from tinytok.gradcheck import check_pair
     forward, backward = PAIRS[name]

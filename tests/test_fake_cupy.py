@@ -177,7 +177,8 @@ def test_op_pair_on_device_equals_numpy(fake, name, dtype):
     assert_device_matches_numpy(lambda xp: run_pair(name, xp, dtype), fake, what=name)
 
 
-@pytest.mark.parametrize("name", ["linear", "layer_norm", "causal_self_attention", "conv2d",
+@pytest.mark.parametrize("name", ["linear", "layer_norm", "causal_self_attention",
+                                  "self_attention", "conv2d",
                                   "leaky_relu", "hinge_d_loss", "hinge_g_loss"])
 def test_gradcheck_on_device(fake, name):
     from tinytok.gradcheck import assert_gradients_close

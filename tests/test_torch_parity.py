@@ -6,7 +6,7 @@ fed to our backward. Agreement is to float32 rounding (rtol 1e-4, atol 1e-5).
 import numpy as np
 import pytest
 
-from tinytok.ops import PAIRS, causal_self_attention_forward
+from tinytok.ops import PAIRS, causal_self_attention_forward, self_attention_forward
 from tinytok.ops.attention import KVCache
 
 torch = pytest.importorskip("torch")
@@ -16,15 +16,19 @@ torch.set_num_threads(1)
 RTOL, ATOL = 1e-4, 1e-5
 
 
-def torch_attention(x, w_qkv, b_qkv, w_proj, b_proj, n_head):
-    """nanoGPT's layout: [q | k | v] columns, heads as consecutive chunks of C // n_head."""
+def torch_attention(x, w_qkv, b_qkv, w_proj, b_proj, n_head, mask="causal"):
+    """nanoGPT's layout: [q | k | v] columns, heads as consecutive chunks of C // n_head.
+    mask: "causal" (is_causal), "full" (no mask) or a boolean array, True = may attend
+    (torch's attn_mask has the same sense)."""
     B, T, C = x.shape
     q, k, v = (x @ w_qkv + b_qkv).split(C, dim=-1)
 
     def heads(t):
         return t.view(B, T, n_head, C // n_head).transpose(1, 2)  # (B, nh, T, hs)
 
-    y = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), is_causal=True)
+    given = {"causal": {"is_causal": True}, "full": {}} if isinstance(mask, str) else None
+    y = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), **(
+        given[mask] if given else {"attn_mask": torch.from_numpy(np.asarray(mask))}))
     return y.transpose(1, 2).reshape(B, T, C) @ w_proj + b_proj
 
 
@@ -53,6 +57,7 @@ TORCH = {
     "l2_normalize": lambda x, axis=-1: F.normalize(x, dim=axis),
     "embedding": F.embedding,
     "causal_self_attention": torch_attention,
+    "self_attention": torch_attention,
     "cross_entropy": torch_cross_entropy,
     "mse": F.mse_loss,
     "hinge_d_loss": torch_hinge_d_loss,
@@ -161,6 +166,59 @@ def test_attention_through_a_kv_cache_matches_torch_sdpa_on_the_whole(B, T, n_he
         outs.append(out)
         start = end
     want = torch_attention(*(torch.from_numpy(a) for a in [x, *params]), n_head=n_head)
+    np.testing.assert_allclose(np.concatenate(outs, axis=1), want.numpy(), rtol=RTOL,
+                               atol=ATOL)
+
+
+def attention_args(B, T, n_head, hs, seed):
+    C = n_head * hs
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(s).astype(np.float32) * scale for s, scale in
+            [((B, T, C), 1.0), ((C, 3 * C), C ** -0.5), ((3 * C,), 0.1), ((C, C), C ** -0.5),
+             ((C,), 0.1)]]
+
+
+def block_causal(sizes):
+    """(T, T) boolean: each position sees its own block and every block before it."""
+    block = np.repeat(np.arange(len(sizes)), sizes)
+    return block[None, :] <= block[:, None]
+
+
+def random_mask(T, seed):
+    """(T, T) boolean, about half True, and one True at least in every row."""
+    rng = np.random.default_rng(seed)
+    mask = rng.random((T, T)) < 0.5
+    mask[np.arange(T), rng.integers(0, T, size=T)] = True
+    return mask
+
+
+@pytest.mark.parametrize("mask", ["causal", "full", "random", "block-causal"])
+@pytest.mark.parametrize("B, T, n_head, hs", [(1, 1, 1, 4), (2, 8, 4, 4), (3, 5, 2, 8)])
+def test_self_attention_with_each_mask_matches_torch_sdpa(B, T, n_head, hs, mask):
+    """is_causal, no mask, or attn_mask given as a boolean array (True = may attend)."""
+    given = {"random": lambda: random_mask(T, seed=T),
+             "block-causal": lambda: block_causal([T // 2, T - T // 2])}
+    mask = given[mask]() if mask in given else mask
+    assert_matches_torch("self_attention", attention_args(B, T, n_head, hs, seed=T),
+                         {"n_head": n_head, "mask": mask}, [0, 1, 2, 3, 4])
+
+
+@pytest.mark.parametrize("B, n_head, hs, sizes", [(2, 4, 4, [1, 4, 3]), (1, 1, 4, [2, 2, 2]),
+                                                  (3, 2, 8, [6])])
+def test_full_attention_in_blocks_through_a_kv_cache_matches_torch_block_causal(
+        B, n_head, hs, sizes):
+    """Fed a block at a time through a KV cache with mask="full", each block sees the past
+    and itself: torch's attention over the whole sequence with the block-causal mask."""
+    T = sum(sizes)
+    x, *params = attention_args(B, T, n_head, hs, seed=T)
+    kv = KVCache.empty((B, n_head, T, hs), like=x)
+    outs, start = [], 0
+    for end in np.cumsum(sizes):
+        out, _ = self_attention_forward(x[:, start:end], *params, n_head, mask="full", kv=kv)
+        outs.append(out)
+        start = end
+    want = torch_attention(*(torch.from_numpy(a) for a in [x, *params]), n_head=n_head,
+                           mask=block_causal(sizes))
     np.testing.assert_allclose(np.concatenate(outs, axis=1), want.numpy(), rtol=RTOL,
                                atol=ATOL)
 

@@ -4,6 +4,8 @@ Each is ``NAME_forward(...) -> (out, cache)`` and ``NAME_backward(dout, cache) -
 the gradients in the order of the forward's float array arguments. A loss's backward takes
 the upstream gradient of the loss first (usually 1.0). Each cache is a named tuple of what
 the backward needs (``LinearCache(x, w, has_bias)``, ...), one type per op.
+``causal_self_attention`` is ``self_attention`` with its default mask, the causal one, under
+the name the raster prior and lesson 10 use.
 
 Besides the pairs of PAIRS: conv2d_as_transposed, the same numbers as conv2d by another
 route (faster for a narrowing convolution); softmax and log_softmax; scatter_add, the
@@ -11,7 +13,8 @@ accumulating write behind a lookup's gradient.
 """
 from tinytok.ops.activations import (gelu_backward, gelu_forward, leaky_relu_backward,
                                     leaky_relu_forward, relu_backward, relu_forward)
-from tinytok.ops.attention import causal_self_attention_backward, causal_self_attention_forward
+from tinytok.ops.attention import (causal_self_attention_backward, causal_self_attention_forward,
+                                   self_attention_backward, self_attention_forward)
 from tinytok.ops.conv import (conv2d_as_transposed_backward, conv2d_as_transposed_forward,
                               conv2d_backward, conv2d_forward, conv_transpose2d_backward,
                               conv_transpose2d_forward, narrowing_conv_is_faster)
@@ -36,6 +39,7 @@ PAIRS = {
     "l2_normalize": (l2_normalize_forward, l2_normalize_backward),
     "embedding": (embedding_forward, embedding_backward),
     "causal_self_attention": (causal_self_attention_forward, causal_self_attention_backward),
+    "self_attention": (self_attention_forward, self_attention_backward),  # mask= any pattern
     "cross_entropy": (cross_entropy_forward, cross_entropy_backward),
     "mse": (mse_forward, mse_backward),
     "hinge_d_loss": (hinge_d_loss_forward, hinge_d_loss_backward),
