@@ -162,12 +162,17 @@ def _tokenizer_pictures(tokenizer, images, recon, ids, folder):
 SIDE_BY_SIDE_PICTURES, SIDE_BY_SIDE_SCALE = 6, 6
 
 
+def checkpoint_name(path):
+    """A checkpoint's file name without its folder and .npz: the row label's first line."""
+    return os.path.splitext(os.path.basename(str(path)))[0]
+
+
 def side_by_side(images, rows, path, n=SIDE_BY_SIDE_PICTURES, scale=SIDE_BY_SIDE_SCALE):
     """The first n originals in a row, and under them each tokenizer's reconstructions,
     enlarged scale times (nearest neighbour: every pixel a crisp square, so a blur shows).
     rows: (checkpoint path, reconstructions, its fidelity figures), one per tokenizer."""
     from tinytok.viz import comparison_grid
-    names = ["original"] + [f"{os.path.basename(str(checkpoint))}  PSNR {f['psnr_db']:.1f} dB"
+    names = ["original"] + [f"{checkpoint_name(checkpoint)}  PSNR {f['psnr_db']:.1f} dB"
                             f"  SSIM {f['ssim']:.3f}  HF power kept {f['hf_share']:.0%}"
                             for checkpoint, _, f in rows]
     return comparison_grid([images[:n]] + [recon[:n] for _, recon, _ in rows], names,
