@@ -81,6 +81,45 @@ def test_gpt_loss_gradients_match_finite_differences_for_every_param(T):
     np.testing.assert_array_equal(grads["gpt.wpe"][T:], 0)
 
 
+@pytest.mark.parametrize("mask", ["full", "block"])
+def test_gpt_loss_gradients_with_another_mask(mask):
+    """The same model with the attention told to see every position ("full", a masked
+    prior's) or a block-causal boolean mask (a next-scale prior's): float64 gradients of
+    every parameter against central differences."""
+    T = 6
+    if mask == "block":   # three blocks of two: each sees its own block and those before
+        mask = np.repeat(np.repeat(np.tril(np.ones((3, 3), bool)), 2, 0), 2, 1)
+    params = scaled_params(TINY)
+    ids, targets = batch(TINY, T=T)
+    logits, cache = gpt_forward(ids, params, TINY, mask=mask)
+    loss, cache = gpt_loss_forward(ids, targets, params, TINY, mask=mask)
+    grads = zeros_like_params(params)
+    gpt_loss_backward(cache, grads, TINY)
+    rng = np.random.default_rng(1)
+
+    def loss_of(p):
+        return float(gpt_loss_forward(ids, targets, p, TINY, mask=mask)[0])
+
+    for key in params:
+        idx = ref.sample_indices(params[key].size, 12, rng)
+        num = ref.numerical_param_gradient(loss_of, params, key, idx)
+        assert relative_error(grads[key].reshape(-1)[idx], num) < 1e-6, key
+
+
+def test_the_causal_mask_is_the_default_and_full_sees_the_future():
+    params = scaled_params(TINY)
+    ids, _ = batch(TINY)
+    causal, _ = gpt_forward(ids, params, TINY)
+    np.testing.assert_array_equal(gpt_forward(ids, params, TINY, mask="causal")[0], causal)
+    full, _ = gpt_forward(ids, params, TINY, mask="full")
+    changed = ids.copy()
+    changed[:, -1] = (changed[:, -1] + 1) % TINY.vocab_size
+    full2, _ = gpt_forward(changed, params, TINY, mask="full")
+    assert np.abs(full2[:, 0] - full[:, 0]).max() > 1e-6      # the first token sees the last
+    causal2, _ = gpt_forward(changed, params, TINY)
+    np.testing.assert_array_equal(causal2[:, 0], causal[:, 0])    # with the causal mask not
+
+
 # --- block, MLP and LayerNorm pairs ---------------------------------------------------------
 
 def model_pair(forward, backward, keys, name, *extra):

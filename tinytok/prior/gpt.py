@@ -25,10 +25,10 @@ import numpy as np
 
 from tinytok.backend import rng as host_rng, to_device
 from tinytok.errors import ConfigError, ShapeError
-from tinytok.ops import (causal_self_attention_backward, causal_self_attention_forward,
-                         cross_entropy_backward, cross_entropy_forward, embedding_backward,
+from tinytok.ops import (cross_entropy_backward, cross_entropy_forward, embedding_backward,
                          embedding_forward, gelu_backward, gelu_forward, layer_norm_backward,
-                         layer_norm_forward, linear_backward, linear_forward)
+                         layer_norm_forward, linear_backward, linear_forward,
+                         self_attention_backward, self_attention_forward)
 from tinytok.ops.attention import KVCache, require_backward_cache
 from tinytok.ops.checks import require_int, require_ndim, require_positive_int
 
@@ -139,15 +139,17 @@ def mlp_backward(dy, cache, grads, name):
     return dx
 
 
-def attention_forward(x, params, name, n_head, kv=None):
-    """The attention op with this block's named parameters (and its layer's KVCache)."""
-    return causal_self_attention_forward(
+def attention_forward(x, params, name, n_head, kv=None, mask="causal"):
+    """The attention op with this block's named parameters (and its layer's KVCache).
+    mask: what each position may see, as self_attention takes it: "causal" (the raster
+    prior's), "full", or a boolean (T_q, T_k) array."""
+    return self_attention_forward(
         x, params[name + ".w_qkv"], params[name + ".b_qkv"],
-        params[name + ".w_proj"], params[name + ".b_proj"], n_head, kv)
+        params[name + ".w_proj"], params[name + ".b_proj"], n_head, mask=mask, kv=kv)
 
 
 def attention_backward(dy, cache, grads, name):
-    dx, dw_qkv, db_qkv, dw_proj, db_proj = causal_self_attention_backward(dy, cache)
+    dx, dw_qkv, db_qkv, dw_proj, db_proj = self_attention_backward(dy, cache)
     _add(grads, name + ".w_qkv", dw_qkv); _add(grads, name + ".b_qkv", db_qkv)
     _add(grads, name + ".w_proj", dw_proj); _add(grads, name + ".b_proj", db_proj)
     return dx
@@ -165,18 +167,19 @@ def layer_norm_named_backward(dy, cache, grads, name):
 
 class BlockCache(NamedTuple):
     ln1: tuple     # layer norm before attention
-    attn: tuple    # causal self-attention
+    attn: tuple    # self-attention (causal unless asked otherwise)
     ln2: tuple     # layer norm before the MLP
     mlp: MlpCache
 
 
-def block_forward(x, params, name, n_head, kv=None):
+def block_forward(x, params, name, n_head, kv=None, mask="causal"):
     """x (B, T, C) -> x + attn(ln1(x)), then + mlp(ln2(.)). Same shape out.
 
     kv: this layer's KVCache, when sampling: x is then the tokens after those it holds,
-    and the forward returns no cache (None), as the attention does."""
+    and the forward returns no cache (None), as the attention does. mask: the attention's
+    (attention_forward)."""
     h, c_ln1 = layer_norm_named_forward(x, params, name + ".ln1")
-    a, c_attn = attention_forward(h, params, name + ".attn", n_head, kv)
+    a, c_attn = attention_forward(h, params, name + ".attn", n_head, kv, mask)
     x = x + a
     h, c_ln2 = layer_norm_named_forward(x, params, name + ".ln2")
     m, c_mlp = mlp_forward(h, params, name + ".mlp")
@@ -229,12 +232,14 @@ class GPTCache(NamedTuple):
     T: int          # the sequence length (rows of the position table used)
 
 
-def gpt_forward(ids, params, config, kv=None):
+def gpt_forward(ids, params, config, kv=None, mask="causal"):
     """ids (B, T) int -> logits (B, T, V), cache.
 
     kv (new_kv_cache's, for sampling): ids are the T tokens after the P the cache holds,
     position P + t gets row P + t of the position table, the cache then holds P + T, and
-    the cache returned is None (forward-only).
+    the cache returned is None (forward-only). mask: what each position may see in every
+    block: "causal" (the raster prior: each token its past), "full" (every token all of
+    them), or a boolean (T, P + T) array (attention_forward).
     """
     check_ids(ids, config)
     T = ids.shape[1]
@@ -244,7 +249,7 @@ def gpt_forward(ids, params, config, kv=None):
     c_blocks = []
     for i in range(config.n_layer):
         x, c = block_forward(x, params, f"gpt.h{i}", config.n_head,
-                             None if kv is None else kv[i])
+                             None if kv is None else kv[i], mask)
         c_blocks.append(c)
     x, c_lnf = layer_norm_named_forward(x, params, "gpt.ln_f")
     if kv is not None:  # sampling: the tied head as one product per sequence, the rounding
@@ -272,12 +277,13 @@ class GPTLossCache(NamedTuple):
     logits: object       # (B, T, V): what the model predicted, for a caller to look at
 
 
-def gpt_loss_forward(ids, targets, params, config):
-    """Mean next-token cross-entropy over targets != -1.
+def gpt_loss_forward(ids, targets, params, config, mask="causal"):
+    """Mean cross-entropy over targets != -1: of the next token with the causal mask, of
+    whatever targets the caller sets with another (gpt_forward's mask).
 
     ids, targets (B, T) -> loss (0-d), cache (its .logits are the model's (B, T, V)).
     """
-    logits, c_model = gpt_forward(ids, params, config)
+    logits, c_model = gpt_forward(ids, params, config, mask=mask)
     loss, c_loss = cross_entropy_forward(logits, targets, ignore_index=-1)
     return loss, GPTLossCache(c_model, c_loss, logits)
 
