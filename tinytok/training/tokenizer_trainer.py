@@ -7,8 +7,11 @@ codebook care.
 Each step draws its batch and Gumbel noise from (seed, step), runs tokenizer_grads on every
 core and updates with AdamW; the EMA codebook follows the encoder outputs it was given, and
 every restart_every steps the codes nobody used lately are moved onto encoder outputs
-(dead-code restarts). FSQ has no codebook, so none of that care applies to it. The loop
-itself (checkpoints, Ctrl-C, NaN guards) is loop.run_loop.
+(dead-code restarts). FSQ has no codebook, so none of that care applies to it. With a
+gan_weight, a patch discriminator joins at disc_start (its parameters "disc.*" in the same
+dict, its own AdamW state), and from gan_start the step is training.adversarial's: the
+tokenizer learns to fool it too. decoder_only trains the decoder of an init tokenizer alone.
+The loop itself (checkpoints, Ctrl-C, NaN guards) is loop.run_loop.
 
 On several processes (world, tinytok.distributed) each takes its share of every batch; the
 gradients, the losses and the code counts (the EMA's and the usage window's) are summed in
@@ -46,8 +49,10 @@ from tinytok.training.steps import tokenizer_grads
 
 @dataclass
 class TokenizerRecipe:
-    """Codebook care: k-means start, dead-code restarts, EMA decay (each applies to the
-    quantizers whose record in tinytok.tokenizer.quantizers.QUANTIZERS asks for it)."""
+    """How a tokenizer is trained beyond the settings every run has: the codebook care
+    (k-means start, dead-code restarts, EMA decay; each applies to the quantizers whose
+    record in tinytok.tokenizer.quantizers.QUANTIZERS asks for it) and, with gan_weight > 0,
+    VQGAN's adversarial loss against a patch discriminator (training.adversarial)."""
     kmeans_init: bool = True        # start the codebook from k-means of encoder outputs
     kmeans_images: int = 1024       # images encoded for the k-means start
     restart_every: int = 100        # look for dead codes every this many steps (0: never)
