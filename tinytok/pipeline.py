@@ -23,7 +23,10 @@ from tinytok.errors import CheckpointError, ConfigError, DTypeError, ShapeError
 from tinytok.ops.checks import is_whole_number
 from tinytok.parallel import blas_threads_for_small_products, for_batch_parts
 from tinytok.prior.gpt import gpt_config, init_gpt_params
-from tinytok.prior.sample import caption_log_likelihood, sample_image_codes, write_captions
+from tinytok.prior.kinds import (kind_of_checkpoint, model_vocab_size, prior_kind,
+                                 refuse_inpainting, refuse_words)
+from tinytok.prior.masked import inpaint_codes
+from tinytok.prior.sample import caption_log_likelihood, write_captions
 from tinytok.prior.settings import SAMPLING, check_sampling
 from tinytok.prior.vocab import Vocab
 from tinytok.tokenizer.discriminator import is_discriminator_param
@@ -162,10 +165,11 @@ class Tokenizer:
 
 
 class Prior:
-    """A trained prior: a GPT over the joint vocabulary of caption words and image codes."""
+    """A trained prior: a GPT over the joint vocabulary of caption words and image codes.
+    kind: its PriorKind (prior/kinds.py): a raster prior, or a masked one (MaskGIT)."""
 
-    def __init__(self, params, config, vocab):
-        self.config, self.vocab = config, vocab
+    def __init__(self, params, config, vocab, kind="raster"):
+        self.config, self.vocab, self.kind = config, vocab, prior_kind(kind)
         self.params = backend.params_to_device(params)
 
     @classmethod
@@ -176,16 +180,20 @@ class Prior:
                                   lambda: gpt_config(dict(ckpt.config["model"])))
         vocab = _from_checkpoint(path, "vocabulary",
                                  lambda: Vocab.from_dict(ckpt.config["vocab"]))
-        if vocab.size != config.vocab_size:
-            raise CheckpointError(f"{path}: its vocabulary has {vocab.size} tokens but the "
-                                  f"model {config.vocab_size}")
+        kind = _from_checkpoint(path, "kind of prior", lambda: kind_of_checkpoint(ckpt.config))
+        if model_vocab_size(kind, vocab) != config.vocab_size:
+            raise CheckpointError(f"{path}: a {kind.name} prior over its vocabulary has "
+                                  f"{model_vocab_size(kind, vocab)} tokens but the model "
+                                  f"{config.vocab_size}")
         check_params_match(ckpt.params, init_gpt_params(config), path)
-        return cls(ckpt.params, config, vocab)
+        return cls(ckpt.params, config, vocab, kind)
 
     def save(self, path):
-        """Write the parameters, config and vocabulary (no optimizer state), atomically."""
+        """Write the parameters, kind, config and vocabulary (no optimizer state),
+        atomically."""
         save_checkpoint(path, kind="prior", params=self.params,
-                        config={"model": asdict(self.config), "vocab": self.vocab.to_dict()})
+                        config={"kind": self.kind.name, "model": asdict(self.config),
+                                "vocab": self.vocab.to_dict()})
 
 
 class Pipeline:
@@ -207,10 +215,11 @@ class Pipeline:
         """n token grids (n, g, g) for one caption; see generate for the arguments."""
         sampling = check_sampling(sampling)
         check_seed(seed)
-        prior, k = self.prior, sampling.rerank
+        prior = self.prior
+        k = sampling.rerank if prior.kind.can_caption else 1   # the prior is the judge
         with blas_threads_for_small_products():  # a few rows per product (tinytok.parallel)
-            drawn = sample_image_codes(prior.params, prior.config, prior.vocab, prompt, n * k,
-                                       np.random.default_rng(seed), sampling, use_cache)
+            drawn = prior.kind.draw(prior.params, prior.config, prior.vocab, prompt, n * k,
+                                    np.random.default_rng(seed), sampling, use_cache)
         if k > 1:
             drawn = self.best_of(drawn.reshape(n, k, *drawn.shape[1:]), prompt)
         return drawn
@@ -224,7 +233,8 @@ class Pipeline:
         caption_log_likelihood): DALL-E's reranking, with the one-stream model as its own
         judge, k times the drawing work. sampling=tinytok.PLAIN draws once, unguided.
         seed fixes the draws; use_cache=False recomputes the whole prefix for each token
-        (the same pictures, slower: lesson 12).
+        (the same pictures, slower: lesson 12). A masked prior fills each grid in
+        sampling.steps passes and draws it once (it cannot judge captions).
         """
         if isinstance(prompts, str):
             prompts = [prompts]
@@ -246,6 +256,7 @@ class Pipeline:
         codes (N, g, g) int -> (N,) float64. The captioning layout read forwards: how likely
         the model is to write exactly this caption after seeing each picture.
         """
+        refuse_words(self.prior.kind, "judge how well a caption fits a picture")
         prior, codes = self.prior, backend.to_numpy(codes)
         parts = for_batch_parts(lambda lo, hi: caption_log_likelihood(
             prior.params, prior.config, prior.vocab, codes[lo:hi], caption, batch_size),
@@ -261,6 +272,7 @@ class Pipeline:
         that answers an instruction is the best of sampling.edit_rerank.
         """
         from tinytok.conversation import converse
+        refuse_words(self.prior.kind, "hold a conversation")
         return converse(self, turns, seed=seed, sampling=sampling)
 
     def edit(self, images, instruction, n=1, *, seed=0, sampling=SAMPLING):
@@ -269,6 +281,8 @@ class Pipeline:
         a {shape}"), n pictures each, each the best of sampling.edit_rerank candidates.
         sampling as for generate."""
         from tinytok.conversation import edit
+        refuse_words(self.prior.kind, "edit a picture by an instruction (it inpaints: "
+                     "Pipeline.inpaint)")
         return edit(self, images, instruction, n, seed=seed, sampling=sampling)
 
     def caption(self, images, *, greedy=True, temperature=1.0, seed=0):
@@ -278,8 +292,57 @@ class Pipeline:
 
     def caption_codes(self, codes, *, greedy=True, temperature=1.0, seed=0):
         """Captions for token grids (N, g, g)."""
+        refuse_words(self.prior.kind, "write captions")
         check_seed(seed)
         prior = self.prior
         with blas_threads_for_small_products():
             return write_captions(prior.params, prior.config, prior.vocab, codes,
                                   np.random.default_rng(seed), greedy, temperature)
+
+    def inpaint(self, images, region, prompt, n=1, *, seed=0, sampling=SAMPLING):
+        """uint8 (len(images) * n, S, S, 3): each picture with a region drawn again to fit
+        the caption prompt, n pictures each; needs a masked prior.
+
+        region: (left, top, right, bottom) in pixels, right and bottom excluded, or a bool
+        (S, S) array of the pixels to redraw. Every grid cell the region touches is drawn
+        again (region_cells); the others keep their codes, so outside those cells the
+        picture is the tokenizer's reconstruction of the original. sampling as for
+        generate (its steps, guidance and temperature).
+        """
+        refuse_inpainting(self.prior.kind)
+        sampling = check_sampling(sampling)
+        check_seed(seed)
+        codes = np.repeat(self.tokenizer.encode(images), n, axis=0)
+        hidden = np.broadcast_to(region_cells(region, self.tokenizer.config.image_size,
+                                              self.tokenizer.grid_size), codes.shape)
+        prior = self.prior
+        with blas_threads_for_small_products():
+            drawn = inpaint_codes(prior.params, prior.config, prior.vocab, codes, hidden,
+                                  prompt, np.random.default_rng(seed), sampling)
+        return self.tokenizer.decode(drawn)
+
+
+def region_cells(region, image_size, grid_size):
+    """bool (g, g): the grid cells a region of an S x S picture touches. region: (left,
+    top, right, bottom) in pixels (right and bottom excluded) or a bool (S, S) pixel mask;
+    ConfigError if it is empty or leaves the picture."""
+    cell = image_size // grid_size
+    if isinstance(region, np.ndarray) and region.dtype == bool:
+        if region.shape != (image_size, image_size):
+            raise ShapeError(f"a region mask must be ({image_size}, {image_size}), the "
+                             f"picture's pixels; got {region.shape}")
+        pixels = region
+    else:
+        box = tuple(region) if np.ndim(region) == 1 else None
+        if (box is None or len(box) != 4 or not all(is_whole_number(v, 0) for v in box)
+                or not (box[0] < box[2] <= image_size and box[1] < box[3] <= image_size)):
+            raise ConfigError(f"region must be (left, top, right, bottom) in pixels with "
+                              f"0 <= left < right <= {image_size} and 0 <= top < bottom <= "
+                              f"{image_size}, or a bool ({image_size}, {image_size}) mask; "
+                              f"got {region!r}")
+        pixels = np.zeros((image_size, image_size), dtype=bool)
+        pixels[box[1]:box[3], box[0]:box[2]] = True
+    cells = pixels.reshape(grid_size, cell, grid_size, cell).any(axis=(1, 3))
+    if not cells.any():
+        raise ConfigError("the region holds no pixel; give at least one to redraw")
+    return cells

@@ -6,6 +6,7 @@ from tinytok import distributed
 from tinytok.cli.arguments import (fraction, fsq_levels, non_negative_float, non_negative_int,
                                    positive_float, positive_int, seed_value)
 from tinytok.errors import ConfigError
+from tinytok.prior.kinds import PRIOR_KINDS, model_vocab_size
 
 
 def add_demo(sub):
@@ -174,6 +175,10 @@ def add_train_prior(sub):
     p = sub.add_parser("train-prior", help="train the prior on captioned shapes")
     p.add_argument("--tokenizer", required=True)
     p.add_argument("--data", default="shapes", choices=("shapes",))
+    p.add_argument("--kind", default="raster", choices=tuple(PRIOR_KINDS),
+                   help="raster: one token at a time (draws, captions, converses); masked: "
+                   "many codes at a time (MaskGIT; draws and inpaints only, implies "
+                   "--conversations 0)")
     p.add_argument("--config", default="gpt-ref")
     p.add_argument("--n-images", type=positive_int, default=20000)
     p.add_argument("--word-noise", type=fraction, default=0.3,
@@ -204,8 +209,10 @@ def cmd_train_prior(args):
     data = distributed.root_first(world, lambda: shapes_prior_data(   # others read its cache
         tokenizer, args.n_images, args.seed, cache=args.out + ".tokens",
         tokenizer_path=args.tokenizer))
-    overrides = {"vocab_size": data.vocab.size}
-    if args.context or args.conversations:
+    kind = PRIOR_KINDS[args.kind]
+    conversations = args.conversations if kind.can_caption else 0.0
+    overrides = {"vocab_size": model_vocab_size(kind, data.vocab)}
+    if args.context or conversations:
         overrides["context"] = args.context or longest_conversation(data.vocab) - 1
     config = gpt_config(args.config, **overrides)
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
@@ -218,13 +225,13 @@ def cmd_train_prior(args):
         earlier = load_checkpoint(args.init, kind="prior")
         init = (earlier.params, saved_token_names(earlier.config["vocab"]))
     say, on = _speaker(world), f" on {world.size} processes" if world.size > 1 else ""
-    say(f"training a {config.name} prior (context {config.context}) on {len(data.codes)} "
-        f"captioned shapes for {args.steps} steps{on}, {args.conversations:.0%} of them on "
-        f"conversations{', from ' + args.init if init else ''} -> {args.out}",
+    say(f"training a {kind.name} {config.name} prior (context {config.context}) on "
+        f"{len(data.codes)} captioned shapes for {args.steps} steps{on}, {conversations:.0%} "
+        f"of them on conversations{', from ' + args.init if init else ''} -> {args.out}",
         file=sys.stderr)
     train_prior(data, config, settings, args.out, resume=args.resume,
-                p_word_noise=args.word_noise, p_conversation=args.conversations, init=init,
-                world=world)
+                p_word_noise=args.word_noise, p_conversation=conversations, init=init,
+                world=world, kind=kind)
     say(f"wrote {args.out}")
     return 0
 

@@ -32,7 +32,11 @@ class Sampling:
     unconditional logits, uncond + cfg_scale * (cond - uncond) (classifier-free guidance,
     1 = off); rerank draws that many candidates for each picture asked for by a caption and
     keeps the one whose caption the prior finds likeliest (1 = off); edit_rerank the same for
-    each edited picture.
+    each edited picture. steps and choice_temperature are a masked prior's (MaskGIT,
+    prior/masked.py): how many passes of the model fill in the grid, and how much annealed
+    noise goes into which codes each pass keeps (0: always the most confident); a raster
+    prior writes one token per pass and reads neither. A masked prior cannot caption, so
+    it draws each picture once whatever rerank says.
     """
     temperature: float = 1.0
     top_k: int | None = None
@@ -40,6 +44,8 @@ class Sampling:
     cfg_scale: float = 1.5
     rerank: int = 4
     edit_rerank: int = 16
+    steps: int = 8
+    choice_temperature: float = 4.5
 
     def __post_init__(self):
         if not (is_finite_number(self.temperature) and self.temperature > 0):
@@ -51,7 +57,10 @@ class Sampling:
         if not (is_finite_number(self.cfg_scale) and self.cfg_scale >= 0):
             raise ConfigError(f"the guidance scale cfg_scale must be a finite number >= 0, "
                               f"got {self.cfg_scale!r}")
-        for name in ("rerank", "edit_rerank"):
+        if not (is_finite_number(self.choice_temperature) and self.choice_temperature >= 0):
+            raise ConfigError(f"choice_temperature must be a finite number >= 0, "
+                              f"got {self.choice_temperature!r}")
+        for name in ("rerank", "edit_rerank", "steps"):
             require_positive_int(name, getattr(self, name))
 
     def but(self, **changes):

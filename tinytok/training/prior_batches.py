@@ -16,6 +16,7 @@ from tinytok.errors import ConfigError, PromptError, ShapeError
 from tinytok.prior.layouts import (DEFAULT_CONTEXT, IMAGE_TO_TEXT, TEXT_TO_IMAGE, UNCONDITIONAL,
                                    caption_limit, conversation_tokens, inputs_and_targets,
                                    layout_tokens)
+from tinytok.prior.masked import masked_batch
 from tinytok.prior.vocab import PAD, caption_tokens, check_codes
 
 
@@ -91,3 +92,21 @@ def conversation_batch(vocab, conversations, context, rng=None, p_word_noise=0.0
     for i, (tokens, mask) in enumerate(laid_out):   # N short lists: data prep, not a hot path
         seq[i, :len(tokens)], scored[i, :len(tokens)] = tokens, mask
     return inputs_and_targets(vocab, seq, scored, rng, p_word_noise)
+
+
+def raster_batch(vocab, caption_ids_list, image_codes, rng, context, layouts):
+    """make_training_batch with a run's layout probabilities (a dict as train_prior keeps)."""
+    return make_training_batch(vocab, caption_ids_list, image_codes, rng, context,
+                               layouts["p_caption_layout"], layouts["p_drop_caption"],
+                               layouts["p_word_noise"])
+
+
+def masked_training_batch(vocab, caption_ids_list, image_codes, rng, context, layouts):
+    """masked.masked_batch with a run's share of dropped captions: inputs with <mask>,
+    targets on the masked positions only."""
+    return masked_batch(vocab, caption_ids_list, image_codes, rng, context,
+                        layouts["p_drop_caption"])
+
+
+# The short examples of each kind of prior (prior/kinds.py), as the trainer draws them.
+SHORT_BATCHES = {"raster": raster_batch, "masked": masked_training_batch}

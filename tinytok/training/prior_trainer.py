@@ -23,12 +23,13 @@ from tinytok.data.datasets import batch_indices
 from tinytok.distributed import SINGLE, batch_share, sum_over_processes
 from tinytok.prior.gpt import config_dict, gpt_loss_forward, init_gpt_params
 from tinytok.errors import ConfigError
+from tinytok.prior.kinds import PRIOR_KINDS, model_vocab_size, prior_kind
 from tinytok.prior.vocab import PAD
 from tinytok.training.conversations import PictureBank, longest_conversation, random_conversation
 from tinytok.training.loop import (announce_resume, check_finite_loss, host_copy,
                                    optimizer_step, quiet_unless_root, resume_state, run_loop,
                                    settings_dict, step_rng)
-from tinytok.training.prior_batches import conversation_batch, make_training_batch
+from tinytok.training.prior_batches import SHORT_BATCHES, conversation_batch
 from tinytok.training.optim import adamw_init, adamw_state_to_device, zeros_like_params
 from tinytok.training.progress import Progress, print_to_stderr
 from tinytok.training.steps import gpt_loss_grads
@@ -36,7 +37,7 @@ from tinytok.training.steps import gpt_loss_grads
 
 def train_prior(data, config, settings, out, resume=False, p_caption_layout=0.5,
                 p_drop_caption=0.1, p_word_noise=0.0, p_conversation=0.0, init=None,
-                log=print_to_stderr, progress_stream=None, world=SINGLE):
+                log=print_to_stderr, progress_stream=None, world=SINGLE, kind="raster"):
     """Train the prior on PriorData (training.prior_data); checkpoints go to `out`.
 
     p_caption_layout: share of image-then-caption (captioning) sequences; p_drop_caption:
@@ -46,13 +47,16 @@ def train_prior(data, config, settings, out, resume=False, p_caption_layout=0.5,
     longest one). init: (params, token names) of an earlier prior to start from
     (warm_start; vocab.saved_token_names reads the names from its checkpoint). world: the
     processes that train together (tinytok.distributed), each called with the same
-    arguments. Returns the loss history.
+    arguments. kind: "raster" (the causal prior) or "masked" (MaskGIT: prior/masked.py;
+    config.vocab_size must hold its <mask> token, kinds.model_vocab_size; it learns from
+    captions and pictures only, so p_caption_layout, p_word_noise and p_conversation do not
+    apply to it). Returns the loss history.
     """
     settings.check()
     log, progress_stream = quiet_unless_root(world, log, progress_stream)
     layouts = {"p_caption_layout": p_caption_layout, "p_drop_caption": p_drop_caption,
                "p_word_noise": p_word_noise, "p_conversation": p_conversation}
-    run = PriorRun(data, config, settings, layouts, init, world)
+    run = PriorRun(data, config, settings, layouts, init, world, prior_kind(kind))
     if resume and os.path.exists(out):
         run.resume(out, log)
     progress = Progress(settings.steps, run.start, "prior", settings.log_every, progress_stream,
@@ -66,8 +70,10 @@ class PriorRun:
     calls. params and opt_state (AdamW) change in place at every step; history gains a
     line every log_every steps; running_loss is the smoothed loss shown."""
 
-    def __init__(self, data, config, settings, layouts, init, world):
+    def __init__(self, data, config, settings, layouts, init, world, kind=PRIOR_KINDS["raster"]):
+        check_kind(kind, data.vocab, config, layouts)
         self.data, self.config, self.settings, self.layouts = data, config, settings, layouts
+        self.kind, self.make_batch = kind, SHORT_BATCHES[kind.name]
         self.world, self.xp = world, backend.xp()
         self.lo, self.hi = batch_share(settings.batch_size, world)   # this process's rows
         self.params = init_gpt_params(config, seed=settings.seed)
@@ -76,7 +82,8 @@ class PriorRun:
         self.bank = conversation_bank(data, config, layouts["p_conversation"])
         self.opt_state = adamw_init(self.params)
         self.start, self.history, self.running_loss = 0, [], None
-        self.run_config = {"model": config_dict(config), "vocab": data.vocab.to_dict(),
+        self.run_config = {"kind": kind.name, "model": config_dict(config),
+                           "vocab": data.vocab.to_dict(),
                            "train": settings_dict(settings), "layouts": dict(layouts)}
 
     def resume(self, out, log):
@@ -108,10 +115,8 @@ class PriorRun:
                                                  rng, lay["p_word_noise"])
         else:
             idx = batch_indices(len(data.codes), settings.batch_size, settings.seed, step)
-            inputs, targets = make_training_batch(
-                data.vocab, [data.captions[i] for i in idx], data.codes[idx], rng,
-                config.context, lay["p_caption_layout"], lay["p_drop_caption"],
-                lay["p_word_noise"])
+            inputs, targets = self.make_batch(data.vocab, [data.captions[i] for i in idx],
+                                              data.codes[idx], rng, config.context, lay)
         inputs, targets = cut_padding(inputs, targets)   # the whole batch's width
         counted = max(int((targets != -1).sum()), 1)     # targets scored in the whole batch
         lo, hi = self.lo, self.hi
@@ -122,7 +127,8 @@ class PriorRun:
         write."""
         inputs, targets, counted = self.batch(step)
         share = int((targets != -1).sum()) / counted
-        loss, _ = gpt_loss_forward(inputs, targets, self.params, self.config)
+        loss, _ = gpt_loss_forward(inputs, targets, self.params, self.config,
+                                   self.kind.attention)
         check_finite_loss(float(sum_over_processes(
             self.world, {"loss": self.xp.asarray(loss * share)})["loss"]), step)
 
@@ -131,7 +137,7 @@ class PriorRun:
         grads = zeros_like_params(self.params)
         inputs, targets, counted = self.batch(step)
         loss = gpt_loss_grads(inputs, targets, self.params, self.config, grads,
-                              counted)                                  # on every core
+                              counted, self.kind.attention)             # on every core
         summed = {**{f"grad.{k}": g for k, g in grads.items()}, "loss": self.xp.asarray(loss)}
         loss = float(sum_over_processes(self.world, summed)["loss"])   # one all-reduce
         check_finite_loss(loss, step)
@@ -142,6 +148,18 @@ class PriorRun:
         if (step + 1) % self.settings.log_every == 0:
             self.history.append({"step": step + 1, "loss": loss})
         return {"loss": f"{self.running_loss:.4f}", "lr": f"{self.settings.lr_at(step):.1e}"}
+
+
+def check_kind(kind, vocab, config, layouts):
+    """ConfigError if the model does not fit the kind's vocabulary, or a prior that cannot
+    write words is asked to learn conversations."""
+    wanted = model_vocab_size(kind, vocab)
+    if config.vocab_size != wanted:
+        raise ConfigError(f"a {kind.name} prior over this vocabulary needs vocab_size="
+                          f"{wanted}, the config has {config.vocab_size}")
+    if layouts["p_conversation"] and not kind.can_caption:
+        raise ConfigError(f"a {kind.name} prior learns pictures from captions only; "
+                          "train it with no conversations (--conversations 0)")
 
 
 def cut_padding(inputs, targets):
