@@ -170,6 +170,10 @@ class Prior:
 
     def __init__(self, params, config, vocab, kind="raster"):
         self.config, self.vocab, self.kind = config, vocab, prior_kind(kind)
+        wanted = model_vocab_size(self.kind, vocab)   # checked here: drawing would fail later
+        if config.vocab_size != wanted:               # with an error about embedding rows
+            raise ConfigError(f"a {self.kind.name} prior over this vocabulary needs "
+                              f"vocab_size={wanted}, the config has {config.vocab_size}")
         self.params = backend.params_to_device(params)
 
     @classmethod
@@ -305,8 +309,10 @@ class Pipeline:
 
         region: (left, top, right, bottom) in pixels, right and bottom excluded, or a bool
         (S, S) array of the pixels to redraw. Every grid cell the region touches is drawn
-        again (region_cells); the others keep their codes, so outside those cells the
-        picture is the tokenizer's reconstruction of the original. sampling as for
+        again (region_cells); the others keep their codes. The decoder's convolutions
+        blend neighbouring cells, so the pixels near the region change too; beyond the
+        decoder's reach (15 pixels past a changed cell for the shapes tokenizer) the
+        picture is exactly the tokenizer's reconstruction of the original. sampling as for
         generate (its steps, guidance and temperature).
         """
         refuse_inpainting(self.prior.kind)
@@ -339,10 +345,18 @@ def region_cells(region, image_size, grid_size):
             raise ConfigError(f"region must be (left, top, right, bottom) in pixels with "
                               f"0 <= left < right <= {image_size} and 0 <= top < bottom <= "
                               f"{image_size}, or a bool ({image_size}, {image_size}) mask; "
-                              f"got {region!r}")
+                              f"got {describe_region(region)}")
         pixels = np.zeros((image_size, image_size), dtype=bool)
         pixels[box[1]:box[3], box[0]:box[2]] = True
     cells = pixels.reshape(grid_size, cell, grid_size, cell).any(axis=(1, 3))
     if not cells.any():
         raise ConfigError("the region holds no pixel; give at least one to redraw")
     return cells
+
+
+def describe_region(region):
+    """A region as an error message shows it: an array by its shape and dtype (its repr
+    would fill many lines), anything else by its repr."""
+    if isinstance(region, np.ndarray):
+        return f"an array of shape {region.shape} and dtype {region.dtype}"
+    return repr(region)
