@@ -1,4 +1,5 @@
-"""Naive references for the quantizers, the sampler and finite differences over param dicts.
+"""Naive references for the quantizers, the sampler, the prior's transformer and finite
+differences over param dicts.
 
 Written the slow, obvious way (Python loops over cells and codes, straight from the
 definitions), sharing no code with tinytok, so that agreeing with them means something.
@@ -117,6 +118,30 @@ def top_p_keep(logits_row, p):
         if mass >= p:
             break
     return keep
+
+
+# --- the prior's transformer ----------------------------------------------------------
+
+def gpt_logits(ids, params, n_layer, n_head, allowed):
+    """The prior's forward from its definition (prior/gpt.py's docstring), float64:
+    x = wte[ids] + wpe[:T]; per block x += attn(ln1(x)), x += mlp(ln2(x)); logits =
+    ln_f(x) @ wte.T. allowed (T, T) bool: what each position's attention sees (all True:
+    a masked prior's full attention; np.tril: the raster prior's causal one). Built from
+    tests/reference.py's slow ops (one attention query, one LayerNorm row at a time)."""
+    from reference import embedding, gelu, layer_norm, masked_self_attention
+    P = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+    T = ids.shape[1]
+    x = embedding(ids, P["gpt.wte"]) + P["gpt.wpe"][:T]
+    for i in range(n_layer):
+        h = f"gpt.h{i}."
+        a = layer_norm(x, P[h + "ln1.g"], P[h + "ln1.b"])
+        x = x + masked_self_attention(a, P[h + "attn.w_qkv"], P[h + "attn.b_qkv"],
+                                      P[h + "attn.w_proj"], P[h + "attn.b_proj"], n_head,
+                                      allowed)
+        m = layer_norm(x, P[h + "ln2.g"], P[h + "ln2.b"])
+        x = x + gelu(m @ P[h + "mlp.fc.w"] + P[h + "mlp.fc.b"]) @ P[h + "mlp.proj.w"] \
+            + P[h + "mlp.proj.b"]
+    return layer_norm(x, P["gpt.ln_f.g"], P["gpt.ln_f.b"]) @ P["gpt.wte"].T
 
 
 # --- finite differences over parameter dicts ----------------------------------------------

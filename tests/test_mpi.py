@@ -282,6 +282,39 @@ def test_nccl_world_trains_the_same_tokenizer_as_one_process(monkeypatch, tmp_pa
     np.testing.assert_array_equal(two.extra["window_counts"], one.extra["window_counts"])
 
 
+def test_nccl_world_trains_the_same_masked_prior_as_one_process(monkeypatch, tmp_path):
+    """A masked prior (MaskGIT) on two NCCL ranks (threads, fake CuPy) against one NumPy
+    process: each rank lays out the whole batch and scores its rows, whose counts of masked
+    targets differ, so the loss and gradients must be weighted by the batch's count; the
+    same parameters and loss history to float32 rounding; rank 0 alone writes."""
+    from tinytok.data.datasets import CAPTION_WORDS, make_shapes
+    from tinytok.prior.gpt import GPTConfig
+    from tinytok.prior.vocab import Vocab
+    from tinytok.training import PriorData, TrainSettings, train_prior
+    vocab = Vocab(list(CAPTION_WORDS), 16, 4)
+    data = PriorData(np.random.default_rng(0).integers(0, 16, (24, 4, 4)),
+                     [vocab.encode_text(c) for c in make_shapes(24, seed=2).captions], vocab)
+    config = GPTConfig("micro", vocab_size=vocab.size + 1, context=32, n_layer=1, n_head=2,
+                       n_embd=16)
+    run = TrainSettings(steps=5, batch_size=6, lr=3e-3, warmup=2, seed=7, checkpoint_every=3,
+                        log_every=1)
+    quiet = dict(log=lambda *a: None, progress_stream=io.StringIO(), kind="masked")
+    one_history = train_prior(data, config, run, str(tmp_path / "one.npz"), **quiet)
+    monkeypatch.setattr(backend, "_active", FAKE)
+    histories = on_ranks(2, lambda rank, uid: train_prior(
+        data, config, run, str(tmp_path / f"nccl{rank}.npz"), world=NCCLWorld(rank, 2, uid),
+        **quiet))
+    assert not (tmp_path / "nccl1.npz").exists()
+    for history in histories:
+        np.testing.assert_allclose([h["loss"] for h in history],
+                                   [h["loss"] for h in one_history], rtol=1e-5)
+    one, two = load_checkpoint(tmp_path / "one.npz"), load_checkpoint(tmp_path / "nccl0.npz")
+    assert two.config["kind"] == "masked"
+    for k in one.params:
+        np.testing.assert_allclose(two.params[k], one.params[k], rtol=1e-4, atol=1e-6,
+                                   err_msg=k)
+
+
 def test_nccl_world_trains_the_same_adversarial_tokenizer_as_one_process(monkeypatch, tmp_path):
     """Against a patch discriminator from step 2 (VQGAN): on two NCCL ranks (threads, fake
     CuPy) the same parameters of both models and the same adaptive weight lambda at every

@@ -158,34 +158,38 @@ def _micro_prior_data():
     return PriorData(codes, [vocab.encode_text(c) for c in shapes.captions], vocab)
 
 
-def _prior_run(data, out, stream=None, resume=False):
-    config = GPTConfig("micro", vocab_size=data.vocab.size, context=32, n_layer=1, n_head=2,
-                       n_embd=16)
+def _prior_run(data, out, stream=None, resume=False, kind="raster"):
+    extra = 1 if kind == "masked" else 0          # the masked prior's <mask> token
+    config = GPTConfig("micro", vocab_size=data.vocab.size + extra, context=32, n_layer=1,
+                       n_head=2, n_embd=16)
     settings = TrainSettings(steps=8, batch_size=4, lr=3e-3, warmup=2, seed=5,
                              weight_decay=0.1, checkpoint_every=3, log_every=1)
     # a high caption-drop rate so that the dropout draws really matter
     return train_prior(data, config, settings, str(out), resume=resume, p_drop_caption=0.5,
-                       log=lambda *a: None, progress_stream=stream)
+                       log=lambda *a: None, progress_stream=stream, kind=kind)
 
 
-def test_prior_resume_after_ctrl_c_and_after_crash_is_exact(tmp_path):
+@pytest.mark.parametrize("kind", ["raster", "masked"])
+def test_prior_resume_after_ctrl_c_and_after_crash_is_exact(tmp_path, kind):
+    """Both kinds of prior; the masked one also draws its masks from (seed, step)."""
     data = _micro_prior_data()
     ref = tmp_path / "ref.npz"
-    ref_history = _prior_run(data, ref, StopAt(-1, "none"))
+    ref_history = _prior_run(data, ref, StopAt(-1, "none"), kind=kind)
     assert len(ref_history) == 8
+    assert load_checkpoint(ref).config["kind"] == kind
 
     out = tmp_path / "int.npz"
     with pytest.raises(TrainingStopped, match="--resume"):
-        _prior_run(data, out, StopAt(4, "sigint"))
+        _prior_run(data, out, StopAt(4, "sigint"), kind=kind)
     assert load_checkpoint(out).step == 4
-    assert _prior_run(data, out, resume=True) == ref_history
+    assert _prior_run(data, out, resume=True, kind=kind) == ref_history
     assert_same_checkpoint(ref, out)
 
     out = tmp_path / "crash.npz"
     with pytest.raises(StopAt.Crash):
-        _prior_run(data, out, StopAt(7, "crash"))
+        _prior_run(data, out, StopAt(7, "crash"), kind=kind)
     assert load_checkpoint(out).step == 6
-    assert _prior_run(data, out, resume=True) == ref_history
+    assert _prior_run(data, out, resume=True, kind=kind) == ref_history
     assert_same_checkpoint(ref, out)
 
 
@@ -252,19 +256,21 @@ def test_resume_with_other_settings_names_each_change(tmp_path):
     assert "apply from step 4 on" in lines[1]
 
 
-@pytest.mark.parametrize("model", ["vq", "gumbel", "prior"])
+@pytest.mark.parametrize("model", ["vq", "gumbel", "prior", "masked prior"])
 def test_training_on_batch_parts_matches_one_thread(model, micro_images, tmp_path,
                                                    monkeypatch):
     """Three threads, each running a part of the batch (tinytok.parallel.for_batch_parts),
     train what one thread trains up to float32 rounding (the parts' gradients are added in
-    another order), and give the same bits when run again."""
+    another order), and give the same bits when run again. (A masked prior's rows score
+    very different numbers of targets: each part is weighted by its share of them.)"""
     from tinytok import parallel
     runs = {}
     for name, threads in (("one", 1), ("three", 3), ("three_again", 3)):
         monkeypatch.setattr(parallel, "_threads", threads)
         out = tmp_path / f"{name}.npz"
-        if model == "prior":
-            runs[name] = (_prior_run(_micro_prior_data(), out), load_checkpoint(out))
+        if model.endswith("prior"):
+            kind = model.split()[0] if " " in model else "raster"
+            runs[name] = (_prior_run(_micro_prior_data(), out, kind=kind), load_checkpoint(out))
         else:
             runs[name] = (_tok_run(micro_images, model, out), load_checkpoint(out))
     history, ckpt = runs["three"]
