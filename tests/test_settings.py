@@ -17,9 +17,9 @@ from tinytok.pipeline import Pipeline
 from tinytok.prior.settings import check_sampling
 
 ENTRY_POINTS = [Pipeline.generate, Pipeline.generate_codes, Pipeline.edit, Pipeline.converse,
-                conversation.Conversation.__init__, conversation.converse, conversation.edit,
-                evaluate.adherence, evaluate.edit_figures, evaluate.eval_prior,
-                demo.write_pictures]
+                Pipeline.inpaint, conversation.Conversation.__init__, conversation.converse,
+                conversation.edit, evaluate.adherence, evaluate.edit_figures,
+                evaluate.inpaint_figures, evaluate.eval_prior, demo.write_pictures]
 SETTING_NAMES = {f.name for f in dataclasses.fields(Sampling)}
 
 
@@ -76,9 +76,33 @@ def test_something_else_than_settings_is_refused():
     (["chat"], SAMPLING),
     (["eval-prior"], SAMPLING),
     (["eval-prior", "--plain", "--temperature", "0.5"], PLAIN.but(temperature=0.5)),
+    (["sample", "--prompt", "x", "--steps", "3", "--choice-temperature", "0"],
+     SAMPLING.but(steps=3, choice_temperature=0.0)),
+    (["inpaint", "p.png", "--region", "0,0,8,8", "--prompt", "x"], SAMPLING),
+    (["inpaint", "p.png", "--region", "0,0,8,8", "--prompt", "x", "--plain", "--steps", "12"],
+     PLAIN.but(steps=12)),
+    (["eval-prior", "--choice-temperature", "2.5"], SAMPLING.but(choice_temperature=2.5)),
 ])
 def test_the_command_line_starts_from_the_same_settings(words, want):
     assert sampling_from(cli.build_parser().parse_args(words)) == want
+
+
+@pytest.mark.parametrize("command, words", [
+    ("sample", ["--prompt", "x"]), ("inpaint", ["p.png", "--region", "0,0,8,8", "--prompt", "x"]),
+    ("edit", ["p.png", "make it blue"]), ("chat", []), ("eval-prior", [])])
+def test_every_setting_has_its_flag(command, words):
+    """Each Sampling field has a flag of its own name (edit_rerank where a command edits),
+    and the flag sets that field alone: a setting added to Sampling needs a flag."""
+    edits = command in ("edit", "chat", "eval-prior")
+    given = {"temperature": "0.5", "top_k": "3", "top_p": "0.5", "cfg_scale": "2",
+             "rerank": "2", "edit_rerank": "3", "steps": "5", "choice_temperature": "1.5"}
+    assert set(given) == SETTING_NAMES
+    for name, text in given.items():
+        if name == "edit_rerank" and not edits:
+            continue
+        flag = "--cfg" if name == "cfg_scale" else "--" + name.replace("_", "-")
+        parsed = sampling_from(cli.build_parser().parse_args([command, *words, flag, text]))
+        assert parsed == SAMPLING.but(**{name: type(getattr(parsed, name))(text)})
 
 
 def test_sample_has_no_edit_setting(capsys):

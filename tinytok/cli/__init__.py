@@ -1,4 +1,4 @@
-"""The `tinytok` command: train, encode, decode, sample, caption, evaluate, benchmark, demo, check.
+"""The `tinytok` command: demo, train, encode, decode, sample, caption, inpaint, evaluate, bench.
 
 Every subcommand is a thin layer over the Python API. Bad input of any kind ends in one line
 on stderr ("tinytok: error: ...") and exit code 2; Ctrl-C during training writes a
@@ -10,7 +10,7 @@ same code, and a failure on one process alone ends them all rather than leave th
 
 Each command's flags sit beside the function that runs it, in one module per group:
 training (demo, train-tokenizer, train-prior), tokens (encode, decode, eval-tokenizer),
-drawing (sample, caption, edit, chat, eval-prior) and tools (export, bench, check);
+drawing (sample, caption, edit, chat, inpaint, eval-prior) and tools (export, bench, check);
 arguments holds the flag types and the one-line parser, figures the printing and recording
 of evaluations. Here: the parser built from the groups, and main().
 """

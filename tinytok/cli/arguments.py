@@ -42,6 +42,24 @@ def fsq_levels(text):
     return levels
 
 
+def pixel_box(text):
+    """An argparse type: "4,4,20,20" -> (4, 4, 20, 20), a box (left, top, right, bottom) of
+    whole pixels, right and bottom excluded, so left < right and top < bottom. (Whether it
+    lies inside the picture is the pipeline's check: only it knows the picture's size.)"""
+    try:
+        box = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4:
+        raise argparse.ArgumentTypeError(f"expected four whole numbers LEFT,TOP,RIGHT,BOTTOM "
+                                         f"in pixels, such as 8,8,24,24, got {text!r}")
+    left, top, right, bottom = box
+    if min(box) < 0 or left >= right or top >= bottom:
+        raise argparse.ArgumentTypeError(f"a box needs 0 <= LEFT < RIGHT and 0 <= TOP < "
+                                         f"BOTTOM (right and bottom excluded), got {text}")
+    return box
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line and exit code 2 (no usage block)."""
 

@@ -14,7 +14,8 @@ def print_figures(figures, as_json):
     for key, value in figures.items():
         shown = f"{value:.4g}" if isinstance(value, float) else value
         if key.startswith(("adherence", "caption_accuracy", "usage", "edit_", "chain_",
-                           "caption_after", "hf_share", "compare_hf_share")) and \
+                           "caption_after", "hf_share", "compare_hf_share", "inpaint_right",
+                           "inpaint_outside_same", "inpaint_cells")) and \
                 key != "edit_pictures":
             shown = f"{value:.1%}"
         if isinstance(value, dict):

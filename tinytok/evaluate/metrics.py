@@ -7,7 +7,9 @@ the best thumbnail (a small, coarsely rounded picture, enlarged again) of no mor
 Prior: prompt adherence, the share of generated images whose attributes, read back from
 pixels by tinytok.data.datasets.read_attributes, all match the prompt, separately for
 attribute combinations seen in training and for held-out ones; and caption accuracy, the
-share of held-out images whose written caption matches the true one exactly.
+share of held-out images whose written caption matches the true one exactly (a prior that
+writes words), or inpainting, the share of shapes redrawn in a new colour or shape that read
+back as asked and how well the pixels outside the redrawn cells are kept (a masked prior).
 """
 from dataclasses import asdict
 from typing import NamedTuple
@@ -280,21 +282,86 @@ def edit_figures(pipeline, n_pictures=24, *, seed=0, sampling=SAMPLING):
         "edit_pictures": n_pictures}
 
 
+def shape_box(image, margin):
+    """The box (left, top, right, bottom), right and bottom excluded, around the pixels of a
+    shapes picture (S, S, 3) that are not the black background, widened by margin pixels on
+    every side and kept inside the picture."""
+    rows, cols = np.nonzero(image.max(axis=-1) > 0)
+    size = image.shape[0]
+    return (max(int(cols.min()) - margin, 0), max(int(rows.min()) - margin, 0),
+            min(int(cols.max()) + 1 + margin, size), min(int(rows.max()) + 1 + margin, size))
+
+
+def inpaint_tasks(shapes, margin, rng):
+    """For each picture of shapes (ShapesData): (box, wanted), the region to redraw and the
+    labels (4,) asked for. wanted changes the colour or the shape (random_edit: either
+    attribute equally often) to make a training pair; size and position stay. box is the
+    shape's pixels' box widened by margin (shape_box)."""
+    from tinytok.data.edits import COLOUR, SHAPE, apply_edit, possible_edits, random_edit
+    tasks = []
+    for image, labels in zip(shapes.images, shapes.labels):
+        edits = [e for e in possible_edits(labels) if e[0] in (SHAPE, COLOUR)]
+        tasks.append((shape_box(image, margin), apply_edit(labels, *random_edit(rng, edits))))
+    return tasks
+
+
+def inpaint_figures(pipeline, n_pictures=24, *, seed=0, sampling=SAMPLING):
+    """Inpainting measured from the pixels, on n_pictures unseen pictures of training pairs.
+
+    Each picture's shape is redrawn in a new colour or as a new shape (same size and
+    place) that makes a training pair (inpaint_tasks): the region is the shape's box
+    widened by one grid cell (the codes beside the shape saw its edge too), the prompt the
+    new caption. inpaint_right: the share whose four attributes read back as asked.
+    Outside the redrawn cells the codes are kept, but the decoder's reach crosses cell
+    borders: those pixels against the tokenizer's reconstruction of the original give
+    inpaint_outside_psnr_db (all such pixels pooled) and inpaint_outside_same (the share
+    exactly equal). inpaint_cells: the mean share of the grid redrawn.
+    """
+    from tinytok.pipeline import region_cells
+    tok = pipeline.tokenizer
+    size, g = tok.config.image_size, tok.grid_size
+    shapes = make_shapes(n_pictures, seed=50_000 + seed, split="train")
+    tasks = inpaint_tasks(shapes, size // g, np.random.default_rng(50_000 + seed))
+    kept = tok.reconstruct(shapes.images)
+    right, cells_drawn, after, before = [], [], [], []
+    for i, (image, (box, wanted)) in enumerate(zip(shapes.images, tasks)):
+        drawn = pipeline.inpaint(image[None], box, caption_for(wanted), seed=seed + 1000 * i,
+                                 sampling=sampling)
+        right.append(bool((read_attributes(drawn)[0] == wanted).all()))
+        cells = region_cells(box, size, g)
+        cells_drawn.append(cells.mean())
+        outside = ~cells.repeat(size // g, axis=0).repeat(size // g, axis=1)
+        after.append(drawn[0][outside])
+        before.append(kept[i][outside])
+    after, before = (np.concatenate(p).astype(np.float64) for p in (after, before))
+    mse = float(((after - before) ** 2).mean()) if after.size else 0.0
+    return {"inpaint_right": float(np.mean(right)),
+            "inpaint_outside_psnr_db": float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10))),
+            "inpaint_outside_same": float((after == before).all(axis=-1).mean())
+            if after.size else 1.0,
+            "inpaint_cells": float(np.mean(cells_drawn)), "inpaint_pictures": n_pictures}
+
+
 def eval_prior(pipeline, n_prompts=24, n_per_prompt=4, *, seed=0, n_captions=200, n_edits=0,
-               sampling=SAMPLING):
-    """Adherence on training and held-out combinations, caption accuracy on held-out images,
-    and with n_edits, edit_figures on that many pictures; every picture drawn with
-    sampling (default the recommended settings, as Pipeline.generate and edit)."""
+               n_inpaints=0, sampling=SAMPLING):
+    """Adherence on training and held-out combinations; for a prior that writes captions,
+    caption accuracy on held-out images and, with n_edits, edit_figures on that many
+    pictures; for a prior that inpaints, with n_inpaints, inpaint_figures. Every picture
+    drawn with sampling (default the recommended settings, as Pipeline.generate and edit)."""
     train = make_shapes(n_prompts, seed=10_000 + seed, split="train").labels
     heldout = make_shapes(n_prompts, seed=20_000 + seed, split="heldout").labels
     figures = {"prompts": n_prompts, "samples_per_prompt": n_per_prompt}
     for name, labels in (("train", train), ("heldout", heldout)):
         share, _, _ = adherence(pipeline, labels, n_per_prompt, seed=seed, sampling=sampling)
         figures[f"adherence_{name}"] = share
-    shapes = make_shapes(n_captions, seed=30_000 + seed, split="heldout")
-    figures["caption_accuracy_heldout"], _ = caption_accuracy(pipeline, shapes.images,
-                                                              shapes.labels)
-    figures["caption_images"] = n_captions
-    if n_edits:
-        figures.update(edit_figures(pipeline, n_edits, seed=seed, sampling=sampling))
+    kind = pipeline.prior.kind
+    if kind.can_caption:
+        shapes = make_shapes(n_captions, seed=30_000 + seed, split="heldout")
+        figures["caption_accuracy_heldout"], _ = caption_accuracy(pipeline, shapes.images,
+                                                                  shapes.labels)
+        figures["caption_images"] = n_captions
+        if n_edits:
+            figures.update(edit_figures(pipeline, n_edits, seed=seed, sampling=sampling))
+    if kind.can_inpaint and n_inpaints:
+        figures.update(inpaint_figures(pipeline, n_inpaints, seed=seed, sampling=sampling))
     return figures | {"sampling": asdict(sampling)}
