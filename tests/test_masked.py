@@ -14,6 +14,7 @@ import fake_cupy
 import reference
 import reference_models as ref
 from device_helpers import active
+from tinytok.conversation import Conversation
 from tinytok.data.datasets import make_shapes
 from tinytok.errors import CheckpointError, ConfigError, PromptError, ShapeError
 from tinytok.gradcheck import relative_error
@@ -557,7 +558,8 @@ def test_a_masked_prior_refuses_words(masked_pipe, pictures):
     calls = [lambda: masked_pipe.caption(pictures),
              lambda: masked_pipe.caption_log_likelihood(codes, "a red circle"),
              lambda: masked_pipe.edit(pictures, "make it blue"),
-             lambda: masked_pipe.converse(["a red circle"])]
+             lambda: masked_pipe.converse(["a red circle"]),
+             lambda: Conversation(masked_pipe)]
     for call in calls:
         with pytest.raises(ConfigError) as e:
             call()

@@ -21,6 +21,7 @@ from tinytok.data.edits import edited_caption, is_question, parse_instruction
 from tinytok.errors import ContextFullError, PromptError
 from tinytok.parallel import blas_threads_for_small_products
 from tinytok.pipeline import check_seed
+from tinytok.prior.kinds import refuse_words
 from tinytok.prior.sample import NextTokenLogits, draw_picture, reply_is_picture, write_reply
 from tinytok.prior.settings import SAMPLING, check_sampling
 from tinytok.prior.layouts import conversation_tokens, picture_ids, reply_prompt
@@ -32,6 +33,7 @@ class Conversation:
 
     def __init__(self, pipeline, *, seed=0, sampling=SAMPLING):
         check_seed(seed)
+        refuse_words(pipeline.prior.kind, "hold a conversation")
         self.pipeline, self.prior = pipeline, pipeline.prior
         self.sampling, self.rng = check_sampling(sampling), np.random.default_rng(seed)
         self.turns = []        # [(speaker, ids)]: the stream so far
