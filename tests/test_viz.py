@@ -185,6 +185,46 @@ def test_token_fill_strip_is_one_labelled_row():
         viz.token_fill_strip(parts, [4, 8])
 
 
+# ---------------------------------------------------------------- fill_in_strip
+
+def test_fill_in_strip_greys_exactly_the_undecided_cells():
+    x, s, gap = images(3, 8, 8), 2, 2
+    known = np.zeros((3, 4, 4), dtype=bool)          # 4x4 cells of 2x2 pixels
+    known[1, 0, 0] = known[1, 3, 2] = True
+    known[2] = True
+    img = viz.fill_in_strip(x, known, scale=s, gap=gap)
+    t = 8 * s
+    assert img.width == 2 * M + 3 * t + 2 * gap and img.height > 2 * M + t  # labels below
+    tiles = [crop(img, M + i * (t + gap), M, t, t) for i in range(3)]
+    assert (tiles[0] == viz.MASKED).all()                       # nothing decided yet
+    np.testing.assert_array_equal(tiles[2], upscaled(x[2], s))  # all decided: the picture
+    cell = 2 * s                                                # one cell, in output pixels
+    for r in range(4):
+        for c in range(4):
+            got = tiles[1][r * cell:(r + 1) * cell, c * cell:(c + 1) * cell]
+            want = upscaled(x[1], s)[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell]
+            if known[1, r, c]:
+                np.testing.assert_array_equal(got, want)
+            else:
+                assert (got == viz.MASKED).all()
+
+
+def test_fill_in_strip_labels_rows_and_bad_input():
+    x, known = images(4, 8, 8), np.ones((4, 2, 2), dtype=bool)
+    two_rows = viz.fill_in_strip(x, known, ncols=2, scale=1, gap=0)
+    one_row = viz.fill_in_strip(x, known, scale=1, gap=0)
+    assert one_row.width == 2 * M + 4 * 8 and two_rows.width == 2 * M + 2 * 8
+    assert two_rows.height > one_row.height
+    with pytest.raises(ShapeError, match="labels"):
+        viz.fill_in_strip(x, known, labels=["one"])
+    with pytest.raises(DTypeError, match="bool"):
+        viz.fill_in_strip(x, known.astype(int))
+    with pytest.raises(ShapeError, match=r"\(4, g, g\)"):
+        viz.fill_in_strip(x, known[:3])
+    with pytest.raises(ShapeError, match="split evenly"):
+        viz.fill_in_strip(x, np.ones((4, 3, 3), dtype=bool))
+
+
 # ---------------------------------------------------------------- prompt_grid
 
 def test_prompt_grid_rows_and_marks():
@@ -268,6 +308,7 @@ def test_every_picture_can_be_saved(tmp_path):
         "palette.png": lambda p: viz.codebook_palette(x, np.arange(4), path=p),
         "map.png": lambda p: viz.token_map(x[0], np.zeros((2, 2), int), path=p),
         "fill.png": lambda p: viz.token_fill_strip(list(x), [1, 2, 3, 4], path=p),
+        "fill_in.png": lambda p: viz.fill_in_strip(x, np.ones((4, 2, 2), bool), path=p),
         "prompts.png": lambda p: viz.prompt_grid(x, ["a", "b"], 2, path=p),
         "loss.png": lambda p: viz.loss_curve([2.0, 1.0], path=p),
     }

@@ -12,7 +12,7 @@
 #   install.log             pip install --no-deps --no-build-isolation -e . (or the fallback)
 #   parity.log/.xml         tests/test_backend_parity.py: NumPy vs CuPy, ops/models/training
 #   cupy_tests.log/.xml     the suite's CuPy variants (xp fixture param "cupy", -k cupy)
-#   lessons.log/.xml        the lessons' "# lesson: gpu" blocks (01 and 15), really on the GPU
+#   lessons.log/.xml        the lessons' "# lesson: gpu" blocks (01 and 17), really on the GPU
 #   nccl.json/.log          two GPUs, one model: NCCL's all-reduce (tinytok.distributed) and a
 #                           tokenizer trained on both against one GPU (SKIP with fewer GPUs)
 #   bench_cupy.json/.log    tinytok bench --backend cupy --json
@@ -144,7 +144,7 @@ step bench_numpy 120 bash -c '"$@" > "$0"' "$OUT/bench_numpy.json" \
     "${TINYTOK[@]}" bench --backend numpy --json ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"}
 
 # --- the lessons' GPU blocks (skipped on machines without a GPU, so run them here)
-step lessons 60 "${PYTEST[@]}" tests/test_lessons.py -k "01_ or 16_" -s \
+step lessons 60 "${PYTEST[@]}" tests/test_lessons.py -k "01_ or 17_" -s \
     --junitxml="$OUT/lessons.xml"
 
 # --- two GPUs: gradients added by NCCL, ranks as threads (no MPI needed); with fewer

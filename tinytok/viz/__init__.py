@@ -14,6 +14,7 @@ file in the same folder, then ``os.replace``). The look is shared by all of them
     codebook_palette(decoded, counts)              # every code, most used first
     token_map(x[0], ids[0])                        # an image with its 8x8 token ids over it
     token_fill_strip(partials, [8, 16, 32, 64])    # an image filling in token by token
+    fill_in_strip(pictures, known)                 # grids filling in many tokens a step
     prompt_grid(samples, prompts, 4, marks=ok)     # one row per prompt, green/red dots
     loss_curve(losses, log=True)                   # a line plot without matplotlib
     chart([Series("vq", bits, psnr)], log_x=True)  # several named series (tinytok.viz.chart)
@@ -35,7 +36,7 @@ from tinytok.backend import to_numpy
 from tinytok.errors import ConfigError, DTypeError, ShapeError
 from tinytok.tokenizer.codebook import usage_stats
 from tinytok.viz.style import (ACCENT, ACCENT_FAINT, BACKGROUND, BAD, CAPTION_LINES, FONT_SIZE,
-                               GOOD, GRID, MARGIN, MUTED, PAD, ROW_LABEL_WIDTH, TEXT,
+                               GOOD, GRID, MARGIN, MASKED, MUTED, PAD, ROW_LABEL_WIDTH, TEXT,
                                _check_images, _check_int, _check_len, _finish, _font,
                                _line_height, _outlined_text, _text_width, _wrap, upscale)
 from tinytok.viz.style import save_image  # noqa: F401 (public: save any picture atomically)
@@ -213,6 +214,36 @@ def token_fill_strip(partial_images, steps, scale=4, gap=2, path=None):
     labels = [f"{int(s)} token{'s' if int(s) != 1 else ''}" for s in steps]
     return image_grid(images, ncols=len(images), scale=scale, gap=gap, labels=labels,
                       path=path)
+
+
+def fill_in_strip(pictures, known, labels=None, ncols=None, scale=4, gap=2, path=None):
+    """Token grids filling in many cells at a time (a masked prior's steps), undecided
+    cells grey.
+
+    pictures (N, H, W, 3) uint8: each grid decoded with its undecided cells set to any code;
+    known (N, g, g) bool: True where a cell's code is decided. The H/g x W/g pixels of every
+    undecided cell are painted MASKED, so a tile shows the decided cells only (as the
+    decoder draws them beside whatever code stood in for the rest). ncols: tiles per row
+    (default: all in one row); labels: one per tile (default "k of g*g").
+    """
+    pictures = _check_images(pictures, "pictures")
+    known = to_numpy(known)
+    n, h, w = pictures.shape[:3]
+    if known.dtype != bool:
+        raise DTypeError(f"fill_in_strip: known must be a bool array (True where a cell's "
+                         f"code is decided, e.g. codes >= 0), got dtype {known.dtype}")
+    if known.ndim != 3 or len(known) != n or known.shape[1] != known.shape[2]:
+        raise ShapeError(f"fill_in_strip: known must have shape ({n}, g, g), one square grid "
+                         f"per picture, got {known.shape}")
+    g = known.shape[1]
+    if h % g or w % g:
+        raise ShapeError(f"fill_in_strip: the pictures ({h}x{w}) must split evenly into the "
+                         f"{g}x{g} grid of known")
+    pixels = known.repeat(h // g, axis=1).repeat(w // g, axis=2)      # (N, H, W)
+    tiles = np.where(pixels[..., None], pictures, np.array(MASKED, dtype=np.uint8))
+    if labels is None:
+        labels = [f"{int(k)} of {g * g}" for k in known.sum(axis=(1, 2))]
+    return image_grid(tiles, ncols=ncols or n, scale=scale, gap=gap, labels=labels, path=path)
 
 
 def prompt_grid(images, prompts, n_per_prompt, marks=None, scale=4, gap=2, path=None):

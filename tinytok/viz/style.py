@@ -18,6 +18,7 @@ ACCENT = (110, 170, 255)     # the loss curve
 ACCENT_FAINT = (55, 75, 105)  # its raw values, under the per-pixel-column mean
 GOOD, BAD = (70, 200, 110), (235, 75, 75)
 GRID = (50, 50, 58)          # a plot's faint grid lines, just off the background
+MASKED = (88, 88, 96)        # a grid cell whose code is not decided yet (<mask>)
 MARGIN = 8                   # pixels around the whole picture
 PAD = 6                      # pixels between a text column / header and the tiles
 FONT_SIZE = 11
