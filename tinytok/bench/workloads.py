@@ -126,7 +126,6 @@ def gpt_sample(sizes, use_cache, seed=0):
     return sample
 
 
-
 # ---------------------------------------------------------------- the masked prior (MaskGIT)
 
 def shapes_prior(sizes, kind, seed=0):
@@ -187,25 +186,26 @@ def drawing(sizes, kind, steps=None, seed=0):
                         backend.rng(seed), sampling)
 
     return sample, drawing_work(kind, vocab, config.context, sampling.steps,
-                                sampling.cfg_scale != 1.0)
+                                sampling.cfg_scale != 1.0, EXAMPLE_CAPTION)
 
 
-def drawing_work(kind, vocab, context, steps, guided):
-    """How much model one picture takes: {"passes", "forward_calls", "positions"}.
+def drawing_work(kind, vocab, context, steps, guided, caption):
+    """How much model a picture of caption takes: {"passes", "forward_calls", "positions"}.
 
-    passes: the model runs a picture's conditional row goes through in turn (its latency
-    in model runs). A raster prior: the prompt, whose last logits draw the first code, then
-    one run per further code (image_len in all; the last code is never fed back). A masked
-    prior: one run per step while codes are left to fill in (steps, up to image_len).
-    forward_calls: the calls of the model, guidance's unconditional rows included: a
-    raster prior runs them as a second stream (twice the passes), a masked prior beside
-    the conditional rows in the same call (the passes, each with twice the rows).
-    positions: the token positions run through the model per picture, both rows: a raster
-    step one new token with its KV cache, a masked step the whole context.
+    passes: the runs of the model a picture waits for, one after the other (its latency
+    counted in runs). A raster prior: the prompt, whose last logits draw the first code,
+    then one run per further code (image_len in all; the last code is never fed back). A
+    masked prior: one run per step while codes are left to fill in (steps, at most
+    image_len). forward_calls: the calls of the model, guidance's unconditional rows
+    included: a raster prior runs them as a second stream (twice the passes), a masked
+    prior beside the conditional rows in the same call (the passes, each with twice the
+    rows). positions: the token positions run through the model per picture, guidance's
+    row included: a raster step runs one new token (its KV cache holds the rest), a masked
+    step the whole context.
     """
     L, rows = vocab.image_len, 2 if guided else 1
     if kind == "raster":
-        prompts = [len(image_prompt(vocab, EXAMPLE_CAPTION, context))]
+        prompts = [len(image_prompt(vocab, caption, context))]
         prompts += [len(unconditional_prompt(vocab))] if guided else []
         return {"passes": L, "forward_calls": rows * L,
                 "positions": sum(p + L - 1 for p in prompts)}
