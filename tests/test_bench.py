@@ -100,6 +100,16 @@ def test_only_drawing_prints_its_table_alone(capsys):
                                                                     "masked"]
 
 
+def test_time_in_turn_warms_each_up_then_times_one_of_each_per_round():
+    import numpy as np
+    calls = []
+    fns = [lambda: calls.append("a"), lambda: calls.append("b")]
+    times = bench.time_in_turn(fns, np, warmup=1, repeats=3)
+    assert calls == ["a", "b"] + ["a", "b"] * 3
+    assert [t["repeats"] for t in times] == [3, 3]
+    assert all(0 <= t["min"] <= t["median"] <= t["max"] for t in times)
+
+
 def test_only_accepts_lists_and_keeps_order():
     assert bench.parse_only("gpt-ref,sgemm") == ["sgemm", "gpt-ref"]
     assert bench.parse_only(["vqvae-ref", "sgemm"]) == ["sgemm", "vqvae-ref"]

@@ -23,9 +23,10 @@ Parts (``--only`` picks some, comma-separated or repeated):
   steps, 16 pictures of one caption, guided as Pipeline.generate_codes draws them (no
   reranking): per picture, the model's passes one after another, its forward calls
   (guidance's rows: a second stream for raster, in the same calls for masked), the token
-  positions it runs, and the milliseconds. All in one process; fresh weights, as the work
-  does not depend on them (a raster drawing writes exactly 64 codes, a masked one takes
-  exactly its steps).
+  positions it runs, and the milliseconds. All in one process, timed in turn (a round
+  times each drawing once, so a machine's changing load weighs on all alike); fresh
+  weights, as the work does not depend on them (a raster drawing writes exactly 64 codes,
+  a masked one takes exactly its steps).
 
 How it measures. Each timing is warm-up runs, then the median (and min, max) of repeated
 runs, read with ``time.perf_counter`` after synchronising the device (a no-op on NumPy).
@@ -73,7 +74,7 @@ import importlib
 _HOMES = {
     "options": ("PARTS", "FULL", "QUICK", "REPEATS", "QUICK_REPEATS", "parse_only",
                 "add_arguments"),
-    "measure": ("synchronize", "time_it", "rss_mb", "peak_rss_mb"),
+    "measure": ("synchronize", "time_it", "time_in_turn", "rss_mb", "peak_rss_mb"),
     "workloads": ("vqvae_train_step", "vqvae_gan_train_step", "vqvae_encode", "gpt_train_step",
                   "gpt_sample", "shapes_prior", "masked_train_step", "masked_example_batch",
                   "drawing", "drawing_work"),

@@ -2,7 +2,7 @@
 it runs in (tinytok.bench.run gives each a fresh one, so the peak is its own).
 """
 from tinytok import backend, parallel
-from tinytok.bench.measure import peak_rss_mb, rss_mb, synchronize, time_it
+from tinytok.bench.measure import peak_rss_mb, rss_mb, synchronize, time_in_turn, time_it
 from tinytok.bench.options import FULL, QUICK, QUICK_REPEATS, REPEATS
 from tinytok.bench.workloads import (drawing, gpt_sample, gpt_train_step, masked_train_step,
                                      vqvae_encode, vqvae_gan_train_step, vqvae_train_step)
@@ -105,12 +105,14 @@ def _section_masked_sample(xp, sizes, quick, repeats, warmup):
 
 
 def _section_drawing(xp, sizes, quick, repeats, warmup):
-    """Each kind of prior drawing draw_n pictures, guided, one after the other in this one
-    process: the raster prior once, the masked prior at each of draw_steps."""
+    """Each kind of prior drawing draw_n pictures, guided, in this one process, timed in
+    turn: the raster prior, and the masked prior at each of draw_steps."""
+    runs = [("raster", None)] + [("masked", s) for s in sizes["draw_steps"]]
+    drawings = [drawing(sizes, kind, steps) for kind, steps in runs]
+    times = time_in_turn([sample for sample, _ in drawings], xp,
+                         *_reps("drawing", quick, repeats, warmup))
     rows = []
-    for kind, steps in [("raster", None)] + [("masked", s) for s in sizes["draw_steps"]]:
-        sample, work = drawing(sizes, kind, steps)
-        t = time_it(sample, xp, *_reps("drawing", quick, repeats, warmup))
+    for (kind, steps), (_, work), t in zip(runs, drawings, times):
         per = {k: v / sizes["draw_n"] for k, v in t.items() if k != "repeats"}
         rows.append({"kind": kind, "steps": steps, **work, "repeats": t["repeats"],
                      "ms_per_picture": per["median"], "ms_per_picture_min": per["min"],
