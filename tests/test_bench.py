@@ -23,6 +23,12 @@ REQUIRED = {
     "gpt-ref": ["train_step_ms", "train_tokens_per_s", "train_gflops", "train_share_of_sgemm",
                 "sample_kv_tokens_per_s", "sample_nocache_tokens_per_s", "peak_rss_mb",
                 "import_rss_mb"],
+    "gpt-masked": ["train_step_ms", "train_step_ms_min", "train_step_ms_max",
+                   "train_tokens_per_s", "train_gflops", "train_gflop_per_step",
+                   "train_share_of_sgemm", "fill_in_ms", "fill_in_ms_min", "fill_in_ms_max",
+                   "fill_in_pictures_per_s", "fill_in_steps", "vocab_size", "peak_rss_mb",
+                   "import_rss_mb"],
+    "drawing": ["pictures", "cfg_scale", "peak_rss_mb", "import_rss_mb"],
 }
 
 
@@ -43,13 +49,37 @@ def test_quick_run_has_every_figure(quick_result):
     gan = quick_result["vqvae-gan"]
     assert gan["config"] == "vqvae-tiny" and gan["disc_channels"] == 8
     assert gan["train_gflop_per_step"] > quick_result["vqvae-ref"]["train_gflop_per_step"]
+    masked = quick_result["gpt-masked"]
+    # the shapes vocabulary of 16 codes (37 + 16 ids) and <mask>; 4 image tokens, 8 steps
+    assert masked["vocab_size"] == 37 + 16 + 1 and masked["fill_in_steps"] == 4
+    assert masked["train_gflop_per_step"] == pytest.approx(
+        flops.gpt_train_flops(gpt_config("gpt-tiny", vocab_size=54), 2, 16) / 1e9)
+
+
+def test_drawing_rows_count_each_kinds_passes(quick_result):
+    """Quick sizes: a 2 x 2 grid (4 codes) in a context of 16, 2 pictures, guided."""
+    d = quick_result["drawing"]
+    assert d["pictures"] == 2 and d["cfg_scale"] == 1.5
+    rows = [(r["kind"], r["steps"], r["passes"], r["forward_calls"]) for r in d["rows"]]
+    # raster: 4 codes in 4 passes, twice for guidance's stream; masked: a pass per step
+    assert rows == [("raster", None, 4, 8), ("masked", 2, 2, 2), ("masked", 4, 4, 4)]
+    assert [r["positions"] for r in d["rows"][1:]] == [2 * 2 * 16, 2 * 4 * 16]
+    for r in d["rows"]:
+        assert r["repeats"] == 2
+        assert 0 < r["ms_per_picture_min"] <= r["ms_per_picture"] <= r["ms_per_picture_max"]
 
 
 def test_table_formats(quick_result):
     table = bench.format_table(quick_result)
     for word in ("sgemm", "train step", "encode", "sample", "peak RSS",
-                 "vqvae-gan (vqvae-tiny) train step", "D of 8 channels"):
+                 "vqvae-gan (vqvae-tiny) train step", "D of 8 channels",
+                 "gpt-masked (gpt-tiny) train step", "fill in 2 in 4 steps, guided",
+                 "drawing 2 pictures of one caption, guided (cfg 1.5)"):
         assert word in table
+    rows = [line.split() for line in table.splitlines() if line.startswith("  raster")
+            or line.startswith("  masked")]
+    assert [r[:4] for r in rows] == [["raster", "-", "4", "8"], ["masked", "2", "2", "2"],
+                                     ["masked", "4", "4", "4"]]
 
 
 def test_json_output_parses_and_only_filters(capsys):
@@ -60,11 +90,33 @@ def test_json_output_parses_and_only_filters(capsys):
     assert result["gpt-ref"]["sample_kv_tokens_per_s"] > 0
 
 
+def test_only_drawing_prints_its_table_alone(capsys):
+    assert bench.main(["--quick", "--only", "drawing", "--in-process", "--repeats", "1",
+                       "--warmup", "0"]) == 0
+    table = capsys.readouterr().out
+    assert "drawing 2 pictures" in table and "train step" not in table
+    assert [line.split()[0] for line in table.splitlines()
+            if line.startswith("  r") or line.startswith("  m")] == ["raster", "masked",
+                                                                    "masked"]
+
+
+def test_time_in_turn_warms_each_up_then_times_one_of_each_per_round():
+    import numpy as np
+    calls = []
+    fns = [lambda: calls.append("a"), lambda: calls.append("b")]
+    times = bench.time_in_turn(fns, np, warmup=1, repeats=3)
+    assert calls == ["a", "b"] + ["a", "b"] * 3
+    assert [t["repeats"] for t in times] == [3, 3]
+    assert all(0 <= t["min"] <= t["median"] <= t["max"] for t in times)
+
+
 def test_only_accepts_lists_and_keeps_order():
     assert bench.parse_only("gpt-ref,sgemm") == ["sgemm", "gpt-ref"]
     assert bench.parse_only(["vqvae-ref", "sgemm"]) == ["sgemm", "vqvae-ref"]
     assert bench.parse_only(None) == list(bench.PARTS)
     assert bench.parse_only("vqvae-gan,vqvae-ref") == ["vqvae-ref", "vqvae-gan"]
+    assert bench.parse_only("drawing,gpt-masked,gpt-ref") == ["gpt-ref", "gpt-masked",
+                                                              "drawing"]
 
 
 def test_in_process_run_works():
@@ -146,3 +198,55 @@ def test_discriminator_and_adversarial_step_flops_by_hand():
         + (2 * D - conv1))
     assert flops.vqvae_gan_train_flops("vqvae-ref", 64, 32) == \
         32 * flops.vqvae_gan_train_flops("vqvae-ref", 64, 1)
+
+
+
+# ---------------------------------------------------------------- the drawings' work, counted
+
+def counting_model_calls(monkeypatch):
+    """Every gpt_forward call of both samplers, as (rows, positions) of its ids."""
+    from tinytok.prior import masked, sample
+    calls = []
+    for module in (sample, masked):
+        def counted(ids, *args, _forward=module.gpt_forward, **kwargs):
+            calls.append(tuple(ids.shape))
+            return _forward(ids, *args, **kwargs)
+        monkeypatch.setattr(module, "gpt_forward", counted)
+    return calls
+
+
+@pytest.mark.parametrize("kind, grid, steps", [("raster", 2, None), ("raster", 4, None),
+                                               ("masked", 4, 4), ("masked", 4, 16),
+                                               ("masked", 2, 20)])
+def test_drawing_work_is_what_the_samplers_run(monkeypatch, kind, grid, steps):
+    """drawing_work's counts against the model's calls while drawing: a masked prior with
+    more steps than codes (20 for 4) stops when the grid is full."""
+    sizes = dict(bench.QUICK, shapes_grid=grid, gpt_T=28, draw_n=3)
+    sample, work = bench.drawing(sizes, kind, steps)
+    calls = counting_model_calls(monkeypatch)
+    codes = sample()
+    assert codes.shape == (3, grid, grid) and (codes >= 0).all()
+    n = sizes["draw_n"]
+    # guidance's rows: a stream of calls of their own (raster), or beside the others (masked)
+    streams, rows = (2, n) if kind == "raster" else (1, 2 * n)
+    assert work["forward_calls"] == len(calls)
+    assert work["passes"] == len(calls) // streams
+    assert all(b == rows for b, _ in calls)
+    assert work["positions"] == sum(b * t for b, t in calls) / n
+    if kind == "masked":
+        assert work["passes"] == min(steps, grid * grid)
+
+
+def test_torch_peer_compares_the_parts_with_a_peer():
+    pytest.importorskip("torch")
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent / "peers"))
+    import torch_peer
+    assert torch_peer.peer_parts(None) == list(torch_peer.PARTS)
+    assert "gpt-masked" in torch_peer.PARTS and "drawing" not in torch_peer.PARTS
+    assert torch_peer.peer_parts("gpt-masked") == ["gpt-masked"]
+    with pytest.raises(SystemExit, match="no torch peer for drawing"):
+        torch_peer.peer_parts(["gpt-masked,drawing"])
+    labels = [m[0] for m in torch_peer.measurements("gpt-masked", bench.QUICK)]
+    assert labels == ["masked train step"]

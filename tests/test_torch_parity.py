@@ -223,6 +223,29 @@ def test_full_attention_in_blocks_through_a_kv_cache_matches_torch_block_causal(
                                atol=ATOL)
 
 
+@pytest.mark.parametrize("B, n_head, hs, sizes", [(2, 4, 4, [1, 4, 3]), (1, 1, 4, [3, 1, 2]),
+                                                  (3, 2, 8, [6])])
+def test_a_boolean_mask_through_a_kv_cache_matches_torch_on_the_whole(B, n_head, hs, sizes):
+    """A boolean mask fed a block at a time through a KV cache: each call gets its rows of
+    the whole mask, (block, keys so far), and the outputs are torch's attention over the
+    whole sequence with the whole mask (block-causal, some keys of the past hidden)."""
+    T = sum(sizes)
+    x, *params = attention_args(B, T, n_head, hs, seed=T + 1)
+    mask = block_causal(sizes) & random_mask(T, seed=T)
+    mask[np.arange(T), np.arange(T)] = True                    # every row sees its own key
+    kv = KVCache.empty((B, n_head, T, hs), like=x)
+    outs, start = [], 0
+    for end in np.cumsum(sizes):
+        out, _ = self_attention_forward(x[:, start:end], *params, n_head,
+                                        mask=mask[start:end, :end], kv=kv)
+        outs.append(out)
+        start = end
+    want = torch_attention(*(torch.from_numpy(a) for a in [x, *params]), n_head=n_head,
+                           mask=mask)
+    np.testing.assert_allclose(np.concatenate(outs, axis=1), want.numpy(), rtol=RTOL,
+                               atol=ATOL)
+
+
 @pytest.mark.parametrize("ignore_index", [-1, -100])
 def test_cross_entropy_matches_torch_with_ignore_index(ignore_index):
     rng = np.random.default_rng(0)
@@ -355,3 +378,37 @@ def test_one_adversarial_step_matches_torch_autograd(peer, feature_weight):
                 assert not np.abs(grads[k]).max()      # every score inside its margin: 0
                 continue
             close_to(grads[k], tg, k)
+
+
+# ---------------------------------------------------------------- the masked prior
+
+MASKED_SIZES = dict(gpt="gpt-tiny", shapes_codes=16, shapes_grid=4, gpt_T=28, gpt_batch=5)
+
+
+def test_the_masked_prior_loss_and_gradients_match_torch(peer):
+    """gpt_loss_forward / gpt_loss_backward with mask="full" on a masked_batch (targets -1
+    but at the masked image tokens) against the peer's torch model (full attention,
+    cross-entropy ignoring -1) by autograd: the logits, the loss and every gradient. The
+    same batch read causally gives other logits: the mask is part of what is compared."""
+    from tinytok import bench
+    from tinytok.prior.gpt import gpt_loss_backward, gpt_loss_forward
+    from tinytok.prior.masked import mask_id
+    params, config, vocab = bench.shapes_prior(MASKED_SIZES, "masked", seed=2)
+    ids, targets = bench.masked_example_batch(MASKED_SIZES, seed=3)
+    assert ((targets != -1) == (ids == mask_id(vocab))).all() and (targets != -1).any()
+    loss, cache = gpt_loss_forward(ids, targets, params, config, mask="full")
+    grads = {k: np.zeros_like(v) for k, v in params.items()}
+    gpt_loss_backward(cache, grads, config)
+
+    P = peer.as_torch(params)
+    t_ids, t_targets = torch.from_numpy(ids), torch.from_numpy(targets)
+    t_logits = peer.gpt_logits(t_ids, P, config, sdpa=False, full=True)
+    t_loss = peer.masked_loss(t_ids, t_targets, P, config, sdpa=True)
+    t_grads = torch.autograd.grad(t_loss, list(P.values()))
+    assert loss.dtype == cache.logits.dtype == np.float32
+    close_to(cache.logits, t_logits, "logits")
+    assert float(loss) == pytest.approx(t_loss.item(), rel=1e-5)
+    for (k, _), tg in zip(P.items(), t_grads):
+        close_to(grads[k], tg, k)
+    causal = gpt_loss_forward(ids, targets, params, config)[1].logits   # far beyond rounding
+    assert np.abs(causal - cache.logits).max() > 100 * 1e-4 * np.abs(cache.logits).max()

@@ -2,6 +2,9 @@
 
     python tests/peers/torch_peer.py [--json] [--only NAME] [--quick] [--no-rss]
 
+NAME: sgemm, vqvae-ref, vqvae-gan, gpt-ref, gpt-masked (the bench's parts that have a peer;
+comma-separated or repeated).
+
 Not a test (pytest does not collect this file): it is how the ratios tinytok / torch are
 measured honestly. Both run in this one process, on the same machine, with the same models,
 the same initial weights (copied from tinytok's init) and the same inputs. Repeats alternate
@@ -17,7 +20,10 @@ taming-transformers writes it (the adaptive weight by torch.autograd.grad at the
 last weight, calculate_adaptive_weight; two optimizers; tinytok's feature-matching term
 optional, off in the benchmark); gpt-ref
 nanoGPT-style with the head tied to the token embedding, attention explicit (masked softmax) or
-F.scaled_dot_product_attention ("sdpa"). Optimizer: torch.optim.AdamW with its defaults
+F.scaled_dot_product_attention ("sdpa"); gpt-masked the same model with full attention (no
+mask) over the masked prior's batch (tinytok.bench.masked_example_batch: the same ids and
+targets), cross-entropy on the masked image tokens only (every other target -1, ignored),
+as MaskGIT trains. Optimizer: torch.optim.AdamW with its defaults
 (lr 3e-4; weight decay 0.1 on matrices for gpt, none for vqvae, as tinytok's bench).
 """
 import argparse
@@ -34,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from tinytok import backend, bench, parallel
+from tinytok.errors import ConfigError
 from tinytok.prior.gpt import gpt_config, gpt_loss_forward, init_gpt_params
 from tinytok.tokenizer.discriminator import (DiscriminatorConfig, init_discriminator_params,
                                              is_discriminator_param)
@@ -41,7 +48,7 @@ from tinytok.tokenizer.vqvae import init_tokenizer_params, tokenizer_config, tok
 from tinytok.training.adversarial import adversarial_grads
 
 torch.set_num_threads(2)
-PARTS = ("sgemm", "vqvae-ref", "vqvae-gan", "gpt-ref")
+PARTS = ("sgemm", "vqvae-ref", "vqvae-gan", "gpt-ref", "gpt-masked")   # those with a peer
 
 
 def as_torch(params):
@@ -177,17 +184,18 @@ def torch_vqvae_gan_train(sizes):
 
 # ---------------------------------------------------------------- gpt-ref in torch
 
-def attention(x, P, name, n_head, sdpa, kv=None, layer=0):
+def attention(x, P, name, n_head, sdpa, kv=None, layer=0, full=False):
+    """Causal self-attention, or with full=True every position seeing every other."""
     B, T, C = x.shape
     q, k, v = F.linear(x, P[name + ".w_qkv"].t(), P[name + ".b_qkv"]).split(C, dim=-1)
     q, k, v = (t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in (q, k, v))
-    causal = True
+    causal = not full
     if kv is not None:                                               # append, read the prefix
         L = kv["length"]
         kv["k"][layer][:, :, L:L + T] = k
         kv["v"][layer][:, :, L:L + T] = v
         k, v = kv["k"][layer][:, :, :L + T], kv["v"][layer][:, :, :L + T]
-        causal = T > 1                                               # one new token sees all
+        causal = causal and T > 1                                    # one new token sees all
         assert T == 1 or L == 0
     if sdpa:
         y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
@@ -200,7 +208,7 @@ def attention(x, P, name, n_head, sdpa, kv=None, layer=0):
                     P[name + ".b_proj"])
 
 
-def gpt_logits(ids, P, c, sdpa=True, kv=None):
+def gpt_logits(ids, P, c, sdpa=True, kv=None, full=False):
     B, T = ids.shape
     L = kv["length"] if kv is not None else 0
     C = c.n_embd
@@ -208,7 +216,7 @@ def gpt_logits(ids, P, c, sdpa=True, kv=None):
     for i in range(c.n_layer):
         h = f"gpt.h{i}"
         a = F.layer_norm(x, (C,), P[h + ".ln1.g"], P[h + ".ln1.b"])
-        x = x + attention(a, P, h + ".attn", c.n_head, sdpa, kv, i)
+        x = x + attention(a, P, h + ".attn", c.n_head, sdpa, kv, i, full)
         m = F.layer_norm(x, (C,), P[h + ".ln2.g"], P[h + ".ln2.b"])
         m = F.gelu(F.linear(m, P[h + ".mlp.fc.w"].t(), P[h + ".mlp.fc.b"]), approximate="tanh")
         x = x + F.linear(m, P[h + ".mlp.proj.w"].t(), P[h + ".mlp.proj.b"])
@@ -274,6 +282,22 @@ def torch_gpt_train(sizes, sdpa):
     return train_step_fn(P, loss_fn, 0.1)
 
 
+def masked_loss(ids, targets, P, c, sdpa=True):
+    """The masked prior's loss: full attention, the mean cross-entropy over targets != -1
+    (the masked image tokens)."""
+    B, T = ids.shape
+    return F.cross_entropy(gpt_logits(ids, P, c, sdpa, full=True).view(B * T, -1),
+                           targets.view(-1), ignore_index=-1)
+
+
+def torch_masked_train(sizes, sdpa):
+    """One masked prior's training step on the batch tinytok's bench step trains on."""
+    params, c, _ = bench.shapes_prior(sizes, "masked")
+    P = as_torch(params)
+    ids, targets = (torch.from_numpy(a) for a in bench.masked_example_batch(sizes))
+    return train_step_fn(P, lambda: masked_loss(ids, targets, P, c, sdpa), 0.1)
+
+
 def torch_gpt_sample(sizes, use_cache):
     c, P = _gpt_setup(sizes)
     P = {k: v.detach() for k, v in P.items()}
@@ -334,6 +358,13 @@ def measurements(part, sizes):
         return [("vqvae train step with D", "vqvae_gan",
                  {tk: lambda: bench.vqvae_gan_train_step(sizes)[0],
                   tt: lambda: torch_vqvae_gan_train(sizes)}, sizes["vq_batch"], "images")]
+    if part == "gpt-masked":
+        return [("masked train step", "masked_train",
+                 {tk: lambda: bench.masked_train_step(sizes)[0],
+                  "torch-sdpa": lambda: torch_masked_train(sizes, True),
+                  "torch-explicit": lambda: torch_masked_train(sizes, False)},
+                 sizes["gpt_batch"] * sizes["gpt_T"], "tokens")]
+    assert part == "gpt-ref", part
     return [("gpt train step", "gpt_train",
              {tk: lambda: bench.gpt_train_step(sizes)[0],
               "torch-sdpa": lambda: torch_gpt_train(sizes, True),
@@ -350,7 +381,7 @@ def measurements(part, sizes):
 # the pause before each timed run, by measurement (see interleaved): 0.3 s where tinytok
 # runs BLAS on its own threads (sgemm, and sampling: blas_threads_for_small_products)
 SETTLE_S = {"sgemm": 0.3, "vqvae_train": 0.05, "vqvae_encode": 0.05, "vqvae_gan": 0.05,
-            "gpt_train": 0.05,
+            "gpt_train": 0.05, "masked_train": 0.05,
             "sample_kv": 0.3, "sample_nocache": 0.3}
 
 
@@ -406,14 +437,20 @@ def same_model_check(sizes):
                                  sizes["gan_weight"], lambda arrays: arrays)["gan_lambda"]
     theirs_lam = float(vqgan_losses(torch.from_numpy(x), as_torch(gp), gc,
                                     sizes["gan_weight"])[2])
+    mp, mc, _ = bench.shapes_prior(sizes, "masked")
+    m_ids, m_targets = bench.masked_example_batch(sizes)
+    ours_m = float(gpt_loss_forward(m_ids, m_targets, mp, mc, mask="full")[0])
+    with torch.no_grad():
+        theirs_m = float(masked_loss(torch.from_numpy(m_ids), torch.from_numpy(m_targets),
+                                     as_torch(mp), mc))
     return {"vqvae_loss": [ours, theirs], "gpt_loss": [ours_g, theirs_g],
-            "gan_lambda": [ours_lam, theirs_lam]}
+            "gan_lambda": [ours_lam, theirs_lam], "masked_loss": [ours_m, theirs_m]}
 
 
 # ---------------------------------------------------------------- peak RSS, one process each
 
 RSS_SECTIONS = {"vqvae-ref": ("vqvae_train", "vqvae_encode"), "vqvae-gan": ("vqvae_gan",),
-                "gpt-ref": ("gpt_train", "gpt_sample")}
+                "gpt-ref": ("gpt_train", "gpt_sample"), "gpt-masked": ("masked_train",)}
 
 
 def torch_rss_child(section, quick):
@@ -424,6 +461,7 @@ def torch_rss_child(section, quick):
            "vqvae_encode": lambda: [torch_vqvae_encode(sizes)],
            "vqvae_gan": lambda: [torch_vqvae_gan_train(sizes)],
            "gpt_train": lambda: [torch_gpt_train(sizes, True)],
+           "masked_train": lambda: [torch_masked_train(sizes, True)],
            "gpt_sample": lambda: [torch_gpt_sample(sizes, True),
                                   torch_gpt_sample(sizes, False)]}[section]()
     for fn in fns:
@@ -437,7 +475,8 @@ def rss_table(parts, quick):
     tk_sections = {"vqvae_train": ("vqvae-ref", "train_step"),
                    "vqvae_encode": ("vqvae-ref", "encode"),
                    "vqvae_gan": ("vqvae-gan", "train_step"),
-                   "gpt_train": ("gpt-ref", "train_step"), "gpt_sample": ("gpt-ref", "sample")}
+                   "gpt_train": ("gpt-ref", "train_step"), "gpt_sample": ("gpt-ref", "sample"),
+                   "masked_train": ("gpt-masked", "train_step")}
     for part in parts:
         for section in RSS_SECTIONS.get(part, ()):
             p, s = tk_sections[section]
@@ -456,7 +495,9 @@ def rss_table(parts, quick):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--only", action="append", metavar="NAME")
+    ap.add_argument("--only", action="append", metavar="NAME",
+                    help=f"compare only these parts ({', '.join(PARTS)}); comma-separated or "
+                         "repeated")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-rss", action="store_true")
     ap.add_argument("--settle", type=float, default=None,
@@ -466,7 +507,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.rss_child:
         return torch_rss_child(args.rss_child, args.quick)
-    parts = bench.parse_only(args.only)
+    parts = peer_parts(args.only)
     sizes = bench.QUICK if args.quick else bench.FULL
     backend.use("numpy")
     parallel.reuse_freed_host_memory()
@@ -496,6 +537,20 @@ def main(argv=None):
         out["peak_rss_mb"] = rss_table(parts, args.quick)
     print(json.dumps(out, indent=2) if args.json else table(out))
     return 0
+
+
+def peer_parts(only):
+    """The parts to compare (all that have a peer by default); a one-line SystemExit for a
+    benchmark part without one (drawing) or an unknown name."""
+    try:
+        parts = bench.parse_only(list(PARTS) if only is None else only)
+    except ConfigError as e:
+        raise SystemExit(f"torch_peer: {e}") from None
+    without = [p for p in parts if p not in PARTS]
+    if without:
+        raise SystemExit(f"torch_peer: no torch peer for {', '.join(without)}; choose from "
+                         f"{', '.join(PARTS)}")
+    return parts
 
 
 def table(out):

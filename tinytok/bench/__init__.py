@@ -15,6 +15,18 @@ Parts (``--only`` picks some, comma-separated or repeated):
   own AdamW), as train-tokenizer --gan-weight does it past --gan-start.
 * ``gpt-ref``: one training step at batch 32 x context 80, and sampling 64 new tokens for 16
   sequences after a 1-token prompt, with and without the KV cache.
+* ``gpt-masked``: the masked prior (MaskGIT, tinytok.prior.masked): gpt-ref over the shapes
+  vocabulary and its <mask> (294 ids), one training step at batch 32 x context 80 on a
+  masked_batch (full attention, the loss on the masked image tokens), and filling in 16
+  pictures of one caption in the default 8 steps, guided (sample_masked_codes).
+* ``drawing``: the raster prior (its KV cache) against the masked one at 4, 8, 12 and 16
+  steps, 16 pictures of one caption, guided as Pipeline.generate_codes draws them (no
+  reranking): per picture, the model's passes one after another, its forward calls
+  (guidance's rows: a second stream for raster, in the same calls for masked), the token
+  positions it runs, and the milliseconds. All in one process, timed in turn (a round
+  times each drawing once, so a machine's changing load weighs on all alike); fresh
+  weights, as the work does not depend on them (a raster drawing writes exactly 64 codes,
+  a masked one takes exactly its steps).
 
 How it measures. Each timing is warm-up runs, then the median (and min, max) of repeated
 runs, read with ``time.perf_counter`` after synchronising the device (a no-op on NumPy).
@@ -29,7 +41,8 @@ leaves BLAS its own threads). ``sgemm`` keeps BLAS on all its threads: it is the
 How FLOPs are counted. A multiply-add is 2 FLOPs. Counted: convolutions
 (2*N*Ho*Wo*F*C*kh*kw), transposed convolutions (2*N*H*W*C*F*kh*kw, over the input pixels),
 linear layers (2*M*in*out), the two attention products (QK^T and att@V, 2*B*T*T*C each, the
-whole T x T square although half of it is masked), the tied head, and the VQ distance
+whole T x T square, of which the raster prior's causal mask hides half and the masked
+prior's full attention nothing), the tied head, and the VQ distance
 product (2*M*K*D). Element-wise ops, norms, softmax and the optimizer are not counted.
 A training step counts 3x the forward FLOPs of every layer (the forward product and the two
 backward products, dx and dw), except the first convolution's dx (the gradient to the images,
@@ -61,9 +74,10 @@ import importlib
 _HOMES = {
     "options": ("PARTS", "FULL", "QUICK", "REPEATS", "QUICK_REPEATS", "parse_only",
                 "add_arguments"),
-    "measure": ("synchronize", "time_it", "rss_mb", "peak_rss_mb"),
+    "measure": ("synchronize", "time_it", "time_in_turn", "rss_mb", "peak_rss_mb"),
     "workloads": ("vqvae_train_step", "vqvae_gan_train_step", "vqvae_encode", "gpt_train_step",
-                  "gpt_sample"),
+                  "gpt_sample", "shapes_prior", "masked_train_step", "masked_example_batch",
+                  "drawing", "drawing_work"),
     "sections": ("SECTIONS", "run_section"),
     "run": ("run_isolated", "run_bench", "run", "main"),
     "report": ("format_table",),

@@ -28,6 +28,21 @@ def time_it(fn, xp, warmup, repeats):
             "repeats": len(times)}
 
 
+def time_in_turn(fns, xp, warmup, repeats):
+    """time_it for several closures compared with each other: each warmed up, then timed
+    once per round in turn, so that a machine that gets busier or quieter during the
+    measurement weighs on all of them alike. A list of time_it's dicts, in fns' order."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(max(1, repeats)):
+        for fn, ms in zip(fns, times):
+            ms.append(time_it(fn, xp, 0, 1)["median"])
+    return [{"median": statistics.median(ms), "min": min(ms), "max": max(ms),
+             "repeats": len(ms)} for ms in times]
+
+
 def rss_mb():
     """(current, peak) resident size of this process in MB, from /proc (None where absent)."""
     fields = {}

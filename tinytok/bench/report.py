@@ -19,7 +19,8 @@ def format_table(result):
         for n in (QUICK if m["quick"] else FULL)["sgemm_sizes"]:
             row(f"sgemm {n}x{n} float32", "sgemm", f"sgemm_{n}_ms",
                 f"{s[f'sgemm_{n}_gflops']:.1f} GFLOP/s")
-    for part, unit in (("vqvae-ref", "images"), ("vqvae-gan", "images"), ("gpt-ref", "tokens")):
+    for part, unit in (("vqvae-ref", "images"), ("vqvae-gan", "images"), ("gpt-ref", "tokens"),
+                       ("gpt-masked", "tokens")):
         if part not in result:
             continue
         f = result[part]
@@ -36,9 +37,31 @@ def format_table(result):
             for tag in ("kv", "nocache"):
                 row(f"  sample {f['sample_batch']}x{f['sample_new_tokens']} ({tag})", part,
                     f"sample_{tag}_ms", f"{f[f'sample_{tag}_tokens_per_s']:.0f} tokens/s")
+        elif part == "gpt-masked":
+            row(f"  fill in {f['fill_in_pictures']} in {f['fill_in_steps']} steps, guided",
+                part, "fill_in_ms", f"{f['fill_in_pictures_per_s']:.1f} pictures/s")
+    if "drawing" in result:
+        lines.extend(drawing_table(result["drawing"]))
     lines.append("peak RSS (MB, whole process, one process per section; import baseline):")
     for part in PARTS:
         if part in result:
             by = ", ".join(f"{k} {v:.0f}" for k, v in result[part]["peak_rss_mb_by_section"].items())
             lines.append(f"  {part:<12} {by}  (import {result[part]['import_rss_mb']:.0f})")
     return "\n".join(lines)
+
+
+def drawing_table(figures):
+    """The drawing comparison's rows: each kind's model passes and time per picture."""
+    lines = [f"drawing {figures['pictures']} pictures of one caption, guided (cfg "
+             f"{figures['cfg_scale']}): per picture",
+             f"  {'kind':<8}{'steps':>6}{'passes':>8}{'calls':>7}{'positions':>11}"
+             f"{'ms/picture':>12}{'min-max':>16}"]
+    for r in figures["rows"]:
+        steps = "-" if r["steps"] is None else r["steps"]
+        lines.append(f"  {r['kind']:<8}{steps:>6}{r['passes']:>8}{r['forward_calls']:>7}"
+                     f"{r['positions']:>11}{r['ms_per_picture']:>12.1f}"
+                     f"{r['ms_per_picture_min']:>9.1f}-{r['ms_per_picture_max']:<.1f}")
+    lines += ["  passes: the model's runs one after another; calls: with guidance's rows (a",
+              "  second stream for raster, beside the others in each call for masked);",
+              "  positions: tokens run through the model, guidance's rows included"]
+    return lines

@@ -2,10 +2,13 @@
 it runs in (tinytok.bench.run gives each a fresh one, so the peak is its own).
 """
 from tinytok import backend, parallel
-from tinytok.bench.measure import peak_rss_mb, rss_mb, synchronize, time_it
+from tinytok.bench.measure import peak_rss_mb, rss_mb, synchronize, time_in_turn, time_it
 from tinytok.bench.options import FULL, QUICK, QUICK_REPEATS, REPEATS
-from tinytok.bench.workloads import (gpt_sample, gpt_train_step, vqvae_encode,
-                                     vqvae_gan_train_step, vqvae_train_step)
+from tinytok.bench.workloads import (drawing, gpt_sample, gpt_train_step, masked_train_step,
+                                     vqvae_encode, vqvae_gan_train_step, vqvae_train_step)
+from tinytok.prior.kinds import model_vocab_size
+from tinytok.prior.settings import SAMPLING
+from tinytok.training.prior_data import shapes_vocab
 
 
 def _reps(key, quick, repeats, warmup):
@@ -80,11 +83,50 @@ def _section_gpt_sample(xp, sizes, quick, repeats, warmup):
     return out
 
 
+def _section_masked_train(xp, sizes, quick, repeats, warmup):
+    step, flops = masked_train_step(sizes)
+    t = time_it(step, xp, *_reps("masked_train", quick, repeats, warmup))
+    B, T = sizes["gpt_batch"], sizes["gpt_T"]
+    vocab_size = model_vocab_size("masked", shapes_vocab(sizes["shapes_codes"],
+                                                          sizes["shapes_grid"]))
+    return {"config": sizes["gpt"], "vocab_size": vocab_size, "batch": B,
+            "context": T, **_ms("train_step_ms", t),
+            "train_tokens_per_s": B * T / (t["median"] * 1e-3),
+            "train_gflop_per_step": flops / 1e9,
+            "train_gflops": flops / (t["median"] * 1e-3) / 1e9}
+
+
+def _section_masked_sample(xp, sizes, quick, repeats, warmup):
+    sample, work = drawing(sizes, "masked")
+    t = time_it(sample, xp, *_reps("masked_sample", quick, repeats, warmup))
+    n = sizes["draw_n"]
+    return {"fill_in_pictures": n, "fill_in_steps": work["passes"], **_ms("fill_in_ms", t),
+            "fill_in_pictures_per_s": n / (t["median"] * 1e-3)}
+
+
+def _section_drawing(xp, sizes, quick, repeats, warmup):
+    """Each kind of prior drawing draw_n pictures, guided, in this one process, timed in
+    turn: the raster prior, and the masked prior at each of draw_steps."""
+    runs = [("raster", None)] + [("masked", s) for s in sizes["draw_steps"]]
+    drawings = [drawing(sizes, kind, steps) for kind, steps in runs]
+    times = time_in_turn([sample for sample, _ in drawings], xp,
+                         *_reps("drawing", quick, repeats, warmup))
+    rows = []
+    for (kind, steps), (_, work), t in zip(runs, drawings, times):
+        per = {k: v / sizes["draw_n"] for k, v in t.items() if k != "repeats"}
+        rows.append({"kind": kind, "steps": steps, **work, "repeats": t["repeats"],
+                     "ms_per_picture": per["median"], "ms_per_picture_min": per["min"],
+                     "ms_per_picture_max": per["max"]})
+    return {"pictures": sizes["draw_n"], "cfg_scale": SAMPLING.cfg_scale, "rows": rows}
+
+
 SECTIONS = {
     "sgemm": {"sgemm": _section_sgemm},
     "vqvae-ref": {"train_step": _section_vqvae_train, "encode": _section_vqvae_encode},
     "vqvae-gan": {"train_step": _section_vqvae_gan},
     "gpt-ref": {"train_step": _section_gpt_train, "sample": _section_gpt_sample},
+    "gpt-masked": {"train_step": _section_masked_train, "sample": _section_masked_sample},
+    "drawing": {"drawing": _section_drawing},
 }
 
 

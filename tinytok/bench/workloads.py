@@ -8,13 +8,18 @@ from tinytok.bench.flops import (gpt_train_flops, vqvae_flops, vqvae_gan_train_f
 from tinytok.parallel import blas_threads_for_small_products
 from tinytok.pipeline import Tokenizer
 from tinytok.prior.gpt import gpt_config, init_gpt_params
+from tinytok.prior.kinds import PRIOR_KINDS, model_vocab_size
+from tinytok.prior.layouts import image_prompt, unconditional_prompt
+from tinytok.prior.masked import masked_batch, still_masked
 from tinytok.prior.sample import continue_sequences
-from tinytok.prior.settings import PLAIN
+from tinytok.prior.settings import PLAIN, SAMPLING
+from tinytok.prior.vocab import EXAMPLE_CAPTION
 from tinytok.tokenizer.discriminator import (DiscriminatorConfig, init_discriminator_params,
                                              is_discriminator_param)
 from tinytok.tokenizer.vqvae import init_tokenizer_params, tokenizer_config
 from tinytok.training.adversarial import adversarial_grads
 from tinytok.training.optim import adamw_init, adamw_step, clip_grad_norm, zeros_like_params
+from tinytok.training.prior_data import shapes_vocab
 from tinytok.training.steps import gpt_loss_grads, tokenizer_grads
 
 
@@ -120,3 +125,94 @@ def gpt_sample(sizes, use_cache, seed=0):
 
     return sample
 
+
+# ---------------------------------------------------------------- the masked prior (MaskGIT)
+
+def shapes_prior(sizes, kind, seed=0):
+    """(params, config, vocab): a fresh gpt of sizes["gpt"] over the shapes vocabulary
+    (sizes' shapes_codes and shapes_grid), context gpt_T, with the kind's extra tokens (the
+    masked prior's <mask>). Its weights are random: the work of a training step or of a
+    drawing does not depend on them (a raster drawing writes exactly one grid, a masked
+    one takes exactly its steps)."""
+    vocab = shapes_vocab(sizes["shapes_codes"], sizes["shapes_grid"])
+    config = gpt_config(sizes["gpt"], vocab_size=model_vocab_size(kind, vocab),
+                        context=sizes["gpt_T"])
+    return init_gpt_params(config, seed=seed), config, vocab
+
+
+def masked_train_step(sizes, seed=0):
+    """A closure running one masked prior's training step (train_prior(kind="masked"): full
+    attention, the loss on the masked image tokens only) on a fixed masked_batch of random
+    codes under one caption, and its FLOPs (the same products as a raster step's)."""
+    params, config, _ = shapes_prior(sizes, "masked", seed)
+    grads, state = zeros_like_params(params), adamw_init(params)
+    ids, targets = (backend.to_device(a) for a in masked_example_batch(sizes, seed))
+
+    def step():
+        for g in grads.values():
+            g[...] = 0
+        loss = gpt_loss_grads(ids, targets, params, config, grads, mask="full")
+        clip_grad_norm(grads, 1.0)
+        adamw_step(params, grads, state, lr=3e-4, weight_decay=0.1)
+        return loss
+
+    return step, gpt_train_flops(config, sizes["gpt_batch"], config.context)
+
+
+def masked_example_batch(sizes, seed=0):
+    """The masked training step's batch, host int64 (inputs, targets), each (gpt_batch,
+    gpt_T): random codes under one caption, through masked_batch (a share of the image
+    tokens <mask>, only those targets; the caption dropped with p 0.1)."""
+    vocab = shapes_vocab(sizes["shapes_codes"], sizes["shapes_grid"])
+    rng = backend.rng(seed)
+    B, g = sizes["gpt_batch"], vocab.grid_size
+    codes = rng.integers(0, vocab.num_codes, (B, g, g))
+    captions = [vocab.encode_text(EXAMPLE_CAPTION)] * B
+    return masked_batch(vocab, captions, codes, rng, sizes["gpt_T"])
+
+
+def drawing(sizes, kind, steps=None, seed=0):
+    """A closure drawing sizes["draw_n"] pictures of one caption with a fresh prior of that
+    kind, as Pipeline.generate_codes does it (the kind's draw, the recommended sampling
+    with its guidance, BLAS threads for small products; no reranking), steps passes for a
+    masked prior (default: the sampling's), and its work: drawing_work."""
+    params, config, vocab = shapes_prior(sizes, kind, seed)
+    sampling = SAMPLING if steps is None else SAMPLING.but(steps=steps)
+    draw = PRIOR_KINDS[kind].draw
+
+    def sample():
+        with blas_threads_for_small_products():
+            return draw(params, config, vocab, EXAMPLE_CAPTION, sizes["draw_n"],
+                        backend.rng(seed), sampling)
+
+    return sample, drawing_work(kind, vocab, config.context, sampling.steps,
+                                sampling.cfg_scale != 1.0, EXAMPLE_CAPTION)
+
+
+def drawing_work(kind, vocab, context, steps, guided, caption):
+    """How much model a picture of caption takes: {"passes", "forward_calls", "positions"}.
+
+    passes: the runs of the model a picture waits for, one after the other (its latency
+    counted in runs). A raster prior: the prompt, whose last logits draw the first code,
+    then one run per further code (image_len in all; the last code is never fed back). A
+    masked prior: one run per step while codes are left to fill in (steps, at most
+    image_len). forward_calls: the calls of the model, guidance's unconditional rows
+    included: a raster prior runs them as a second stream (twice the passes), a masked
+    prior beside the conditional rows in the same call (the passes, each with twice the
+    rows). positions: the token positions run through the model per picture, guidance's
+    row included: a raster step runs one new token (its KV cache holds the rest), a masked
+    step the whole context.
+    """
+    L, rows = vocab.image_len, 2 if guided else 1
+    if kind == "raster":
+        prompts = [len(image_prompt(vocab, caption, context))]
+        prompts += [len(unconditional_prompt(vocab))] if guided else []
+        return {"passes": L, "forward_calls": rows * L,
+                "positions": sum(p + L - 1 for p in prompts)}
+    passes, unknown = 0, L
+    for step in range(steps):                            # fill_in's loop from a masked grid
+        if unknown == 0:
+            break
+        passes += 1
+        unknown = max(min(still_masked(L, step, steps), unknown - 1), 0)
+    return {"passes": passes, "forward_calls": passes, "positions": rows * passes * context}
