@@ -245,6 +245,21 @@ HOST_EDGES = {
     ("training.prior_data", "shapes_prior_data"): ({"asarray"}, "host token ids"),
     ("training.prior_data", "encode_dataset_tokens"): ({"concatenate"}, "host ids from encode"),
     ("training.prior_data", "save_token_cache"): ({"asarray", "frombuffer"}, "host data"),
+    ("pipeline", "Pipeline.inpaint"): ({"broadcast_to", "repeat"}, "host ids from encode"),
+    ("pipeline", "region_cells"): ({"ndim", "zeros"}, "a host pixel mask from the user's box"),
+    ("prior.masked", "choice_noise"): ({"clip", "log"}, "Gumbel noise drawn on the host"),
+    ("prior.masked", "cosine_schedule"): ({"asarray", "cos"}, "host shares of host counts"),
+    ("prior.masked", "draw_all"): ({"log"}, "after to_numpy: host log-probabilities"),
+    ("prior.masked", "fill_in"): ({"array", "concatenate", "where"},
+                                  "host grids and prefixes; image_logits uploads the rows"),
+    ("prior.masked", "inpaint_codes"): ({"asarray", "tile", "where"}, "host codes and prefixes"),
+    ("prior.masked", "lowest"): ({"argsort", "asarray", "maximum", "minimum"},
+                                 "host confidences (draw_all's)"),
+    ("prior.masked", "masked_batch"): ({"asarray", "ceil", "concatenate", "full", "maximum",
+                                        "stack", "where"}, "the host batch, before upload"),
+    ("prior.masked", "masked_prefix"): ({"full"}, "host prompt ids"),
+    ("prior.masked", "random_subset"): ({"argsort", "asarray"}, "host draws for the batch"),
+    ("prior.masked", "sample_masked_codes"): ({"full", "tile"}, "host prompt ids and grids"),
 }
 
 
