@@ -105,6 +105,12 @@ def build_case(name, xp=np, dtype=np.float64, seed=0):
         args = [1 + away_from_zero(f(2, 1, 3, 3)), -1 + away_from_zero(f(3, 1, 2, 2))]
     elif name == "hinge_g_loss":
         args = [f(2, 1, 3, 3)]
+    elif name == "area_resize":  # H down by 7/3 (cells share an input), W up by 8/5
+        args = [f(2, 3, 7, 5)]
+        kwargs = {"size": (3, 8)}
+    elif name == "bilinear_resize":  # H up by 7/4, W down by 3/5
+        args = [f(2, 3, 4, 5)]
+        kwargs = {"size": (7, 3)}
     else:
         raise KeyError(name)
 

@@ -314,3 +314,48 @@ def hf_share(originals, reconstructions, low):
                         coefficient = np.sum(pictures[n, :, :, c] * basis)
                         power[k] += abs(coefficient) ** 2
     return power[1] / power[0]
+
+
+# --- resizing -----------------------------------------------------------------------------
+
+def area_resize(x, size):
+    """out[n, c, i, j] = the mean of x[n, c, h, w] over the cells that output cell (i, j)
+    covers: h from floor(i H / H_out) to ceil((i + 1) H / H_out) - 1, w likewise (adaptive
+    average pooling), one output pixel at a time."""
+    N, C, H, W = x.shape
+    Ho, Wo = size
+    out = np.zeros((N, C, Ho, Wo))
+    for i in range(Ho):
+        h0, h1 = math.floor(i * H / Ho), math.ceil((i + 1) * H / Ho)
+        for j in range(Wo):
+            w0, w1 = math.floor(j * W / Wo), math.ceil((j + 1) * W / Wo)
+            for n in range(N):
+                for c in range(C):
+                    cells = [float(x[n, c, h, w]) for h in range(h0, h1) for w in range(w0, w1)]
+                    out[n, c, i, j] = sum(cells) / len(cells)
+    return out
+
+
+def bilinear_resize(x, size):
+    """out[n, c, i, j] = x at the point (sy, sx) that output (i, j)'s centre falls on, read
+    between the four input centres around it: sy = (i + 1/2) H / H_out - 1/2 (0 if below),
+    the rows floor(sy) and floor(sy) + 1 (the last row if beyond) weighted by the distance
+    to the other one, and the same along x (align_corners=False)."""
+    N, C, H, W = x.shape
+    Ho, Wo = size
+
+    def neighbours(i, n_in, n_out):
+        s = max((i + 0.5) * n_in / n_out - 0.5, 0.0)
+        lo = math.floor(s)
+        return [(lo, 1 - (s - lo)), (min(lo + 1, n_in - 1), s - lo)]
+
+    out = np.zeros((N, C, Ho, Wo))
+    for i in range(Ho):
+        for j in range(Wo):
+            corners = [(h, w, wh * ww) for h, wh in neighbours(i, H, Ho)
+                       for w, ww in neighbours(j, W, Wo)]
+            for n in range(N):
+                for c in range(C):
+                    out[n, c, i, j] = sum(weight * float(x[n, c, h, w])
+                                          for h, w, weight in corners)
+    return out

@@ -412,3 +412,37 @@ def test_the_masked_prior_loss_and_gradients_match_torch(peer):
         close_to(grads[k], tg, k)
     causal = gpt_loss_forward(ids, targets, params, config)[1].logits   # far beyond rounding
     assert np.abs(causal - cache.logits).max() > 100 * 1e-4 * np.abs(cache.logits).max()
+
+
+# ---------------------------------------------------------------- resizing
+
+TORCH["area_resize"] = lambda x, size: F.interpolate(x, size=size, mode="area")
+TORCH["bilinear_resize"] = lambda x, size: F.interpolate(x, size=size, mode="bilinear",
+                                                          align_corners=False)
+
+RESIZES = [  # (H, W) -> (H_out, W_out): whole and uneven ratios, both ways, 1 at either end
+    ((3, 3), (8, 8)), ((8, 8), (3, 3)), ((5, 5), (7, 7)), ((1, 1), (8, 8)), ((8, 8), (1, 1)),
+    ((7, 5), (5, 7)), ((8, 6), (4, 3)), ((4, 3), (8, 6)), ((3, 8), (8, 3)), ((6, 6), (6, 6)),
+    ((9, 2), (4, 11))]
+
+
+@pytest.mark.parametrize("dtype, rtol, atol", [(np.float32, RTOL, ATOL),
+                                               (np.float64, 1e-12, 1e-13)])
+@pytest.mark.parametrize("shape, size", RESIZES)
+@pytest.mark.parametrize("name", ["area_resize", "bilinear_resize"])
+def test_resizing_matches_torch_interpolate(name, shape, size, dtype, rtol, atol):
+    """F.interpolate(mode="area") and (mode="bilinear", align_corners=False): the output,
+    and the input's gradient from autograd for the same random upstream gradient."""
+    rng = np.random.default_rng(sum(shape) * 13 + sum(size))
+    x = rng.standard_normal((2, 3, *shape)).astype(dtype)
+    forward, backward = PAIRS[name]
+    y, cache = forward(x, size)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = backward(dy, cache)
+
+    tx = torch.from_numpy(x).requires_grad_(True)
+    t_y = TORCH[name](tx, size)
+    (t_dx,) = torch.autograd.grad(t_y, [tx], torch.from_numpy(dy))
+    assert y.dtype == dx.dtype == dtype and y.shape == tuple(t_y.shape)
+    np.testing.assert_allclose(y, t_y.detach().numpy(), rtol=rtol, atol=atol, err_msg="y")
+    np.testing.assert_allclose(dx, t_dx.numpy(), rtol=rtol, atol=atol, err_msg="dx")

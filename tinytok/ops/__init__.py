@@ -5,7 +5,9 @@ the gradients in the order of the forward's float array arguments. A loss's back
 the upstream gradient of the loss first (usually 1.0). Each cache is a named tuple of what
 the backward needs (``LinearCache(x, w, has_bias)``, ...), one type per op.
 ``causal_self_attention`` is ``self_attention`` with its default mask, the causal one, under
-the name the raster prior and lesson 10 use.
+the name the raster prior and lesson 10 use. ``area_resize`` and ``bilinear_resize`` resize
+a feature map (N, C, H, W) to any (H_out, W_out), as F.interpolate's modes "area" and
+"bilinear" (align_corners=False) do: y = A_h x A_w^T, dx = A_h^T dy A_w.
 
 Besides the pairs of PAIRS: conv2d_as_transposed, the same numbers as conv2d by another
 route (faster for a narrowing convolution); softmax and log_softmax; scatter_add, the
@@ -26,6 +28,8 @@ from tinytok.ops.losses import (cross_entropy_backward, cross_entropy_forward,
                                 mse_forward)
 from tinytok.ops.norm import (l2_normalize_backward, l2_normalize_forward, layer_norm_backward,
                               layer_norm_forward)
+from tinytok.ops.resample import (area_resize_backward, area_resize_forward,
+                                  bilinear_resize_backward, bilinear_resize_forward)
 from tinytok.ops.softmax import log_softmax, softmax
 
 PAIRS = {
@@ -44,6 +48,8 @@ PAIRS = {
     "mse": (mse_forward, mse_backward),
     "hinge_d_loss": (hinge_d_loss_forward, hinge_d_loss_backward),
     "hinge_g_loss": (hinge_g_loss_forward, hinge_g_loss_backward),
+    "area_resize": (area_resize_forward, area_resize_backward),
+    "bilinear_resize": (bilinear_resize_forward, bilinear_resize_backward),
 }
 
 __all__ = [name for pair in PAIRS.values() for name in (f.__name__ for f in pair)] + [
