@@ -1,4 +1,5 @@
-"""The prior: a causal transformer that writes image codes (and words) one token at a time.
+"""The priors: transformers that write image codes (and words), one token at a time (raster)
+or many codes at a time (masked).
 
     gpt.py        the transformer as pairs: blocks, the tied head, the next-token loss;
                   the same forward with a KV cache, for sampling
@@ -9,4 +10,8 @@
     settings.py   the sampling settings, one value whose defaults are the recommended ones
     sample.py     the one sampler: next-token logits (with the KV cache or without),
                   temperature, top-k, top-p, guidance
+    masked.py     the masked prior (MaskGIT): its fixed layout with <mask>, the masked
+                  training batch, and filling a grid in a few passes (and inpainting)
+    kinds.py      the table of prior kinds (raster, masked): what each attends to, its extra
+                  tokens, what it can be asked, how it draws a picture
 """
