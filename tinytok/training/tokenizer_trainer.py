@@ -194,8 +194,11 @@ class TokenizerRun:
                 sample = self.images[step_rng(self.settings.seed, 0, 9).permutation(
                     len(self.images))[:self.recipe.kmeans_images]]
                 z = encode_latents(sample, self.params, self.config)
-                vectors, _ = self.quantizer.search_space(z, self.params, self.config)
-                codebook[...] = kmeans_init(vectors, self.config.num_codes, self.settings.seed)
+                for _ in range(self.quantizer.kmeans_rounds):   # 2: the multi-scale
+                    # residuals, which depend on the codes, again from the new codes
+                    vectors, _ = self.quantizer.search_space(z, self.params, self.config)
+                    codebook[...] = kmeans_init(vectors, self.config.num_codes,
+                                                self.settings.seed)
             share_from_root(self.world, {"codebook": codebook})
         if self.quantizer.ema_updates:
             self.ema_state = ema_init(self.params["quant.codebook"])
