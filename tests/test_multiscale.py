@@ -47,11 +47,12 @@ FEW = settings(max_examples=20, deadline=None)
 BETA = 0.25
 
 
-def draw(seed, N=2, D=3, g=4, V=6, dtype=np.float64):
-    """f, codebook, phi_w, phi_b: phi small enough that its start is near the identity."""
+def draw(seed, N=2, D=3, g=4, V=6, dtype=np.float64, books=None):
+    """f, codebook, phi_w, phi_b: phi small enough that its start is near the identity;
+    books: that many codebooks (one per scale), else one (V, D) for all."""
     rng = np.random.default_rng(seed)
     return (rng.standard_normal((N, D, g, g)).astype(dtype),
-            rng.standard_normal((V, D)).astype(dtype),
+            rng.standard_normal((V, D) if books is None else (books, V, D)).astype(dtype),
             (rng.standard_normal((D, D, 3, 3)) * 0.3).astype(dtype),
             (rng.standard_normal(D) * 0.1).astype(dtype))
 
@@ -64,7 +65,8 @@ def ref_multiscale(f, codebook, w, b, scales, beta, mix=PHI_MIX):
     reference.conv2d; the loss (1 + beta)/K sum_k mean((f_hat_k - f)^2)."""
     N, D, g, _ = f.shape
     f_hat, maps, total = np.zeros(f.shape), [], 0.0
-    for s in scales:
+    for k, s in enumerate(scales):
+        book = codebook[k] if codebook.ndim == 3 else codebook
         rest = f - f_hat
         r = rest if s == g else ref.area_resize(rest, (s, s))
         ids = np.zeros((N, s, s), dtype=np.int64)
@@ -72,10 +74,10 @@ def ref_multiscale(f, codebook, w, b, scales, beta, mix=PHI_MIX):
         for n in range(N):
             for i in range(s):
                 for j in range(s):
-                    dists = [sum((r[n, d, i, j] - codebook[k, d]) ** 2 for d in range(D))
-                             for k in range(len(codebook))]
+                    dists = [sum((r[n, d, i, j] - book[c, d]) ** 2 for d in range(D))
+                             for c in range(len(book))]
                     ids[n, i, j] = int(np.argmin(dists))
-                    e[n, :, i, j] = codebook[ids[n, i, j]]
+                    e[n, :, i, j] = book[ids[n, i, j]]
         u = e if s == g else ref.bilinear_resize(e, (g, g))
         f_hat = f_hat + (1 - mix) * u + mix * ref.conv2d(u, w, b, padding=1)
         maps.append(ids)
@@ -89,9 +91,10 @@ def lookup_margin(f, codebook, w, b, scales):
     cells: a finite-difference probe (1e-5) must not change any lookup."""
     targets = climb(f.shape, codebook, w, b, scales, f=f).targets
     gaps = []
-    for r in targets:
+    for k, r in enumerate(targets):
         rows = r.transpose(0, 2, 3, 1).reshape(-1, r.shape[1])
-        d = np.sort(((rows[:, None] - codebook[None]) ** 2).sum(-1), axis=1)
+        book = codebook[k] if codebook.ndim == 3 else codebook
+        d = np.sort(((rows[:, None] - book[None]) ** 2).sum(-1), axis=1)
         gaps.append((d[:, 1] - d[:, 0]).min())
     return min(gaps)
 
@@ -99,9 +102,9 @@ def lookup_margin(f, codebook, w, b, scales):
 @FEW
 @given(N=st.integers(1, 2), D=st.integers(1, 3), V=st.integers(1, 5),
        scales=st.sampled_from([(1,), (1, 2), (2, 3), (1, 3, 4), (1, 2, 3, 5)]),
-       beta=st.floats(0, 2), seed=st.integers(0, 2 ** 16))
-def test_forward_matches_a_loop_over_scales_and_cells(N, D, V, scales, beta, seed):
-    f, C, w, b = draw(seed, N, D, scales[-1], V)
+       beta=st.floats(0, 2), per_scale=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_forward_matches_a_loop_over_scales_and_cells(N, D, V, scales, beta, per_scale, seed):
+    f, C, w, b = draw(seed, N, D, scales[-1], V, books=len(scales) if per_scale else None)
     if V > 1 and lookup_margin(f, C, w, b, scales) < 1e-9:
         return  # an exact tie: either code is right
     f_hat, ids, loss, _ = multiscale_quantize_forward(f, C, w, b, scales, beta)
@@ -166,10 +169,12 @@ def pair_gradient_errors(backward, args, scales, dloss, seed=0):
     return errors
 
 
+@pytest.mark.parametrize("per_scale", [True, False])
 @pytest.mark.parametrize("scales", [(1, 2, 4), (2, 3, 4), (1, 4)])
 @pytest.mark.parametrize("dloss", [1.0, 0.37])
-def test_the_pair_is_straight_through_with_the_losses_on_the_running_sums(scales, dloss):
-    args = draw(1, g=scales[-1])
+def test_the_pair_is_straight_through_with_the_losses_on_the_running_sums(scales, dloss,
+                                                                          per_scale):
+    args = draw(1, g=scales[-1], books=len(scales) if per_scale else None)
     assert lookup_margin(*args, scales) > 1e-4
     errors = pair_gradient_errors(multiscale_quantize_backward, args, scales, dloss)
     assert max(errors.values()) < 1e-7, errors
@@ -184,8 +189,8 @@ def codes_against_their_own_residuals(df_hat, cache, dloss):
     scale = 2 * dloss / (len(cache.diffs) * cache.diffs[0].size)
     dC, dw, db = xp_zeros(cache.codebook_shape), xp_zeros(cache.phi_shape), \
         xp_zeros(cache.phi_shape[0])
-    for diff, step in zip(cache.diffs, cache.steps):
-        w_k, b_k = scale_step_backward(scale * diff, step, cache.mix, dC)
+    for k, (diff, step) in enumerate(zip(cache.diffs, cache.steps)):
+        w_k, b_k = scale_step_backward(scale * diff, step, cache.mix, dC[k])
         dw, db = dw + w_k, db + b_k
     df = df_hat - (cache.beta * scale) * sum(cache.diffs)
     return df, dC, dw, db
@@ -196,15 +201,15 @@ def decoder_reaches_phi(df_hat, cache, dloss):
     trains phi and the codes (and still reaches f)."""
     from tinytok.tokenizer.multiscale import scale_step_backward
     df, dC, dw, db = multiscale_quantize_backward(df_hat, cache, dloss)
-    for step in cache.steps:
-        w_k, b_k = scale_step_backward(df_hat, step, cache.mix, dC)
+    for k, step in enumerate(cache.steps):
+        w_k, b_k = scale_step_backward(df_hat, step, cache.mix, dC[k])
         dw, db = dw + w_k, db + b_k
     return df, dC, dw, db
 
 
 @pytest.mark.parametrize("mutant", [codes_against_their_own_residuals, decoder_reaches_phi])
 def test_the_check_catches_broken_backwards(mutant):
-    args = draw(1, g=4)
+    args = draw(1, g=4, books=3)
     errors = pair_gradient_errors(mutant, args, (1, 2, 4), 1.0)
     assert errors["dcodebook"] > 1e-2 and errors["dphi_w"] > 1e-2, errors
 
@@ -414,12 +419,24 @@ def test_the_table_entry_describes_the_model():
     np.testing.assert_array_equal(decode_ids(out["ids"], params, cfg),
                                   decoder_forward(q.codes_of(out["ids"], params, cfg),
                                                   params, cfg)[0])
+    assert params["quant.codebook"].shape == (3, 5, 3)       # one codebook per scale
     vectors, codes = q.search_space(out["z"], params, cfg)
-    assert vectors.shape == (2, 3, 1, 3) and codes is params["quant.codebook"]
+    assert vectors.shape == (2, 3, 1, 3) and codes.shape == (15, 3)
+    groups = q.groups(out["z"], params, cfg)
+    # every cell, the 1x1 map repeated up to K = 5 vectors for a k-means start
+    assert [g[1].shape for g in groups] == [(6, 3, 1, 1), (2, 3, 2, 2), (2, 3, 4, 4)]
+    for k, (codes, _, searched) in enumerate(groups):     # views: care moves the codes
+        np.testing.assert_array_equal(codes, searched)
+        assert np.shares_memory(codes, params["quant.codebook"][k])
+    assert q.code_rows(cfg) == 15
+    rows = q.rows_of(out["ids"], cfg)
+    np.testing.assert_array_equal(rows[:, 0], out["ids"][:, 0])
+    np.testing.assert_array_equal(rows[:, 1:5], out["ids"][:, 1:5] + 5)
+    np.testing.assert_array_equal(rows[:, 5:], out["ids"][:, 5:] + 10)
 
 
 def test_training_starts_the_codebook_on_residuals_and_runs(tmp_path):
-    """A few steps with the k-means start (two rounds) and restarts: finite, and the
+    """A few steps with the k-means start (scale by scale) and restarts: finite, and the
     codebook starts on residual targets, not where init put it."""
     cfg = tiny()
     pictures = np.random.default_rng(2).integers(0, 256, (24, 8, 8, 3)).astype(np.uint8)
@@ -541,3 +558,22 @@ def test_the_pair_matches_var_in_pytorch():
     ((t_hat * torch.tensor(G)).sum() + t_loss).backward()
     for ours, theirs in zip(grads, t):
         np.testing.assert_allclose(ours, theirs.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_the_kmeans_start_goes_scale_by_scale():
+    """After the start, each scale's codebook is the k-means of the targets the codebooks
+    before it leave (those do not change after it): the definition of the start in turn.
+    All at once, scale 2's codes would sit on the downsampled map, not on its residual."""
+    from tinytok.distributed import SINGLE
+    from tinytok.tokenizer.codebook import kmeans_init
+    from tinytok.training.tokenizer_trainer import TokenizerRun, encode_latents
+    cfg = tiny()
+    pictures = np.random.default_rng(5).integers(0, 256, (12, 8, 8, 3)).astype(np.uint8)
+    settings = TrainSettings(steps=1, batch_size=4, warmup=1)
+    run = TokenizerRun(pictures, cfg, settings, TokenizerRecipe(kmeans_images=12), SINGLE)
+    run.start_codebook()
+    z = encode_latents(pictures[np.random.default_rng([0, 0, 9]).permutation(12)],
+                       run.params, cfg)
+    q = QUANTIZERS["scales"]
+    for k, (codes, vectors, _) in enumerate(q.groups(z, run.params, cfg)):
+        np.testing.assert_array_equal(codes, kmeans_init(vectors, 5, settings.seed))

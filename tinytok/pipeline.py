@@ -114,6 +114,16 @@ class Tokenizer:
         return (math.prod(self.ids_shape),)
 
     @property
+    def code_rows(self):
+        """Its codes: num_codes, or num_codes per scale for a multi-scale tokenizer (each
+        map has a codebook of its own)."""
+        return QUANTIZERS[self.config.quantizer].code_rows(self.config)
+
+    def rows_of(self, ids):
+        """ids (NumPy) as rows of all the codes (code_rows): scale k's id i is k K + i."""
+        return QUANTIZERS[self.config.quantizer].rows_of(np.asarray(ids), self.config)
+
+    @property
     def tokens_per_picture(self):
         return math.prod(self.ids_shape)
 

@@ -223,12 +223,14 @@ def usage_per_scale(tokenizer, ids):
 
 def eval_tokenizer(tokenizer, images, batch_size=256):
     """Figures for a tokenizer on uint8 images (N, S, S, 3): PSNR, SSIM, high-frequency power
-    kept (fidelity), usage, perplexity, dead, its bits per picture and its margin over the
-    best thumbnail of no more bits."""
+    kept (fidelity), usage, perplexity, dead (over all its codes: a multi-scale tokenizer's
+    K per scale; and map by map, usage_per_scale), its bits per picture and its margin over
+    the best thumbnail of no more bits."""
     ids = tokenizer.encode(images, batch_size)
     recon = tokenizer.decode(ids, batch_size)
-    stats = usage_stats(code_counts(ids, tokenizer.config.num_codes))
-    stats["codes_used"] = tokenizer.config.num_codes - stats["dead"]
+    rows = tokenizer.code_rows   # K codes, or K per scale for a multi-scale tokenizer
+    stats = usage_stats(code_counts(tokenizer.rows_of(ids), rows))
+    stats["codes_used"] = rows - stats["dead"]
     figures = {"images": int(len(images)), "image_size": tokenizer.config.image_size,
                "grid_size": tokenizer.grid_size, **fidelity(images, recon), **stats,
                **usage_per_scale(tokenizer, ids), "vocab_size": tokenizer.vocab_size,

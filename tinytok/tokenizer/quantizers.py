@@ -10,8 +10,8 @@ command line, the vocabulary sweep) asks this table, never the quantizer's name:
     fsq         fsq (fsq.py)                         a fixed grid    none: there is no codebook
     cosine      cosine_quantize (cosine.py)          unit vectors    k-means start, restarts
     factorized  factorized_quantize (cosine.py)      unit, d dims    k-means start, restarts
-    scales      multiscale_quantize (multiscale.py)  learned (loss)  k-means start, restarts,
-                                                                     on every scale's residuals
+    scales      multiscale_quantize (multiscale.py)  one per scale   k-means start, restarts,
+                                                                     each scale on its residuals
 
 A record holds the op pair itself, how the tokenizer calls it (forward_in_model and
 backward_in_model: the pair with the parameters and config it needs), the quantizer's own
@@ -38,7 +38,7 @@ from tinytok.tokenizer.cosine import (cosine_quantize_backward, cosine_quantize_
                                       factorized_quantize_backward, factorized_quantize_forward)
 from tinytok.tokenizer.fsq import fsq_backward, fsq_codes, fsq_forward
 from tinytok.tokenizer.gumbel import gumbel_quantize_backward, gumbel_quantize_forward
-from tinytok.tokenizer.multiscale import (multiscale_codes, multiscale_ids,
+from tinytok.tokenizer.multiscale import (climb, multiscale_codes, multiscale_ids,
                                           multiscale_quantize_backward,
                                           multiscale_quantize_forward, scale_residuals,
                                           token_count)
@@ -67,9 +67,13 @@ class Quantizer:
     kmeans_start: bool = False   # codebook care: start the codes on k-means of encoder outputs
     restarts: bool = False       # codebook care: move dead codes onto encoder outputs
     ema_updates: bool = False    # codebook care: the codes follow an EMA, not the gradient
-    kmeans_rounds: int = 1       # k-means starts, each on the search space of the one before
-                                 # (2 where the searched vectors depend on the codebook)
     id_shape: Callable = None    # (config) -> one picture's ids' shape; None: (g, g)
+    care_groups: Callable = None  # (z, params, config) -> [(codes (K, d) to move, vectors,
+                                  # searched)], one per codebook; None: the codebook and
+                                  # search_space
+    codebooks: Callable = None   # (config) -> how many codebooks of K codes; None: 1
+    counted_ids: Callable = None  # (ids, config) -> ids as rows of all codebooks together
+                                  # (codebook j's code i is row j K + i); None: the ids
 
     def reads(self, field):
         """Whether the TokenizerConfig field means anything to this quantizer."""
@@ -81,6 +85,22 @@ class Quantizer:
         if self.id_shape is None:
             return (config.grid_size, config.grid_size)
         return tuple(self.id_shape(config))
+
+    def code_rows(self, config):
+        """How many codes there are to count and care for: K, or K per codebook."""
+        return config.num_codes * (1 if self.codebooks is None else self.codebooks(config))
+
+    def rows_of(self, ids, config):
+        """ids as rows of code_rows (the same ids for a single codebook)."""
+        return ids if self.counted_ids is None else self.counted_ids(ids, config)
+
+    def groups(self, z, params, config):
+        """Codebook care's work, codebook by codebook: [(codes (K, d), vectors (N, d, h, w),
+        searched (K, d))], the codes changed in place (a k-means start, restarts), from the
+        vectors as the search compares them with the searched codes."""
+        if self.care_groups is not None:
+            return self.care_groups(z, params, config)
+        return [(params["quant.codebook"], *self.search_space(z, params, config))]
 
 
 # ---------------------------------------------------------------- the pairs in the tokenizer
@@ -197,11 +217,12 @@ def factorized_params(rng, config):
 
 
 def multiscale_params(rng, config):
-    """A codebook as VQ's, and phi: a 3x3 convolution D -> D with PyTorch's start (uniform
-    in +-1/sqrt(9 D)), which the half-and-half mix keeps near the identity at first."""
-    D = config.code_dim
+    """A codebook per scale (S, K, D), each as VQ's, and phi: a 3x3 convolution D -> D with
+    PyTorch's start (uniform in +-1/sqrt(9 D)), which the half-and-half mix keeps near the
+    identity at first."""
+    D, K = config.code_dim, config.num_codes
     bound = 1 / np.sqrt(D * 9)
-    params = codebook_params(rng, config)
+    params = {"quant.codebook": rng.uniform(-1 / K, 1 / K, (len(config.scales), K, D))}
     params["quant.phi.w"] = rng.uniform(-bound, bound, (D, D, 3, 3))
     params["quant.phi.b"] = rng.uniform(-bound, bound, (D,))
     return params
@@ -230,11 +251,33 @@ def factorized_search_space(z, params, config):
 
 
 def multiscale_search_space(z, params, config):
-    """Every scale's residual targets r_k, one cell of each map per picture (N, D, 1, K),
-    against the codebook: what the lookups compare. They depend on the codebook itself
-    (each scale codes what the coarser ones left), hence two k-means rounds at the start."""
+    """Every scale's residual targets r_k, one cell of each map per picture (N, D, 1, S),
+    against all the codes (S K, D): what the lookups compare, all scales together. The
+    care itself goes scale by scale (multiscale_groups)."""
+    codebook = params["quant.codebook"]
     return (scale_residuals(z, *(params[k] for k in MULTISCALE_PARAMS), config.scales),
-            params["quant.codebook"])
+            codebook.reshape(-1, codebook.shape[-1]))
+
+
+def multiscale_groups(z, params, config):
+    """Scale k's codebook, its residual targets r_k (every cell; repeated up to K vectors,
+    for a k-means start from fewer pictures than codes at 1x1) and its codes. The targets
+    depend on the codebooks of the scales before (each scale codes what they left): the
+    k-means start goes scale by scale, asking again after each."""
+    codebook, K = params["quant.codebook"], config.num_codes
+    targets = climb(z.shape, *(params[k] for k in MULTISCALE_PARAMS), config.scales,
+                    f=z).targets
+    xp = get_array_module(z)
+    return [(codebook[k], xp.concatenate([r] * -(-K // (len(r) * r.shape[2] ** 2))),
+             codebook[k]) for k, r in enumerate(targets)]
+
+
+def multiscale_rows(ids, config):
+    """Scale k's ids i as rows k K + i of the codebooks (S, K, D) taken together."""
+    xp = get_array_module(ids)
+    offsets = xp.concatenate([xp.full(s * s, k * config.num_codes, dtype=ids.dtype)
+                              for k, s in enumerate(config.scales)])
+    return ids + offsets
 
 
 # ---------------------------------------------------------------- ids and codes at inference
@@ -351,8 +394,9 @@ QUANTIZERS = {q.name: q for q in [
               backward_in_model=multiscale_backward_in_model, init_params=multiscale_params,
               ids_of=multiscale_token_ids, codes_of=multiscale_sum,
               config_fields=("beta", "scales"), search_space=multiscale_search_space,
-              kmeans_start=True, restarts=True, kmeans_rounds=2,
-              id_shape=multiscale_id_shape),
+              kmeans_start=True, restarts=True,
+              id_shape=multiscale_id_shape, care_groups=multiscale_groups,
+              codebooks=lambda config: len(config.scales), counted_ids=multiscale_rows),
 ]}
 
 
