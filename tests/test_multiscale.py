@@ -520,14 +520,15 @@ def test_training_on_device_equals_numpy(fake, tmp_path):
 
 # --- PyTorch: VAR's quant.py as PyTorch code writes it ----------------------------------------
 
-def torch_multiscale(torch, f, C, w, b, scales, beta, mix=PHI_MIX):
+def torch_multiscale(torch, f, codebook, w, b, scales, beta, mix=PHI_MIX):
     """VAR's VectorQuantizer2.forward (bilinear for its bicubic, one phi): f_rest on the
     detached f, area down, argmin, the codes up, phi mixed in, loss on the running sum."""
     F = torch.nn.functional
     N, D, g, _ = f.shape
     f_nograd = f.detach()
     f_rest, f_hat, loss, all_ids = f_nograd.clone(), torch.zeros_like(f), 0.0, []
-    for s in scales:
+    for k, s in enumerate(scales):
+        C = codebook[k] if codebook.dim() == 3 else codebook
         r = f_rest if s == g else F.interpolate(f_rest, size=(s, s), mode="area")
         rows = r.permute(0, 2, 3, 1).reshape(-1, D)
         ids = torch.argmin((rows ** 2).sum(1, keepdim=True) + (C.data ** 2).sum(1)
@@ -543,10 +544,11 @@ def torch_multiscale(torch, f, C, w, b, scales, beta, mix=PHI_MIX):
     return (f_hat.data - f_nograd) + f, torch.cat(all_ids, 1), loss / len(scales)
 
 
-def test_the_pair_matches_var_in_pytorch():
+@pytest.mark.parametrize("books", [None, 4])
+def test_the_pair_matches_var_in_pytorch(books):
     torch = pytest.importorskip("torch")
     scales = (1, 2, 3, 4)
-    args = draw(6, N=2, D=4, g=4, V=7)
+    args = draw(6, N=2, D=4, g=4, V=7, books=books)
     f_hat, ids, loss, cache = multiscale_quantize_forward(*args, scales, BETA)
     G = np.random.default_rng(7).standard_normal(f_hat.shape)
     grads = multiscale_quantize_backward(G, cache, 1.0)

@@ -272,6 +272,11 @@ def multiscale_groups(z, params, config):
              codebook[k]) for k, r in enumerate(targets)]
 
 
+def scale_count(config):
+    """Multi-scale: one codebook per scale."""
+    return len(config.scales)
+
+
 def multiscale_rows(ids, config):
     """Scale k's ids i as rows k K + i of the codebooks (S, K, D) taken together."""
     xp = get_array_module(ids)
@@ -396,7 +401,7 @@ QUANTIZERS = {q.name: q for q in [
               config_fields=("beta", "scales"), search_space=multiscale_search_space,
               kmeans_start=True, restarts=True,
               id_shape=multiscale_id_shape, care_groups=multiscale_groups,
-              codebooks=lambda config: len(config.scales), counted_ids=multiscale_rows),
+              codebooks=scale_count, counted_ids=multiscale_rows),
 ]}
 
 
