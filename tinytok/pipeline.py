@@ -120,8 +120,8 @@ class Tokenizer:
         return QUANTIZERS[self.config.quantizer].code_rows(self.config)
 
     def rows_of(self, ids):
-        """ids (NumPy) as rows of all the codes (code_rows): scale k's id i is k K + i."""
-        return QUANTIZERS[self.config.quantizer].rows_of(np.asarray(ids), self.config)
+        """ids as rows of all the codes (code_rows): scale k's id i is k K + i."""
+        return QUANTIZERS[self.config.quantizer].rows_of(ids, self.config)
 
     @property
     def tokens_per_picture(self):

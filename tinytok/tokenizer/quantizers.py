@@ -221,7 +221,7 @@ def multiscale_params(rng, config):
     PyTorch's start (uniform in +-1/sqrt(9 D)), which the half-and-half mix keeps near the
     identity at first."""
     D, K = config.code_dim, config.num_codes
-    bound = 1 / np.sqrt(D * 9)
+    bound = (D * 9) ** -0.5
     params = {"quant.codebook": rng.uniform(-1 / K, 1 / K, (len(config.scales), K, D))}
     params["quant.phi.w"] = rng.uniform(-bound, bound, (D, D, 3, 3))
     params["quant.phi.b"] = rng.uniform(-bound, bound, (D,))
