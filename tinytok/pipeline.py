@@ -3,6 +3,8 @@
     tok = Tokenizer.load("data/checkpoints/shapes_tokenizer.npz")
     ids = tok.encode(images)            # uint8 (N, 32, 32, 3) -> int (N, 8, 8)
     images = tok.decode(ids)            # and back
+    # a multi-scale tokenizer (--quantizer scales): ids (N, L), its maps in a row; the
+    # first k maps alone, ids[:, :tok.prefix_lengths[k - 1]], decode to a preview
 
     pipe = Pipeline.load()              # the shipped shapes tokenizer and prior
     images = pipe.generate(["a small blue triangle at the bottom right"], n=8)
@@ -30,6 +32,8 @@ from tinytok.prior.sample import caption_log_likelihood, write_captions
 from tinytok.prior.settings import SAMPLING, check_sampling
 from tinytok.prior.vocab import Vocab
 from tinytok.tokenizer.discriminator import is_discriminator_param
+from tinytok.tokenizer.multiscale import prefix_lengths
+from tinytok.tokenizer.quantizers import QUANTIZERS
 from tinytok.tokenizer.vqvae import decode_ids, encode_ids, init_tokenizer_params, tokenizer_config
 from tinytok.training.checkpoint import check_params_match, load_checkpoint, save_checkpoint
 
@@ -91,16 +95,58 @@ class Tokenizer:
         return self.config.num_codes
 
     @property
+    def ids_shape(self):
+        """One picture's ids: (g, g), one per cell; a multi-scale tokenizer's (L,), its maps
+        one after the other (L = sum of the scales' squares)."""
+        return QUANTIZERS[self.config.quantizer].ids_shape(self.config)
+
+    @property
+    def writes_grids(self):
+        """Whether a picture's ids are one (g, g) grid (what the priors read)."""
+        return self.ids_shape == (self.grid_size, self.grid_size)
+
+    @property
+    def prefix_lengths(self):
+        """The id counts decode takes: the whole (g * g or L), and for a multi-scale
+        tokenizer every prefix of whole maps (1, 5, 14, ... ids: a preview)."""
+        if QUANTIZERS[self.config.quantizer].reads("scales"):
+            return prefix_lengths(self.config.scales)
+        return (math.prod(self.ids_shape),)
+
+    @property
+    def code_rows(self):
+        """Its codes: num_codes, or num_codes per scale for a multi-scale tokenizer (each
+        map has a codebook of its own)."""
+        return QUANTIZERS[self.config.quantizer].code_rows(self.config)
+
+    def rows_of(self, ids):
+        """ids as rows of all the codes (code_rows): scale k's id i is k K + i."""
+        return QUANTIZERS[self.config.quantizer].rows_of(ids, self.config)
+
+    @property
+    def tokens_per_picture(self):
+        return math.prod(self.ids_shape)
+
+    @property
     def bits_per_picture(self):
-        """What one picture costs as tokens: grid_size**2 ids of log2(vocab_size) bits each."""
-        return self.grid_size ** 2 * math.log2(self.vocab_size)
+        """What one picture costs as tokens: its ids (grid_size**2, or a multi-scale
+        tokenizer's L) of log2(vocab_size) bits each."""
+        return self.tokens_per_picture * math.log2(self.vocab_size)
+
+    def require_grids(self, what):
+        """A one-line ConfigError unless the ids are (g, g) grids: what needs them."""
+        if not self.writes_grids:
+            raise ConfigError(f"{what} reads grids of tokens, but this {self.config.quantizer} "
+                              f"tokenizer writes {self.tokens_per_picture} ids per picture in "
+                              "maps of growing size; use a tokenizer of one grid (vq, ema, ...)")
 
     def _check(self, images):
         return check_images(images, self.config.image_size)
 
     def encode(self, images, batch_size=64):
         """uint8 images (N, S, S, 3) or one (S, S, 3) -> int64 token ids (N, g, g), g the
-        grid_size (S / 4, or S / 2 for a tokenizer with one downsampling).
+        grid_size (S / 4, or S / 2 for a tokenizer with one downsampling); a multi-scale
+        tokenizer's (N, L).
 
         Works through the images batch_size at a time: smaller batches keep each layer's
         columns in cache (64 was 10% faster than 256 on a 2-core laptop-class CPU).
@@ -117,19 +163,21 @@ class Tokenizer:
         return np.concatenate([backend.to_numpy(ids) for ids in parts]).astype(np.int64)
 
     def check_ids(self, ids):
-        """ids must be integers in [0, num_codes) shaped (N, g, g) or (g, g): ShapeError
-        for a wrong shape or value, DTypeError for anything but integers."""
-        g, K = self.grid_size, self.config.num_codes
+        """ids must be integers in [0, num_codes) shaped (N, g, g) or (g, g) (a multi-scale
+        tokenizer: (N, L_k) or (L_k,), L_k one of prefix_lengths): ShapeError for a wrong
+        shape or value, DTypeError for anything but integers."""
+        K, wanted = self.config.num_codes, self._ids_wanted()
         try:
             ids = np.asarray(backend.to_numpy(ids))
         except (ValueError, TypeError):
-            raise ShapeError(f"token ids must be a rectangular array (N, {g}, {g}) of "
+            raise ShapeError(f"token ids must be a rectangular array {wanted} of "
                              "integers") from None
-        if ids.ndim == 2:
+        one = len(self.ids_shape)
+        if ids.ndim == one:
             ids = ids[None]
-        if ids.ndim != 3 or ids.shape[1:] != (g, g):
-            raise ShapeError(f"token ids must have shape (N, {g}, {g}) or ({g}, {g}) for this "
-                             f"tokenizer, got {ids.shape}")
+        if ids.ndim != one + 1 or ids.shape[1:] not in self._accepted_shapes():
+            raise ShapeError(f"token ids must have shape {wanted} for this tokenizer, got "
+                             f"{ids.shape}")
         if ids.dtype.kind not in "iu":
             raise DTypeError(f"token ids must be integers, got {ids.dtype}")
         if len(ids) == 0:
@@ -139,8 +187,24 @@ class Tokenizer:
                              f"values from {ids.min()} to {ids.max()}")
         return ids
 
+    def _accepted_shapes(self):
+        """One picture's ids as decode takes them: the grid, or every prefix of whole maps."""
+        if self.writes_grids:
+            return [self.ids_shape]
+        return [(n,) for n in self.prefix_lengths]
+
+    def _ids_wanted(self):
+        """The shapes check_ids takes, in words."""
+        if self.writes_grids:
+            g = self.grid_size
+            return f"(N, {g}, {g}) or ({g}, {g})"
+        L = self.tokens_per_picture
+        return (f"(N, {L}) or ({L},), or the first maps alone (N, L_k), L_k one of "
+                f"{', '.join(map(str, self.prefix_lengths[:-1]))}")
+
     def decode(self, ids, batch_size=256):
-        """int ids (N, g, g) or (g, g) -> uint8 images (N, S, S, 3)."""
+        """int ids (N, g, g) or (g, g) -> uint8 images (N, S, S, 3). A multi-scale
+        tokenizer's (N, L), or its first k maps (N, L_k): a preview from those alone."""
         ids = self.check_ids(ids)
         return np.concatenate([self._decode_batch(ids[i:i + batch_size])
                                for i in range(0, len(ids), batch_size)])
@@ -153,12 +217,13 @@ class Tokenizer:
         return np.concatenate([model_to_images(x_hat) for x_hat in parts])
 
     def code_tiles(self):
-        """Every code drawn on its own: uint8 (K, S, S, 3), image k a grid filled with code k.
+        """Every code drawn on its own: uint8 (K, S, S, 3), image k a grid filled with code k
+        (a multi-scale tokenizer: code k at every cell of every map).
 
         This is the visual vocabulary's "palette" (see tinytok.viz.codebook_palette).
         """
-        K, g = self.config.num_codes, self.grid_size
-        return self.decode(np.repeat(np.arange(K), g * g).reshape(K, g, g))
+        K, n = self.config.num_codes, self.tokens_per_picture
+        return self.decode(np.repeat(np.arange(K), n).reshape((K,) + self.ids_shape))
 
     def reconstruct(self, images):
         """encode then decode: what the tokenizer keeps of each image."""
@@ -205,6 +270,7 @@ class Pipeline:
     """Tokenizer + prior: captions to pictures, pictures to captions."""
 
     def __init__(self, tokenizer, prior):
+        tokenizer.require_grids("a prior")
         if prior.vocab.num_codes != tokenizer.config.num_codes:
             raise ConfigError(f"the prior writes {prior.vocab.num_codes} image codes but the "
                               f"tokenizer has {tokenizer.config.num_codes}; use the tokenizer "

@@ -42,6 +42,16 @@ def fsq_levels(text):
     return levels
 
 
+def map_sizes(text):
+    """An argparse type: "1,2,3,4,5,6,8" -> (1, 2, 3, 4, 5, 6, 8), the multi-scale
+    quantizer's maps (that they increase and end at the grid is the config's check)."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers joined by commas, such as "
+                                         f"1,2,3,4,5,6,8, got {text!r}") from None
+
+
 def pixel_box(text):
     """An argparse type: "4,4,20,20" -> (4, 4, 20, 20), a box (left, top, right, bottom) of
     whole pixels, right and bottom excluded, so left < right and top < bottom. (Whether it

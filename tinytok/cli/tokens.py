@@ -29,11 +29,24 @@ def cmd_encode(args):
         print(json.dumps({path: grid.tolist() for path, grid in zip(args.images, ids)}))
     else:
         width = len(str(tokenizer.config.num_codes - 1))
-        for path, grid in zip(args.images, ids):
+        for path, maps in zip(args.images, token_maps(tokenizer, ids)):
             print(f"{path}:")
-            for row in grid:
-                print("  " + " ".join(f"{v:>{width}d}" for v in row))
+            for n, grid in enumerate(maps):
+                if n:   # a multi-scale tokenizer's maps, coarse to fine, a blank line apart
+                    print()
+                for row in grid:
+                    print("  " + " ".join(f"{v:>{width}d}" for v in row))
     return 0
+
+
+def token_maps(tokenizer, ids):
+    """Each picture's ids as a list of 2-D maps: its one grid, or a multi-scale tokenizer's
+    maps coarse to fine (its ids (N, L) split)."""
+    if tokenizer.writes_grids:
+        return [[grid] for grid in ids]
+    from tinytok.tokenizer.multiscale import split_scale_ids
+    maps = split_scale_ids(ids, tokenizer.config.scales)
+    return [[m[i] for m in maps] for i in range(len(ids))]
 
 
 def add_decode(sub):
@@ -156,7 +169,8 @@ def _tokenizer_pictures(tokenizer, images, recon, ids, folder):
     K = tokenizer.config.num_codes
     tiles = tokenizer.code_tiles()
     codebook_palette(tiles, code_counts(ids, K), path=os.path.join(folder, "palette.png"))
-    token_map(images[0], ids[0], path=os.path.join(folder, "token_map.png"))
+    finest = token_maps(tokenizer, ids[:1])[0][-1]     # the grid, or the finest map
+    token_map(images[0], finest, path=os.path.join(folder, "token_map.png"))
 
 
 SIDE_BY_SIDE_PICTURES, SIDE_BY_SIDE_SCALE = 6, 6

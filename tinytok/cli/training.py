@@ -3,8 +3,8 @@ it runs. The two trainers also run on several processes under mpiexec (tinytok.d
 import sys
 
 from tinytok import distributed
-from tinytok.cli.arguments import (fraction, fsq_levels, non_negative_float, non_negative_int,
-                                   positive_float, positive_int, seed_value)
+from tinytok.cli.arguments import (fraction, fsq_levels, map_sizes, non_negative_float,
+                                   non_negative_int, positive_float, positive_int, seed_value)
 from tinytok.errors import ConfigError
 from tinytok.prior.kinds import PRIOR_KINDS, model_vocab_size
 
@@ -33,6 +33,9 @@ def add_train_tokenizer(sub):
                    help="fsq levels per channel, e.g. 8,5,5,5 (1000 codes; the default)")
     p.add_argument("--factor-dim", type=positive_int, default=None,
                    help="factorized: the dims the codes are searched in (default 8)")
+    p.add_argument("--scales", type=map_sizes, default=None,
+                   help="scales: the maps' sizes, increasing, the last the grid's (default "
+                        "1,2,3,4,5,6,8 for an 8x8 grid)")
     p.add_argument("--codes", type=positive_int, default=None, help="codebook size override")
     p.add_argument("--size", type=positive_int, default=None,
                    help="picture size (default 32; e.g. 64 for photos, faces or a folder)")
@@ -72,6 +75,8 @@ def add_train_tokenizer(sub):
 
 def cmd_train_tokenizer(args):
     from tinytok.data.datasets import training_images
+    from tinytok.tokenizer.multiscale import token_count
+    from tinytok.tokenizer.quantizers import QUANTIZERS
     from tinytok.training import TrainSettings, train_tokenizer
     config = _tokenizer_config(args)   # every refusal here, before any data is read
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
@@ -86,12 +91,16 @@ def cmd_train_tokenizer(args):
                              else None, seed=args.seed, split=args.split,
                              size=config.image_size)
     g, size = config.grid_size, config.image_size
+    tokens = f"{g}x{g} tokens"
+    if QUANTIZERS[config.quantizer].reads("scales"):
+        tokens = (f"maps of {','.join(map(str, config.scales))} ({token_count(config.scales)} "
+                  f"tokens)")
     say, on = _speaker(world), f" on {world.size} processes" if world.size > 1 else ""
     against = (f", against a patch discriminator learning from step {recipe.disc_start}, "
                f"heeded from step {recipe.heeded_from} (weight {recipe.gan_weight:g})"
                if recipe.adversarial else "")
     say(f"training a {config.name} tokenizer ({config.quantizer}, {config.num_codes} codes, "
-        f"{g}x{g} tokens per {size}x{size} picture) on {len(images)} {args.data} images for "
+        f"{tokens} per {size}x{size} picture) on {len(images)} {args.data} images for "
         f"{args.steps} steps{on}{against}{', from ' + args.init if init else ''} -> "
         f"{args.out}", file=sys.stderr)
     train_tokenizer(images, config, settings, args.out, recipe, resume=args.resume,
@@ -116,12 +125,16 @@ def _tokenizer_config(args):
     if args.factor_dim is not None and not QUANTIZERS[args.quantizer].reads("factor_dim"):
         raise ConfigError(f"--factor-dim is for --quantizer "
                           f"{' or '.join(quantizers_reading('factor_dim'))} only")
+    if args.scales is not None and not QUANTIZERS[args.quantizer].reads("scales"):
+        raise ConfigError(f"--scales is for --quantizer "
+                          f"{' or '.join(quantizers_reading('scales'))} only")
     config = with_quantizer(tokenizer_config(args.config), args.quantizer, args.levels)
     if args.codes:
         config = replace(config, num_codes=args.codes)
     if args.factor_dim is not None:
         config = replace(config, factor_dim=args.factor_dim)
-    return with_grid(config, args.size, args.grid)
+    config = with_grid(config, args.size, args.grid)   # the default scales follow the grid
+    return config if args.scales is None else replace(config, scales=args.scales)
 
 
 def _tokenizer_recipe(args):
@@ -150,7 +163,7 @@ def _init_params(args, config):
     if tokenizer_config(earlier.config["model"]) != config:
         raise ConfigError(f"--init {args.init} is a {earlier.config['model'].get('name')} "
                           "tokenizer of another configuration; give the same --config, "
-                          "--quantizer, --codes and --grid as it was trained with")
+                          "--quantizer, --codes, --grid and --scales as it was trained with")
     return earlier.params
 
 

@@ -203,17 +203,37 @@ def best_thumbnail(images, max_bits, sizes=range(2, 17), depths=range(1, 9)):
     return best
 
 
+def usage_per_scale(tokenizer, ids):
+    """A multi-scale tokenizer's usage, map by map ({} for any other): scale_codes_used,
+    the distinct codes each map's cells chose over the pictures, and scale_usage, that
+    count over the most it could be, min(K, the map's cells over the pictures) (a 1x1 map
+    of N pictures reaches N codes at most); min_scale_usage, the smallest of those."""
+    if tokenizer.writes_grids:
+        return {}
+    from tinytok.tokenizer.multiscale import split_scale_ids
+    K, used, share = tokenizer.config.num_codes, {}, {}
+    for size, cells in zip(tokenizer.config.scales,
+                           split_scale_ids(ids, tokenizer.config.scales)):
+        name = f"{size}x{size}"
+        used[name] = int(len(np.unique(cells)))
+        share[name] = round(used[name] / min(K, cells.size), 4)
+    return {"scale_codes_used": used, "scale_usage": share,
+            "min_scale_usage": min(share.values())}
+
+
 def eval_tokenizer(tokenizer, images, batch_size=256):
     """Figures for a tokenizer on uint8 images (N, S, S, 3): PSNR, SSIM, high-frequency power
-    kept (fidelity), usage, perplexity, dead, its bits per picture and its margin over the
-    best thumbnail of no more bits."""
+    kept (fidelity), usage, perplexity, dead (over all its codes: a multi-scale tokenizer's
+    K per scale; and map by map, usage_per_scale), its bits per picture and its margin over
+    the best thumbnail of no more bits."""
     ids = tokenizer.encode(images, batch_size)
     recon = tokenizer.decode(ids, batch_size)
-    stats = usage_stats(code_counts(ids, tokenizer.config.num_codes))
-    stats["codes_used"] = tokenizer.config.num_codes - stats["dead"]
+    rows = tokenizer.code_rows   # K codes, or K per scale for a multi-scale tokenizer
+    stats = usage_stats(code_counts(tokenizer.rows_of(ids), rows))
+    stats["codes_used"] = rows - stats["dead"]
     figures = {"images": int(len(images)), "image_size": tokenizer.config.image_size,
                "grid_size": tokenizer.grid_size, **fidelity(images, recon), **stats,
-               "vocab_size": tokenizer.vocab_size,
+               **usage_per_scale(tokenizer, ids), "vocab_size": tokenizer.vocab_size,
                "bits_per_picture": tokenizer.bits_per_picture}
     rival = best_thumbnail(images, tokenizer.bits_per_picture)
     if rival is not None:

@@ -8,4 +8,6 @@
     fsq.py        finite scalar quantization: round each channel, a fixed grid of codes
     cosine.py     ViT-VQGAN's codes: unit vectors (cosine), and a lookup in few dims
                   between two projections (factorized)
+    multiscale.py VAR's multi-scale residual quantizer: token maps of growing size, each
+                  coding what the coarser ones left (scales)
 """

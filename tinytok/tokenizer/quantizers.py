@@ -10,15 +10,19 @@ command line, the vocabulary sweep) asks this table, never the quantizer's name:
     fsq         fsq (fsq.py)                         a fixed grid    none: there is no codebook
     cosine      cosine_quantize (cosine.py)          unit vectors    k-means start, restarts
     factorized  factorized_quantize (cosine.py)      unit, d dims    k-means start, restarts
+    scales      multiscale_quantize (multiscale.py)  one per scale   k-means start, restarts,
+                                                                     each scale on its residuals
 
 A record holds the op pair itself, how the tokenizer calls it (forward_in_model and
 backward_in_model: the pair with the parameters and config it needs), the quantizer's own
 parameters (init_params: "quant.*", such as "quant.codebook"), how an encoder output
 becomes ids at inference (ids_of) and how ids map back to code vectors (codes_of), where
 the nearest-code search looks (search_space: the vectors and codes it compares, which is
-where the k-means start and the restarts must work too), and plain facts that the rest of
-the package reads: whether there is a learned codebook (the parameter "quant.codebook"),
-which codebook care applies, and which config fields the quantizer reads. Adding a
+where the k-means start and the restarts must work too), the shape of one picture's ids
+(id_shape: the grid (g, g), or the multi-scale quantizer's flat row (L,)), and plain facts
+that the rest of the package reads: whether there is a learned codebook (the parameter
+"quant.codebook"), which codebook care applies, and which config fields the quantizer
+reads. Adding a
 quantizer is one entry here and its op pair in a module of its own.
 """
 from dataclasses import dataclass, replace
@@ -34,6 +38,10 @@ from tinytok.tokenizer.cosine import (cosine_quantize_backward, cosine_quantize_
                                       factorized_quantize_backward, factorized_quantize_forward)
 from tinytok.tokenizer.fsq import fsq_backward, fsq_codes, fsq_forward
 from tinytok.tokenizer.gumbel import gumbel_quantize_backward, gumbel_quantize_forward
+from tinytok.tokenizer.multiscale import (climb, multiscale_codes, multiscale_ids,
+                                          multiscale_quantize_backward,
+                                          multiscale_quantize_forward, scale_residuals,
+                                          token_count)
 from tinytok.tokenizer.quantize import (columns_as_ids, latents_as_columns, nearest_codes,
                                         vector_quantize_backward, vector_quantize_forward)
 
@@ -48,7 +56,7 @@ class Quantizer:
     forward_in_model: Callable   # (z, params, config, tau, noise) -> z_q, ids, loss, cache
     backward_in_model: Callable  # (dz_q, cache, config, dloss) -> dz, {param name: gradient}
     init_params: Callable        # (host rng, config) -> its parameters {"quant.*": array}
-    ids_of: Callable             # (z, params, config) -> ids (N, h, w), at inference
+    ids_of: Callable             # (z, params, config) -> ids (N, *id_shape), at inference
     codes_of: Callable           # (ids, params, config) -> z_q (N, D, h, w), the ids' codes
     config_fields: tuple         # the TokenizerConfig fields it reads, beyond the sizes
     search_space: Callable = None  # (z, params, config) -> vectors (N, d, h, w), codes (K, d):
@@ -59,10 +67,40 @@ class Quantizer:
     kmeans_start: bool = False   # codebook care: start the codes on k-means of encoder outputs
     restarts: bool = False       # codebook care: move dead codes onto encoder outputs
     ema_updates: bool = False    # codebook care: the codes follow an EMA, not the gradient
+    id_shape: Callable = None    # (config) -> one picture's ids' shape; None: (g, g)
+    care_groups: Callable = None  # (z, params, config) -> [(codes (K, d) to move, vectors,
+                                  # searched)], one per codebook; None: the codebook and
+                                  # search_space
+    codebooks: Callable = None   # (config) -> how many codebooks of K codes; None: 1
+    counted_ids: Callable = None  # (ids, config) -> ids as rows of all codebooks together
+                                  # (codebook j's code i is row j K + i); None: the ids
 
     def reads(self, field):
         """Whether the TokenizerConfig field means anything to this quantizer."""
         return field in self.config_fields
+
+    def ids_shape(self, config):
+        """The shape of one picture's ids: (g, g), one per cell of the grid, unless the
+        record says otherwise (the multi-scale quantizer: (L,), its maps in a row)."""
+        if self.id_shape is None:
+            return (config.grid_size, config.grid_size)
+        return tuple(self.id_shape(config))
+
+    def code_rows(self, config):
+        """How many codes there are to count and care for: K, or K per codebook."""
+        return config.num_codes * (1 if self.codebooks is None else self.codebooks(config))
+
+    def rows_of(self, ids, config):
+        """ids as rows of code_rows (the same ids for a single codebook)."""
+        return ids if self.counted_ids is None else self.counted_ids(ids, config)
+
+    def groups(self, z, params, config):
+        """Codebook care's work, codebook by codebook: [(codes (K, d), vectors (N, d, h, w),
+        searched (K, d))], the codes changed in place (a k-means start, restarts), from the
+        vectors as the search compares them with the searched codes."""
+        if self.care_groups is not None:
+            return self.care_groups(z, params, config)
+        return [(params["quant.codebook"], *self.search_space(z, params, config))]
 
 
 # ---------------------------------------------------------------- the pairs in the tokenizer
@@ -123,6 +161,20 @@ def factorized_backward_in_model(dz_q, cache, config, dloss=1.0):
     return dz, dict(zip(FACTORIZED_PARAMS, dparams))
 
 
+MULTISCALE_PARAMS = ("quant.codebook", "quant.phi.w", "quant.phi.b")
+
+
+def multiscale_in_model(z, params, config, tau=1.0, noise=None):
+    """The scales coarse to fine on residuals; loss: the running sums against z, averaged."""
+    return multiscale_quantize_forward(z, *(params[k] for k in MULTISCALE_PARAMS),
+                                       config.scales, config.beta)
+
+
+def multiscale_backward_in_model(dz_q, cache, config, dloss=1.0):
+    dz, *dparams = multiscale_quantize_backward(dz_q, cache, dloss)
+    return dz, dict(zip(MULTISCALE_PARAMS, dparams))
+
+
 # ---------------------------------------------------------------- their parameters
 
 def codebook_params(rng, config):
@@ -164,6 +216,18 @@ def factorized_params(rng, config):
     return params
 
 
+def multiscale_params(rng, config):
+    """A codebook per scale (S, K, D), each as VQ's, and phi: a 3x3 convolution D -> D with
+    PyTorch's start (uniform in +-1/sqrt(9 D)), which the half-and-half mix keeps near the
+    identity at first."""
+    D, K = config.code_dim, config.num_codes
+    bound = (D * 9) ** -0.5
+    params = {"quant.codebook": rng.uniform(-1 / K, 1 / K, (len(config.scales), K, D))}
+    params["quant.phi.w"] = rng.uniform(-bound, bound, (D, D, 3, 3))
+    params["quant.phi.b"] = rng.uniform(-bound, bound, (D,))
+    return params
+
+
 # ---------------------------------------------------------------- where the codes are searched
 
 def vq_search_space(z, params, config):
@@ -184,6 +248,41 @@ def factorized_search_space(z, params, config):
                        params["quant.down.b"])[0]                          # (N, h, w, d)
     return (l2_normalize_forward(p.transpose(0, 3, 1, 2), axis=1)[0],
             l2_normalize_forward(params["quant.codebook"], axis=1)[0])
+
+
+def multiscale_search_space(z, params, config):
+    """Every scale's residual targets r_k, one cell of each map per picture (N, D, 1, S),
+    against all the codes (S K, D): what the lookups compare, all scales together. The
+    care itself goes scale by scale (multiscale_groups)."""
+    codebook = params["quant.codebook"]
+    return (scale_residuals(z, *(params[k] for k in MULTISCALE_PARAMS), config.scales),
+            codebook.reshape(-1, codebook.shape[-1]))
+
+
+def multiscale_groups(z, params, config):
+    """Scale k's codebook, its residual targets r_k (every cell; repeated up to K vectors,
+    for a k-means start from fewer pictures than codes at 1x1) and its codes. The targets
+    depend on the codebooks of the scales before (each scale codes what they left): the
+    k-means start goes scale by scale, asking again after each."""
+    codebook, K = params["quant.codebook"], config.num_codes
+    targets = climb(z.shape, *(params[k] for k in MULTISCALE_PARAMS), config.scales,
+                    f=z).targets
+    xp = get_array_module(z)
+    return [(codebook[k], xp.concatenate([r] * -(-K // (len(r) * r.shape[2] ** 2))),
+             codebook[k]) for k, r in enumerate(targets)]
+
+
+def scale_count(config):
+    """Multi-scale: one codebook per scale."""
+    return len(config.scales)
+
+
+def multiscale_rows(ids, config):
+    """Scale k's ids i as rows k K + i of the codebooks (S, K, D) taken together."""
+    xp = get_array_module(ids)
+    offsets = xp.concatenate([xp.full(s * s, k * config.num_codes, dtype=ids.dtype)
+                              for k, s in enumerate(config.scales)])
+    return ids + offsets
 
 
 # ---------------------------------------------------------------- ids and codes at inference
@@ -242,6 +341,23 @@ def up_projected_codes(ids, params, config):
     return z_q.transpose(0, 3, 1, 2)                                        # (N, D, h, w)
 
 
+def multiscale_token_ids(z, params, config):
+    """Multi-scale: the maps' lookups, coarse to fine, in one row (N, L)."""
+    return multiscale_ids(z, *(params[k] for k in MULTISCALE_PARAMS), config.scales)
+
+
+def multiscale_sum(ids, params, config):
+    """Multi-scale: the sum f_hat of the maps given, (N, L_k) -> (N, D, g, g); the first k
+    maps alone give the preview."""
+    return multiscale_codes(ids, *(params[k] for k in MULTISCALE_PARAMS), config.scales,
+                            config.grid_size)
+
+
+def multiscale_id_shape(config):
+    """(L,): the maps one after the other, L = sum of s_k^2."""
+    return (token_count(config.scales),)
+
+
 # ---------------------------------------------------------------- the table
 
 VQ = Quantizer("vq", "nearest code, codebook loss",
@@ -277,6 +393,15 @@ QUANTIZERS = {q.name: q for q in [
               ids_of=nearest_factorized_ids, codes_of=up_projected_codes,
               config_fields=("beta", "factor_dim"), search_space=factorized_search_space,
               kmeans_start=True, restarts=True),
+    Quantizer("scales", "maps of growing size on residuals, coarse to fine (VAR)",
+              forward=multiscale_quantize_forward, backward=multiscale_quantize_backward,
+              forward_in_model=multiscale_in_model,
+              backward_in_model=multiscale_backward_in_model, init_params=multiscale_params,
+              ids_of=multiscale_token_ids, codes_of=multiscale_sum,
+              config_fields=("beta", "scales"), search_space=multiscale_search_space,
+              kmeans_start=True, restarts=True,
+              id_shape=multiscale_id_shape, care_groups=multiscale_groups,
+              codebooks=scale_count, counted_ids=multiscale_rows),
 ]}
 
 

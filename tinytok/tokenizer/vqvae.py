@@ -23,6 +23,7 @@ from tinytok.ops import (conv2d_as_transposed_backward, conv2d_as_transposed_for
                          narrowing_conv_is_faster, relu_backward, relu_forward)
 from tinytok.ops.checks import require_positive_int
 from tinytok.tokenizer.fsq import check_levels, fsq_num_codes
+from tinytok.tokenizer.multiscale import check_scales, default_scales
 from tinytok.tokenizer.quantizers import QUANTIZERS, quantizer_named, quantizers_reading
 
 DOWNSAMPLINGS = (1, 2)  # stride-2 stages; a third would need a new layer (and its name)
@@ -43,11 +44,13 @@ class TokenizerConfig:
     quantizer: str = "vq"   # a name in tinytok.tokenizer.quantizers.QUANTIZERS: "vq"
                             # (codebook loss), "ema" (EMA codebook), "gumbel" (dVAE), "fsq"
                             # (finite scalar quantization, no codebook), "cosine" (unit
-                            # codes) or "factorized" (unit codes in factor_dim dims)
+                            # codes), "factorized" (unit codes in factor_dim dims) or
+                            # "scales" (VAR's maps of growing size on residuals)
     kl_weight: float = 5e-4  # gumbel only: weight of the KL term to the uniform prior
     levels: tuple = (8, 5, 5, 5)  # fsq only: levels per channel, prod(levels) codes
     downsamplings: int = 2  # stride-2 stages, 1 or 2: grid_size = image_size // 2**downsamplings
     factor_dim: int = 8     # factorized only: d, the dims the codes are searched in (D -> d)
+    scales: tuple = (1, 2, 3, 4, 5, 6, 8)  # scales only: the maps' sizes, the last the grid
 
     def __post_init__(self):
         # each a Python int (NumPy's are taken too), as the checkpoint's JSON holds it
@@ -69,6 +72,8 @@ class TokenizerConfig:
             if not isinstance(getattr(self, name), (int, float)) or not getattr(self, name) >= 0:
                 raise ConfigError(f"tokenizer config: {name} must be a number >= 0")
         self.levels = check_levels(self.levels)  # a tuple also when read back from JSON
+        self.scales = check_scales(self.scales,  # and the last the grid, where it matters
+                                   self.grid_size if quantizer.reads("scales") else None)
         if quantizer.reads("levels") and (self.code_dim, self.num_codes) != (
                 len(self.levels), fsq_num_codes(self.levels)):
             raise ConfigError(
@@ -115,8 +120,12 @@ def with_quantizer(config, quantizer, levels=None):
 
     For a quantizer that reads levels (fsq) the levels (default: the config's) also set
     code_dim = len(levels) and num_codes = prod(levels); they mean nothing to the others.
+    For one that reads scales, scales that do not end at the grid become default_scales of
+    the grid (VAR's ladder: 1, 2 for a 2x2 grid; 1, 2, 3, 4, 5, 6, 8 for 8x8).
     """
     config = tokenizer_config(config)
+    if quantizer_named(quantizer).reads("scales"):
+        config = replace(config, scales=fitted_scales(config))
     if not quantizer_named(quantizer).reads("levels"):
         if levels is not None:
             raise ConfigError(f"levels are for the {' or '.join(quantizers_reading('levels'))} "
@@ -127,17 +136,26 @@ def with_quantizer(config, quantizer, levels=None):
                    num_codes=fsq_num_codes(levels))
 
 
+def fitted_scales(config, grid_size=None):
+    """The config's scales if they end at the grid (default: the config's), else
+    default_scales of it: a multi-scale quantizer's scales follow the grid."""
+    g = config.grid_size if grid_size is None else grid_size
+    return config.scales if config.scales[-1] == g else default_scales(g)
+
+
 def with_grid(config, image_size=None, grid_size=None):
     """A copy of config for image_size x image_size pictures in grid_size x grid_size tokens.
 
     image_size=None keeps the config's; grid_size=None keeps its stride-2 stages (so the
     grid follows the picture: 64x64 pictures give 16x16 tokens with the default two).
     A grid is the picture's size / 4 (two stages) or / 2 (one); anything else is refused.
+    A multi-scale quantizer's scales follow the grid (fitted_scales).
     """
     config = tokenizer_config(config)
     image_size = config.image_size if image_size is None else image_size
     if grid_size is None:
-        return replace(config, image_size=image_size)
+        return replace(config, image_size=image_size,
+                       **scales_for(config, image_size // 2 ** config.downsamplings))
     require_positive_int("grid_size", grid_size)
     stages = {2 * grid_size: 1, 4 * grid_size: 2}.get(image_size)
     if stages is None:
@@ -145,7 +163,15 @@ def with_grid(config, image_size=None, grid_size=None):
                           f"{image_size} pictures: the tokenizer shrinks them 2 or 4 times "
                           f"(one or two stride-2 stages), so choose a grid of "
                           f"{image_size / 2:g} or {image_size / 4:g}")
-    return replace(config, image_size=image_size, downsamplings=stages)
+    return replace(config, image_size=image_size, downsamplings=stages,
+                   **scales_for(config, grid_size))
+
+
+def scales_for(config, grid_size):
+    """{"scales": fitted} for a multi-scale config on a new grid; {} otherwise."""
+    if not QUANTIZERS[config.quantizer].reads("scales"):
+        return {}
+    return {"scales": fitted_scales(config, grid_size)}
 
 
 # ---------------------------------------------------------------- parameters
@@ -413,21 +439,23 @@ def tokenizer_backward(cache, grads, config, dloss=1.0, image_grad=True, dx_hat_
 # ---------------------------------------------------------------- using a trained tokenizer
 
 def encode_ids(x, params, config):
-    """x (N, 3, S, S) -> ids (N, g, g): the encoder, then each latent's code.
+    """x (N, 3, S, S) -> ids (N, g, g) (multi-scale: (N, L)): the encoder, then the codes.
 
     The encoder keeps no caches (no backward follows). The quantizer's ids_of reads the
     ids: VQ and EMA pick the nearest code, cosine and factorized the nearest unit code;
-    Gumbel, whose encoder writes one logit per code, the likeliest; FSQ rounds each channel.
+    Gumbel, whose encoder writes one logit per code, the likeliest; FSQ rounds each channel;
+    the multi-scale quantizer looks up its maps coarse to fine.
     """
     z, _ = encoder_forward(x, params, config, keep_cache=False)             # (N, D, h, w)
-    return QUANTIZERS[config.quantizer].ids_of(z, params, config)           # (N, h, w)
+    return QUANTIZERS[config.quantizer].ids_of(z, params, config)  # (N, h, w) or (N, L)
 
 
 def decode_ids(ids, params, config):
-    """ids (N, h, w) int -> x_hat (N, 3, S, S): each id's code vector, then the decoder.
+    """ids (N, h, w) int (multi-scale: (N, L_k), the first k maps) -> x_hat (N, 3, S, S):
+    each id's code vector, then the decoder.
 
     The quantizer's codes_of gives the vector: a codebook row, or for FSQ the id's digits
-    read back (fsq_codes).
+    read back (fsq_codes); for the multi-scale quantizer the sum of the maps given.
     """
     z_q = QUANTIZERS[config.quantizer].codes_of(ids, params, config)        # (N, D, h, w)
     x_hat, _ = decoder_forward(z_q, params, config, keep_cache=False)
@@ -437,15 +465,15 @@ def decode_ids(ids, params, config):
 def config_dict(config):
     """A JSON-able dict of a config, for checkpoints.
 
-    levels (a list, as JSON reads it back) and factor_dim only for a quantizer that reads
-    them (fsq; factorized): the others ignore them, and so their checkpoints from before
-    the fields existed still resume (the saved config must be equal). downsamplings
-    likewise only when not the default 2, which checkpoints from before the choice existed
-    all used.
+    levels (a list, as JSON reads it back), factor_dim and scales (a list) only for a
+    quantizer that reads them (fsq; factorized; scales): the others ignore them, and so
+    their checkpoints from before the fields existed still resume (the saved config must
+    be equal). downsamplings likewise only when not the default 2, which checkpoints from
+    before the choice existed all used.
     """
     d = asdict(config)
-    d["levels"] = list(config.levels)
-    for name in ("levels", "factor_dim"):
+    d["levels"], d["scales"] = list(config.levels), list(config.scales)
+    for name in ("levels", "factor_dim", "scales"):
         if not QUANTIZERS[config.quantizer].reads(name):
             del d[name]
     if config.downsamplings == 2:

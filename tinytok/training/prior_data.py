@@ -55,6 +55,7 @@ def shapes_prior_data(tokenizer, n_images, seed=0, cache=None, tokenizer_path=No
     finds no file and encodes afresh. The encoding shows its progress on progress_stream
     (default stderr).
     """
+    tokenizer.require_grids("a prior")   # before anything is drawn or encoded
     data = make_shapes(n_images, seed=seed, split="train")
     vocab = shapes_vocab(tokenizer.config.num_codes, tokenizer.grid_size)
     codes = None

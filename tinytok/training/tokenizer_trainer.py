@@ -163,7 +163,7 @@ class TokenizerRun:
             self.disc_opt_state = adamw_init(self.disc_params(self.params))
             self.disc_settings = replace(settings, lr=settings.lr * recipe.disc_lr_scale)
         self.ema_state = None
-        self.window = self.xp.zeros(config.num_codes, dtype=self.xp.int64)
+        self.window = self.xp.zeros(self.quantizer.code_rows(config), dtype=self.xp.int64)
         self.start, self.history = 0, []
         self.run_config = {"model": config_dict(config), "train": settings_dict(settings),
                            "recipe": asdict(recipe)}
@@ -194,11 +194,18 @@ class TokenizerRun:
                 sample = self.images[step_rng(self.settings.seed, 0, 9).permutation(
                     len(self.images))[:self.recipe.kmeans_images]]
                 z = encode_latents(sample, self.params, self.config)
-                vectors, _ = self.quantizer.search_space(z, self.params, self.config)
-                codebook[...] = kmeans_init(vectors, self.config.num_codes, self.settings.seed)
+                self.kmeans_start(z)
             share_from_root(self.world, {"codebook": codebook})
         if self.quantizer.ema_updates:
             self.ema_state = ema_init(self.params["quant.codebook"])
+
+    def kmeans_start(self, z):
+        """Each codebook on k-means of its vectors, in turn: the multi-scale quantizer's
+        scale k's targets are what the codebooks of the scales before it leave, so they are
+        looked at again once those have their k-means codes (one codebook: one k-means)."""
+        for g in range(len(self.quantizer.groups(z, self.params, self.config))):
+            codes, vectors, _ = self.quantizer.groups(z, self.params, self.config)[g]
+            codes[...] = kmeans_init(vectors, self.config.num_codes, self.settings.seed)
 
     def resume(self, out, log):
         """Take up the run saved in out: parameters, optimizer and EMA state, window, history."""
@@ -310,8 +317,20 @@ class TokenizerRun:
         if self.ema_state is not None:
             sums["ema.counts"], sums["ema.sums"] = ema_statistics(
                 out["z"], out["ids"], self.config.num_codes, self.params["quant.codebook"].dtype)
-        sums["code_counts"] = code_counts(out["ids"], self.config.num_codes)
+        sums["code_counts"] = code_counts(self.quantizer.rows_of(out["ids"], self.config),
+                                          self.quantizer.code_rows(self.config))
         return sums
+
+    def restart(self, step, z):
+        """Dead-code restarts, codebook by codebook (the quantizer's groups: one, or one per
+        scale), each from its part of the window. Returns how many moved (None off root)."""
+        K, moved = self.config.num_codes, []
+        for g, (codes, vectors, searched) in enumerate(
+                self.quantizer.groups(z, self.params, self.config)):
+            seed = [self.settings.seed, step, 2] + ([g] if g else [])
+            moved.append(restart_on_root(self.world, codes, self.window[g * K:(g + 1) * K],
+                                         vectors, searched, seed, self.ema_state))
+        return None if moved[0] is None else sum(moved)
 
     def look_at_usage(self, step, loss, z, adversarial):
         """At the end of each window of steps (restart_every, or stats_every without
@@ -325,11 +344,7 @@ class TokenizerRun:
         figures = {"usage": f"{stats['usage']:.0%}", "ppl": f"{stats['perplexity']:.0f}"}
         moves_codes = self.quantizer.restarts and not self.recipe.decoder_only
         if self.recipe.restart_every and moves_codes:
-            vectors, searched = self.quantizer.search_space(z, self.params, self.config)
-            figures["restarted"] = restart_on_root(self.world, self.params["quant.codebook"],
-                                                   self.window, vectors, searched,
-                                                   [self.settings.seed, step, 2],
-                                                   self.ema_state)
+            figures["restarted"] = self.restart(step, z)
         self.history.append({"step": step + 1, "loss": loss, **stats, **adversarial})
         self.window = self.xp.zeros_like(self.window)
         return figures
