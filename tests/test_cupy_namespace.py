@@ -255,14 +255,15 @@ HOST_EDGES = {
     ("prior.masked", "draw_all"): ({"log"}, "after to_numpy: host log-probabilities"),
     ("prior.masked", "fill_in"): ({"array", "concatenate", "where"},
                                   "host grids and prefixes; image_logits uploads the rows"),
-    ("prior.masked", "inpaint_codes"): ({"asarray", "tile", "where"}, "host codes and prefixes"),
+    ("prior.masked", "inpaint_codes"): ({"asarray", "where"}, "host codes"),
+    ("prior.masked", "fill_in_caption"): ({"tile"}, "host prompt ids"),
     ("prior.masked", "lowest"): ({"argsort", "asarray", "maximum", "minimum"},
                                  "host confidences (draw_all's)"),
     ("prior.masked", "masked_batch"): ({"asarray", "ceil", "concatenate", "full", "maximum",
                                         "stack", "where"}, "the host batch, before upload"),
     ("prior.masked", "masked_prefix"): ({"full"}, "host prompt ids"),
     ("prior.masked", "random_subset"): ({"argsort", "asarray"}, "host draws for the batch"),
-    ("prior.masked", "sample_masked_codes"): ({"full", "tile"}, "host prompt ids and grids"),
+    ("prior.masked", "sample_masked_codes"): ({"full"}, "a host grid of unknowns"),
 }
 
 

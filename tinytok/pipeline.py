@@ -32,7 +32,7 @@ from tinytok.prior.sample import caption_log_likelihood, write_captions
 from tinytok.prior.settings import SAMPLING, check_sampling
 from tinytok.prior.vocab import Vocab
 from tinytok.tokenizer.discriminator import is_discriminator_param
-from tinytok.tokenizer.multiscale import prefix_lengths
+from tinytok.tokenizer.multiscale import prefix_lengths, split_scale_ids
 from tinytok.tokenizer.quantizers import QUANTIZERS
 from tinytok.tokenizer.vqvae import decode_ids, encode_ids, init_tokenizer_params, tokenizer_config
 from tinytok.training.checkpoint import check_params_match, load_checkpoint, save_checkpoint
@@ -112,6 +112,13 @@ class Tokenizer:
         if QUANTIZERS[self.config.quantizer].reads("scales"):
             return prefix_lengths(self.config.scales)
         return (math.prod(self.ids_shape),)
+
+    def maps(self, ids):
+        """ids (N, *ids_shape) as a list of 2-D maps (N, s, s): the one grid, or a
+        multi-scale tokenizer's maps, coarse to fine."""
+        if self.writes_grids:
+            return [ids]
+        return split_scale_ids(ids, self.config.scales)
 
     @property
     def code_rows(self):

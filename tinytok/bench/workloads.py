@@ -203,12 +203,21 @@ def drawing_work(kind, vocab, context, steps, guided, caption):
     row included: a raster step runs one new token (its KV cache holds the rest), a masked
     step the whole context.
     """
-    L, rows = vocab.image_len, 2 if guided else 1
-    if kind == "raster":
-        prompts = [len(image_prompt(vocab, caption, context))]
-        prompts += [len(unconditional_prompt(vocab))] if guided else []
-        return {"passes": L, "forward_calls": rows * L,
-                "positions": sum(p + L - 1 for p in prompts)}
+    return WORK[kind](vocab, context, steps, 2 if guided else 1, caption)
+
+
+def raster_work(vocab, context, steps, rows, caption):
+    """A raster prior's: one pass per code, its guidance a second stream of prompts."""
+    L = vocab.image_len
+    prompts = [len(image_prompt(vocab, caption, context))]
+    prompts += [len(unconditional_prompt(vocab))] if rows == 2 else []
+    return {"passes": L, "forward_calls": rows * L,
+            "positions": sum(p + L - 1 for p in prompts)}
+
+
+def masked_work(vocab, context, steps, rows, caption):
+    """A masked prior's: one pass per step while codes are left, the whole context each."""
+    L = vocab.image_len
     passes, unknown = 0, L
     for step in range(steps):                            # fill_in's loop from a masked grid
         if unknown == 0:
@@ -216,3 +225,7 @@ def drawing_work(kind, vocab, context, steps, guided, caption):
         passes += 1
         unknown = max(min(still_masked(L, step, steps), unknown - 1), 0)
     return {"passes": passes, "forward_calls": passes, "positions": rows * passes * context}
+
+
+# The work of a drawing, by kind of prior (prior/kinds.py).
+WORK = {"raster": raster_work, "masked": masked_work}

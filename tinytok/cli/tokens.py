@@ -42,10 +42,7 @@ def cmd_encode(args):
 def token_maps(tokenizer, ids):
     """Each picture's ids as a list of 2-D maps: its one grid, or a multi-scale tokenizer's
     maps coarse to fine (its ids (N, L) split)."""
-    if tokenizer.writes_grids:
-        return [[grid] for grid in ids]
-    from tinytok.tokenizer.multiscale import split_scale_ids
-    maps = split_scale_ids(ids, tokenizer.config.scales)
+    maps = tokenizer.maps(ids)
     return [[m[i] for m in maps] for i in range(len(ids))]
 
 

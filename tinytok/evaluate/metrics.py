@@ -210,10 +210,8 @@ def usage_per_scale(tokenizer, ids):
     of N pictures reaches N codes at most); min_scale_usage, the smallest of those."""
     if tokenizer.writes_grids:
         return {}
-    from tinytok.tokenizer.multiscale import split_scale_ids
     K, used, share = tokenizer.config.num_codes, {}, {}
-    for size, cells in zip(tokenizer.config.scales,
-                           split_scale_ids(ids, tokenizer.config.scales)):
+    for size, cells in zip(tokenizer.config.scales, tokenizer.maps(ids)):
         name = f"{size}x{size}"
         used[name] = int(len(np.unique(cells)))
         share[name] = round(used[name] / min(K, cells.size), 4)

@@ -211,11 +211,8 @@ def sample_masked_codes(params, config, vocab, prompt, n, rng, sampling, use_cac
     """n token grids (n, g, g) for one caption (text), filled in from a fully masked grid
     in sampling.steps passes, guided against the captionless prefix. use_cache is the
     raster sampler's and has no meaning here: every pass reads the whole grid anyway."""
-    codes = np.full((n, vocab.image_len), -1, dtype=np.int64)
-    return fill_in(params, config, vocab, np.tile(prompt_prefix(vocab, prompt, config.context),
-                                                  (n, 1)),
-                   codes, rng, sampling, np.tile(masked_prefix(vocab, None, config.context),
-                                                 (n, 1)))
+    start = np.full((n, vocab.image_len), -1, dtype=np.int64)
+    return fill_in_caption(params, config, vocab, prompt, start, rng, sampling)
 
 
 def inpaint_codes(params, config, vocab, codes, hidden, prompt, rng, sampling):
@@ -227,9 +224,14 @@ def inpaint_codes(params, config, vocab, codes, hidden, prompt, rng, sampling):
     if hidden.shape != codes.shape:
         raise ShapeError(f"the region's cells {hidden.shape} must match the grids "
                          f"{codes.shape}")
-    n = len(codes)
-    start = np.where(hidden, -1, codes).reshape(n, vocab.image_len)
-    return fill_in(params, config, vocab, np.tile(prompt_prefix(vocab, prompt, config.context),
-                                                  (n, 1)),
-                   start, rng, sampling, np.tile(masked_prefix(vocab, None, config.context),
-                                                 (n, 1)))
+    start = np.where(hidden, -1, codes).reshape(len(codes), vocab.image_len)
+    return fill_in_caption(params, config, vocab, prompt, start, rng, sampling)
+
+
+def fill_in_caption(params, config, vocab, prompt, start, rng, sampling):
+    """fill_in for one caption (text) on every row of start (N, L), guided against the
+    captionless prefix."""
+    n = len(start)
+    return fill_in(params, config, vocab,
+                   np.tile(prompt_prefix(vocab, prompt, config.context), (n, 1)), start, rng,
+                   sampling, np.tile(masked_prefix(vocab, None, config.context), (n, 1)))

@@ -203,7 +203,8 @@ class TokenizerRun:
         """Each codebook on k-means of its vectors, in turn: the multi-scale quantizer's
         scale k's targets are what the codebooks of the scales before it leave, so they are
         looked at again once those have their k-means codes (one codebook: one k-means)."""
-        for g in range(len(self.quantizer.groups(z, self.params, self.config))):
+        codebooks = self.quantizer.code_rows(self.config) // self.config.num_codes
+        for g in range(codebooks):
             codes, vectors, _ = self.quantizer.groups(z, self.params, self.config)[g]
             codes[...] = kmeans_init(vectors, self.config.num_codes, self.settings.seed)
 
