@@ -31,6 +31,7 @@ from tinytok.errors import ConfigError, ShapeError
 from tinytok.evaluate.metrics import eval_tokenizer
 from tinytok.gradcheck import numerical_gradient, relative_error
 from tinytok.pipeline import Pipeline, Tokenizer
+from tinytok.prior.kinds import check_tokenizer
 from tinytok.tokenizer.multiscale import (PHI_MIX, check_scales, climb, default_scales,
                                           join_scale_ids, multiscale_codes, multiscale_ids,
                                           multiscale_quantize_backward,
@@ -396,9 +397,10 @@ def test_tokenizer_encodes_and_decodes_maps_in_a_row(tmp_path):
     with pytest.raises(ShapeError, match=r"token ids must have shape \(N, 21\) or \(21,\), or "
                                          r"the first maps alone \(N, L_k\), L_k one of 1, 5"):
         tok.decode(ids[:, :4])
-    with pytest.raises(ConfigError, match="a prior reads grids of tokens, but this scales "
-                                          "tokenizer writes 21 ids per picture"):
-        Pipeline(tok, None)
+    for kind in ("raster", "masked"):
+        with pytest.raises(ConfigError, match=f"a {kind} prior reads grids of tokens, but "
+                                              "this scales tokenizer writes 21 ids per picture"):
+            check_tokenizer(kind, tok)
     path = str(tmp_path / "tok.npz")
     tok.save(path)
     back = Tokenizer.load(path)

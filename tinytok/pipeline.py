@@ -24,9 +24,9 @@ from tinytok.data.images import check_images, images_to_model, model_to_images
 from tinytok.errors import CheckpointError, ConfigError, DTypeError, ShapeError
 from tinytok.ops.checks import is_whole_number
 from tinytok.parallel import blas_threads_for_small_products, for_batch_parts
-from tinytok.prior.gpt import gpt_config, init_gpt_params
-from tinytok.prior.kinds import (kind_of_checkpoint, model_vocab_size, prior_kind,
-                                 refuse_inpainting, refuse_words)
+from tinytok.prior.gpt import config_dict, gpt_config
+from tinytok.prior.kinds import (check_tokenizer, kind_of_checkpoint, model_vocab_size,
+                                 prior_kind, refuse_inpainting, refuse_words)
 from tinytok.prior.masked import inpaint_codes
 from tinytok.prior.sample import caption_log_likelihood, write_captions
 from tinytok.prior.settings import SAMPLING, check_sampling
@@ -39,6 +39,7 @@ from tinytok.training.checkpoint import check_params_match, load_checkpoint, sav
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
 SHIPPED = {"shapes-tokenizer": CHECKPOINT_DIR / "shapes_tokenizer.npz",
+           "shapes-scales-tokenizer": CHECKPOINT_DIR / "shapes_scales_tokenizer.npz",
            "photos-tokenizer": CHECKPOINT_DIR / "photos_tokenizer.npz",
            "photos-gan-tokenizer": CHECKPOINT_DIR / "photos_gan_tokenizer.npz",
            "shapes-prior": CHECKPOINT_DIR / "shapes_prior.npz",
@@ -262,14 +263,17 @@ class Prior:
             raise CheckpointError(f"{path}: a {kind.name} prior over its vocabulary has "
                                   f"{model_vocab_size(kind, vocab)} tokens but the model "
                                   f"{config.vocab_size}")
-        check_params_match(ckpt.params, init_gpt_params(config), path)
+        carried = {k: ckpt.params[k] for k in kind.carried if k in ckpt.params}
+        fresh = _from_checkpoint(path, f"{kind.name} prior",
+                                 lambda: kind.init(config, carried=carried or None))
+        check_params_match(ckpt.params, fresh, path)
         return cls(ckpt.params, config, vocab, kind)
 
     def save(self, path):
         """Write the parameters, kind, config and vocabulary (no optimizer state),
         atomically."""
         save_checkpoint(path, kind="prior", params=self.params,
-                        config={"kind": self.kind.name, "model": asdict(self.config),
+                        config={"kind": self.kind.name, "model": config_dict(self.config),
                                 "vocab": self.vocab.to_dict()})
 
 
@@ -277,7 +281,7 @@ class Pipeline:
     """Tokenizer + prior: captions to pictures, pictures to captions."""
 
     def __init__(self, tokenizer, prior):
-        tokenizer.require_grids("a prior")
+        check_tokenizer(prior.kind, tokenizer, prior.params)
         if prior.vocab.num_codes != tokenizer.config.num_codes:
             raise ConfigError(f"the prior writes {prior.vocab.num_codes} image codes but the "
                               f"tokenizer has {tokenizer.config.num_codes}; use the tokenizer "

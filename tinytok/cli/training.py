@@ -6,7 +6,7 @@ from tinytok import distributed
 from tinytok.cli.arguments import (fraction, fsq_levels, map_sizes, non_negative_float,
                                    non_negative_int, positive_float, positive_int, seed_value)
 from tinytok.errors import ConfigError
-from tinytok.prior.kinds import PRIOR_KINDS, model_vocab_size
+from tinytok.prior.kinds import PRIOR_KINDS, model_overrides
 
 
 def add_demo(sub):
@@ -190,8 +190,9 @@ def add_train_prior(sub):
     p.add_argument("--data", default="shapes", choices=("shapes",))
     p.add_argument("--kind", default="raster", choices=tuple(PRIOR_KINDS),
                    help="raster: one token at a time (draws, captions, converses); masked: "
-                   "many codes at a time (MaskGIT; draws and inpaints only, implies "
-                   "--conversations 0)")
+                   "many codes at a time (MaskGIT; draws and inpaints only); scales: a map "
+                   "at a time, coarse to fine (VAR; draws only; needs a tokenizer trained "
+                   "with --quantizer scales). masked and scales imply --conversations 0")
     p.add_argument("--config", default="gpt-ref")
     p.add_argument("--n-images", type=positive_int, default=20000)
     p.add_argument("--word-noise", type=fraction, default=0.3,
@@ -219,12 +220,12 @@ def cmd_train_prior(args):
     from tinytok.training import TrainSettings, train_prior
     world = args.world
     tokenizer = Tokenizer.load(args.tokenizer)
+    kind = PRIOR_KINDS[args.kind]
     data = distributed.root_first(world, lambda: shapes_prior_data(   # others read its cache
         tokenizer, args.n_images, args.seed, cache=args.out + ".tokens",
-        tokenizer_path=args.tokenizer))
-    kind = PRIOR_KINDS[args.kind]
+        tokenizer_path=args.tokenizer, kind=kind))
     conversations = args.conversations if kind.can_caption else 0.0
-    overrides = {"vocab_size": model_vocab_size(kind, data.vocab)}
+    overrides = model_overrides(kind, data.vocab, tokenizer)
     if args.context or conversations:
         overrides["context"] = args.context or longest_conversation(data.vocab) - 1
     config = gpt_config(args.config, **overrides)

@@ -43,12 +43,15 @@ class GPTConfig:
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
+    scales: tuple = ()      # a next-scale prior's map sizes (prior/scales.py); () otherwise
 
     def __post_init__(self):
         # each a Python int (NumPy's are taken too), as the checkpoint's JSON holds it
         for name in ("vocab_size", "context", "n_layer", "n_head", "n_embd"):
             setattr(self, name, require_positive_int(f"prior config: {name}",
                                                      getattr(self, name)))
+        self.scales = tuple(require_positive_int("prior config: scales", s)
+                            for s in self.scales)
         if self.n_embd % self.n_head:
             raise ConfigError(f"prior config: n_head={self.n_head} must divide "
                               f"n_embd={self.n_embd}")
@@ -80,8 +83,13 @@ def gpt_config(name_or_dict, **overrides):
 
 
 def config_dict(config):
-    """A JSON-able dict of a config, for checkpoints."""
-    return asdict(config)
+    """A JSON-able dict of a config, for checkpoints: scales (a list) only for a next-scale
+    prior, so the other priors' configs read as before they existed."""
+    d = asdict(config)
+    d["scales"] = list(config.scales)
+    if not config.scales:
+        del d["scales"]
+    return d
 
 
 def init_gpt_params(config, seed=0, dtype="float32"):
@@ -224,12 +232,16 @@ def check_kv(kv, T, config):
     return past
 
 
-class GPTCache(NamedTuple):
-    tok: tuple      # the token embedding's
+class TrunkCache(NamedTuple):
     blocks: list    # one BlockCache per layer
     ln_f: tuple     # the final layer norm's
     head: tuple     # the tied head's (a linear layer with wte^T as its weight)
-    T: int          # the sequence length (rows of the position table used)
+
+
+class GPTCache(NamedTuple):
+    tok: tuple          # the token embedding's
+    trunk: TrunkCache   # the blocks, the final layer norm and the head
+    T: int              # the sequence length (rows of the position table used)
 
 
 def gpt_forward(ids, params, config, kv=None, mask="causal"):
@@ -246,6 +258,25 @@ def gpt_forward(ids, params, config, kv=None, mask="causal"):
     past = 0 if kv is None else check_kv(kv, T, config)
     tok, c_tok = embedding_forward(ids, params["gpt.wte"])           # (B, T, C)
     x = tok + params["gpt.wpe"][past:past + T]           # position P + t gets row P + t
+    logits, c_trunk = trunk_forward(x, params, config, kv, mask)
+    return logits, (GPTCache(c_tok, c_trunk, T) if kv is None else None)
+
+
+def gpt_backward(dlogits, cache, grads, config):
+    """dlogits (B, T, V) -> parameter gradients added into grads."""
+    require_backward_cache(cache, "gpt_backward")
+    dx = trunk_backward(dlogits, cache.trunk, grads, config)
+    grads["gpt.wpe"][:cache.T] += dx.sum(axis=0)                     # (T, C): summed over B
+    _add(grads, "gpt.wte", embedding_backward(dx, cache.tok))        # second use of wte
+
+
+def trunk_forward(x, params, config, kv=None, mask="causal"):
+    """The model after its inputs: x (B, T, C), the embedded positions -> the blocks, the
+    final layer norm and the tied head -> logits (B, T, V), cache (None with kv).
+
+    gpt_forward's inputs are token and position embeddings; a prior whose inputs are not
+    all tokens (the next-scale prior's maps, prior/scales.py) embeds its own and runs the
+    same trunk."""
     c_blocks = []
     for i in range(config.n_layer):
         x, c = block_forward(x, params, f"gpt.h{i}", config.n_head,
@@ -256,19 +287,18 @@ def gpt_forward(ids, params, config, kv=None, mask="causal"):
         # the shipped samples were drawn with (one product of all rows differs by ~1e-6)
         return x @ params["gpt.wte"].T, None
     logits, c_head = linear_forward(x, params["gpt.wte"].T, None)    # tied head: (B, T, V)
-    return logits, GPTCache(c_tok, c_blocks, c_lnf, c_head, T)
+    return logits, TrunkCache(c_blocks, c_lnf, c_head)
 
 
-def gpt_backward(dlogits, cache, grads, config):
-    """dlogits (B, T, V) -> parameter gradients added into grads."""
-    require_backward_cache(cache, "gpt_backward")
+def trunk_backward(dlogits, cache, grads, config):
+    """The mirror of trunk_forward: dlogits (B, T, V) -> dx (B, T, C); the head's gradient
+    is the first use of wte (the embedding, if any, adds the second)."""
     dx, dw_head, _ = linear_backward(dlogits, cache.head)
     _add(grads, "gpt.wte", dw_head.T)                                # first use of wte
     dx = layer_norm_named_backward(dx, cache.ln_f, grads, "gpt.ln_f")
     for i in reversed(range(config.n_layer)):
         dx = block_backward(dx, cache.blocks[i], grads, f"gpt.h{i}")
-    grads["gpt.wpe"][:cache.T] += dx.sum(axis=0)                     # (T, C): summed over B
-    _add(grads, "gpt.wte", embedding_backward(dx, cache.tok))        # second use of wte
+    return dx
 
 
 class GPTLossCache(NamedTuple):

@@ -48,13 +48,15 @@ def mask_id(vocab):
     return vocab.size
 
 
-def caption_slots(vocab, context):
-    """How many caption words fit: the context less <bos>, <image> and the image tokens."""
-    slots = context - vocab.image_len - 2
+def caption_slots(vocab, context, image_len=None):
+    """How many caption words fit: the context less <bos>, <image> and the image tokens
+    (image_len of them; default the grid's, vocab.image_len)."""
+    image_len = vocab.image_len if image_len is None else image_len
+    slots = context - image_len - 2
     if slots < 1:
-        raise ConfigError(f"a masked prior's context of {context} cannot hold a caption "
-                          f"beside <bos>, <image> and {vocab.image_len} image tokens; it "
-                          f"needs at least {vocab.image_len + 3}")
+        raise ConfigError(f"a prior's context of {context} cannot hold a caption beside "
+                          f"<bos>, <image> and {image_len} image tokens; it needs at least "
+                          f"{image_len + 3}")
     return slots
 
 
@@ -65,13 +67,14 @@ def image_start(vocab, context):
 
 # ---------------------------------------------------------------- the layout
 
-def masked_prefix(vocab, caption_ids, context):
+def masked_prefix(vocab, caption_ids, context, image_len=None):
     """<bos> w1 .. wn <pad> .. <image> int64 (context - image_len,); caption_ids None or
-    empty: the unconditional prefix (every slot <pad>)."""
+    empty: the unconditional prefix (every slot <pad>). image_len: the image tokens after
+    it (default vocab.image_len; the next-scale prior's maps are more, prior/scales.py)."""
     words = [] if caption_ids is None else caption_tokens(vocab, caption_ids)
-    slots = caption_slots(vocab, context)
+    slots = caption_slots(vocab, context, image_len)
     if len(words) > slots:
-        raise PromptError(f"the caption has {len(words)} words but a masked prior of context "
+        raise PromptError(f"the caption has {len(words)} words but a prior of context "
                           f"{context} holds at most {slots}; shorten it")
     prefix = np.full(slots + 2, PAD, dtype=np.int64)
     prefix[0], prefix[-1] = BOS, IMAGE
@@ -79,9 +82,9 @@ def masked_prefix(vocab, caption_ids, context):
     return prefix
 
 
-def prompt_prefix(vocab, text, context):
+def prompt_prefix(vocab, text, context, image_len=None):
     """The prefix of a caption given as text (encode_text's checks and errors)."""
-    return masked_prefix(vocab, vocab.encode_text(text), context)
+    return masked_prefix(vocab, vocab.encode_text(text), context, image_len)
 
 
 def cosine_schedule(r):

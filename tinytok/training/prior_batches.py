@@ -17,6 +17,7 @@ from tinytok.prior.layouts import (DEFAULT_CONTEXT, IMAGE_TO_TEXT, TEXT_TO_IMAGE
                                    caption_limit, conversation_tokens, inputs_and_targets,
                                    layout_tokens)
 from tinytok.prior.masked import masked_batch
+from tinytok.prior.scales import scales_batch
 from tinytok.prior.vocab import PAD, caption_tokens, check_codes
 
 
@@ -108,5 +109,12 @@ def masked_training_batch(vocab, caption_ids_list, image_codes, rng, context, la
                         layouts["p_drop_caption"])
 
 
+def scales_training_batch(vocab, caption_ids_list, image_ids, rng, context, layouts):
+    """scales.scales_batch with a run's share of dropped captions: every map scored."""
+    return scales_batch(vocab, caption_ids_list, image_ids, rng, context,
+                        layouts["p_drop_caption"])
+
+
 # The short examples of each kind of prior (prior/kinds.py), as the trainer draws them.
-SHORT_BATCHES = {"raster": raster_batch, "masked": masked_training_batch}
+SHORT_BATCHES = {"raster": raster_batch, "masked": masked_training_batch,
+                 "scales": scales_training_batch}

@@ -17,6 +17,8 @@ from tinytok.data.datasets import CAPTION_WORDS, make_shapes
 from tinytok.data.edits import INSTRUCTION_WORDS
 from tinytok.errors import CheckpointError, ShapeError
 from tinytok.ops.checks import require_positive_int
+from tinytok.prior.kinds import check_tokenizer
+from tinytok.prior.scales import carried_params
 from tinytok.prior.vocab import Vocab
 from tinytok.training.checkpoint import read_npz_safely, write_npz_atomic
 from tinytok.training.progress import Progress, print_to_stderr
@@ -25,10 +27,11 @@ from tinytok.training.progress import Progress, print_to_stderr
 @dataclass
 class PriorData:
     """What the prior learns from: token grids of images and their captions (word ids)."""
-    codes: np.ndarray          # (N, g, g) int64 codebook ids
+    codes: np.ndarray          # (N, g, g) int64 codebook ids; a multi-scale tokenizer's (N, L)
     captions: list             # N lists of word ids
     vocab: object              # tinytok.prior.vocab.Vocab
     labels: np.ndarray = None  # (N, 4) attributes, for conversations (training.conversations)
+    quantizer: dict = None     # a multi-scale tokenizer's quantizer, for a next-scale prior
 
 
 def file_digest(path):
@@ -47,15 +50,17 @@ def shapes_vocab(num_codes, grid_size=8):
 
 
 def shapes_prior_data(tokenizer, n_images, seed=0, cache=None, tokenizer_path=None,
-                      log=print_to_stderr, progress_stream=None):
-    """PriorData for n_images training shapes (held-out combinations excluded).
+                      log=print_to_stderr, progress_stream=None, kind="raster"):
+    """PriorData for n_images training shapes (held-out combinations excluded), for a prior
+    of kind (prior/kinds.py): a multi-scale tokenizer's maps and quantizer for "scales",
+    token grids for the others.
 
     With cache (a path prefix), the token grids live in "<cache>-<key>.npz", the key naming
     the tokenizer file's digest, n_images and seed: a different tokenizer or data set simply
     finds no file and encodes afresh. The encoding shows its progress on progress_stream
     (default stderr).
     """
-    tokenizer.require_grids("a prior")   # before anything is drawn or encoded
+    check_tokenizer(kind, tokenizer)     # before anything is drawn or encoded
     data = make_shapes(n_images, seed=seed, split="train")
     vocab = shapes_vocab(tokenizer.config.num_codes, tokenizer.grid_size)
     codes = None
@@ -74,16 +79,20 @@ def shapes_prior_data(tokenizer, n_images, seed=0, cache=None, tokenizer_path=No
         if cache and tokenizer_path:
             save_token_cache(cache, codes, data.captions, data.labels)
     captions = [vocab.encode_text(c) for c in data.captions]
-    return PriorData(np.asarray(codes), captions, vocab, data.labels)
+    quantizer = (None if tokenizer.writes_grids
+                 else {k: backend.to_numpy(v) for k, v in carried_params(tokenizer.params).items()})
+    return PriorData(np.asarray(codes), captions, vocab, data.labels, quantizer)
 
 
 # ----------------------------------------------------------------------------------------
 # Caching token grids: the tokenizer encodes the dataset once, the prior reads the ids
 
 def encode_dataset_tokens(encode_fn, images, batch_size=256, progress=None):
-    """encode_fn(images[i:i+batch_size]) for each batch, stacked: int64 (N, g, g) on the host.
+    """encode_fn(images[i:i+batch_size]) for each batch, stacked: int64 (N, g, g) on the host
+    (a multi-scale tokenizer's maps: (N, L)).
 
-    encode_fn takes uint8 images (b, H, W, 3) and returns codes (b, g, g), NumPy or CuPy.
+    encode_fn takes uint8 images (b, H, W, 3) and returns codes (b, g, g) or (b, L), NumPy
+    or CuPy.
     progress (a training.progress.Progress over the images), if given, follows the batches.
     """
     require_positive_int("batch_size", batch_size)
@@ -93,9 +102,9 @@ def encode_dataset_tokens(encode_fn, images, batch_size=256, progress=None):
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
         codes = backend.to_numpy(encode_fn(batch))
-        if codes.ndim != 3 or codes.shape[0] != len(batch):
-            raise ShapeError(f"encode_fn must return codes (b, g, g) for a batch of "
-                             f"{len(batch)} images, got shape {codes.shape}")
+        if codes.ndim not in (2, 3) or codes.shape[0] != len(batch):
+            raise ShapeError(f"encode_fn must return codes (b, g, g) or maps (b, L) for a "
+                             f"batch of {len(batch)} images, got shape {codes.shape}")
         parts.append(codes.astype(np.int64))
         if progress is not None:
             progress.update(start + len(batch))
@@ -103,7 +112,8 @@ def encode_dataset_tokens(encode_fn, images, batch_size=256, progress=None):
 
 
 class TokenCache(NamedTuple):
-    """What load_token_cache returns: codes int64 (N, g, g), N captions (or None), labels."""
+    """What load_token_cache returns: codes int64 (N, g, g) or maps (N, L), N captions (or
+    None), labels."""
     codes: np.ndarray
     captions: list
     labels: np.ndarray
@@ -113,15 +123,16 @@ CACHE_FORMAT = "tinytok-token-cache"
 
 
 def save_token_cache(path, codes, captions=None, labels=None):
-    """Write codes (N, g, g) int, optional captions (N strings) and labels (N, ...) to `path`.
+    """Write codes (N, g, g) or maps (N, L) int, optional captions (N strings) and labels
+    (N, ...) to `path`.
 
     A plain .npz, no pickle: captions go in as UTF-8 JSON in a uint8 array. Written to a
     temporary file and renamed, so `path` never holds half a cache.
     """
     codes = np.asarray(codes)
-    if codes.ndim != 3 or codes.dtype.kind not in "iu":
-        raise ShapeError(f"codes must be an integer array (N, g, g), got {codes.dtype} "
-                         f"{codes.shape}")
+    if codes.ndim not in (2, 3) or codes.dtype.kind not in "iu":
+        raise ShapeError(f"codes must be an integer array (N, g, g) or (N, L), got "
+                         f"{codes.dtype} {codes.shape}")
     meta = {"format": CACHE_FORMAT, "version": 1, "captions": None}
     if captions is not None:
         captions = [str(c) for c in captions]
@@ -149,7 +160,7 @@ def load_token_cache(path):
     try:
         meta = json.loads(arrays["meta"].tobytes().decode("utf-8"))
         codes = arrays["codes"]
-        ok = meta["format"] == CACHE_FORMAT and codes.ndim == 3
+        ok = meta["format"] == CACHE_FORMAT and codes.ndim in (2, 3)
     except Exception:
         ok = False
     if not ok:

@@ -21,10 +21,11 @@ import numpy as np
 from tinytok import backend
 from tinytok.data.datasets import batch_indices
 from tinytok.distributed import SINGLE, batch_share, sum_over_processes
-from tinytok.prior.gpt import config_dict, gpt_loss_forward, init_gpt_params
+from tinytok.prior.gpt import config_dict
 from tinytok.errors import ConfigError
 from tinytok.prior.kinds import PRIOR_KINDS, model_vocab_size, prior_kind
 from tinytok.prior.vocab import PAD
+from tinytok.tokenizer.multiscale import token_count
 from tinytok.training.conversations import PictureBank, longest_conversation, random_conversation
 from tinytok.training.loop import (announce_resume, check_finite_loss, host_copy,
                                    optimizer_step, quiet_unless_root, resume_state, run_loop,
@@ -47,10 +48,12 @@ def train_prior(data, config, settings, out, resume=False, p_caption_layout=0.5,
     longest one). init: (params, token names) of an earlier prior to start from
     (warm_start; vocab.saved_token_names reads the names from its checkpoint). world: the
     processes that train together (tinytok.distributed), each called with the same
-    arguments. kind: "raster" (the causal prior) or "masked" (MaskGIT: prior/masked.py;
-    config.vocab_size must hold its <mask> token, kinds.model_vocab_size; it learns from
-    captions and pictures only, so p_caption_layout, p_word_noise and p_conversation do not
-    apply to it). Returns the loss history.
+    arguments. kind: "raster" (the causal prior), "masked" (MaskGIT: prior/masked.py;
+    config.vocab_size must hold its <mask> token, kinds.model_vocab_size) or "scales" (VAR:
+    prior/scales.py; data.codes are a multi-scale tokenizer's maps (N, L), data.quantizer
+    its quantizer, and the config names its scales, kinds.model_overrides). The last two
+    learn from captions and pictures only, so p_caption_layout, p_word_noise and
+    p_conversation do not apply to them. Returns the loss history.
     """
     settings.check()
     log, progress_stream = quiet_unless_root(world, log, progress_stream)
@@ -76,11 +79,12 @@ class PriorRun:
         self.kind, self.make_batch = kind, SHORT_BATCHES[kind.name]
         self.world, self.xp = world, backend.xp()
         self.lo, self.hi = batch_share(settings.batch_size, world)   # this process's rows
-        self.params = init_gpt_params(config, seed=settings.seed)
+        self.params = kind.init(config, settings.seed, carried=data.quantizer)
         if init is not None:
             self.params = warm_start(self.params, data.vocab, *init)
         self.bank = conversation_bank(data, config, layouts["p_conversation"])
-        self.opt_state = adamw_init(self.params)
+        self.trainable = [k for k in self.params if k not in kind.carried]
+        self.opt_state = adamw_init({k: self.params[k] for k in self.trainable})
         self.start, self.history, self.running_loss = 0, [], None
         self.run_config = {"kind": kind.name, "model": config_dict(config),
                            "vocab": data.vocab.to_dict(),
@@ -127,8 +131,8 @@ class PriorRun:
         write."""
         inputs, targets, counted = self.batch(step)
         share = int((targets != -1).sum()) / counted
-        loss, _ = gpt_loss_forward(inputs, targets, self.params, self.config,
-                                   self.kind.attention)
+        loss, _ = self.kind.loss[0](inputs, targets, self.params, self.config,
+                                    self.kind.attention)
         check_finite_loss(float(sum_over_processes(
             self.world, {"loss": self.xp.asarray(loss * share)})["loss"]), step)
 
@@ -137,11 +141,12 @@ class PriorRun:
         grads = zeros_like_params(self.params)
         inputs, targets, counted = self.batch(step)
         loss = gpt_loss_grads(inputs, targets, self.params, self.config, grads,
-                              counted, self.kind.attention)             # on every core
+                              counted, self.kind.attention, self.kind.loss)   # every core
         summed = {**{f"grad.{k}": g for k, g in grads.items()}, "loss": self.xp.asarray(loss)}
         loss = float(sum_over_processes(self.world, summed)["loss"])   # one all-reduce
         check_finite_loss(loss, step)
-        optimizer_step(self.params, grads, self.opt_state, self.settings, step)
+        optimizer_step(self.params, grads, self.opt_state, self.settings, step,
+                       self.trainable)
         # an exponential moving average reads better than the noisy per-batch loss
         self.running_loss = (loss if self.running_loss is None
                              else 0.95 * self.running_loss + 0.05 * loss)
@@ -153,6 +158,10 @@ class PriorRun:
 def check_kind(kind, vocab, config, layouts):
     """ConfigError if the model does not fit the kind's vocabulary, or a prior that cannot
     write words is asked to learn conversations."""
+    if kind.reads == "maps" and (not config.scales or config.context <= token_count(
+            config.scales) + 2):
+        raise ConfigError(f"a {kind.name} prior's config must name its tokenizer's scales and "
+                          "a context that holds them after a caption (kinds.model_overrides)")
     wanted = model_vocab_size(kind, vocab)
     if config.vocab_size != wanted:
         raise ConfigError(f"a {kind.name} prior over this vocabulary needs vocab_size="

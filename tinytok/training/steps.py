@@ -59,7 +59,8 @@ def join_parts(outs, batch_size):
     return joined
 
 
-def gpt_loss_grads(ids, targets, params, config, grads, counted_in_batch=None, mask="causal"):
+def gpt_loss_grads(ids, targets, params, config, grads, counted_in_batch=None, mask="causal",
+                   loss=(gpt_loss_forward, gpt_loss_backward)):
     """One training step's forward and backward on ids, targets (B, T): gradients of the
     mean loss over targets != -1 added into grads. Returns that loss (a float).
 
@@ -68,15 +69,17 @@ def gpt_loss_grads(ids, targets, params, config, grads, counted_in_batch=None, m
     when ids are a share of a bigger batch, that batch's count of targets != -1; the
     gradients and the loss returned are then these rows' part of the bigger batch's.
     mask: the attention's (gpt_forward): "causal" for the raster prior, "full" for the
-    masked one.
+    masked one. loss: the (forward, backward) pair of the prior's loss (its kind's: the
+    next-scale prior embeds its maps itself, prior/scales.py).
     """
+    loss_forward, loss_backward = loss
     counted = targets != -1
     total = counted_in_batch or max(int(counted.sum()), 1)
 
     def part(lo, hi, part_grads):
         share = int(counted[lo:hi].sum()) / total
-        loss, cache = gpt_loss_forward(ids[lo:hi], targets[lo:hi], params, config, mask)
-        gpt_loss_backward(cache, part_grads, config, dloss=share)
-        return float(loss) * share
+        value, cache = loss_forward(ids[lo:hi], targets[lo:hi], params, config, mask)
+        loss_backward(cache, part_grads, config, dloss=share)
+        return float(value) * share
 
     return sum(for_batch_parts(part, len(ids), grads))
