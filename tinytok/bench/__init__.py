@@ -63,7 +63,7 @@ section, run_bench, the command line) and ``report`` (the table).
 Measurements of their own live beside it, each a module with its own command line:
 ``python -m tinytok.bench.vocabulary`` (PSNR against bits, lesson 8) and
 ``python -m tinytok.bench.data_parallel`` (threads, one process and K processes under
-mpiexec, with the bytes all-reduced per step, lesson 19).
+mpiexec, with the bytes all-reduced per step, lesson 21).
 """
 import importlib
 
