@@ -128,10 +128,19 @@ def gpt_logits(ids, params, n_layer, n_head, allowed):
     ln_f(x) @ wte.T. allowed (T, T) bool: what each position's attention sees (all True:
     a masked prior's full attention; np.tril: the raster prior's causal one). Built from
     tests/reference.py's slow ops (one attention query, one LayerNorm row at a time)."""
-    from reference import embedding, gelu, layer_norm, masked_self_attention
+    from reference import embedding
     P = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
-    T = ids.shape[1]
-    x = embedding(ids, P["gpt.wte"]) + P["gpt.wpe"][:T]
+    x = embedding(ids, P["gpt.wte"]) + P["gpt.wpe"][:ids.shape[1]]
+    return trunk_logits(x, P, n_layer, n_head, allowed)
+
+
+def trunk_logits(x, params, n_layer, n_head, allowed):
+    """The blocks, the final LayerNorm and the tied head on embedded positions x (B, T, C),
+    float64, from tests/reference.py's slow ops (gpt_logits's second half; the next-scale
+    prior embeds its maps itself)."""
+    from reference import gelu, layer_norm, masked_self_attention
+    P = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+    x = np.asarray(x, dtype=np.float64)
     for i in range(n_layer):
         h = f"gpt.h{i}."
         a = layer_norm(x, P[h + "ln1.g"], P[h + "ln1.b"])

@@ -151,17 +151,30 @@ def test_tokenizer_resume_after_ctrl_c_and_after_crash_is_exact(quantizer, micro
     assert_same_checkpoint(ref, out)
 
 
-def _micro_prior_data():
+MICRO_SCALES = (1, 2, 4)                  # a next-scale prior's maps on the 4x4 grid
+
+
+def _micro_prior_data(kind="raster"):
+    """Captions and random codes: 4x4 grids, or for a next-scale prior maps 1, 2, 4 (21
+    ids) and a random quantizer of those maps for it to carry."""
     shapes = make_shapes(24, seed=2)
     vocab = Vocab(list(CAPTION_WORDS), 16, 4)
-    codes = np.random.default_rng(0).integers(0, 16, size=(24, 4, 4))
-    return PriorData(codes, [vocab.encode_text(c) for c in shapes.captions], vocab)
+    rng = np.random.default_rng(0)
+    captions = [vocab.encode_text(c) for c in shapes.captions]
+    if kind != "scales":
+        return PriorData(rng.integers(0, 16, size=(24, 4, 4)), captions, vocab)
+    quantizer = {"quant.codebook": rng.normal(size=(3, 16, 3)).astype(np.float32),
+                 "quant.phi.w": rng.normal(0, 0.2, size=(3, 3, 3, 3)).astype(np.float32),
+                 "quant.phi.b": np.zeros(3, dtype=np.float32)}
+    return PriorData(rng.integers(0, 16, size=(24, 21)), captions, vocab,
+                     quantizer=quantizer)
 
 
 def _prior_run(data, out, stream=None, resume=False, kind="raster"):
     extra = 1 if kind == "masked" else 0          # the masked prior's <mask> token
+    scales = MICRO_SCALES if kind == "scales" else ()
     config = GPTConfig("micro", vocab_size=data.vocab.size + extra, context=32, n_layer=1,
-                       n_head=2, n_embd=16)
+                       n_head=2, n_embd=16, scales=scales)
     settings = TrainSettings(steps=8, batch_size=4, lr=3e-3, warmup=2, seed=5,
                              weight_decay=0.1, checkpoint_every=3, log_every=1)
     # a high caption-drop rate so that the dropout draws really matter
@@ -169,10 +182,11 @@ def _prior_run(data, out, stream=None, resume=False, kind="raster"):
                        log=lambda *a: None, progress_stream=stream, kind=kind)
 
 
-@pytest.mark.parametrize("kind", ["raster", "masked"])
+@pytest.mark.parametrize("kind", ["raster", "masked", "scales"])
 def test_prior_resume_after_ctrl_c_and_after_crash_is_exact(tmp_path, kind):
-    """Both kinds of prior; the masked one also draws its masks from (seed, step)."""
-    data = _micro_prior_data()
+    """Every kind of prior; the masked one also draws its masks from (seed, step), the
+    next-scale one carries its quantizer (kept, never trained)."""
+    data = _micro_prior_data(kind)
     ref = tmp_path / "ref.npz"
     ref_history = _prior_run(data, ref, StopAt(-1, "none"), kind=kind)
     assert len(ref_history) == 8
@@ -256,7 +270,7 @@ def test_resume_with_other_settings_names_each_change(tmp_path):
     assert "apply from step 4 on" in lines[1]
 
 
-@pytest.mark.parametrize("model", ["vq", "gumbel", "prior", "masked prior"])
+@pytest.mark.parametrize("model", ["vq", "gumbel", "prior", "masked prior", "scales prior"])
 def test_training_on_batch_parts_matches_one_thread(model, micro_images, tmp_path,
                                                    monkeypatch):
     """Three threads, each running a part of the batch (tinytok.parallel.for_batch_parts),
@@ -270,7 +284,8 @@ def test_training_on_batch_parts_matches_one_thread(model, micro_images, tmp_pat
         out = tmp_path / f"{name}.npz"
         if model.endswith("prior"):
             kind = model.split()[0] if " " in model else "raster"
-            runs[name] = (_prior_run(_micro_prior_data(), out, kind=kind), load_checkpoint(out))
+            runs[name] = (_prior_run(_micro_prior_data(kind), out, kind=kind),
+                          load_checkpoint(out))
         else:
             runs[name] = (_tok_run(micro_images, model, out), load_checkpoint(out))
     history, ckpt = runs["three"]
