@@ -343,6 +343,11 @@ def test_pairing_and_refusals_are_one_line(tmp_path):
     with pytest.raises(ConfigError) as e:
         Pipeline(tiny_tokenizer(seed=1), prior)
     assert "trained on another tokenizer's codes" in one_line(e)
+    other_maps = tiny_tokenizer()
+    other_maps.config = replace(other_maps.config, scales=(2, 3, 4))
+    with pytest.raises(ConfigError) as e:
+        Pipeline(other_maps, prior)
+    assert "writes maps (1, 2, 4) but the tokenizer's are (2, 3, 4)" in one_line(e)
     grid = Tokenizer.load()                              # the shipped grid tokenizer
     with pytest.raises(ConfigError) as e:
         Pipeline(grid, prior)

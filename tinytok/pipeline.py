@@ -281,7 +281,7 @@ class Pipeline:
     """Tokenizer + prior: captions to pictures, pictures to captions."""
 
     def __init__(self, tokenizer, prior):
-        check_tokenizer(prior.kind, tokenizer, prior.params)
+        check_tokenizer(prior.kind, tokenizer, prior)
         if prior.vocab.num_codes != tokenizer.config.num_codes:
             raise ConfigError(f"the prior writes {prior.vocab.num_codes} image codes but the "
                               f"tokenizer has {tokenizer.config.num_codes}; use the tokenizer "

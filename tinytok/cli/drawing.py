@@ -29,13 +29,15 @@ def add_sampling_arguments(p, edits=False):
     p.add_argument("--rerank", type=positive_int, default=None,
                    help="draw K candidates per picture, keep the one the prior's own caption "
                         f"likelihood prefers (K times the drawing work; 1 = off; default "
-                        f"{d.rerank}; a masked prior cannot judge captions and draws once)")
+                        f"{d.rerank}; a masked or next-scale prior cannot judge captions and "
+                        "draws once)")
     if edits:
         p.add_argument("--edit-rerank", type=positive_int, default=None,
                        help=f"candidates per edited picture (default {d.edit_rerank})")
     p.add_argument("--steps", type=positive_int, default=None,
                    help=f"a masked prior's passes over the grid, each filling in more codes "
-                        f"(default {d.steps}; a raster prior writes one token a pass)")
+                        f"(default {d.steps}; a raster prior writes one token a pass, a "
+                        "next-scale prior one map)")
     p.add_argument("--choice-temperature", type=non_negative_float, default=None,
                    help=f"a masked prior's noise in which codes each pass keeps, 0 = the "
                         f"most confident (default {d.choice_temperature})")

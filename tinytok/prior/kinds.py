@@ -101,14 +101,15 @@ def refuse_inpainting(kind):
                           "the middle; use a masked prior (tinytok train-prior --kind masked)")
 
 
-def check_tokenizer(kind, tokenizer, params=None):
+def check_tokenizer(kind, tokenizer, prior=None):
     """A one-line ConfigError unless the tokenizer writes what the kind reads: a grid, or
-    the maps of the multi-scale tokenizer whose quantizer params (a prior's) carry."""
+    the maps of the multi-scale tokenizer whose maps and quantizer the prior (a Prior, when
+    pairing one) holds."""
     kind = prior_kind(kind)
     if kind.reads == "grid":
         tokenizer.require_grids(f"a {kind.name} prior")
-    elif params is not None:
-        check_pairing(params, tokenizer)
+    elif prior is not None:
+        check_pairing(prior.params, prior.config, tokenizer)
     elif tokenizer.writes_grids:
         raise ConfigError(f"a {kind.name} prior reads maps of growing size; train it on a "
                           "multi-scale tokenizer (tinytok train-tokenizer --quantizer scales)")

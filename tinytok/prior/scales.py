@@ -129,13 +129,18 @@ def carried_params(params):
     return {k: params[k] for k in CARRIED}
 
 
-def check_pairing(prior_params, tokenizer):
-    """ConfigError unless the tokenizer is the multi-scale one whose quantizer the prior
-    carries, bit for bit (another one gives the model inputs it never saw)."""
+def check_pairing(prior_params, config, tokenizer):
+    """ConfigError unless the tokenizer is the multi-scale one whose maps the prior writes
+    and whose quantizer it carries, bit for bit (another one gives the model inputs it
+    never saw)."""
     if tokenizer.writes_grids:
         raise ConfigError("a next-scale prior writes maps of growing size; pair it with its "
                           "multi-scale tokenizer (trained with --quantizer scales), not a "
                           "tokenizer of one grid")
+    if tuple(tokenizer.config.scales) != tuple(config.scales):
+        raise ConfigError(f"this next-scale prior writes maps {tuple(config.scales)} but the "
+                          f"tokenizer's are {tuple(tokenizer.config.scales)}; pair it with "
+                          "the tokenizer it was trained with")
     for k in CARRIED:
         mine, theirs = backend.to_numpy(prior_params[k]), backend.to_numpy(tokenizer.params[k])
         if mine.shape != theirs.shape or not np.array_equal(mine, theirs):

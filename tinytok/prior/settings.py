@@ -35,8 +35,9 @@ class Sampling:
     each edited picture. steps and choice_temperature are a masked prior's (MaskGIT,
     prior/masked.py): how many passes of the model fill in the grid, and how much annealed
     noise goes into which codes each pass keeps (0: always the most confident); a raster
-    prior writes one token per pass and reads neither. A masked prior cannot caption, so
-    it draws each picture once whatever rerank says.
+    prior writes one token per pass and a next-scale prior one map (prior/scales.py), and
+    neither reads them. A masked or next-scale prior cannot caption, so it draws each
+    picture once whatever rerank says.
     """
     temperature: float = 1.0
     top_k: int | None = None
