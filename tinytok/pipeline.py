@@ -294,7 +294,8 @@ class Pipeline:
         return cls(Tokenizer.load(tokenizer_path), Prior.load(prior_path))
 
     def generate_codes(self, prompt, n=1, *, seed=0, sampling=SAMPLING, use_cache=True):
-        """n token grids (n, g, g) for one caption; see generate for the arguments."""
+        """n pictures' ids for one caption: token grids (n, g, g), or a next-scale prior's
+        maps (n, L); see generate for the arguments."""
         sampling = check_sampling(sampling)
         check_seed(seed)
         prior = self.prior
@@ -316,7 +317,8 @@ class Pipeline:
         judge, k times the drawing work. sampling=tinytok.PLAIN draws once, unguided.
         seed fixes the draws; use_cache=False recomputes the whole prefix for each token
         (the same pictures, slower: lesson 12). A masked prior fills each grid in
-        sampling.steps passes and draws it once (it cannot judge captions).
+        sampling.steps passes, a next-scale prior writes a map a pass (lesson 17); both
+        draw each picture once (they cannot judge captions).
         """
         if isinstance(prompts, str):
             prompts = [prompts]
