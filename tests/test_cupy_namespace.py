@@ -264,6 +264,15 @@ HOST_EDGES = {
     ("prior.masked", "masked_prefix"): ({"full"}, "host prompt ids"),
     ("prior.masked", "random_subset"): ({"argsort", "asarray"}, "host draws for the batch"),
     ("prior.masked", "sample_masked_codes"): ({"full"}, "a host grid of unknowns"),
+    ("prior.scales", "map_levels"): ({"arange", "repeat"}, "host layout, moved by the caller"),
+    ("prior.scales", "block_causal_mask"): ({"concatenate", "full"},
+                                            "the host layout, moved as xp.asarray"),
+    ("prior.scales", "check_pairing"): ({"array_equal"}, "after to_numpy of both quantizers"),
+    ("prior.scales", "init_scales_params"): ({"zeros"}, "host init, moved by to_device"),
+    ("prior.scales", "scales_batch"): ({"asarray", "concatenate", "full", "stack"},
+                                       "the host batch, before upload"),
+    ("prior.scales", "write_maps"): ({"concatenate"}, "host prompt ids, moved as xp.asarray"),
+    ("prior.scales", "sample_scale_codes"): ({"tile"}, "host prompt ids"),
 }
 
 
