@@ -17,6 +17,10 @@ REQUIRED = {
     "vqvae-ref": ["train_step_ms", "train_step_ms_min", "train_step_ms_max",
                   "train_images_per_s", "train_gflops", "train_share_of_sgemm", "encode_ms",
                   "encode_images_per_s", "peak_rss_mb", "import_rss_mb"],
+    "vqvae-scales": ["train_step_ms", "train_step_ms_min", "train_step_ms_max",
+                     "train_images_per_s", "train_gflops", "train_gflop_per_step",
+                     "train_share_of_sgemm", "encode_ms", "encode_images_per_s",
+                     "encode_gflops", "num_codes", "peak_rss_mb", "import_rss_mb"],
     "vqvae-gan": ["train_step_ms", "train_step_ms_min", "train_step_ms_max",
                   "train_images_per_s", "train_gflops", "train_gflop_per_step",
                   "train_share_of_sgemm", "disc_channels", "peak_rss_mb", "import_rss_mb"],
@@ -27,6 +31,10 @@ REQUIRED = {
                    "train_tokens_per_s", "train_gflops", "train_gflop_per_step",
                    "train_share_of_sgemm", "fill_in_ms", "fill_in_ms_min", "fill_in_ms_max",
                    "fill_in_pictures_per_s", "fill_in_steps", "vocab_size", "peak_rss_mb",
+                   "import_rss_mb"],
+    "gpt-scales": ["train_step_ms", "train_step_ms_min", "train_step_ms_max",
+                   "train_tokens_per_s", "train_gflops", "train_gflop_per_step",
+                   "train_share_of_sgemm", "vocab_size", "context", "batch", "peak_rss_mb",
                    "import_rss_mb"],
     "drawing": ["pictures", "cfg_scale", "peak_rss_mb", "import_rss_mb"],
 }
@@ -54,6 +62,16 @@ def test_quick_run_has_every_figure(quick_result):
     assert masked["vocab_size"] == 37 + 16 + 1 and masked["fill_in_steps"] == 4
     assert masked["train_gflop_per_step"] == pytest.approx(
         flops.gpt_train_flops(gpt_config("gpt-tiny", vocab_size=54), 2, 16) / 1e9)
+    # the multi-scale vqvae-tiny on a 2 x 2 grid (8 x 8 pictures): maps 1 and 2, 16 codes
+    multiscale = quick_result["vqvae-scales"]
+    assert multiscale["config"] == "vqvae-tiny" and tuple(multiscale["scales"]) == (1, 2)
+    assert multiscale["num_codes"] == 16
+    # the next-scale prior: the others' 12 caption positions, then 1 + 4 map positions
+    scales = quick_result["gpt-scales"]
+    assert (scales["vocab_size"], scales["context"], tuple(scales["scales"])) == (53, 17,
+                                                                                  (1, 2))
+    assert scales["train_gflop_per_step"] > flops.gpt_train_flops(
+        gpt_config("gpt-tiny", vocab_size=53, context=17), 2, 17) / 1e9
 
 
 def test_drawing_rows_count_each_kinds_passes(quick_result):
@@ -61,9 +79,11 @@ def test_drawing_rows_count_each_kinds_passes(quick_result):
     d = quick_result["drawing"]
     assert d["pictures"] == 2 and d["cfg_scale"] == 1.5
     rows = [(r["kind"], r["steps"], r["passes"], r["forward_calls"]) for r in d["rows"]]
-    # raster: 4 codes in 4 passes, twice for guidance's stream; masked: a pass per step
-    assert rows == [("raster", None, 4, 8), ("masked", 2, 2, 2), ("masked", 4, 4, 4)]
-    assert [r["positions"] for r in d["rows"][1:]] == [2 * 2 * 16, 2 * 4 * 16]
+    # raster: 4 codes in 4 passes, twice for guidance's stream; masked: a pass per step;
+    # scales: the caption's pass, then one per map (1 x 1, 2 x 2), its rows in the same call
+    assert rows == [("raster", None, 4, 8), ("masked", 2, 2, 2), ("masked", 4, 4, 4),
+                    ("scales", None, 3, 3)]
+    assert [r["positions"] for r in d["rows"][1:]] == [2 * 2 * 16, 2 * 4 * 16, 2 * 17]
     for r in d["rows"]:
         assert r["repeats"] == 2
         assert 0 < r["ms_per_picture_min"] <= r["ms_per_picture"] <= r["ms_per_picture_max"]
@@ -74,12 +94,14 @@ def test_table_formats(quick_result):
     for word in ("sgemm", "train step", "encode", "sample", "peak RSS",
                  "vqvae-gan (vqvae-tiny) train step", "D of 8 channels",
                  "gpt-masked (gpt-tiny) train step", "fill in 2 in 4 steps, guided",
+                 "vqvae-scales (vqvae-tiny) train step", "gpt-scales (gpt-tiny) train step",
+                 "maps 1,2",
                  "drawing 2 pictures of one caption, guided (cfg 1.5)"):
         assert word in table
-    rows = [line.split() for line in table.splitlines() if line.startswith("  raster")
-            or line.startswith("  masked")]
+    rows = [line.split() for line in table.splitlines()
+            if line.startswith(("  raster", "  masked", "  scales "))]
     assert [r[:4] for r in rows] == [["raster", "-", "4", "8"], ["masked", "2", "2", "2"],
-                                     ["masked", "4", "4", "4"]]
+                                     ["masked", "4", "4", "4"], ["scales", "-", "3", "3"]]
 
 
 def test_json_output_parses_and_only_filters(capsys):
@@ -96,8 +118,8 @@ def test_only_drawing_prints_its_table_alone(capsys):
     table = capsys.readouterr().out
     assert "drawing 2 pictures" in table and "train step" not in table
     assert [line.split()[0] for line in table.splitlines()
-            if line.startswith("  r") or line.startswith("  m")] == ["raster", "masked",
-                                                                    "masked"]
+            if line.startswith(("  raster", "  masked", "  scales "))] == [
+        "raster", "masked", "masked", "scales"]
 
 
 def test_time_in_turn_warms_each_up_then_times_one_of_each_per_round():
@@ -117,6 +139,8 @@ def test_only_accepts_lists_and_keeps_order():
     assert bench.parse_only("vqvae-gan,vqvae-ref") == ["vqvae-ref", "vqvae-gan"]
     assert bench.parse_only("drawing,gpt-masked,gpt-ref") == ["gpt-ref", "gpt-masked",
                                                               "drawing"]
+    assert bench.parse_only("gpt-scales,vqvae-scales,gpt-masked") == [
+        "vqvae-scales", "gpt-masked", "gpt-scales"]
 
 
 def test_in_process_run_works():
@@ -200,34 +224,102 @@ def test_discriminator_and_adversarial_step_flops_by_hand():
         32 * flops.vqvae_gan_train_flops("vqvae-ref", 64, 1)
 
 
+def test_multiscale_tokenizer_flops_by_hand():
+    """vqvae-ref with maps 1, 2, 3, 4, 5, 6, 8 of 256 codes: 155 lookups a picture, each
+    against its map's 256 codes of 64, and phi (64 -> 64, 3x3 on 8x8) once per map; in
+    training phi three times (forward, dx, dw), the lookups once."""
+    config = bench.multiscale_tokenizer_config(bench.FULL)
+    assert (config.name, config.num_codes, config.scales) == ("vqvae-ref", 256,
+                                                              (1, 2, 3, 4, 5, 6, 8))
+    lookup = 2 * 155 * 64 * 256
+    phi = 7 * 2 * 64 * 64 * 64 * 9
+    assert flops.quantizer_flops(config, 1) == {"lookup": lookup, "phi": phi}
+    assert flops.quantizer_flops("vqvae-ref", 1) == {"lookup": 2 * 64 * 64 * 512, "phi": 0}
+    ref, f = flops.vqvae_flops("vqvae-ref", 1), flops.vqvae_flops(config, 1)
+    assert f == {"encoder": ref["encoder"], "vq": lookup + phi, "decoder": ref["decoder"]}
+    first_layer_dx = 2 * 256 * 64 * 3 * 16
+    assert flops.vqvae_train_flops(config, 2) == 2 * (
+        3 * (ref["encoder"] + ref["decoder"] + phi) - first_layer_dx + lookup)
+
+
+def test_next_scale_prior_flops_by_hand():
+    """gpt-ref at context 171 (16 + 155), its maps' projection 64 -> 128 forward and dw on
+    the 155 image positions, and the teacher-forced inputs' phi for maps 1 .. 6 (forward)."""
+    _, config, _ = bench.shapes_prior(bench.FULL, "scales")
+    per_picture = (flops.gpt_train_flops(config, 1, 171) + 2 * 2 * 155 * 64 * 128
+                   + 6 * 2 * 64 * 64 * 64 * 9)
+    assert flops.scales_train_flops(config, 64, 1) == per_picture
+    assert flops.scales_train_flops(config, 64, 32) == 32 * per_picture
+
+
+# ---------------------------------------------------------------- the next-scale prior's workload
+
+def test_the_next_scale_prior_of_the_bench_is_the_shipped_ones_shape():
+    """gpt-ref over the shapes vocabulary (293 ids), the others' caption part (16 positions)
+    before maps 1, 2, 3, 4, 5, 6, 8 (155): context 171, carrying a multi-scale tokenizer's
+    quantizer of the shipped one's shapes; a raster or masked prior reads 80."""
+    params, config, vocab = bench.shapes_prior(bench.FULL, "scales")
+    assert (config.name, config.vocab_size, config.context) == ("gpt-ref", 293, 171)
+    assert config.scales == (1, 2, 3, 4, 5, 6, 8)
+    assert params["quant.codebook"].shape == (7, 256, 64)
+    assert params["quant.phi.w"].shape == (64, 64, 3, 3)
+    assert params["quant.phi.b"].shape == (64,)
+    assert params["scales.proj.w"].shape == (64, 128) and params["gpt.wpe"].shape == (171, 128)
+    for kind, vocab_size in (("raster", 293), ("masked", 294)):
+        _, other, _ = bench.shapes_prior(bench.FULL, kind)
+        assert (other.context, other.vocab_size, other.scales) == (80, vocab_size, ())
+
+
+def test_a_prior_training_step_updates_all_but_the_carried_quantizer():
+    """prior_train_step on a next-scale prior: every trained parameter moves, the carried
+    quantizer (never trained) stays as it was, bit for bit."""
+    import numpy as np
+    sizes = dict(bench.QUICK, shapes_grid=4, gpt_T=28)
+    params, config, _ = bench.shapes_prior(sizes, "scales", seed=1)
+    before = {k: np.array(v) for k, v in params.items()}
+    ids, targets = bench.scales_example_batch(sizes, config, seed=2)
+    assert ids.shape == targets.shape == (sizes["gpt_batch"], config.context)
+    loss = bench.prior_train_step(params, config, ids, targets, "scales")()
+    assert np.isfinite(loss) and loss > 0
+    for k, v in params.items():
+        moved = not np.array_equal(v, before[k])
+        assert moved == (not k.startswith("quant.")), k
+
+
 
 # ---------------------------------------------------------------- the drawings' work, counted
 
 def counting_model_calls(monkeypatch):
-    """Every gpt_forward call of both samplers, as (rows, positions) of its ids."""
-    from tinytok.prior import masked, sample
+    """Every call of the model by the three samplers, as (rows, positions): gpt_forward's
+    ids (raster, masked), trunk_forward's embedded inputs (the next-scale prior)."""
+    from tinytok.prior import masked, sample, scales
     calls = []
-    for module in (sample, masked):
-        def counted(ids, *args, _forward=module.gpt_forward, **kwargs):
-            calls.append(tuple(ids.shape))
-            return _forward(ids, *args, **kwargs)
-        monkeypatch.setattr(module, "gpt_forward", counted)
+    for module, name in ((sample, "gpt_forward"), (masked, "gpt_forward"),
+                         (scales, "trunk_forward")):
+        def counted(x, *args, _forward=getattr(module, name), **kwargs):
+            calls.append(tuple(x.shape[:2]))
+            return _forward(x, *args, **kwargs)
+        monkeypatch.setattr(module, name, counted)
     return calls
 
 
 @pytest.mark.parametrize("kind, grid, steps", [("raster", 2, None), ("raster", 4, None),
                                                ("masked", 4, 4), ("masked", 4, 16),
-                                               ("masked", 2, 20)])
+                                               ("masked", 2, 20), ("scales", 2, None),
+                                               ("scales", 4, None)])
 def test_drawing_work_is_what_the_samplers_run(monkeypatch, kind, grid, steps):
     """drawing_work's counts against the model's calls while drawing: a masked prior with
-    more steps than codes (20 for 4) stops when the grid is full."""
+    more steps than codes (20 for 4) stops when the grid is full; a next-scale prior runs
+    its caption, then each map (1, 2 or 1, 2, 3, 4)."""
     sizes = dict(bench.QUICK, shapes_grid=grid, gpt_T=28, draw_n=3)
     sample, work = bench.drawing(sizes, kind, steps)
     calls = counting_model_calls(monkeypatch)
     codes = sample()
-    assert codes.shape == (3, grid, grid) and (codes >= 0).all()
+    scales = (1, 2) if grid == 2 else (1, 2, 3, 4)
+    ids_shape = (sum(s * s for s in scales),) if kind == "scales" else (grid, grid)
+    assert codes.shape == (3, *ids_shape) and (codes >= 0).all()
     n = sizes["draw_n"]
-    # guidance's rows: a stream of calls of their own (raster), or beside the others (masked)
+    # guidance's rows: a stream of calls of their own (raster), or beside the others
     streams, rows = (2, n) if kind == "raster" else (1, 2 * n)
     assert work["forward_calls"] == len(calls)
     assert work["passes"] == len(calls) // streams
@@ -235,6 +327,9 @@ def test_drawing_work_is_what_the_samplers_run(monkeypatch, kind, grid, steps):
     assert work["positions"] == sum(b * t for b, t in calls) / n
     if kind == "masked":
         assert work["passes"] == min(steps, grid * grid)
+    if kind == "scales":
+        caption = 28 - grid * grid                     # the others' <bos> .. <image>
+        assert [t for _, t in calls] == [caption] + [s * s for s in scales]
 
 
 def test_torch_peer_compares_the_parts_with_a_peer():
@@ -245,8 +340,15 @@ def test_torch_peer_compares_the_parts_with_a_peer():
     import torch_peer
     assert torch_peer.peer_parts(None) == list(torch_peer.PARTS)
     assert "gpt-masked" in torch_peer.PARTS and "drawing" not in torch_peer.PARTS
+    assert {"vqvae-scales", "gpt-scales"} <= set(torch_peer.PARTS)
     assert torch_peer.peer_parts("gpt-masked") == ["gpt-masked"]
     with pytest.raises(SystemExit, match="no torch peer for drawing"):
         torch_peer.peer_parts(["gpt-masked,drawing"])
     labels = [m[0] for m in torch_peer.measurements("gpt-masked", bench.QUICK)]
     assert labels == ["masked train step"]
+    assert [m[0] for m in torch_peer.measurements("vqvae-scales", bench.QUICK)] == [
+        "multi-scale train step", "multi-scale encode 8"]
+    (label, key, runners, units, unit), = torch_peer.measurements("gpt-scales", bench.QUICK)
+    assert (label, key, list(runners), units, unit) == (
+        "next-scale train step", "scales_train", ["tinytok", "torch-sdpa", "torch-explicit"],
+        2 * 17, "tokens")

@@ -402,7 +402,7 @@ def test_the_masked_prior_loss_and_gradients_match_torch(peer):
 
     P = peer.as_torch(params)
     t_ids, t_targets = torch.from_numpy(ids), torch.from_numpy(targets)
-    t_logits = peer.gpt_logits(t_ids, P, config, sdpa=False, full=True)
+    t_logits = peer.gpt_logits(t_ids, P, config, sdpa=False, mask="full")
     t_loss = peer.masked_loss(t_ids, t_targets, P, config, sdpa=True)
     t_grads = torch.autograd.grad(t_loss, list(P.values()))
     assert loss.dtype == cache.logits.dtype == np.float32
@@ -412,6 +412,85 @@ def test_the_masked_prior_loss_and_gradients_match_torch(peer):
         close_to(grads[k], tg, k)
     causal = gpt_loss_forward(ids, targets, params, config)[1].logits   # far beyond rounding
     assert np.abs(causal - cache.logits).max() > 100 * 1e-4 * np.abs(cache.logits).max()
+
+
+# ---------------------------------------------------------------- the next-scale prior (VAR)
+
+# gpt-tiny over the shapes vocabulary of 16 codes, maps 1, 2, 3, 4 of a 4 x 4 grid (30
+# positions) after the masked prior's 12 caption positions: context 42; vqvae-tiny's
+# quantizer (D = 16) carried.
+SCALES_SIZES = dict(MASKED_SIZES, vqvae="vqvae-tiny")
+
+
+def as_float64(params):
+    return {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+
+
+def test_the_next_scale_prior_loss_and_gradients_match_torch(peer):
+    """scales_loss_forward / scales_loss_backward against the peer's torch model by
+    autograd, in float64: the maps' inputs from the running sums of the carried quantizer
+    (area down, bilinear up, phi; no gradient), projected, plus level and position
+    embeddings, the block-causal mask as sdpa's boolean attn_mask (and the explicit
+    softmax's), cross-entropy on every map's codes. The logits, the loss and every
+    trained parameter's gradient; none for the carried quantizer. The same batch read with
+    a causal mask gives other logits: the mask is part of what is compared."""
+    from tinytok import bench
+    from tinytok.prior.scales import (CARRIED, caption_positions, scales_forward,
+                                      scales_loss_backward, scales_loss_forward)
+    params, config, _ = bench.shapes_prior(SCALES_SIZES, "scales", seed=2)
+    params = as_float64(params)
+    ids, targets = bench.scales_example_batch(SCALES_SIZES, config, seed=3)
+    P_ = caption_positions(config)
+    assert (config.context, P_, config.scales) == (42, 12, (1, 2, 3, 4))
+    assert (targets[:, :P_] == -1).all() and (targets[:, P_:] == ids[:, P_:]).all()
+    loss, cache = scales_loss_forward(ids, targets, params, config)
+    grads = {k: np.zeros_like(v) for k, v in params.items()}
+    scales_loss_backward(cache, grads, config)
+
+    P = peer.as_torch(params)
+    for k in CARRIED:
+        P[k].requires_grad_(False)
+    trained = [k for k in P if k not in CARRIED]
+    t_ids, t_targets = torch.from_numpy(ids), torch.from_numpy(targets)
+    t_logits = peer.scales_logits(t_ids, P, config, sdpa=False)
+    t_loss = peer.scales_loss(t_ids, t_targets, P, config, sdpa=True)
+    t_grads = torch.autograd.grad(t_loss, [P[k] for k in trained])
+    assert loss.dtype == cache.logits.dtype == np.float64
+    close_to(cache.logits, t_logits, "logits", rel=1e-10)
+    assert float(loss) == pytest.approx(t_loss.item(), rel=1e-12)
+    for k, tg in zip(trained, t_grads):
+        close_to(grads[k], tg, k, rel=1e-10)
+    assert all(not grads[k].any() for k in CARRIED)
+    causal = scales_forward(ids, params, config, mask="causal")[0]
+    assert np.abs(causal - cache.logits).max() > 1e-3 * np.abs(cache.logits).max()
+
+
+def test_the_multiscale_tokenizer_step_matches_torch(peer):
+    """One training step's loss and gradients of the multi-scale tokenizer (the bench's
+    vqvae-scales: encoder, VAR's quantizer, decoder) against the peer's by autograd, in
+    float64: the same maps chosen, the loss (reconstruction and the running sums' terms)
+    and every parameter's gradient (phi's and the codebooks' through the straight-through
+    estimator and the sums' loss)."""
+    from tinytok import bench
+    from tinytok.tokenizer.vqvae import init_tokenizer_params, tokenizer_backward, \
+        tokenizer_forward
+    config = bench.multiscale_tokenizer_config(SCALES_SIZES)
+    assert (config.image_size, config.scales, config.num_codes) == (16, (1, 2, 3, 4), 16)
+    params = as_float64(init_tokenizer_params(config, seed=4))
+    x = np.random.default_rng(5).uniform(-0.5, 0.5, (3, 3, 16, 16))
+    out, cache = tokenizer_forward(x, params, config)
+    grads = {k: np.zeros_like(v) for k, v in params.items()}
+    tokenizer_backward(cache, grads, config, image_grad=False)
+
+    P = peer.as_torch(params)
+    tx = torch.from_numpy(x)
+    t_loss = peer.vqvae_loss(tx, P, config)
+    t_grads = torch.autograd.grad(t_loss, list(P.values()))
+    np.testing.assert_array_equal(out["ids"], peer.encode_ids(tx, P, config).numpy())
+    assert out["loss"].dtype == np.float64
+    assert float(out["loss"]) == pytest.approx(t_loss.item(), rel=1e-12)
+    for (k, _), tg in zip(P.items(), t_grads):
+        close_to(grads[k], tg, k, rel=1e-10)
 
 
 # ---------------------------------------------------------------- resizing

@@ -2,8 +2,8 @@
 
     python tests/peers/torch_peer.py [--json] [--only NAME] [--quick] [--no-rss]
 
-NAME: sgemm, vqvae-ref, vqvae-gan, gpt-ref, gpt-masked (the bench's parts that have a peer;
-comma-separated or repeated).
+NAME: sgemm, vqvae-ref, vqvae-scales, vqvae-gan, gpt-ref, gpt-masked, gpt-scales (the
+bench's parts that have a peer; comma-separated or repeated).
 
 Not a test (pytest does not collect this file): it is how the ratios tinytok / torch are
 measured honestly. Both run in this one process, on the same machine, with the same models,
@@ -14,7 +14,10 @@ Peak resident memory cannot be split inside one process, so (unless --no-rss) ea
 run once more, alone, in a fresh process for each library, with its import baseline.
 
 The torch models are written functionally on the same flat param dict: vqvae-ref layer
-for layer as tinytok.tokenizer.vqvae builds it, with a straight-through VQ; vqvae-gan the
+for layer as tinytok.tokenizer.vqvae builds it, with a straight-through VQ; vqvae-scales the
+same with VAR's multi-scale quantizer (tinytok.tokenizer.multiscale: area down, nearest
+code, bilinear up, phi mixed in half and half, straight-through, the running sums' loss;
+F.interpolate with mode="area" and mode="bilinear", align_corners=False); vqvae-gan the
 same against the patch discriminator (tinytok.tokenizer.discriminator), VQGAN's step as
 taming-transformers writes it (the adaptive weight by torch.autograd.grad at the decoder's
 last weight, calculate_adaptive_weight; two optimizers; tinytok's feature-matching term
@@ -23,8 +26,13 @@ nanoGPT-style with the head tied to the token embedding, attention explicit (mas
 F.scaled_dot_product_attention ("sdpa"); gpt-masked the same model with full attention (no
 mask) over the masked prior's batch (tinytok.bench.masked_example_batch: the same ids and
 targets), cross-entropy on the masked image tokens only (every other target -1, ignored),
-as MaskGIT trains. Optimizer: torch.optim.AdamW with its defaults
-(lr 3e-4; weight decay 0.1 on matrices for gpt, none for vqvae, as tinytok's bench).
+as MaskGIT trains; gpt-scales the next-scale prior (tinytok.prior.scales: the caption's
+embeddings, then each map's inputs made without gradient from the running sums of the
+coarser maps by the carried quantizer, projected, plus level and position embeddings;
+the block-causal mask as a boolean attn_mask) on its batch
+(tinytok.bench.scales_example_batch), the carried quantizer not trained. Optimizer:
+torch.optim.AdamW with its defaults (lr 3e-4; weight decay 0.1 on matrices for gpt, none
+for vqvae, as tinytok's bench).
 """
 import argparse
 import json
@@ -42,13 +50,17 @@ import torch.nn.functional as F
 from tinytok import backend, bench, parallel
 from tinytok.errors import ConfigError
 from tinytok.prior.gpt import gpt_config, gpt_loss_forward, init_gpt_params
+from tinytok.prior.kinds import PRIOR_KINDS
+from tinytok.prior.scales import scales_loss_forward
 from tinytok.tokenizer.discriminator import (DiscriminatorConfig, init_discriminator_params,
                                              is_discriminator_param)
+from tinytok.tokenizer.multiscale import PHI_MIX
 from tinytok.tokenizer.vqvae import init_tokenizer_params, tokenizer_config, tokenizer_forward
 from tinytok.training.adversarial import adversarial_grads
 
 torch.set_num_threads(2)
-PARTS = ("sgemm", "vqvae-ref", "vqvae-gan", "gpt-ref", "gpt-masked")   # those with a peer
+PARTS = ("sgemm", "vqvae-ref", "vqvae-scales", "vqvae-gan", "gpt-ref", "gpt-masked",
+         "gpt-scales")                                                   # those with a peer
 
 
 def as_torch(params):
@@ -95,9 +107,67 @@ def vq(z, codebook, beta):
     return z + (e - z).detach(), loss                                # straight-through
 
 
+def quantize(z, P, c):
+    """(z_q, loss): the config's quantizer, VQ or the multi-scale one."""
+    if c.quantizer == "scales":
+        return multiscale(z, P, c.scales, c.beta)[:2]
+    return vq(z, P["quant.codebook"], c.beta)
+
+
 def vqvae_loss(x, P, c):
-    z_q, vq_loss = vq(encoder(x, P, c), P["quant.codebook"], c.beta)
+    z_q, vq_loss = quantize(encoder(x, P, c), P, c)
     return F.mse_loss(decoder(z_q, P, c), x) + vq_loss
+
+
+def encode_ids(x, P, c):
+    """Pictures (N, 3, S, S) -> ids: (N*g*g,) nearest codes, or (N, L) the maps in a row."""
+    z = encoder(x, P, c)
+    if c.quantizer == "scales":
+        return torch.cat(climb(P, c.scales, len(z), z.shape[-1], f=z)[1], 1)
+    return nearest(z, P["quant.codebook"])
+
+
+# ---------------------------------------------------------------- the multi-scale quantizer
+
+def area(x, size):
+    """x (N, D, h, h) averaged down to size x size (the identity at its own size)."""
+    return x if x.shape[-1] == size else F.interpolate(x, size=(size, size), mode="area")
+
+
+def up_and_mix(e, P, g, mix=PHI_MIX):
+    """A map's codes e (N, D, s, s) -> h (N, D, g, g): bilinearly up to g, then
+    (1 - mix) u + mix phi(u), phi the 3x3 convolution quant.phi."""
+    u = e if e.shape[-1] == g else F.interpolate(e, size=(g, g), mode="bilinear",
+                                                 align_corners=False)
+    return (1 - mix) * u + mix * F.conv2d(u, P["quant.phi.w"], P["quant.phi.b"], padding=1)
+
+
+def climb(P, scales, N, g, f=None, maps=None):
+    """The maps coarse to fine -> (the running sums f_hat_k (N, D, g, g), the ids (N, s_k^2)
+    per map). Encoding (f given): each map's codes are the nearest to what is left of f,
+    averaged down (no gradient in the lookup). Decoding (maps given, (N, s_k^2) each, the
+    first k): those codes."""
+    book = P["quant.codebook"]
+    f_hat = torch.zeros(N, book.shape[-1], g, g, dtype=book.dtype)
+    sums, ids = [], []
+    for k, s in enumerate(scales if maps is None else scales[:len(maps)]):
+        codes = book[k] if book.dim() == 3 else book
+        idx = (nearest(area(f.detach() - f_hat.detach(), s), codes) if maps is None
+               else maps[k].reshape(-1))
+        f_hat = f_hat + up_and_mix(codes[idx].view(N, s, s, -1).permute(0, 3, 1, 2), P, g)
+        sums.append(f_hat)
+        ids.append(idx.view(N, -1))
+    return sums, ids
+
+
+def multiscale(z, P, scales, beta):
+    """VAR's quantizer on z (N, D, g, g) -> (z + sg(f_hat - z): f_hat forward, the
+    decoder's gradient straight to z; the loss (1/K) sum_k [mse(f_hat_k, sg z) + beta
+    mse(sg f_hat_k, z)]; the ids (N, L))."""
+    sums, ids = climb(P, scales, len(z), z.shape[-1], f=z)
+    f = z.detach()
+    loss = sum(F.mse_loss(s, f) + beta * F.mse_loss(s.detach(), z) for s in sums) / len(sums)
+    return z + (sums[-1] - z).detach(), loss, torch.cat(ids, 1)
 
 
 # ---------------------------------------------------------------- vqvae-gan in torch
@@ -184,39 +254,49 @@ def torch_vqvae_gan_train(sizes):
 
 # ---------------------------------------------------------------- gpt-ref in torch
 
-def attention(x, P, name, n_head, sdpa, kv=None, layer=0, full=False):
-    """Causal self-attention, or with full=True every position seeing every other."""
+def attention(x, P, name, n_head, sdpa, kv=None, layer=0, mask="causal"):
+    """Self-attention: mask "causal", "full" (every position sees every other) or a boolean
+    (T, T) tensor, True where a position may attend (sdpa's attn_mask)."""
     B, T, C = x.shape
     q, k, v = F.linear(x, P[name + ".w_qkv"].t(), P[name + ".b_qkv"]).split(C, dim=-1)
     q, k, v = (t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in (q, k, v))
-    causal = not full
+    given = None if isinstance(mask, str) else mask
+    causal = isinstance(mask, str) and mask == "causal"
     if kv is not None:                                               # append, read the prefix
         L = kv["length"]
         kv["k"][layer][:, :, L:L + T] = k
         kv["v"][layer][:, :, L:L + T] = v
         k, v = kv["k"][layer][:, :, :L + T], kv["v"][layer][:, :, :L + T]
         causal = causal and T > 1                                    # one new token sees all
-        assert T == 1 or L == 0
+        assert (T == 1 or L == 0) and given is None
     if sdpa:
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=given, is_causal=causal)
     else:
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(C // n_head))
-        if causal:
-            att = att.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+        hidden = ~given if given is not None else (
+            torch.ones(T, T, dtype=torch.bool).triu(1) if causal else None)
+        if hidden is not None:
+            att = att.masked_fill(hidden, float("-inf"))
         y = F.softmax(att, dim=-1) @ v
     return F.linear(y.transpose(1, 2).reshape(B, T, C), P[name + ".w_proj"].t(),
                     P[name + ".b_proj"])
 
 
-def gpt_logits(ids, P, c, sdpa=True, kv=None, full=False):
-    B, T = ids.shape
+def gpt_logits(ids, P, c, sdpa=True, kv=None, mask="causal"):
+    """ids (B, T) -> logits (B, T, V): token and position embeddings, then trunk_logits."""
     L = kv["length"] if kv is not None else 0
-    C = c.n_embd
-    x = F.embedding(ids, P["gpt.wte"]) + P["gpt.wpe"][L:L + T]
+    x = F.embedding(ids, P["gpt.wte"]) + P["gpt.wpe"][L:L + ids.shape[1]]
+    return trunk_logits(x, P, c, sdpa, kv, mask)
+
+
+def trunk_logits(x, P, c, sdpa=True, kv=None, mask="causal"):
+    """Embedded inputs x (B, T, C) -> logits (B, T, V): the blocks, ln_f, the tied head."""
+    T, C = x.shape[1], c.n_embd
+    L = kv["length"] if kv is not None else 0
     for i in range(c.n_layer):
         h = f"gpt.h{i}"
         a = F.layer_norm(x, (C,), P[h + ".ln1.g"], P[h + ".ln1.b"])
-        x = x + attention(a, P, h + ".attn", c.n_head, sdpa, kv, i, full)
+        x = x + attention(a, P, h + ".attn", c.n_head, sdpa, kv, i, mask)
         m = F.layer_norm(x, (C,), P[h + ".ln2.g"], P[h + ".ln2.b"])
         m = F.gelu(F.linear(m, P[h + ".mlp.fc.w"].t(), P[h + ".mlp.fc.b"]), approximate="tanh")
         x = x + F.linear(m, P[h + ".mlp.proj.w"].t(), P[h + ".mlp.proj.b"])
@@ -224,6 +304,60 @@ def gpt_logits(ids, P, c, sdpa=True, kv=None, full=False):
         kv["length"] = L + T
     x = F.layer_norm(x, (C,), P["gpt.ln_f.g"], P["gpt.ln_f.b"])
     return F.linear(x, P["gpt.wte"])                                 # tied head
+
+
+# ---------------------------------------------------------------- the next-scale prior
+
+def map_sizes(scales):
+    return torch.tensor([s * s for s in scales])
+
+
+def map_levels(scales):
+    """(L,): the map (0 .. K - 1) of each image position."""
+    return torch.repeat_interleave(torch.arange(len(scales)), map_sizes(scales))
+
+
+def map_inputs(codes, P, scales):
+    """codes (N, L), the maps in a row -> (N, L, D), no gradient: zeros for the first map,
+    then for map k + 1 the running sum after maps 1 .. k averaged down to its size, a row
+    per cell (row-major)."""
+    N, g = len(codes), scales[-1]
+    maps = codes.split(map_sizes(scales).tolist(), dim=1)[:-1]      # the last is read by none
+    with torch.no_grad():
+        sums, _ = climb(P, scales, N, g, maps=maps)
+        first = torch.zeros(N, scales[0] ** 2, P["quant.codebook"].shape[-1],
+                            dtype=P["quant.codebook"].dtype)
+        return torch.cat([first] + [area(s, size).flatten(2).transpose(1, 2)
+                                    for s, size in zip(sums, scales[1:])], 1)
+
+
+def block_causal_mask(c, n_caption):
+    """(T, T) boolean, True = may attend: a position sees its own map and every coarser one;
+    the caption (map -1) sees itself."""
+    groups = torch.cat([torch.full((n_caption,), -1), map_levels(c.scales)])
+    return groups[None, :] <= groups[:, None]
+
+
+def scales_logits(ids, P, c, sdpa=True):
+    """ids (B, context): the caption part, then the maps' codes as ids -> logits (B, T, V).
+    The caption is embedded as tokens; each map position reads its map_inputs row projected
+    (scales.proj) plus its map's level embedding; then the positions' and the trunk with
+    the block-causal mask."""
+    n_caption = c.context - int(map_sizes(c.scales).sum())
+    offset = c.vocab_size - P["quant.codebook"].shape[-2]            # the id of code 0
+    inputs = map_inputs(ids[:, n_caption:] - offset, P, c.scales)
+    maps = (F.linear(inputs, P["scales.proj.w"].t(), P["scales.proj.b"])
+            + P["scales.level"][map_levels(c.scales)])
+    x = torch.cat([F.embedding(ids[:, :n_caption], P["gpt.wte"]), maps], 1) + P["gpt.wpe"]
+    return trunk_logits(x, P, c, sdpa, mask=block_causal_mask(c, n_caption))
+
+
+def scales_loss(ids, targets, P, c, sdpa=True):
+    """The next-scale prior's loss: the mean cross-entropy over targets != -1 (every map's
+    codes)."""
+    B, T = ids.shape
+    return F.cross_entropy(scales_logits(ids, P, c, sdpa).view(B * T, -1), targets.view(-1),
+                           ignore_index=-1)
 
 
 # ---------------------------------------------------------------- the torch closures
@@ -245,23 +379,24 @@ def train_step_fn(P, loss_fn, decay):
     return step
 
 
-def torch_vqvae_train(sizes):
-    c = tokenizer_config(sizes["vqvae"])
+def torch_vqvae_train(sizes, config=None):
+    """One tokenizer step: config (default sizes["vqvae"]) as tinytok's bench has it."""
+    c = tokenizer_config(config or sizes["vqvae"])
     P = as_torch(init_tokenizer_params(c))
     x = torch.from_numpy(backend.rng(0).uniform(-0.5, 0.5, (sizes["vq_batch"], 3, c.image_size,
                                                            c.image_size)).astype(np.float32))
     return train_step_fn(P, lambda: vqvae_loss(x, P, c), 0.0)
 
 
-def torch_vqvae_encode(sizes):
-    c = tokenizer_config(sizes["vqvae"])
+def torch_vqvae_encode(sizes, config=None):
+    c = tokenizer_config(config or sizes["vqvae"])
     P = {k: v.detach() for k, v in as_torch(init_tokenizer_params(c)).items()}
     x = torch.from_numpy(backend.rng(0).uniform(
         -0.5, 0.5, (sizes["encode_batch"], 3, c.image_size, c.image_size)).astype(np.float32))
 
     def encode():
         with torch.inference_mode():
-            return nearest(encoder(x, P, c), P["quant.codebook"])
+            return encode_ids(x, P, c)
 
     return encode
 
@@ -286,7 +421,7 @@ def masked_loss(ids, targets, P, c, sdpa=True):
     """The masked prior's loss: full attention, the mean cross-entropy over targets != -1
     (the masked image tokens)."""
     B, T = ids.shape
-    return F.cross_entropy(gpt_logits(ids, P, c, sdpa, full=True).view(B * T, -1),
+    return F.cross_entropy(gpt_logits(ids, P, c, sdpa, mask="full").view(B * T, -1),
                            targets.view(-1), ignore_index=-1)
 
 
@@ -296,6 +431,19 @@ def torch_masked_train(sizes, sdpa):
     P = as_torch(params)
     ids, targets = (torch.from_numpy(a) for a in bench.masked_example_batch(sizes))
     return train_step_fn(P, lambda: masked_loss(ids, targets, P, c, sdpa), 0.1)
+
+
+def torch_scales_train(sizes, sdpa):
+    """One next-scale prior's training step on the batch tinytok's bench step trains on;
+    AdamW on all but the carried quantizer (a constant here too)."""
+    params, c, _ = bench.shapes_prior(sizes, "scales")
+    P = as_torch(params)
+    carried = PRIOR_KINDS["scales"].carried
+    for k in carried:
+        P[k].requires_grad_(False)
+    ids, targets = (torch.from_numpy(a) for a in bench.scales_example_batch(sizes, c))
+    return train_step_fn({k: p for k, p in P.items() if k not in carried},
+                         lambda: scales_loss(ids, targets, P, c, sdpa), 0.1)
 
 
 def torch_gpt_sample(sizes, use_cache):
@@ -354,6 +502,21 @@ def measurements(part, sizes):
                 (f"vqvae encode {sizes['encode_batch']}", "vqvae_encode",
                  {tk: lambda: bench.vqvae_encode(sizes)[0],
                   tt: lambda: torch_vqvae_encode(sizes)}, sizes["encode_batch"], "images")]
+    if part == "vqvae-scales":
+        c = bench.multiscale_tokenizer_config(sizes)
+        return [("multi-scale train step", "vqvae_scales_train",
+                 {tk: lambda: bench.vqvae_train_step(sizes, config=c)[0],
+                  tt: lambda: torch_vqvae_train(sizes, c)}, sizes["vq_batch"], "images"),
+                (f"multi-scale encode {sizes['encode_batch']}", "vqvae_scales_encode",
+                 {tk: lambda: bench.vqvae_encode(sizes, config=c)[0],
+                  tt: lambda: torch_vqvae_encode(sizes, c)}, sizes["encode_batch"], "images")]
+    if part == "gpt-scales":
+        context = bench.shapes_prior(sizes, "scales")[1].context
+        return [("next-scale train step", "scales_train",
+                 {tk: lambda: bench.scales_train_step(sizes)[0],
+                  "torch-sdpa": lambda: torch_scales_train(sizes, True),
+                  "torch-explicit": lambda: torch_scales_train(sizes, False)},
+                 sizes["gpt_batch"] * context, "tokens")]
     if part == "vqvae-gan":
         return [("vqvae train step with D", "vqvae_gan",
                  {tk: lambda: bench.vqvae_gan_train_step(sizes)[0],
@@ -381,7 +544,8 @@ def measurements(part, sizes):
 # the pause before each timed run, by measurement (see interleaved): 0.3 s where tinytok
 # runs BLAS on its own threads (sgemm, and sampling: blas_threads_for_small_products)
 SETTLE_S = {"sgemm": 0.3, "vqvae_train": 0.05, "vqvae_encode": 0.05, "vqvae_gan": 0.05,
-            "gpt_train": 0.05, "masked_train": 0.05,
+            "vqvae_scales_train": 0.05, "vqvae_scales_encode": 0.05,
+            "gpt_train": 0.05, "masked_train": 0.05, "scales_train": 0.05,
             "sample_kv": 0.3, "sample_nocache": 0.3}
 
 
@@ -443,14 +607,30 @@ def same_model_check(sizes):
     with torch.no_grad():
         theirs_m = float(masked_loss(torch.from_numpy(m_ids), torch.from_numpy(m_targets),
                                      as_torch(mp), mc))
+    sc = bench.multiscale_tokenizer_config(sizes)
+    sp = init_tokenizer_params(sc)
+    xs = backend.rng(0).uniform(-0.5, 0.5, (4, 3, sc.image_size, sc.image_size)).astype(
+        np.float32)
+    ours_s = float(tokenizer_forward(xs, sp, sc)[0]["loss"])
+    with torch.no_grad():
+        theirs_s = float(vqvae_loss(torch.from_numpy(xs), as_torch(sp), sc))
+    pp, pc, _ = bench.shapes_prior(sizes, "scales")
+    p_ids, p_targets = bench.scales_example_batch(sizes, pc)
+    ours_p = float(scales_loss_forward(p_ids, p_targets, pp, pc)[0])
+    with torch.no_grad():
+        theirs_p = float(scales_loss(torch.from_numpy(p_ids), torch.from_numpy(p_targets),
+                                     as_torch(pp), pc))
     return {"vqvae_loss": [ours, theirs], "gpt_loss": [ours_g, theirs_g],
-            "gan_lambda": [ours_lam, theirs_lam], "masked_loss": [ours_m, theirs_m]}
+            "gan_lambda": [ours_lam, theirs_lam], "masked_loss": [ours_m, theirs_m],
+            "multiscale_vqvae_loss": [ours_s, theirs_s], "scales_loss": [ours_p, theirs_p]}
 
 
 # ---------------------------------------------------------------- peak RSS, one process each
 
-RSS_SECTIONS = {"vqvae-ref": ("vqvae_train", "vqvae_encode"), "vqvae-gan": ("vqvae_gan",),
-                "gpt-ref": ("gpt_train", "gpt_sample"), "gpt-masked": ("masked_train",)}
+RSS_SECTIONS = {"vqvae-ref": ("vqvae_train", "vqvae_encode"),
+                "vqvae-scales": ("vqvae_scales_train", "vqvae_scales_encode"),
+                "vqvae-gan": ("vqvae_gan",), "gpt-ref": ("gpt_train", "gpt_sample"),
+                "gpt-masked": ("masked_train",), "gpt-scales": ("scales_train",)}
 
 
 def torch_rss_child(section, quick):
@@ -459,9 +639,14 @@ def torch_rss_child(section, quick):
     sizes = bench.QUICK if quick else bench.FULL
     fns = {"vqvae_train": lambda: [torch_vqvae_train(sizes)],
            "vqvae_encode": lambda: [torch_vqvae_encode(sizes)],
+           "vqvae_scales_train": lambda: [torch_vqvae_train(
+               sizes, bench.multiscale_tokenizer_config(sizes))],
+           "vqvae_scales_encode": lambda: [torch_vqvae_encode(
+               sizes, bench.multiscale_tokenizer_config(sizes))],
            "vqvae_gan": lambda: [torch_vqvae_gan_train(sizes)],
            "gpt_train": lambda: [torch_gpt_train(sizes, True)],
            "masked_train": lambda: [torch_masked_train(sizes, True)],
+           "scales_train": lambda: [torch_scales_train(sizes, True)],
            "gpt_sample": lambda: [torch_gpt_sample(sizes, True),
                                   torch_gpt_sample(sizes, False)]}[section]()
     for fn in fns:
@@ -474,9 +659,12 @@ def rss_table(parts, quick):
     rows = {}
     tk_sections = {"vqvae_train": ("vqvae-ref", "train_step"),
                    "vqvae_encode": ("vqvae-ref", "encode"),
+                   "vqvae_scales_train": ("vqvae-scales", "train_step"),
+                   "vqvae_scales_encode": ("vqvae-scales", "encode"),
                    "vqvae_gan": ("vqvae-gan", "train_step"),
                    "gpt_train": ("gpt-ref", "train_step"), "gpt_sample": ("gpt-ref", "sample"),
-                   "masked_train": ("gpt-masked", "train_step")}
+                   "masked_train": ("gpt-masked", "train_step"),
+                   "scales_train": ("gpt-scales", "train_step")}
     for part in parts:
         for section in RSS_SECTIONS.get(part, ()):
             p, s = tk_sections[section]
@@ -571,7 +759,7 @@ def table(out):
     if "peak_rss_mb" in out:
         lines.append("peak RSS MB, one fresh process per section (import baseline in brackets):")
         for section, r in out["peak_rss_mb"].items():
-            lines.append(f"  {section:<14} tinytok {r['tinytok']['peak_rss_mb']:6.0f} "
+            lines.append(f"  {section:<20} tinytok {r['tinytok']['peak_rss_mb']:6.0f} "
                          f"({r['tinytok']['import_rss_mb']:.0f})   torch "
                          f"{r['torch']['peak_rss_mb']:6.0f} ({r['torch']['import_rss_mb']:.0f})")
     return "\n".join(lines)

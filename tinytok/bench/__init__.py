@@ -9,6 +9,9 @@ Parts (``--only`` picks some, comma-separated or repeated):
 * ``vqvae-ref``: one training step at batch 32 (zero grads, forward, backward,
   clip_grad_norm(1.0), adamw_step, as a training loop does it), and encoding (image to ids:
   encoder forward plus the nearest codes) at batch 256.
+* ``vqvae-scales``: the same two on the multi-scale tokenizer (VAR's maps,
+  tinytok.tokenizer.multiscale): vqvae-ref with quantizer "scales", maps 1, 2, 3, 4, 5, 6,
+  8 of 256 codes each (as the shipped shapes_scales_tokenizer.npz), the same batches.
 * ``vqvae-gan``: one adversarial training step of vqvae-ref at batch 32 against a patch
   discriminator of 64 channels (VQGAN, tinytok.training.adversarial: both models'
   gradients in two passes, the adaptive weight, then each model clipped and updated by its
@@ -19,14 +22,20 @@ Parts (``--only`` picks some, comma-separated or repeated):
   vocabulary and its <mask> (294 ids), one training step at batch 32 x context 80 on a
   masked_batch (full attention, the loss on the masked image tokens), and filling in 16
   pictures of one caption in the default 8 steps, guided (sample_masked_codes).
+* ``gpt-scales``: the next-scale prior (VAR, tinytok.prior.scales): gpt-ref over the shapes
+  vocabulary, the caption's 16 positions then the maps' 155 (context 171), carrying a
+  fresh multi-scale tokenizer's quantizer; one training step at batch 32 on a scales_batch
+  of random maps under one caption (block-causal attention, the loss on every map's codes,
+  AdamW on all but the carried quantizer).
 * ``drawing``: the raster prior (its KV cache) against the masked one at 4, 8, 12 and 16
-  steps, 16 pictures of one caption, guided as Pipeline.generate_codes draws them (no
-  reranking): per picture, the model's passes one after another, its forward calls
-  (guidance's rows: a second stream for raster, in the same calls for masked), the token
-  positions it runs, and the milliseconds. All in one process, timed in turn (a round
-  times each drawing once, so a machine's changing load weighs on all alike); fresh
-  weights, as the work does not depend on them (a raster drawing writes exactly 64 codes,
-  a masked one takes exactly its steps).
+  steps and the next-scale one (a map a pass, its KV cache), 16 pictures of one caption,
+  guided as Pipeline.generate_codes draws them (no reranking): per picture, the model's
+  passes one after another, its forward calls (guidance's rows: a second stream for
+  raster, in the same calls for masked and scales), the token positions it runs, and the
+  milliseconds. All in one process, timed in turn (a round times each drawing once, so a
+  machine's changing load weighs on all alike); fresh weights, as the work does not depend
+  on them (a raster drawing writes exactly 64 codes, a masked one takes exactly its steps,
+  a next-scale one a pass for the caption and one for each of its 7 maps).
 
 How it measures. Each timing is warm-up runs, then the median (and min, max) of repeated
 runs, read with ``time.perf_counter`` after synchronising the device (a no-op on NumPy).
@@ -41,13 +50,19 @@ leaves BLAS its own threads). ``sgemm`` keeps BLAS on all its threads: it is the
 How FLOPs are counted. A multiply-add is 2 FLOPs. Counted: convolutions
 (2*N*Ho*Wo*F*C*kh*kw), transposed convolutions (2*N*H*W*C*F*kh*kw, over the input pixels),
 linear layers (2*M*in*out), the two attention products (QK^T and att@V, 2*B*T*T*C each, the
-whole T x T square, of which the raster prior's causal mask hides half and the masked
-prior's full attention nothing), the tied head, and the VQ distance
-product (2*M*K*D). Element-wise ops, norms, softmax and the optimizer are not counted.
+whole T x T square, of which the raster prior's causal mask hides half, the next-scale
+prior's block-causal one a little less and the masked prior's full attention nothing), the
+tied head, and the VQ distance product (2*M*K*D; the multi-scale quantizer's over every
+map's cells, and its phi, a 3x3 convolution, once per map). Element-wise ops, norms,
+softmax, the resizes and the optimizer are not counted.
 A training step counts 3x the forward FLOPs of every layer (the forward product and the two
 backward products, dx and dw), except the first convolution's dx (the gradient to the images,
 which training does not ask for: ``tokenizer_backward(..., image_grad=False)``); the VQ
-distance product has no backward product and is counted once. The adversarial step counts
+distance product has no backward product and is counted once. The next-scale prior's step
+counts the transformer's at context 171, its maps' input projection (D -> C) twice
+(forward and dw: its inputs are constants) and the phi convolutions that make those
+inputs from the running sums once (tinytok.bench.flops.scales_train_flops). The
+adversarial step counts
 the products it computes (tinytok.bench.flops.vqvae_gan_train_flops): the tokenizer's
 step, the decoder's last weight's gradient twice more, and the discriminator's
 convolutions eight times forward less its first layer's dx twice. GFLOP/s = counted FLOPs /
@@ -75,8 +90,10 @@ _HOMES = {
     "options": ("PARTS", "FULL", "QUICK", "REPEATS", "QUICK_REPEATS", "parse_only",
                 "add_arguments"),
     "measure": ("synchronize", "time_it", "time_in_turn", "rss_mb", "peak_rss_mb"),
-    "workloads": ("vqvae_train_step", "vqvae_gan_train_step", "vqvae_encode", "gpt_train_step",
-                  "gpt_sample", "shapes_prior", "masked_train_step", "masked_example_batch",
+    "workloads": ("vqvae_train_step", "vqvae_gan_train_step", "vqvae_encode",
+                  "multiscale_tokenizer_config", "multiscale_tokenizer", "gpt_train_step",
+                  "prior_train_step", "gpt_sample", "shapes_prior", "masked_train_step",
+                  "masked_example_batch", "scales_train_step", "scales_example_batch",
                   "drawing", "drawing_work"),
     "sections": ("SECTIONS", "run_section"),
     "run": ("run_isolated", "run_bench", "run", "main"),

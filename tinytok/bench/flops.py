@@ -5,8 +5,12 @@ transposed convolutions, linear layers, the two attention products, the tied hea
 distance product); element-wise work, norms, softmax and the optimizer are not. A training
 step is 3x the forward (the forward product and the two backward products, dx and dw),
 except for the first convolution, whose input is the data: it has no dx product.
+The multi-scale quantizer (VAR) counts its lookups and its phi convolutions; its resizes
+(two small products per map, tinytok.ops.resample) are not counted.
 """
 from tinytok.ops.conv import conv_output_size
+from tinytok.tokenizer.multiscale import token_count
+from tinytok.tokenizer.quantizers import QUANTIZERS
 from tinytok.tokenizer.vqvae import tokenizer_config
 
 
@@ -33,7 +37,8 @@ def attention_flops(B, T, C):
 
 
 def vqvae_flops(config, batch):
-    """{"encoder", "vq", "decoder"}: forward FLOPs of a TokenizerConfig at a batch size."""
+    """{"encoder", "vq", "decoder"}: forward FLOPs of a TokenizerConfig at a batch size;
+    "vq" the quantizer's (quantizer_flops: the lookups, and the multi-scale one's phi)."""
     c = tokenizer_config(config)
     S, h, r, N = c.image_size, c.hidden, c.res_hidden, batch
     g = c.grid_size
@@ -48,17 +53,30 @@ def vqvae_flops(config, batch):
            + conv2d_flops(N, h, g, g, c.code_dim, 1, 1))
     dec = (conv2d_flops(N, c.code_dim, g, g, h, 3, 3, 1, 1) + res + mirror
            + conv_transpose2d_flops(N, h // 2, S // 2, S // 2, 3, 4, 4))
-    vq = linear_flops(N * g * g, c.code_dim, c.num_codes)            # the distance product
-    return {"encoder": enc, "vq": vq, "decoder": dec}
+    return {"encoder": enc, "vq": sum(quantizer_flops(c, N).values()), "decoder": dec}
+
+
+def quantizer_flops(config, batch):
+    """{"lookup", "phi"}: forward FLOPs of the quantizer. lookup: the distance products,
+    2*M*D*K for the M vectors looked up (the grid's N*g*g, or every map's N*s^2 of the
+    multi-scale quantizer, each against its scale's K codes); phi: the multi-scale
+    quantizer's 3x3 convolution D -> D on the g x g map, once per scale (0 for the others)."""
+    c = tokenizer_config(config)
+    g, D, K, N = c.grid_size, c.code_dim, c.num_codes, batch
+    if not QUANTIZERS[c.quantizer].reads("scales"):
+        return {"lookup": linear_flops(N * g * g, D, K), "phi": 0}
+    return {"lookup": linear_flops(N * token_count(c.scales), D, K),
+            "phi": len(c.scales) * conv2d_flops(N, D, g, g, D, 3, 3, 1, 1)}
 
 
 def vqvae_train_flops(config, batch):
-    """FLOPs of a training step: 3x encoder and decoder forward, less the first layer's dx
-    (training asks for no gradient of the images), and the VQ product once."""
+    """FLOPs of a training step: 3x encoder, decoder and phi (multi-scale) forward, less the
+    first layer's dx (training asks for no gradient of the images), and the lookups once
+    (they have no backward product)."""
     c = tokenizer_config(config)
-    f = vqvae_flops(c, batch)
+    f, q = vqvae_flops(c, batch), quantizer_flops(c, batch)
     first_layer = conv2d_flops(batch, 3, c.image_size, c.image_size, c.hidden // 2, 4, 4, 2, 1)
-    return 3 * (f["encoder"] + f["decoder"]) - first_layer + f["vq"]
+    return 3 * (f["encoder"] + f["decoder"] + q["phi"]) - first_layer + q["lookup"]
 
 
 def discriminator_flops(channels, image_size, batch):
@@ -96,3 +114,16 @@ def gpt_flops(config, B, T):
 def gpt_train_flops(config, B, T):
     """FLOPs of a training step: 3x the forward (the embedding lookup has no product)."""
     return 3 * gpt_flops(config, B, T)
+
+
+def scales_train_flops(config, code_dim, B):
+    """FLOPs of a next-scale prior's training step (prior/scales.py) on B whole sequences:
+    the transformer's step (gpt_train_flops at T = context), the maps' input projection
+    D -> C on the L image positions twice (forward and dw: its inputs are constants, no
+    dx), and the teacher-forced inputs' phi convolutions (D -> D, 3x3, g x g), once for
+    each map but the last (forward only: the carried quantizer is not trained)."""
+    scales = config.scales
+    g, L = scales[-1], token_count(scales)
+    return (gpt_train_flops(config, B, config.context)
+            + 2 * linear_flops(B * L, code_dim, config.n_embd)
+            + (len(scales) - 1) * conv2d_flops(B, code_dim, g, g, code_dim, 3, 3, 1, 1))

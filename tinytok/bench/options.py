@@ -7,13 +7,16 @@ import os
 
 from tinytok.errors import ConfigError
 
-PARTS = ("sgemm", "vqvae-ref", "vqvae-gan", "gpt-ref", "gpt-masked", "drawing")
+PARTS = ("sgemm", "vqvae-ref", "vqvae-scales", "vqvae-gan", "gpt-ref", "gpt-masked",
+         "gpt-scales", "drawing")
 
 # The sizes benchmarked; QUICK keeps the code path and shrinks everything (for tests).
-# The masked prior (gpt-masked, drawing) runs over the shapes vocabulary of a codebook of
-# shapes_codes codes on a shapes_grid x shapes_grid grid (the shipped tokenizer's 256 on
-# 8 x 8: 293 ids, 294 with <mask>), in gpt_T tokens; the drawings are draw_n pictures of
-# one caption, the masked prior's at each of draw_steps.
+# The masked and next-scale priors (gpt-masked, gpt-scales, drawing) run over the shapes
+# vocabulary of a codebook of shapes_codes codes on a shapes_grid x shapes_grid grid (the
+# shipped tokenizer's 256 on 8 x 8: 293 ids, 294 with <mask>), in gpt_T tokens (the
+# next-scale prior: the same caption part, then its maps); the multi-scale tokenizer
+# (vqvae-scales) has shapes_codes codes per map. The drawings are draw_n pictures of one
+# caption, the masked prior's at each of draw_steps.
 FULL = dict(sgemm_sizes=(1024, 2048), vqvae="vqvae-ref", vq_batch=32, encode_batch=256,
             disc_channels=64, gan_weight=0.1,
             gpt="gpt-ref", vocab=600, gpt_batch=32, gpt_T=80, sample_batch=16, sample_new=64,
@@ -25,9 +28,11 @@ QUICK = dict(sgemm_sizes=(64, 128), vqvae="vqvae-tiny", vq_batch=4, encode_batch
 
 # (warm-up, repeats) per measurement: fewer repeats for the slow ones.
 REPEATS = {"sgemm": (3, 15), "vqvae_train": (3, 15), "vqvae_encode": (2, 10),
+           "vqvae_scales_train": (3, 15), "vqvae_scales_encode": (2, 10),
            "vqvae_gan": (3, 15),
            "gpt_train": (3, 15), "sample_kv": (1, 7), "sample_nocache": (1, 3),
-           "masked_train": (3, 15), "masked_sample": (1, 7), "drawing": (1, 5)}
+           "masked_train": (3, 15), "masked_sample": (1, 7), "scales_train": (3, 15),
+           "drawing": (1, 5)}
 QUICK_REPEATS = (0, 2)
 
 

@@ -7,11 +7,11 @@ def format_table(result):
     m = result["meta"]
     lines = [f"tinytok bench  backend={m['backend']}  cpus={m['cpus']}"
              + ("  (quick: sizes too small to mean anything)" if m["quick"] else ""),
-             f"{'measurement':<34}{'median':>10}{'min':>10}{'max':>10}  rate"]
+             f"{'measurement':<38}{'median':>10}{'min':>10}{'max':>10}  rate"]
 
     def row(label, part, key, rate):
         f = result[part]
-        lines.append(f"{label:<34}{f[key]:>8.1f}ms{f[key + '_min']:>8.1f}ms"
+        lines.append(f"{label:<38}{f[key]:>8.1f}ms{f[key + '_min']:>8.1f}ms"
                      f"{f[key + '_max']:>8.1f}ms  {rate}")
 
     if "sgemm" in result:
@@ -19,18 +19,20 @@ def format_table(result):
         for n in (QUICK if m["quick"] else FULL)["sgemm_sizes"]:
             row(f"sgemm {n}x{n} float32", "sgemm", f"sgemm_{n}_ms",
                 f"{s[f'sgemm_{n}_gflops']:.1f} GFLOP/s")
-    for part, unit in (("vqvae-ref", "images"), ("vqvae-gan", "images"), ("gpt-ref", "tokens"),
-                       ("gpt-masked", "tokens")):
+    for part, unit in (("vqvae-ref", "images"), ("vqvae-scales", "images"),
+                       ("vqvae-gan", "images"), ("gpt-ref", "tokens"), ("gpt-masked", "tokens"),
+                       ("gpt-scales", "tokens")):
         if part not in result:
             continue
         f = result[part]
         share = f["train_share_of_sgemm"]
         share = f", {100 * share:.0f}% of sgemm" if share else ""
         against = f", D of {f['disc_channels']} channels" if part == "vqvae-gan" else ""
+        maps = f", maps {','.join(map(str, f['scales']))}" if "scales" in f else ""
         row(f"{part} ({f['config']}) train step", part, "train_step_ms",
             f"{f[f'train_{unit}_per_s']:.0f} {unit}/s, {f['train_gflops']:.1f} GFLOP/s{share}"
-            f"{against}")
-        if part == "vqvae-ref":
+            f"{against}{maps}")
+        if part in ("vqvae-ref", "vqvae-scales"):
             row(f"  encode batch {f['encode_batch']}", part, "encode_ms",
                 f"{f['encode_images_per_s']:.0f} images/s")
         elif part == "gpt-ref":
@@ -61,7 +63,8 @@ def drawing_table(figures):
         lines.append(f"  {r['kind']:<8}{steps:>6}{r['passes']:>8}{r['forward_calls']:>7}"
                      f"{r['positions']:>11}{r['ms_per_picture']:>12.1f}"
                      f"{r['ms_per_picture_min']:>9.1f}-{r['ms_per_picture_max']:<.1f}")
-    lines += ["  passes: the model's runs one after another; calls: with guidance's rows (a",
-              "  second stream for raster, beside the others in each call for masked);",
-              "  positions: tokens run through the model, guidance's rows included"]
+    lines += ["  passes: the model's runs one after another (scales: the caption's, then one",
+              "  a map); calls: with guidance's rows (a second stream for raster, beside the",
+              "  others in each call for masked and scales); positions: tokens run through",
+              "  the model, guidance's rows included"]
     return lines

@@ -62,10 +62,10 @@ def run_bench(backend="numpy", only=None, repeats=None, quick=False, warmup=None
         figures["peak_rss_mb"] = max(figures["peak_rss_mb_by_section"].values())
         result[part] = figures
     ceiling = result.get("sgemm", {}).get("ceiling_gflops")
-    for part in ("vqvae-ref", "vqvae-gan", "gpt-ref", "gpt-masked"):
-        if part in result:  # share of the sgemm ceiling; None when sgemm was not run
-            share = result[part]["train_gflops"] / ceiling if ceiling else None
-            result[part]["train_share_of_sgemm"] = share
+    for figures in result.values():
+        if "train_gflops" in figures:  # share of the sgemm ceiling; None without sgemm
+            figures["train_share_of_sgemm"] = (figures["train_gflops"] / ceiling if ceiling
+                                               else None)
     return result
 
 

@@ -5,10 +5,10 @@ from tinytok import backend, parallel
 from tinytok.bench.measure import peak_rss_mb, rss_mb, synchronize, time_in_turn, time_it
 from tinytok.bench.options import FULL, QUICK, QUICK_REPEATS, REPEATS
 from tinytok.bench.workloads import (drawing, gpt_sample, gpt_train_step, masked_train_step,
-                                     vqvae_encode, vqvae_gan_train_step, vqvae_train_step)
-from tinytok.prior.kinds import model_vocab_size
+                                     multiscale_tokenizer_config, scales_train_step,
+                                     shapes_prior, vqvae_encode, vqvae_gan_train_step,
+                                     vqvae_train_step)
 from tinytok.prior.settings import SAMPLING
-from tinytok.training.prior_data import shapes_vocab
 
 
 def _reps(key, quick, repeats, warmup):
@@ -36,31 +36,52 @@ def _section_sgemm(xp, sizes, quick, repeats, warmup):
     return out
 
 
+def _train_figures(t, flops, units, unit):
+    """A training step's time, its rate in units (images, tokens) per second, its FLOPs."""
+    return {**_ms("train_step_ms", t), f"train_{unit}_per_s": units / (t["median"] * 1e-3),
+            "train_gflop_per_step": flops / 1e9,
+            "train_gflops": flops / (t["median"] * 1e-3) / 1e9}
+
+
 def _section_vqvae_train(xp, sizes, quick, repeats, warmup):
     step, flops = vqvae_train_step(sizes)
     t = time_it(step, xp, *_reps("vqvae_train", quick, repeats, warmup))
-    return {"config": sizes["vqvae"], "batch": sizes["vq_batch"], **_ms("train_step_ms", t),
-            "train_images_per_s": sizes["vq_batch"] / (t["median"] * 1e-3),
-            "train_gflop_per_step": flops / 1e9,
-            "train_gflops": flops / (t["median"] * 1e-3) / 1e9}
+    return {"config": sizes["vqvae"], "batch": sizes["vq_batch"],
+            **_train_figures(t, flops, sizes["vq_batch"], "images")}
+
+
+def _section_multiscale_train(xp, sizes, quick, repeats, warmup):
+    config = multiscale_tokenizer_config(sizes)
+    step, flops = vqvae_train_step(sizes, config=config)
+    t = time_it(step, xp, *_reps("vqvae_scales_train", quick, repeats, warmup))
+    return {"config": sizes["vqvae"], "batch": sizes["vq_batch"], "scales": config.scales,
+            "num_codes": config.num_codes,
+            **_train_figures(t, flops, sizes["vq_batch"], "images")}
 
 
 def _section_vqvae_gan(xp, sizes, quick, repeats, warmup):
     step, flops = vqvae_gan_train_step(sizes)
     t = time_it(step, xp, *_reps("vqvae_gan", quick, repeats, warmup))
     return {"config": sizes["vqvae"], "batch": sizes["vq_batch"],
-            "disc_channels": sizes["disc_channels"], **_ms("train_step_ms", t),
-            "train_images_per_s": sizes["vq_batch"] / (t["median"] * 1e-3),
-            "train_gflop_per_step": flops / 1e9,
-            "train_gflops": flops / (t["median"] * 1e-3) / 1e9}
+            "disc_channels": sizes["disc_channels"],
+            **_train_figures(t, flops, sizes["vq_batch"], "images")}
 
 
-def _section_vqvae_encode(xp, sizes, quick, repeats, warmup):
-    encode, flops = vqvae_encode(sizes)
-    t = time_it(encode, xp, *_reps("vqvae_encode", quick, repeats, warmup))
+def _encode_figures(encode, flops, key, xp, sizes, quick, repeats, warmup):
+    t = time_it(encode, xp, *_reps(key, quick, repeats, warmup))
     return {"encode_batch": sizes["encode_batch"], **_ms("encode_ms", t),
             "encode_images_per_s": sizes["encode_batch"] / (t["median"] * 1e-3),
             "encode_gflops": flops / (t["median"] * 1e-3) / 1e9}
+
+
+def _section_vqvae_encode(xp, sizes, quick, repeats, warmup):
+    return _encode_figures(*vqvae_encode(sizes), "vqvae_encode", xp, sizes, quick, repeats,
+                           warmup)
+
+
+def _section_multiscale_encode(xp, sizes, quick, repeats, warmup):
+    encode = vqvae_encode(sizes, config=multiscale_tokenizer_config(sizes))
+    return _encode_figures(*encode, "vqvae_scales_encode", xp, sizes, quick, repeats, warmup)
 
 
 def _section_gpt_train(xp, sizes, quick, repeats, warmup):
@@ -68,9 +89,7 @@ def _section_gpt_train(xp, sizes, quick, repeats, warmup):
     t = time_it(step, xp, *_reps("gpt_train", quick, repeats, warmup))
     B, T = sizes["gpt_batch"], sizes["gpt_T"]
     return {"config": sizes["gpt"], "vocab_size": sizes["vocab"], "batch": B, "context": T,
-            **_ms("train_step_ms", t), "train_tokens_per_s": B * T / (t["median"] * 1e-3),
-            "train_gflop_per_step": flops / 1e9,
-            "train_gflops": flops / (t["median"] * 1e-3) / 1e9}
+            **_train_figures(t, flops, B * T, "tokens")}
 
 
 def _section_gpt_sample(xp, sizes, quick, repeats, warmup):
@@ -83,17 +102,26 @@ def _section_gpt_sample(xp, sizes, quick, repeats, warmup):
     return out
 
 
+def _shapes_prior_train(kind, train_step, key, xp, sizes, quick, repeats, warmup):
+    """A shapes prior's training step (masked or next-scale), timed, with its model's
+    vocabulary and context (read from a fresh prior's config once the timing is done)."""
+    step, flops = train_step(sizes)
+    t = time_it(step, xp, *_reps(key, quick, repeats, warmup))
+    _, config, _ = shapes_prior(sizes, kind)
+    B, T = sizes["gpt_batch"], config.context
+    return {"config": sizes["gpt"], "vocab_size": config.vocab_size, "batch": B,
+            "context": T, **({"scales": config.scales} if config.scales else {}),
+            **_train_figures(t, flops, B * T, "tokens")}
+
+
 def _section_masked_train(xp, sizes, quick, repeats, warmup):
-    step, flops = masked_train_step(sizes)
-    t = time_it(step, xp, *_reps("masked_train", quick, repeats, warmup))
-    B, T = sizes["gpt_batch"], sizes["gpt_T"]
-    vocab_size = model_vocab_size("masked", shapes_vocab(sizes["shapes_codes"],
-                                                          sizes["shapes_grid"]))
-    return {"config": sizes["gpt"], "vocab_size": vocab_size, "batch": B,
-            "context": T, **_ms("train_step_ms", t),
-            "train_tokens_per_s": B * T / (t["median"] * 1e-3),
-            "train_gflop_per_step": flops / 1e9,
-            "train_gflops": flops / (t["median"] * 1e-3) / 1e9}
+    return _shapes_prior_train("masked", masked_train_step, "masked_train", xp, sizes, quick,
+                               repeats, warmup)
+
+
+def _section_scales_train(xp, sizes, quick, repeats, warmup):
+    return _shapes_prior_train("scales", scales_train_step, "scales_train", xp, sizes, quick,
+                               repeats, warmup)
 
 
 def _section_masked_sample(xp, sizes, quick, repeats, warmup):
@@ -106,8 +134,9 @@ def _section_masked_sample(xp, sizes, quick, repeats, warmup):
 
 def _section_drawing(xp, sizes, quick, repeats, warmup):
     """Each kind of prior drawing draw_n pictures, guided, in this one process, timed in
-    turn: the raster prior, and the masked prior at each of draw_steps."""
-    runs = [("raster", None)] + [("masked", s) for s in sizes["draw_steps"]]
+    turn: the raster prior, the masked prior at each of draw_steps, the next-scale prior."""
+    runs = ([("raster", None)] + [("masked", s) for s in sizes["draw_steps"]]
+            + [("scales", None)])
     drawings = [drawing(sizes, kind, steps) for kind, steps in runs]
     times = time_in_turn([sample for sample, _ in drawings], xp,
                          *_reps("drawing", quick, repeats, warmup))
@@ -123,9 +152,12 @@ def _section_drawing(xp, sizes, quick, repeats, warmup):
 SECTIONS = {
     "sgemm": {"sgemm": _section_sgemm},
     "vqvae-ref": {"train_step": _section_vqvae_train, "encode": _section_vqvae_encode},
+    "vqvae-scales": {"train_step": _section_multiscale_train,
+                     "encode": _section_multiscale_encode},
     "vqvae-gan": {"train_step": _section_vqvae_gan},
     "gpt-ref": {"train_step": _section_gpt_train, "sample": _section_gpt_sample},
     "gpt-masked": {"train_step": _section_masked_train, "sample": _section_masked_sample},
+    "gpt-scales": {"train_step": _section_scales_train},
     "drawing": {"drawing": _section_drawing},
 }
 
