@@ -353,11 +353,15 @@ def scales_logits(ids, P, c, sdpa=True):
 
 
 def scales_loss(ids, targets, P, c, sdpa=True):
-    """The next-scale prior's loss: the mean cross-entropy over targets != -1 (every map's
-    codes)."""
-    B, T = ids.shape
-    return F.cross_entropy(scales_logits(ids, P, c, sdpa).view(B * T, -1), targets.view(-1),
-                           ignore_index=-1)
+    """The next-scale prior's loss: each map's mean cross-entropy over its codes, averaged
+    over the maps (every map weighs the same)."""
+    n_caption = c.context - int(map_sizes(c.scales).sum())
+    logits = scales_logits(ids, P, c, sdpa)
+    ends = (n_caption + torch.cumsum(map_sizes(c.scales), 0)).tolist()
+    starts = [n_caption] + ends[:-1]
+    V = logits.shape[-1]
+    return sum(F.cross_entropy(logits[:, lo:hi].reshape(-1, V), targets[:, lo:hi].reshape(-1),
+                               ignore_index=-1) for lo, hi in zip(starts, ends)) / len(ends)
 
 
 # ---------------------------------------------------------------- the torch closures
