@@ -23,7 +23,7 @@ from tinytok.prior.gpt import gpt_config
 from tinytok.prior.kinds import PRIOR_KINDS, check_tokenizer, model_overrides
 from tinytok.prior.masked import masked_prefix
 from tinytok.prior.sample import draw, filter_logits, guided
-from tinytok.prior.scales import (CARRIED, block_causal_mask, caption_positions, image_offset,
+from tinytok.prior.scales import (CARRIED, SCALES_SAMPLING, block_causal_mask, caption_positions, image_offset,
                                   init_scales_params, map_inputs, map_levels, map_span,
                                   sample_scale_codes, scales_batch, scales_forward,
                                   scales_loss_backward, scales_loss_forward, write_maps)
@@ -334,6 +334,10 @@ def test_training_lowers_the_loss_keeps_the_quantizer_and_saves_its_kind(tmp_pat
     np.testing.assert_array_equal(pictures, pipe.generate(["a red circle", "a blue circle"],
                                                           n=2, seed=3))
     assert pipe.generate_codes("a red circle", 3).shape == (3, L)
+    assert pipe.sampling is SCALES_SAMPLING                  # drawn at its recommended settings
+    np.testing.assert_array_equal(
+        pictures, pipe.generate(["a red circle", "a blue circle"], n=2, seed=3,
+                                sampling=SCALES_SAMPLING))
 
 
 def test_pairing_and_refusals_are_one_line(tmp_path):

@@ -1,9 +1,12 @@
 """One sampling-settings value: its defaults are the recommended ones, everywhere.
 
-Every entry point that draws takes `sampling=` whole and defaults to the same SAMPLING; the
-command line's flags start from it (or from PLAIN with --plain); bad settings are one
-ConfigError when the value is made.
+Every entry point that draws takes `sampling=` whole. Those that take any prior default to
+None, "the prior's recommended settings" (Pipeline.sampling: its kind's, prior/kinds.py:
+SAMPLING, or a next-scale prior's SCALES_SAMPLING); those that need a raster prior default
+to SAMPLING itself. The command line's flags start from the same (or from PLAIN with
+--plain); bad settings are one ConfigError when the value is made.
 """
+from types import SimpleNamespace
 import dataclasses
 import inspect
 
@@ -14,13 +17,19 @@ from tinytok import PLAIN, SAMPLING, Sampling, cli, conversation, demo, evaluate
 from tinytok.errors import ConfigError
 from tinytok.cli.drawing import sampling_from
 from tinytok.pipeline import Pipeline
+from tinytok.prior.kinds import PRIOR_KINDS
+from tinytok.prior.scales import SCALES_SAMPLING
 from tinytok.prior.settings import check_sampling
 
-ENTRY_POINTS = [Pipeline.generate, Pipeline.generate_codes, Pipeline.edit, Pipeline.converse,
-                Pipeline.inpaint, conversation.Conversation.__init__, conversation.converse,
-                conversation.edit, evaluate.adherence, evaluate.edit_figures,
-                evaluate.inpaint_figures, evaluate.eval_prior, demo.write_pictures]
+ANY_PRIOR = [Pipeline.generate, Pipeline.generate_codes, Pipeline.edit, Pipeline.converse,
+             Pipeline.inpaint, evaluate.adherence, evaluate.edit_figures,
+             evaluate.inpaint_figures, evaluate.eval_prior]
+RASTER_ONLY = [conversation.Conversation.__init__, conversation.converse, conversation.edit,
+               demo.write_pictures]
+ENTRY_POINTS = ANY_PRIOR + RASTER_ONLY
 SETTING_NAMES = {f.name for f in dataclasses.fields(Sampling)}
+RASTER = SimpleNamespace(sampling=SAMPLING)          # what sampling_from reads of a pipeline
+SCALES = SimpleNamespace(sampling=SCALES_SAMPLING)
 
 
 def test_the_defaults_are_the_recommended_settings():
@@ -33,13 +42,24 @@ def test_the_defaults_are_the_recommended_settings():
 @pytest.mark.parametrize("fn", ENTRY_POINTS, ids=lambda f: f.__qualname__)
 def test_every_entry_point_takes_the_settings_whole_with_the_recommended_default(fn):
     params = inspect.signature(fn).parameters
-    assert params["sampling"].default is SAMPLING
+    assert params["sampling"].default is (None if fn in ANY_PRIOR else SAMPLING)
     assert params["sampling"].kind is inspect.Parameter.KEYWORD_ONLY
     assert not SETTING_NAMES & set(params), \
         f"{fn.__qualname__} keeps its own copy of a sampling setting"
     if "seed" in params:             # keyword arguments in one order: seed, then sampling
         names = list(params)
         assert names.index("seed") < names.index("sampling")
+
+
+def test_each_kind_of_prior_has_its_recommended_settings():
+    assert PRIOR_KINDS["raster"].sampling is SAMPLING is PRIOR_KINDS["masked"].sampling
+    assert PRIOR_KINDS["scales"].sampling == SCALES_SAMPLING == SAMPLING.but(temperature=0.7)
+    for kind in PRIOR_KINDS.values():
+        assert Pipeline.sampling.fget(SimpleNamespace(prior=SimpleNamespace(kind=kind))) \
+            is kind.sampling
+        pipe = SimpleNamespace(sampling=kind.sampling)
+        assert Pipeline.sampling_or_recommended(pipe, None) is kind.sampling
+        assert Pipeline.sampling_or_recommended(pipe, PLAIN) is PLAIN
 
 
 def test_the_settings_are_frozen():
@@ -84,7 +104,16 @@ def test_something_else_than_settings_is_refused():
     (["eval-prior", "--choice-temperature", "2.5"], SAMPLING.but(choice_temperature=2.5)),
 ])
 def test_the_command_line_starts_from_the_same_settings(words, want):
-    assert sampling_from(cli.build_parser().parse_args(words)) == want
+    assert sampling_from(cli.build_parser().parse_args(words), RASTER) == want
+
+
+@pytest.mark.parametrize("words, want", [
+    (["sample", "--prompt", "x"], SCALES_SAMPLING),
+    (["sample", "--prompt", "x", "--temperature", "1"], SAMPLING),
+    (["sample", "--prompt", "x", "--plain"], PLAIN),
+])
+def test_the_command_line_starts_from_a_next_scale_priors_settings(words, want):
+    assert sampling_from(cli.build_parser().parse_args(words), SCALES) == want
 
 
 @pytest.mark.parametrize("command, words", [
@@ -101,7 +130,8 @@ def test_every_setting_has_its_flag(command, words):
         if name == "edit_rerank" and not edits:
             continue
         flag = "--cfg" if name == "cfg_scale" else "--" + name.replace("_", "-")
-        parsed = sampling_from(cli.build_parser().parse_args([command, *words, flag, text]))
+        parsed = sampling_from(cli.build_parser().parse_args([command, *words, flag, text]),
+                               RASTER)
         assert parsed == SAMPLING.but(**{name: type(getattr(parsed, name))(text)})
 
 

@@ -29,7 +29,7 @@ from tinytok.prior.kinds import (check_tokenizer, kind_of_checkpoint, model_voca
                                  prior_kind, refuse_inpainting, refuse_words)
 from tinytok.prior.masked import inpaint_codes
 from tinytok.prior.sample import caption_log_likelihood, write_captions
-from tinytok.prior.settings import SAMPLING, check_sampling
+from tinytok.prior.settings import check_sampling
 from tinytok.prior.vocab import Vocab
 from tinytok.tokenizer.discriminator import is_discriminator_param
 from tinytok.tokenizer.multiscale import prefix_lengths, split_scale_ids
@@ -293,10 +293,21 @@ class Pipeline:
         """Default: the shipped shapes tokenizer and prior in data/checkpoints/."""
         return cls(Tokenizer.load(tokenizer_path), Prior.load(prior_path))
 
-    def generate_codes(self, prompt, n=1, *, seed=0, sampling=SAMPLING, use_cache=True):
+    @property
+    def sampling(self):
+        """The recommended settings of this kind of prior (prior/kinds.py): tinytok.SAMPLING,
+        or for a next-scale prior the same at temperature 0.7. What every drawing method
+        uses when given no sampling, and what the command line starts from."""
+        return self.prior.kind.sampling
+
+    def sampling_or_recommended(self, sampling):
+        """sampling checked, or the recommended settings when it is None."""
+        return self.sampling if sampling is None else check_sampling(sampling)
+
+    def generate_codes(self, prompt, n=1, *, seed=0, sampling=None, use_cache=True):
         """n pictures' ids for one caption: token grids (n, g, g), or a next-scale prior's
         maps (n, L); see generate for the arguments."""
-        sampling = check_sampling(sampling)
+        sampling = self.sampling_or_recommended(sampling)
         check_seed(seed)
         prior = self.prior
         k = sampling.rerank if prior.kind.can_caption else 1   # the prior is the judge
@@ -307,10 +318,11 @@ class Pipeline:
             drawn = self.best_of(drawn.reshape(n, k, *drawn.shape[1:]), prompt)
         return drawn
 
-    def generate(self, prompts, n=1, *, seed=0, sampling=SAMPLING, use_cache=True):
+    def generate(self, prompts, n=1, *, seed=0, sampling=None, use_cache=True):
         """uint8 images (len(prompts) * n, S, S, 3): n pictures per caption, prompt by prompt.
 
-        sampling (a tinytok.Sampling; default the recommended settings): temperature, top_k,
+        sampling (a tinytok.Sampling; default the prior's recommended settings,
+        Pipeline.sampling): temperature, top_k,
         top_p, the guidance scale cfg_scale, and rerank=k, which draws k candidates for every
         picture and keeps the one whose caption the same prior finds likeliest (see
         caption_log_likelihood): DALL-E's reranking, with the one-stream model as its own
@@ -347,7 +359,7 @@ class Pipeline:
             len(codes))                                   # in parts, one per core
         return np.concatenate(parts)
 
-    def converse(self, turns, *, seed=0, sampling=SAMPLING):
+    def converse(self, turns, *, seed=0, sampling=None):
         """The model's replies to turns, in order, in one stream (tinytok.conversation).
 
         A turn is a string (a caption to draw, an instruction such as "make it blue", or
@@ -357,9 +369,9 @@ class Pipeline:
         """
         from tinytok.conversation import converse
         refuse_words(self.prior.kind, "hold a conversation")
-        return converse(self, turns, seed=seed, sampling=sampling)
+        return converse(self, turns, seed=seed, sampling=self.sampling_or_recommended(sampling))
 
-    def edit(self, images, instruction, n=1, *, seed=0, sampling=SAMPLING):
+    def edit(self, images, instruction, n=1, *, seed=0, sampling=None):
         """uint8 (len(images) * n, S, S, 3): each picture edited by the instruction
         ("make it {colour}", "make it {size}", "move it to the {position}", "turn it into
         a {shape}"), n pictures each, each the best of sampling.edit_rerank candidates.
@@ -367,7 +379,8 @@ class Pipeline:
         from tinytok.conversation import edit
         refuse_words(self.prior.kind, "edit a picture by an instruction (it inpaints: "
                      "Pipeline.inpaint)")
-        return edit(self, images, instruction, n, seed=seed, sampling=sampling)
+        return edit(self, images, instruction, n, seed=seed,
+                    sampling=self.sampling_or_recommended(sampling))
 
     def caption(self, images, *, greedy=True, temperature=1.0, seed=0):
         """A caption (str) for each uint8 image (N, S, S, 3), written by the prior."""
@@ -383,7 +396,7 @@ class Pipeline:
             return write_captions(prior.params, prior.config, prior.vocab, codes,
                                   np.random.default_rng(seed), greedy, temperature)
 
-    def inpaint(self, images, region, prompt, n=1, *, seed=0, sampling=SAMPLING):
+    def inpaint(self, images, region, prompt, n=1, *, seed=0, sampling=None):
         """uint8 (len(images) * n, S, S, 3): each picture with a region drawn again to fit
         the caption prompt, n pictures each; needs a masked prior.
 
@@ -396,7 +409,7 @@ class Pipeline:
         generate (its steps, guidance and temperature).
         """
         refuse_inpainting(self.prior.kind)
-        sampling = check_sampling(sampling)
+        sampling = self.sampling_or_recommended(sampling)
         check_seed(seed)
         codes = np.repeat(self.tokenizer.encode(images), n, axis=0)
         hidden = np.broadcast_to(region_cells(region, self.tokenizer.config.image_size,

@@ -238,7 +238,8 @@ def drawing(sizes, kind, steps=None, seed=0):
     with its guidance, BLAS threads for small products; no reranking), steps passes for a
     masked prior (default: the sampling's), and its work: drawing_work."""
     params, config, vocab = shapes_prior(sizes, kind, seed)
-    sampling = SAMPLING if steps is None else SAMPLING.but(steps=steps)
+    recommended = PRIOR_KINDS[kind].sampling
+    sampling = recommended if steps is None else recommended.but(steps=steps)
     draw = PRIOR_KINDS[kind].draw
 
     def sample():

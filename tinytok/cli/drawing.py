@@ -10,16 +10,19 @@ from tinytok.cli.arguments import (non_negative_float, non_negative_int, pixel_b
                                    positive_float, positive_int, probability, seed_value)
 from tinytok.cli.figures import add_record_argument, print_figures, record_if_asked
 from tinytok.errors import ConfigError, TinytokError
+from tinytok.prior.scales import SCALES_SAMPLING
 from tinytok.prior.settings import PLAIN, SAMPLING
 
 
 def add_sampling_arguments(p, edits=False):
     """The sampling flags of every drawing command. Each defaults to None, "not given": the
-    value then comes from tinytok.SAMPLING (or PLAIN with --plain), the one place of the
+    value then comes from the prior's recommended settings (Pipeline.sampling: tinytok.
+    SAMPLING, or a next-scale prior's) or PLAIN with --plain, the one place of the
     defaults, so the command line draws exactly as the Python API does."""
     d = SAMPLING
     p.add_argument("--temperature", type=positive_float, default=None,
-                   help=f"softmax temperature (default {d.temperature})")
+                   help=f"softmax temperature (default {d.temperature}; a next-scale prior's "
+                        f"{SCALES_SAMPLING.temperature})")
     p.add_argument("--top-k", type=positive_int, default=None,
                    help="keep the k likeliest tokens (default: all)")
     p.add_argument("--top-p", type=probability, default=None,
@@ -47,11 +50,12 @@ def add_sampling_arguments(p, edits=False):
     p.add_argument("--seed", type=seed_value, default=0)
 
 
-def sampling_from(args):
-    """The Sampling value the flags ask for: the defaults, with the flags given changed."""
+def sampling_from(args, pipe):
+    """The Sampling value the flags ask for: the recommended settings of the pipeline's
+    prior (or PLAIN with --plain), with the flags given changed."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(SAMPLING)
              if getattr(args, f.name, None) is not None}
-    return (PLAIN if args.plain else SAMPLING).but(**given)
+    return (PLAIN if args.plain else pipe.sampling).but(**given)
 
 
 def add_pipeline_arguments(p, prior="shapes-prior"):
@@ -103,7 +107,7 @@ def cmd_sample(args):
     from tinytok.viz import prompt_grid
     pipe = load_pipeline(args)
     prompts = args.prompt
-    images = pipe.generate(prompts, args.n, seed=args.seed, sampling=sampling_from(args))
+    images = pipe.generate(prompts, args.n, seed=args.seed, sampling=sampling_from(args, pipe))
     marks = prompt_marks(images, prompts, args.n)  # a shapes caption is read back
     prompt_grid(images, prompts, args.n, marks=marks, path=args.out)
     note = f"; {marks.mean():.0%} match their prompt" if marks is not None else ""
@@ -150,7 +154,7 @@ def cmd_edit(args):
     pipe = load_pipeline(args)
     image = load_image(args.image, pipe.tokenizer.config.image_size)
     edited = pipe.edit(image[None], args.instruction, args.n, seed=args.seed,
-                       sampling=sampling_from(args))
+                       sampling=sampling_from(args, pipe))
     if args.n == 1:
         image_grid(edited, scale=args.scale, gap=0, path=args.out)
     else:
@@ -179,7 +183,7 @@ def cmd_chat(args):
     pipe = load_pipeline(args)
     refuse_words(pipe.prior.kind, "hold a conversation")   # once, not at every turn
     os.makedirs(args.out, exist_ok=True)
-    sampling = sampling_from(args)
+    sampling = sampling_from(args, pipe)
     def new_chat():
         return Conversation(pipe, seed=args.seed, sampling=sampling)
     chat, drawn = new_chat(), 0
@@ -268,7 +272,7 @@ def cmd_inpaint(args):
     image = load_image(args.image, size)
     cells = region_cells(args.region, size, tok.grid_size)
     drawn = pipe.inpaint(image[None], args.region, args.prompt, args.n, seed=args.seed,
-                         sampling=sampling_from(args))
+                         sampling=sampling_from(args, pipe))
     marks = prompt_marks(drawn, [args.prompt], args.n)
     labels = [f"drawn {i + 1}" for i in range(args.n)] if marks is None else \
         ["reads as asked" if m else "reads otherwise" for m in marks]
@@ -322,7 +326,7 @@ def cmd_eval_prior(args):
     pipe = load_pipeline(args)
     figures = eval_prior(pipe, args.prompts, args.n, seed=args.seed, n_captions=args.captions,
                          n_edits=args.edits, n_inpaints=args.inpaints,
-                         sampling=sampling_from(args))
+                         sampling=sampling_from(args, pipe))
     print_figures(figures, args.json)
     record_if_asked(args, prior_path(args), figures,
                     inputs=[args.tokenizer or SHIPPED["shapes-tokenizer"]])

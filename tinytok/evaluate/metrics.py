@@ -22,7 +22,6 @@ from tinytok import backend
 from tinytok.data.datasets import caption_for, is_heldout, make_shapes, read_attributes
 from tinytok.data.images import resize_images
 from tinytok.errors import ConfigError, DTypeError, ImageError, ShapeError
-from tinytok.prior.settings import SAMPLING
 from tinytok.tokenizer.codebook import code_counts, usage_stats
 
 
@@ -241,7 +240,7 @@ def eval_tokenizer(tokenizer, images, batch_size=256):
     return figures, recon, ids
 
 
-def adherence(pipeline, labels, n_per_prompt=4, *, seed=0, sampling=SAMPLING):
+def adherence(pipeline, labels, n_per_prompt=4, *, seed=0, sampling=None):
     """Share of generated images matching their prompt on all four attributes.
 
     labels (P, 4): one prompt per row (its caption). Returns (share, images, matches).
@@ -260,7 +259,7 @@ def caption_accuracy(pipeline, images, labels):
     return float(np.mean([w == t for w, t in zip(written, truth)])), written
 
 
-def edit_figures(pipeline, n_pictures=24, *, seed=0, sampling=SAMPLING):
+def edit_figures(pipeline, n_pictures=24, *, seed=0, sampling=None):
     """Edits measured from the pixels, on n_pictures unseen pictures of training pairs.
 
     Each picture is shown in a stream of its own (the model describes it), then edited:
@@ -278,7 +277,8 @@ def edit_figures(pipeline, n_pictures=24, *, seed=0, sampling=SAMPLING):
     right = {"edit_seen": [], "edit_heldout": [], "caption_after_edit": [], "chain_two_edits": []}
     for i, (image, labels) in enumerate(zip(shapes.images, shapes.labels)):
         for kind in ("edit_seen", "edit_heldout", "chain_two_edits"):
-            chat = Conversation(pipeline, seed=seed + 1000 * i, sampling=sampling)
+            chat = Conversation(pipeline, seed=seed + 1000 * i,
+                                sampling=pipeline.sampling_or_recommended(sampling))
             chat.say(image)
             wanted = labels
             for _ in range(2 if kind == "chain_two_edits" else 1):
@@ -323,7 +323,7 @@ def inpaint_tasks(shapes, margin, rng):
     return tasks
 
 
-def inpaint_figures(pipeline, n_pictures=24, *, seed=0, sampling=SAMPLING):
+def inpaint_figures(pipeline, n_pictures=24, *, seed=0, sampling=None):
     """Inpainting measured from the pixels, on n_pictures unseen pictures of training pairs.
 
     Each picture's shape is redrawn in a new colour or as a new shape (same size and
@@ -361,11 +361,13 @@ def inpaint_figures(pipeline, n_pictures=24, *, seed=0, sampling=SAMPLING):
 
 
 def eval_prior(pipeline, n_prompts=24, n_per_prompt=4, *, seed=0, n_captions=200, n_edits=0,
-               n_inpaints=0, sampling=SAMPLING):
+               n_inpaints=0, sampling=None):
     """Adherence on training and held-out combinations; for a prior that writes captions,
     caption accuracy on held-out images and, with n_edits, edit_figures on that many
     pictures; for a prior that inpaints, with n_inpaints, inpaint_figures. Every picture
-    drawn with sampling (default the recommended settings, as Pipeline.generate and edit)."""
+    drawn with sampling (default the prior's recommended settings, Pipeline.sampling, as
+    Pipeline.generate and edit use them)."""
+    sampling = pipeline.sampling_or_recommended(sampling)
     train = make_shapes(n_prompts, seed=10_000 + seed, split="train").labels
     heldout = make_shapes(n_prompts, seed=20_000 + seed, split="heldout").labels
     figures = {"prompts": n_prompts, "samples_per_prompt": n_per_prompt}

@@ -24,8 +24,9 @@ from tinytok.errors import ConfigError
 from tinytok.prior.gpt import gpt_loss_backward, gpt_loss_forward, init_gpt_params
 from tinytok.prior.masked import sample_masked_codes
 from tinytok.prior.sample import sample_image_codes
-from tinytok.prior.scales import (CARRIED, check_pairing, init_scales_params,
+from tinytok.prior.scales import (CARRIED, SCALES_SAMPLING, check_pairing, init_scales_params,
                                   sample_scale_codes, scales_loss_backward, scales_loss_forward)
+from tinytok.prior.settings import SAMPLING, Sampling
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class PriorKind:
     init: Callable = None     # (config, seed, dtype, carried) -> fresh parameters
     carried: tuple = ()       # parameters copied from the tokenizer, never trained
     loss: tuple = (gpt_loss_forward, gpt_loss_backward)   # the training loss pair
+    sampling: Sampling = SAMPLING   # the recommended settings: Pipeline's and the CLI's default
 
 
 def gpt_params(config, seed=0, dtype="float32", carried=None):
@@ -58,7 +60,8 @@ PRIOR_KINDS = {
     "scales": PriorKind("scales", "a transformer that writes a multi-scale tokenizer's maps, "
                         "coarse to fine, a map at a time (VAR)", "block", 0, False, False,
                         sample_scale_codes, reads="maps", init=init_scales_params,
-                        carried=CARRIED, loss=(scales_loss_forward, scales_loss_backward)),
+                        carried=CARRIED, loss=(scales_loss_forward, scales_loss_backward),
+                        sampling=SCALES_SAMPLING),
 }
 
 

@@ -41,12 +41,22 @@ from tinytok.prior.gpt import (_add, check_kv, init_gpt_params, new_kv_cache, tr
                                trunk_forward)
 from tinytok.prior.masked import masked_prefix, prompt_prefix
 from tinytok.prior.sample import draw, filter_logits, guided
+from tinytok.prior.settings import SAMPLING
 from tinytok.tokenizer.multiscale import (PHI_MIX, check_scales, climb, join_scale_ids,
                                           prefix_lengths, scale_book, scale_step,
                                           split_scale_ids, token_count)
 from tinytok.tokenizer.quantizers import MULTISCALE_PARAMS
 
 CARRIED = MULTISCALE_PARAMS      # the tokenizer's codebooks and phi, copied into the prior
+
+# The recommended settings of a next-scale prior: SAMPLING's, its codes drawn at temperature
+# 0.7. A map's codes are drawn independently of each other, so a code that fits its cell but
+# not its neighbours' makes a ragged shape; a cooler softmax keeps each cell to its likelier
+# codes. On the shipped prior (48 prompts of each split, 2 pictures each, guidance 1.5),
+# seen / held-out pairs drawn right: temperature 1.0 92.7% / 58.3%, 0.8 95.8 / 67.7,
+# 0.7 100.0 / 76.0, 0.6 99.0 / 77.1; top_p 0.8 100.0 / 70.8; guidance 2.0 at 0.7: 100.0 /
+# 72.9. VAR draws its maps with top-k and top-p for the same reason.
+SCALES_SAMPLING = SAMPLING.but(temperature=0.7)
 
 
 # ---------------------------------------------------------------- the layout
