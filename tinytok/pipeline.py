@@ -43,7 +43,8 @@ SHIPPED = {"shapes-tokenizer": CHECKPOINT_DIR / "shapes_tokenizer.npz",
            "photos-tokenizer": CHECKPOINT_DIR / "photos_tokenizer.npz",
            "photos-gan-tokenizer": CHECKPOINT_DIR / "photos_gan_tokenizer.npz",
            "shapes-prior": CHECKPOINT_DIR / "shapes_prior.npz",
-           "shapes-masked-prior": CHECKPOINT_DIR / "shapes_masked_prior.npz"}
+           "shapes-masked-prior": CHECKPOINT_DIR / "shapes_masked_prior.npz",
+           "shapes-scales-prior": CHECKPOINT_DIR / "shapes_scales_prior.npz"}
 
 
 def _from_checkpoint(path, what, make):
