@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tinytok import backend
+from tinytok import backend, parallel
 from tinytok.bench.measure import time_in_turn
 from tinytok.bench.workloads import drawing_work
 from tinytok.data.datasets import make_shapes, read_attributes
@@ -70,14 +70,16 @@ WAYS = (
 
 
 def load_pipelines(ways, folder):
-    """{label: Pipeline} for ways, each pair of checkpoints in folder loaded once."""
-    from tinytok.pipeline import Pipeline
-    folder, loaded, pipes = Path(folder), {}, {}
+    """{label: Pipeline} for ways, each checkpoint in folder loaded once (the ways that
+    share a prior share its pipeline; the priors that share a tokenizer, the tokenizer)."""
+    from tinytok.pipeline import Pipeline, Prior, Tokenizer
+    folder, tokenizers, pipes = Path(folder), {}, {}
     for way in ways:
-        key = (way.tokenizer, way.prior)
-        if key not in loaded:
-            loaded[key] = Pipeline.load(folder / way.tokenizer, folder / way.prior)
-        pipes[way.label] = loaded[key]
+        if way.tokenizer not in tokenizers:
+            tokenizers[way.tokenizer] = Tokenizer.load(folder / way.tokenizer)
+        same = [pipes[w.label] for w in ways if w.label in pipes and w.prior == way.prior]
+        pipes[way.label] = same[0] if same else Pipeline(tokenizers[way.tokenizer],
+                                                         Prior.load(folder / way.prior))
     return pipes
 
 
@@ -208,7 +210,7 @@ def measure(ways=WAYS, folder=None, n_prompts=48, n_per_prompt=2, seed=0, timing
     print(f"timed in {time.perf_counter() - started:.0f} s", file=log, flush=True)
     common = {"prompts": n_prompts, "samples_per_prompt": n_per_prompt, "seed": seed,
               "timing_pictures": timing_pictures, "timing_caption": EXAMPLE_CAPTION,
-              "cpus": os.cpu_count(), **load}
+              "cpus": os.cpu_count(), "threads": parallel.threads(), **load}
     for way, t in zip(ways, times):
         prior = pipes[way.label].prior
         results[way.label].update(
@@ -239,7 +241,8 @@ def format_table(results, ways=WAYS):
                  "ones with that attribute wrong")
     lines.append(f"timing: {f['timing_pictures']} pictures of one caption per call, median of "
                  f"{f['timing_repeats']} rounds in turn; load average {f['load_before']:.2f} "
-                 f"before, {f['load_after']:.2f} after, {f['cpus']} CPUs")
+                 f"before, {f['load_after']:.2f} after, {f['cpus']} CPUs, "
+                 f"{f['threads']} thread(s)")
     return "\n".join(lines)
 
 
@@ -279,6 +282,8 @@ def build_parser():
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    parallel.reuse_freed_host_memory()       # as the command line runs eval-prior
+    parallel.use_cores()
     try:
         if args.checkpoints is not None and not Path(args.checkpoints).is_dir():
             raise ConfigError(f"--checkpoints must be a folder holding the checkpoints, got "
