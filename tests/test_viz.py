@@ -225,6 +225,50 @@ def test_fill_in_strip_labels_rows_and_bad_input():
         viz.fill_in_strip(x, np.ones((4, 3, 3), dtype=bool))
 
 
+# ---------------------------------------------------------------- fill_in_rows
+
+def test_fill_in_rows_lays_out_rows_of_different_lengths():
+    rows = [images(2, 8, 8, seed=1), images(4, 8, 8, seed=2), images(3, 8, 8, seed=3)]
+    known = np.zeros((2, 4, 4), dtype=bool)
+    known[1, :2] = True                                          # the top half decided
+    s, gap = 2, 2
+    img = viz.fill_in_rows(rows, ["a", "b", "c"], known=[known, None, None], scale=s, gap=gap)
+    t = 8 * s
+    assert img.height == 2 * M + 3 * t + 2 * gap
+    left = img.width - M - 4 * t - 3 * gap                       # the row names' width
+    assert left > M
+    tile = lambda r, c: crop(img, left + c * (t + gap), M + r * (t + gap), t, t)
+    assert (tile(0, 0) == viz.MASKED).all()                      # nothing decided
+    np.testing.assert_array_equal(tile(0, 1)[:t // 2], upscaled(rows[0][1], s)[:t // 2])
+    assert (tile(0, 1)[t // 2:] == viz.MASKED).all()
+    for c in range(4):                                           # known None: as they are
+        np.testing.assert_array_equal(tile(1, c), upscaled(rows[1][c], s))
+    for r, c in ((0, 2), (0, 3), (2, 3)):                        # past a row's end: empty
+        assert (tile(r, c) == viz.BACKGROUND).all()
+    same = viz.fill_in_rows(rows[1:2], ["b"], scale=s, gap=gap)
+    np.testing.assert_array_equal(crop(same, same.width - M - t, M, t, t), tile(1, 3))
+
+
+def test_fill_in_rows_labels_and_bad_input():
+    rows = [images(2, 8, 8), images(3, 8, 8)]
+    plain = viz.fill_in_rows(rows, ["a", "b"], scale=1, gap=0)
+    labelled = viz.fill_in_rows(rows, ["a", "b"], labels=[["1", "2"], ["x", "y", "z"]],
+                                scale=1, gap=0)
+    assert labelled.width == plain.width and labelled.height > plain.height
+    with pytest.raises(ShapeError, match="row_names"):
+        viz.fill_in_rows(rows, ["only one"])
+    with pytest.raises(ShapeError, match=r"labels\[1\]"):
+        viz.fill_in_rows(rows, ["a", "b"], labels=[["1", "2"], ["x"]])
+    with pytest.raises(ShapeError, match="known"):
+        viz.fill_in_rows(rows, ["a", "b"], known=[None])
+    with pytest.raises(ShapeError, match=r"row 1: known must have shape \(3, g, g\)"):
+        viz.fill_in_rows(rows, ["a", "b"], known=[None, np.ones((2, 2, 2), bool)])
+    with pytest.raises(ShapeError, match="the same size"):
+        viz.fill_in_rows([images(1, 8, 8), images(1, 4, 4)], ["a", "b"])
+    with pytest.raises(ShapeError, match="at least one row"):
+        viz.fill_in_rows([], [])
+
+
 # ---------------------------------------------------------------- prompt_grid
 
 def test_prompt_grid_rows_and_marks():
@@ -309,6 +353,7 @@ def test_every_picture_can_be_saved(tmp_path):
         "map.png": lambda p: viz.token_map(x[0], np.zeros((2, 2), int), path=p),
         "fill.png": lambda p: viz.token_fill_strip(list(x), [1, 2, 3, 4], path=p),
         "fill_in.png": lambda p: viz.fill_in_strip(x, np.ones((4, 2, 2), bool), path=p),
+        "rows.png": lambda p: viz.fill_in_rows([x, x[:2]], ["a", "b"], path=p),
         "prompts.png": lambda p: viz.prompt_grid(x, ["a", "b"], 2, path=p),
         "loss.png": lambda p: viz.loss_curve([2.0, 1.0], path=p),
     }

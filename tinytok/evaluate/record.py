@@ -8,6 +8,9 @@ figures.json beside the checkpoint it evaluated (data/checkpoints/figures.json f
 ones), under the checkpoint's name and LABEL, with the command line that produced it and the
 sha256 of every checkpoint it read. A retrained checkpoint no longer matches its hash, and the
 tests say so until it is evaluated again: a figure cannot outlive the model it describes.
+Figures that compare several checkpoints are recorded under a name of their own (python -m
+tinytok.evaluate.three_ways --record: "three_ways", a label per prior), each label with the
+hashes of the checkpoints it read.
 
 Prose reads the record through markers, HTML comments that GitHub does not show:
 
@@ -62,17 +65,23 @@ def check_label(label):
     return label
 
 
-def record_figures(checkpoint, label, figures, command, inputs=()):
+def record_figures(checkpoint, label, figures, command, inputs=(), name=None):
     """Write figures under (checkpoint's name, label) in the figures.json beside checkpoint.
 
     command: the command line that measured them (a list of words); inputs: the other
-    checkpoints the figures depend on (a prior's tokenizer). Returns the record's path.
+    checkpoints the figures depend on (a prior's tokenizer), in the same folder. name:
+    the record's name for figures that are not one checkpoint's alone (a comparison of
+    several, such as "three_ways"); default the checkpoint's. Returns the record's path.
     """
     checkpoint = Path(checkpoint)
     path = checkpoint.parent / RECORD_NAME
     record = load_record(path) if path.exists() else {}
     files = {Path(p).name: sha256_of(p) for p in (checkpoint, *inputs)}
-    record.setdefault(checkpoint.stem, {})[check_label(label)] = {
+    name = checkpoint.stem if name is None else check_label(name)
+    if name != checkpoint.stem and (checkpoint.parent / f"{name}.npz").exists():
+        raise ConfigError(f"the record's name {name!r} is the checkpoint {name}.npz's; a "
+                          "comparison of several checkpoints needs a name of its own")
+    record.setdefault(name, {})[check_label(label)] = {
         "command": shlex.join(command), "files": files, "figures": figures}
     text = json.dumps(record, indent=1, sort_keys=True) + "\n"
     write_atomically(path, lambda f: f.write(text.encode("utf-8")))

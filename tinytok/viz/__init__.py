@@ -15,6 +15,7 @@ file in the same folder, then ``os.replace``). The look is shared by all of them
     token_map(x[0], ids[0])                        # an image with its 8x8 token ids over it
     token_fill_strip(partials, [8, 16, 32, 64])    # an image filling in token by token
     fill_in_strip(pictures, known)                 # grids filling in many tokens a step
+    fill_in_rows([a, b], ["raster", "masked"])     # strips of different lengths, one a row
     prompt_grid(samples, prompts, 4, marks=ok)     # one row per prompt, green/red dots
     loss_curve(losses, log=True)                   # a line plot without matplotlib
     chart([Series("vq", bits, psnr)], log_x=True)  # several named series (tinytok.viz.chart)
@@ -226,24 +227,63 @@ def fill_in_strip(pictures, known, labels=None, ncols=None, scale=4, gap=2, path
     decoder draws them beside whatever code stood in for the rest). ncols: tiles per row
     (default: all in one row); labels: one per tile (default "k of g*g").
     """
+    tiles, known = _grey_undecided(pictures, known, "fill_in_strip")
+    if labels is None:
+        g = known.shape[1]
+        labels = [f"{int(k)} of {g * g}" for k in known.sum(axis=(1, 2))]
+    return image_grid(tiles, ncols=ncols or len(tiles), scale=scale, gap=gap, labels=labels,
+                      path=path)
+
+
+def _grey_undecided(pictures, known, what):
+    """(tiles, known): pictures (N, H, W, 3) with every cell that known (N, g, g) bool
+    leaves undecided painted MASKED; one-line errors for a known of the wrong kind."""
     pictures = _check_images(pictures, "pictures")
     known = to_numpy(known)
     n, h, w = pictures.shape[:3]
     if known.dtype != bool:
-        raise DTypeError(f"fill_in_strip: known must be a bool array (True where a cell's "
+        raise DTypeError(f"{what}: known must be a bool array (True where a cell's "
                          f"code is decided, e.g. codes >= 0), got dtype {known.dtype}")
     if known.ndim != 3 or len(known) != n or known.shape[1] != known.shape[2]:
-        raise ShapeError(f"fill_in_strip: known must have shape ({n}, g, g), one square grid "
+        raise ShapeError(f"{what}: known must have shape ({n}, g, g), one square grid "
                          f"per picture, got {known.shape}")
     g = known.shape[1]
     if h % g or w % g:
-        raise ShapeError(f"fill_in_strip: the pictures ({h}x{w}) must split evenly into the "
+        raise ShapeError(f"{what}: the pictures ({h}x{w}) must split evenly into the "
                          f"{g}x{g} grid of known")
     pixels = known.repeat(h // g, axis=1).repeat(w // g, axis=2)      # (N, H, W)
-    tiles = np.where(pixels[..., None], pictures, np.array(MASKED, dtype=np.uint8))
-    if labels is None:
-        labels = [f"{int(k)} of {g * g}" for k in known.sum(axis=(1, 2))]
-    return image_grid(tiles, ncols=ncols or n, scale=scale, gap=gap, labels=labels, path=path)
+    return np.where(pixels[..., None], pictures, np.array(MASKED, dtype=np.uint8)), known
+
+
+def fill_in_rows(rows, row_names, known=None, labels=None, scale=4, gap=2, path=None):
+    """Strips of pictures of different lengths, one per row, named at the left: several
+    ways of writing a picture side by side, each with as many steps as it takes.
+
+    rows: a list of (n_i, H, W, 3) uint8, every picture the same size; row_names: one
+    text per row. known: None, or one entry per row, None (every pixel shown) or a bool
+    (n_i, g, g) as fill_in_strip takes it (undecided cells grey). labels: None, or one list
+    of n_i captions per row. A row shorter than the longest ends in empty background.
+    """
+    arrays = [_check_images(r, f"rows[{i}]") for i, r in enumerate(rows)]
+    if not arrays:
+        raise ShapeError("fill_in_rows: expected at least one row of pictures")
+    for i, a in enumerate(arrays):
+        if a.shape[1:] != arrays[0].shape[1:]:
+            raise ShapeError(f"fill_in_rows: rows[{i}] holds pictures {a.shape[1:]}, rows[0] "
+                             f"{arrays[0].shape[1:]}; every picture must be the same size")
+    known = _check_len(known, len(arrays), "known (one entry per row)") or [None] * len(arrays)
+    labels = _check_len(labels, len(arrays), "labels (one list per row)")
+    width = max(len(a) for a in arrays)
+    blank = np.full((1, *arrays[0].shape[1:]), BACKGROUND, dtype=np.uint8)
+    tiles, captions = [], []
+    for i, (a, k) in enumerate(zip(arrays, known)):
+        shown = a if k is None else _grey_undecided(a, k, f"fill_in_rows, row {i}")[0]
+        tiles += [shown, blank.repeat(width - len(a), axis=0)]
+        if labels is not None:
+            captions += _check_len(labels[i], len(a), f"labels[{i}]") + [""] * (width - len(a))
+    return image_grid(np.concatenate(tiles), ncols=width, scale=scale, gap=gap,
+                      labels=captions if labels is not None else None,
+                      row_labels=_check_len(row_names, len(arrays), "row_names"), path=path)
 
 
 def prompt_grid(images, prompts, n_per_prompt, marks=None, scale=4, gap=2, path=None):
