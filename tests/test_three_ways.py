@@ -18,6 +18,7 @@ from tinytok.data.datasets import read_attributes
 from tinytok.errors import ConfigError
 from tinytok.evaluate import record as rec
 from tinytok.evaluate import three_ways as tw
+from tinytok.evaluate.metrics import eval_prompts
 from tinytok.pipeline import Pipeline, Prior, Tokenizer
 from tinytok.prior import scales as scales_module
 from tinytok.prior.gpt import gpt_config
@@ -87,7 +88,7 @@ def test_attribute_errors_refuse_what_is_not_two_tables_of_attributes(read, want
 
 
 def test_adherence_figures_are_what_the_pictures_read_back(pipes):
-    prompts = tw.prompt_labels(2, seed=1)
+    prompts = eval_prompts(2, seed=1)
     seen = []
     figures, drawn = tw.adherence_figures(pipes["masked"], prompts, 2,
                                           SAMPLING.but(steps=2), seed=1,
@@ -104,13 +105,13 @@ def test_adherence_figures_are_what_the_pictures_read_back(pipes):
 
 
 def test_the_prompts_are_the_ones_eval_prior_asks(pipes, monkeypatch):
-    """eval_prior's adherence calls, spied on, get exactly prompt_labels' prompts."""
+    """eval_prior's adherence calls, spied on, get exactly eval_prompts' prompts."""
     from tinytok.evaluate import metrics
     asked = []
     monkeypatch.setattr(metrics, "adherence",
                         lambda pipe, labels, n, **kw: asked.append(labels) or (0.0, None, None))
     metrics.eval_prior(pipes["masked"], 3, 1, seed=2, n_inpaints=0)
-    mine = tw.prompt_labels(3, seed=2)
+    mine = eval_prompts(3, seed=2)
     assert len(asked) == 2
     assert np.array_equal(asked[0], mine["train"]) and np.array_equal(asked[1], mine["heldout"])
 
@@ -118,7 +119,7 @@ def test_the_prompts_are_the_ones_eval_prior_asks(pipes, monkeypatch):
 # ---------------------------------------------------------------- the work
 
 @pytest.mark.parametrize("sampling, rows", [(SAMPLING, 2), (PLAIN, 1)])
-def test_scales_work_is_what_write_maps_runs(pipes, monkeypatch, sampling, rows):
+def test_the_scales_work_is_what_write_maps_runs(pipes, monkeypatch, sampling, rows):
     """Every call of the trunk while drawing 3 pictures, counted: one pass for the caption,
     one per map, and each picture's positions (guidance's row too) run once."""
     calls = []
@@ -133,20 +134,11 @@ def test_scales_work_is_what_write_maps_runs(pipes, monkeypatch, sampling, rows)
     n = 3
     pipes["scales"].generate_codes("a large red circle at the top left", n, sampling=sampling)
     work = tw.drawing_cost(prior, "a large red circle at the top left", sampling)
-    assert work == tw.scales_work(prior.config, rows)
+    assert work == drawing_work("scales", prior.vocab, prior.config, sampling.steps,
+                                rows == 2, "a large red circle at the top left")
     assert len(calls) == work["passes"] == work["forward_calls"] == 8      # 7 maps + caption
     assert all(batch == rows * n for batch, _ in calls)
     assert sum(b * t for b, t in calls) / n == work["positions"] == rows * 171
-
-
-def test_the_grid_priors_work_is_the_benchs(pipes):
-    caption = "a small blue square at the top"
-    for label in ("raster", "masked"):
-        prior = pipes[label].prior
-        for sampling in (SAMPLING, PLAIN.but(steps=4)):
-            assert tw.drawing_cost(prior, caption, sampling) == drawing_work(
-                label, prior.vocab, prior.config.context, sampling.steps,
-                sampling.cfg_scale != 1, caption)
 
 
 def test_only_a_prior_that_judges_draws_candidates(pipes):

@@ -360,6 +360,13 @@ def inpaint_figures(pipeline, n_pictures=24, *, seed=0, sampling=None):
             "inpaint_cells": float(np.mean(cells_drawn)), "inpaint_pictures": n_pictures}
 
 
+def eval_prompts(n_prompts, seed=0):
+    """The prompts eval_prior asks: {"train": labels, "heldout": labels}, each (n_prompts,
+    4), pairs seen in training and held-out pairs (evaluate.three_ways asks the same)."""
+    return {"train": make_shapes(n_prompts, seed=10_000 + seed, split="train").labels,
+            "heldout": make_shapes(n_prompts, seed=20_000 + seed, split="heldout").labels}
+
+
 def eval_prior(pipeline, n_prompts=24, n_per_prompt=4, *, seed=0, n_captions=200, n_edits=0,
                n_inpaints=0, sampling=None):
     """Adherence on training and held-out combinations; for a prior that writes captions,
@@ -368,10 +375,8 @@ def eval_prior(pipeline, n_prompts=24, n_per_prompt=4, *, seed=0, n_captions=200
     drawn with sampling (default the prior's recommended settings, Pipeline.sampling, as
     Pipeline.generate and edit use them)."""
     sampling = pipeline.sampling_or_recommended(sampling)
-    train = make_shapes(n_prompts, seed=10_000 + seed, split="train").labels
-    heldout = make_shapes(n_prompts, seed=20_000 + seed, split="heldout").labels
     figures = {"prompts": n_prompts, "samples_per_prompt": n_per_prompt}
-    for name, labels in (("train", train), ("heldout", heldout)):
+    for name, labels in eval_prompts(n_prompts, seed).items():
         share, _, _ = adherence(pipeline, labels, n_per_prompt, seed=seed, sampling=sampling)
         figures[f"adherence_{name}"] = share
     kind = pipeline.prior.kind

@@ -11,13 +11,16 @@ The shipped priors, each on its own tokenizer, under the record's name "three_wa
                     work per picture as the other two, guidance on
     masked          MaskGIT (shapes_masked_prior.npz), recommended: guidance 1.5, 8 passes
     scales          next-scale, VAR (shapes_scales_prior.npz on shapes_scales_tokenizer.npz),
-                    recommended: guidance 1.5, a map a pass
+                    recommended: guidance 1.5, temperature 0.7, a map a pass
+
+Each is drawn at its prior's recommended settings (Pipeline.sampling), the raster-rerank1
+row at the same less the reranking.
 
 For each: prompt adherence on seen (train split) and held-out pairs, the prompts and seeds
 of `tinytok eval-prior` (metrics.adherence; the same prompts for all four); which
 attributes are wrong in the pictures that are wrong (read back from the pixels by
 read_attributes; pooled over both splits); the model's passes, calls and positions per
-picture, derived (tinytok.bench.workloads.drawing_work, and scales_work here); and the
+picture, derived (tinytok.bench.workloads.drawing_work); and the
 wall time per picture drawing `timing_pictures` (16) pictures of one caption, the four
 timed in turn, round after round (tinytok.bench.measure.time_in_turn), with the machine's
 load average before and after. --record writes every label into data/checkpoints/
@@ -40,7 +43,7 @@ from tinytok.bench.workloads import drawing_work
 from tinytok.data.datasets import make_shapes, read_attributes
 from tinytok.data.edits import COLOUR, POSITION, SHAPE, SIZE
 from tinytok.errors import ConfigError, TinytokError
-from tinytok.evaluate.metrics import adherence
+from tinytok.evaluate.metrics import adherence, eval_prompts
 from tinytok.prior.settings import SAMPLING
 from tinytok.prior.vocab import EXAMPLE_CAPTION
 from tinytok.training.progress import Progress
@@ -53,18 +56,18 @@ class Way(NamedTuple):
     label: str        # the record's label
     prior: str        # the checkpoints' file names, in the checkpoints folder
     tokenizer: str
-    sampling: object  # a tinytok.Sampling
+    sampling: object  # a tinytok.Sampling; None: the prior's recommended (Pipeline.sampling)
     what: str         # a few words for the table
 
 
 WAYS = (
-    Way("raster", "shapes_prior.npz", "shapes_tokenizer.npz", SAMPLING,
+    Way("raster", "shapes_prior.npz", "shapes_tokenizer.npz", None,
         "causal, a code a pass; best of 4"),
     Way("raster-rerank1", "shapes_prior.npz", "shapes_tokenizer.npz", SAMPLING.but(rerank=1),
         "causal, a code a pass; one draw"),
-    Way("masked", "shapes_masked_prior.npz", "shapes_tokenizer.npz", SAMPLING,
+    Way("masked", "shapes_masked_prior.npz", "shapes_tokenizer.npz", None,
         "full attention, 8 passes"),
-    Way("scales", "shapes_scales_prior.npz", "shapes_scales_tokenizer.npz", SAMPLING,
+    Way("scales", "shapes_scales_prior.npz", "shapes_scales_tokenizer.npz", None,
         "block-causal, a map a pass"),
 )
 
@@ -84,14 +87,6 @@ def load_pipelines(ways, folder):
 
 
 # ---------------------------------------------------------------- the pictures
-
-def prompt_labels(n_prompts, seed=0):
-    """{"train": labels, "heldout": labels}, each (n_prompts, 4): the prompts eval_prior
-    asks (metrics.eval_prior draws them with these seeds), so that the raster and masked
-    figures here repeat the record's eval-prior figures of the same prompts."""
-    return {"train": make_shapes(n_prompts, seed=10_000 + seed, split="train").labels,
-            "heldout": make_shapes(n_prompts, seed=20_000 + seed, split="heldout").labels}
-
 
 def attribute_errors(read, wanted):
     """What is wrong in the wrong pictures: read, wanted (N, 4) attributes (read_attributes'
@@ -139,26 +134,11 @@ def adherence_figures(pipe, prompts, n_per_prompt, sampling, seed=0, on_split=No
 
 # ---------------------------------------------------------------- the work and the time
 
-def scales_work(config, rows):
-    """A next-scale prior's drawing work per picture (prior/scales.py write_maps, KV cache):
-    {"passes", "forward_calls", "positions"}, as bench.workloads.drawing_work counts them.
-    One pass over the caption part (P positions; it draws nothing: the first map reads
-    only zeros and the caption), then one pass per map over its s_k^2 positions: K + 1
-    passes, guidance's rows in the same calls. Every position of the context is run once
-    per row: rows x context."""
-    from tinytok.prior.scales import scales_of
-    passes = len(scales_of(config)) + 1
-    return {"passes": passes, "forward_calls": passes, "positions": rows * config.context}
-
-
 def drawing_cost(prior, caption, sampling):
-    """The model's work for one picture of caption drawn once (no reranking):
-    drawing_work for a prior that writes a grid, scales_work for one that writes maps."""
-    guided = sampling.cfg_scale != 1.0
-    if prior.kind.reads == "maps":
-        return scales_work(prior.config, 2 if guided else 1)
-    return drawing_work(prior.kind.name, prior.vocab, prior.config.context, sampling.steps,
-                        guided, caption)
+    """The model's work for one picture of caption drawn once (no reranking): the bench's
+    drawing_work for the prior's kind."""
+    return drawing_work(prior.kind.name, prior.vocab, prior.config, sampling.steps,
+                        sampling.cfg_scale != 1.0, caption)
 
 
 def draws_per_picture(prior, sampling):
@@ -190,35 +170,36 @@ def measure(ways=WAYS, folder=None, n_prompts=48, n_per_prompt=2, seed=0, timing
     progress on log), then the work and the timing of all of them in turn."""
     from tinytok.pipeline import CHECKPOINT_DIR
     pipes = load_pipelines(ways, folder or CHECKPOINT_DIR)
-    prompts = prompt_labels(n_prompts, seed)
+    samplings = [pipes[w.label].sampling_or_recommended(w.sampling) for w in ways]
+    prompts = eval_prompts(n_prompts, seed)
     total = len(ways) * len(prompts) * n_prompts * n_per_prompt
     results, done = {}, 0
     with Progress(total, desc="drawing", log_every=n_prompts * n_per_prompt, stream=log,
                   unit="picture") as progress:
-        for way in ways:
+        for way, sampling in zip(ways, samplings):
             def count(split, pictures, label=way.label):
                 nonlocal done
                 done += pictures
                 progress.update(done, {"last": f"{label} {split}"})
             results[way.label], _ = adherence_figures(pipes[way.label], prompts, n_per_prompt,
-                                                      way.sampling, seed, count)
+                                                      sampling, seed, count)
     print(f"timing {timing_pictures} pictures of one caption, {len(ways)} ways in turn, "
           f"{repeats} rounds...", file=log, flush=True)
     started = time.perf_counter()
-    times, load = time_drawings([pipes[w.label] for w in ways], [w.sampling for w in ways],
+    times, load = time_drawings([pipes[w.label] for w in ways], samplings,
                                 n=timing_pictures, repeats=repeats, warmup=warmup)
     print(f"timed in {time.perf_counter() - started:.0f} s", file=log, flush=True)
     common = {"prompts": n_prompts, "samples_per_prompt": n_per_prompt, "seed": seed,
               "timing_pictures": timing_pictures, "timing_caption": EXAMPLE_CAPTION,
               "cpus": os.cpu_count(), "threads": parallel.threads(), **load}
-    for way, t in zip(ways, times):
+    for way, sampling, t in zip(ways, samplings, times):
         prior = pipes[way.label].prior
         results[way.label].update(
-            drawing_cost(prior, EXAMPLE_CAPTION, way.sampling),
-            draws_per_picture=draws_per_picture(prior, way.sampling),
+            drawing_cost(prior, EXAMPLE_CAPTION, sampling),
+            draws_per_picture=draws_per_picture(prior, sampling),
             ms_per_picture=t["median"], ms_per_picture_min=t["min"],
             ms_per_picture_max=t["max"], timing_repeats=t["repeats"], **common,
-            sampling=asdict(way.sampling))
+            sampling=asdict(sampling))
     return results
 
 
