@@ -5,6 +5,8 @@
                   read back from the pixels (eval-tokenizer, eval-prior)
     record.py     the one record of the shipped models' figures (data/checkpoints/
                   figures.json), written by `--record`, read by the README and the lessons
+    three_ways.py the three shipped priors (raster, masked, next-scale) side by side in one
+                  run: adherence, what is wrong, passes and time per picture (lesson 18)
 """
 from tinytok.evaluate.metrics import (Thumbnail, adherence, best_thumbnail, caption_accuracy,
                                       edit_figures, eval_prior, eval_tokenizer, fidelity,
