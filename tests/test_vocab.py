@@ -384,8 +384,11 @@ def test_encode_dataset_tokens_batches_and_stacks():
     codes = encode_dataset_tokens(encode, images, batch_size=4)
     assert sizes == [4, 4, 2] and codes.shape == (10, 4, 4) and codes.dtype == np.int64
     assert np.array_equal(codes, encode(images))
-    with pytest.raises(ShapeError, match="codes \\(b, g, g\\) for a batch of 4"):
-        encode_dataset_tokens(lambda b: np.zeros((len(b), 16)), images, batch_size=4)
+    with pytest.raises(ShapeError, match="codes \\(b, g, g\\) or maps \\(b, L\\) for a "
+                                         "batch of 4"):
+        encode_dataset_tokens(lambda b: np.zeros(len(b)), images, batch_size=4)
+    maps = encode_dataset_tokens(lambda b: np.zeros((len(b), 21)), images, batch_size=4)
+    assert maps.shape == (10, 21)                        # a multi-scale tokenizer's maps
     with pytest.raises(ConfigError, match="batch_size"):
         encode_dataset_tokens(encode, images, batch_size=0)
 
