@@ -25,8 +25,8 @@ from tinytok.errors import CheckpointError, ConfigError, DTypeError, ShapeError
 from tinytok.ops.checks import is_whole_number
 from tinytok.parallel import blas_threads_for_small_products, for_batch_parts
 from tinytok.prior.gpt import config_dict, gpt_config
-from tinytok.prior.kinds import (check_tokenizer, kind_of_checkpoint, model_vocab_size,
-                                 prior_kind, refuse_inpainting, refuse_words)
+from tinytok.prior.kinds import (check_tokenizer, draws_per_picture, kind_of_checkpoint,
+                                 model_vocab_size, prior_kind, refuse_inpainting, refuse_words)
 from tinytok.prior.masked import inpaint_codes
 from tinytok.prior.sample import caption_log_likelihood, write_captions
 from tinytok.prior.settings import check_sampling
@@ -311,7 +311,7 @@ class Pipeline:
         sampling = self.sampling_or_recommended(sampling)
         check_seed(seed)
         prior = self.prior
-        k = sampling.rerank if prior.kind.can_caption else 1   # the prior is the judge
+        k = draws_per_picture(prior.kind, sampling)            # the prior is the judge
         with blas_threads_for_small_products():  # a few rows per product (tinytok.parallel)
             drawn = prior.kind.draw(prior.params, prior.config, prior.vocab, prompt, n * k,
                                     np.random.default_rng(seed), sampling, use_cache)

@@ -15,7 +15,7 @@ from tinytok.prior.layouts import image_prompt, unconditional_prompt
 from tinytok.prior.masked import masked_batch, still_masked
 from tinytok.prior.sample import continue_sequences
 from tinytok.prior.scales import carried_params, scales_batch
-from tinytok.prior.settings import PLAIN, SAMPLING
+from tinytok.prior.settings import PLAIN
 from tinytok.prior.vocab import EXAMPLE_CAPTION
 from tinytok.tokenizer.discriminator import (DiscriminatorConfig, init_discriminator_params,
                                              is_discriminator_param)

@@ -27,7 +27,6 @@ load average before and after. --record writes every label into data/checkpoints
 figures.json with the sha256 of the prior and tokenizer it read, so the lessons' markers
 (<!--fig three_ways masked adherence_heldout .1%-->) go stale when a model changes.
 """
-import argparse
 import os
 import sys
 import time
@@ -40,10 +39,11 @@ import numpy as np
 from tinytok import backend, parallel
 from tinytok.bench.measure import time_in_turn
 from tinytok.bench.workloads import drawing_work
-from tinytok.data.datasets import make_shapes, read_attributes
+from tinytok.data.datasets import read_attributes
 from tinytok.data.edits import COLOUR, POSITION, SHAPE, SIZE
 from tinytok.errors import ConfigError, TinytokError
 from tinytok.evaluate.metrics import adherence, eval_prompts
+from tinytok.prior import kinds
 from tinytok.prior.settings import SAMPLING
 from tinytok.prior.vocab import EXAMPLE_CAPTION
 from tinytok.training.progress import Progress
@@ -142,9 +142,9 @@ def drawing_cost(prior, caption, sampling):
 
 
 def draws_per_picture(prior, sampling):
-    """Candidates drawn for each picture: the rerank setting where the prior can judge them
-    (Pipeline.generate_codes), else 1."""
-    return sampling.rerank if prior.kind.can_caption else 1
+    """Candidates drawn for each picture of this prior, as Pipeline.generate_codes draws
+    them (kinds.draws_per_picture)."""
+    return kinds.draws_per_picture(prior.kind, sampling)
 
 
 def time_drawings(pipes, samplings, caption=EXAMPLE_CAPTION, n=16, repeats=5, warmup=1):

@@ -244,6 +244,20 @@ class GPTCache(NamedTuple):
     T: int              # the sequence length (rows of the position table used)
 
 
+def token_embedding_forward(ids, params, past=0):
+    """ids (B, T) -> x (B, T, C) = wte[ids] + wpe[past:past + T] (position P + t gets row
+    P + t), and the token lookup's cache."""
+    tok, c_tok = embedding_forward(ids, params["gpt.wte"])
+    return tok + params["gpt.wpe"][past:past + ids.shape[1]], c_tok
+
+
+def token_embedding_backward(dx, cache, grads):
+    """The mirror (from position 0): the position rows get dx summed over the batch, the
+    token table its scatter (wte's second use, after the tied head's)."""
+    grads["gpt.wpe"][:dx.shape[1]] += dx.sum(axis=0)                 # (T, C): summed over B
+    _add(grads, "gpt.wte", embedding_backward(dx, cache))
+
+
 def gpt_forward(ids, params, config, kv=None, mask="causal"):
     """ids (B, T) int -> logits (B, T, V), cache.
 
@@ -256,8 +270,7 @@ def gpt_forward(ids, params, config, kv=None, mask="causal"):
     check_ids(ids, config)
     T = ids.shape[1]
     past = 0 if kv is None else check_kv(kv, T, config)
-    tok, c_tok = embedding_forward(ids, params["gpt.wte"])           # (B, T, C)
-    x = tok + params["gpt.wpe"][past:past + T]           # position P + t gets row P + t
+    x, c_tok = token_embedding_forward(ids, params, past)           # (B, T, C)
     logits, c_trunk = trunk_forward(x, params, config, kv, mask)
     return logits, (GPTCache(c_tok, c_trunk, T) if kv is None else None)
 
@@ -266,8 +279,7 @@ def gpt_backward(dlogits, cache, grads, config):
     """dlogits (B, T, V) -> parameter gradients added into grads."""
     require_backward_cache(cache, "gpt_backward")
     dx = trunk_backward(dlogits, cache.trunk, grads, config)
-    grads["gpt.wpe"][:cache.T] += dx.sum(axis=0)                     # (T, C): summed over B
-    _add(grads, "gpt.wte", embedding_backward(dx, cache.tok))        # second use of wte
+    token_embedding_backward(dx, cache.tok, grads)
 
 
 def trunk_forward(x, params, config, kv=None, mask="causal"):

@@ -86,6 +86,12 @@ def model_vocab_size(kind, vocab):
     return vocab.size + prior_kind(kind).extra_tokens
 
 
+def draws_per_picture(kind, sampling):
+    """Candidates drawn for each picture asked for: sampling.rerank where the prior can
+    judge them by their caption (it writes words), else 1."""
+    return sampling.rerank if prior_kind(kind).can_caption else 1
+
+
 def refuse_words(kind, what):
     """A one-line ConfigError when a prior of this kind is asked to write words."""
     kind = prior_kind(kind)

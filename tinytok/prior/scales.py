@@ -37,11 +37,13 @@ from tinytok.errors import ConfigError, ShapeError
 from tinytok.ops import (cross_entropy_backward, cross_entropy_forward, embedding_backward,
                          embedding_forward, linear_backward, linear_forward)
 from tinytok.ops.resample import area_resize_forward
-from tinytok.prior.gpt import (_add, check_kv, init_gpt_params, new_kv_cache, trunk_backward,
-                               trunk_forward)
+from tinytok.prior.gpt import (_add, check_kv, init_gpt_params, new_kv_cache,
+                               token_embedding_backward, token_embedding_forward,
+                               trunk_backward, trunk_forward)
 from tinytok.prior.masked import masked_prefix, prompt_prefix
 from tinytok.prior.sample import draw, filter_logits, guided
 from tinytok.prior.settings import SAMPLING
+from tinytok.prior.vocab import check_codes
 from tinytok.tokenizer.multiscale import (PHI_MIX, check_scales, climb, join_scale_ids,
                                           prefix_lengths, scale_book, scale_step,
                                           split_scale_ids, token_count)
@@ -212,17 +214,6 @@ def embed_maps_backward(dx, cache, grads):
     _add(grads, "scales.proj.w", dw); _add(grads, "scales.proj.b", db)
 
 
-def embed_caption_forward(ids, params):
-    """The caption part (B, P) ids -> x (B, P, C): token and position embeddings."""
-    tok, c_tok = embedding_forward(ids, params["gpt.wte"])
-    return tok + params["gpt.wpe"][:ids.shape[1]], c_tok
-
-
-def embed_caption_backward(dx, cache, grads):
-    grads["gpt.wpe"][:dx.shape[1]] += dx.sum(axis=0)
-    _add(grads, "gpt.wte", embedding_backward(dx, cache))
-
-
 # ---------------------------------------------------------------- the model
 
 class ScalesCache(NamedTuple):
@@ -245,7 +236,7 @@ def scales_forward(ids, params, config, mask="block"):
     check_sequence(ids, config)
     xp = get_array_module(params["gpt.wte"])
     P = caption_positions(config)
-    x_cap, c_cap = embed_caption_forward(ids[:, :P], params)
+    x_cap, c_cap = token_embedding_forward(ids[:, :P], params)
     inputs = map_inputs(ids[:, P:] - image_offset(params, config), params, config)
     x_img, c_maps = embed_maps_forward(inputs, params, config, 0, len(config.scales))
     if isinstance(mask, str) and mask == "block":
@@ -259,7 +250,7 @@ def scales_backward(dlogits, cache, grads, config):
     """dlogits (B, T, V) -> parameter gradients added into grads (none for the carried
     quantizer)."""
     dx = trunk_backward(dlogits, cache.trunk, grads, config)
-    embed_caption_backward(dx[:, :cache.P], cache.caption, grads)
+    token_embedding_backward(dx[:, :cache.P], cache.caption, grads)
     embed_maps_backward(dx[:, cache.P:], cache.maps, grads)
 
 
@@ -312,9 +303,7 @@ def scales_batch(vocab, caption_ids_list, image_ids, rng, context, p_drop_captio
     if ids.ndim != 2 or len(ids) != n or ids.shape[1] >= context:
         raise ShapeError(f"image_ids must be (N, L) maps for {n} captions with L below the "
                          f"context {context}, got {ids.shape}")
-    if ids.size and (ids.min() < 0 or ids.max() >= vocab.num_codes):
-        raise ShapeError(f"codes must lie in [0, {vocab.num_codes}), got {ids.min()} to "
-                         f"{ids.max()}")
+    check_codes(vocab, ids)
     L = ids.shape[1]
     drop = rng.random(n) < p_drop_caption
     prefixes = np.stack([masked_prefix(vocab, None if d else c, context, L)
@@ -343,7 +332,7 @@ def write_maps(params, config, prefixes, rng, sampling, uncond_prefixes=None, us
     n, g, offset = len(prefixes), scales[-1], image_offset(params, config)
     guide = uncond_prefixes is not None and sampling.cfg_scale != 1.0
     rows = np.concatenate([prefixes, uncond_prefixes]) if guide else prefixes
-    x_cap, _ = embed_caption_forward(xp.asarray(rows), params)
+    x_cap, _ = token_embedding_forward(xp.asarray(rows), params)
     kv = new_kv_cache(params, config, len(rows)) if use_cache else None
     if use_cache:
         trunk_forward(x_cap, params, config, kv, mask="full")   # the caption sees itself
