@@ -23,8 +23,9 @@ from tinytok.prior.gpt import gpt_config
 from tinytok.prior.kinds import PRIOR_KINDS, check_tokenizer, model_overrides
 from tinytok.prior.masked import masked_prefix
 from tinytok.prior.sample import draw, filter_logits, guided
-from tinytok.prior.scales import (CARRIED, SCALES_SAMPLING, block_causal_mask, caption_positions, image_offset,
-                                  init_scales_params, map_inputs, map_levels, map_span,
+from tinytok.prior.scales import (CARRIED, SCALES_SAMPLING, block_causal_mask,
+                                  caption_positions, image_offset, init_scales_params,
+                                  map_guidance, map_inputs, map_levels, map_span,
                                   sample_scale_codes, scales_batch, scales_forward,
                                   scales_loss_backward, scales_loss_forward, write_maps)
 from tinytok.prior.settings import PLAIN, Sampling
@@ -222,7 +223,10 @@ def reference_drawing(params, cond, uncond, seed, sampling):
         seq = np.concatenate([rows, np.tile(codes, (2, 1)) + offset], axis=1)
         logits, _ = scales_forward(seq, params, CFG)
         logits = logits[:, caption_positions(CFG) + lo:caption_positions(CFG) + hi, offset:]
-        logits = guided(logits[:n], logits[n:], sampling.cfg_scale)
+        scale = sampling.cfg_scale          # VAR's ramp: none at the first map, then rising
+        if sampling.cfg_ramp:
+            scale = 1 + (sampling.cfg_scale - 1) * k / (len(SCALES) - 1)
+        logits = guided(logits[:n], logits[n:], scale)
         flat = filter_logits(logits.reshape(n * s * s, -1), sampling.temperature,
                              sampling.top_k, sampling.top_p)
         codes[:, lo:hi] = np.asarray(draw(flat, rng)).reshape(n, s * s)
@@ -231,12 +235,27 @@ def reference_drawing(params, cond, uncond, seed, sampling):
 
 @pytest.mark.parametrize("sampling", [Sampling(cfg_scale=2.5), Sampling(cfg_scale=1.5,
                                                                        temperature=0.8,
-                                                                       top_p=0.9)])
+                                                                       top_p=0.9),
+                                      Sampling(cfg_scale=4.0, cfg_ramp=True, temperature=0.4)])
 def test_write_maps_equals_an_independent_loop(sampling):
     params = scaled_params()
     cond, uncond = prefixes(["a red circle", "a large blue square"]), prefixes(["", ""])
     got = write_maps(params, CFG, cond, np.random.default_rng(4), sampling, uncond)
     np.testing.assert_array_equal(got, reference_drawing(params, cond, uncond, 4, sampling))
+
+
+def test_the_guidance_ramp_rises_from_none_at_the_first_map_to_cfg_scale_at_the_last():
+    ramp = Sampling(cfg_scale=2.5, cfg_ramp=True)
+    assert [map_guidance(ramp, k, 7) for k in range(7)] == [1.0, 1.25, 1.5, 1.75, 2.0, 2.25,
+                                                            2.5]
+    assert [map_guidance(ramp.but(cfg_ramp=False), k, 7) for k in range(7)] == [2.5] * 7
+    assert map_guidance(ramp, 0, 1) == 2.5                  # one map: it is the last
+    params = scaled_params()
+    cond, uncond = prefixes(["a red circle"] * 6), prefixes([""] * 6)
+    ramped = write_maps(params, CFG, cond, np.random.default_rng(1), ramp, uncond)
+    constant = write_maps(params, CFG, cond, np.random.default_rng(1), ramp.but(cfg_ramp=False),
+                          uncond)
+    assert not np.array_equal(ramped, constant)      # (write_maps against a loop: above)
 
 
 def test_one_pass_a_map_with_or_without_the_cache():
@@ -417,6 +436,11 @@ def test_the_command_line_trains_draws_and_refuses_with_a_next_scale_prior(tmp_p
     assert main(["caption", "--tokenizer", tok_path, "--prior", prior,
                  str(tmp_path / "s.png")]) == 2
     assert "a scales prior draws pictures only" in capsys.readouterr().err
+    assert main(["sample", "--prompt", "a red circle", "--cfg-ramp",
+                 "--out", str(tmp_path / "r.png")]) == 2            # the shipped raster prior
+    err = capsys.readouterr().err.strip()
+    assert "a raster prior guides every pass at cfg_scale" in err and "\n" not in err
+    assert not (tmp_path / "r.png").exists()
 
 
 def test_the_shipped_next_scale_models_draw_through_the_pipeline_and_the_command_line(tmp_path):

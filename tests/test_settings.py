@@ -53,13 +53,28 @@ def test_every_entry_point_takes_the_settings_whole_with_the_recommended_default
 
 def test_each_kind_of_prior_has_its_recommended_settings():
     assert PRIOR_KINDS["raster"].sampling is SAMPLING is PRIOR_KINDS["masked"].sampling
-    assert PRIOR_KINDS["scales"].sampling == SCALES_SAMPLING == SAMPLING.but(temperature=0.7)
+    assert PRIOR_KINDS["scales"].sampling == SCALES_SAMPLING == SAMPLING.but(
+        cfg_scale=2.5, cfg_ramp=True, temperature=0.4)
     for kind in PRIOR_KINDS.values():
         assert Pipeline.sampling.fget(SimpleNamespace(prior=SimpleNamespace(kind=kind))) \
             is kind.sampling
-        pipe = SimpleNamespace(sampling=kind.sampling)
+        pipe = SimpleNamespace(sampling=kind.sampling, prior=SimpleNamespace(kind=kind))
         assert Pipeline.sampling_or_recommended(pipe, None) is kind.sampling
         assert Pipeline.sampling_or_recommended(pipe, PLAIN) is PLAIN
+
+
+def test_only_a_next_scale_prior_ramps_its_guidance():
+    ramped = PLAIN.but(cfg_scale=2.0, cfg_ramp=True)
+    for name, kind in PRIOR_KINDS.items():
+        pipe = SimpleNamespace(sampling=kind.sampling, prior=SimpleNamespace(kind=kind))
+        if name == "scales":
+            assert Pipeline.sampling_or_recommended(pipe, ramped) is ramped
+            continue
+        with pytest.raises(ConfigError, match=f"only a next-scale prior draws; a {name} prior "
+                                              "guides every pass at cfg_scale"):
+            Pipeline.sampling_or_recommended(pipe, ramped)
+    with pytest.raises(ConfigError, match="cfg_ramp must be True or False, got 'yes'"):
+        Sampling(cfg_ramp="yes")
 
 
 def test_the_settings_are_frozen():
@@ -109,8 +124,11 @@ def test_the_command_line_starts_from_the_same_settings(words, want):
 
 @pytest.mark.parametrize("words, want", [
     (["sample", "--prompt", "x"], SCALES_SAMPLING),
-    (["sample", "--prompt", "x", "--temperature", "1"], SAMPLING),
+    (["sample", "--prompt", "x", "--temperature", "1", "--cfg", "1.5", "--no-cfg-ramp"],
+     SAMPLING),
     (["sample", "--prompt", "x", "--plain"], PLAIN),
+    (["sample", "--prompt", "x", "--plain", "--cfg", "3", "--cfg-ramp"],
+     PLAIN.but(cfg_scale=3.0, cfg_ramp=True)),
 ])
 def test_the_command_line_starts_from_a_next_scale_priors_settings(words, want):
     assert sampling_from(cli.build_parser().parse_args(words), SCALES) == want
@@ -124,12 +142,19 @@ def test_every_setting_has_its_flag(command, words):
     and the flag sets that field alone: a setting added to Sampling needs a flag."""
     edits = command in ("edit", "chat", "eval-prior")
     given = {"temperature": "0.5", "top_k": "3", "top_p": "0.5", "cfg_scale": "2",
-             "rerank": "2", "edit_rerank": "3", "steps": "5", "choice_temperature": "1.5"}
+             "cfg_ramp": None, "rerank": "2", "edit_rerank": "3", "steps": "5",
+             "choice_temperature": "1.5"}
     assert set(given) == SETTING_NAMES
     for name, text in given.items():
         if name == "edit_rerank" and not edits:
             continue
         flag = "--cfg" if name == "cfg_scale" else "--" + name.replace("_", "-")
+        if text is None:                                   # a switch: --flag / --no-flag
+            for words_given, value in (([flag], True), (["--no-" + flag[2:]], False)):
+                parsed = sampling_from(cli.build_parser().parse_args(
+                    [command, *words, *words_given]), SCALES)
+                assert parsed == SCALES_SAMPLING.but(**{name: value})
+            continue
         parsed = sampling_from(cli.build_parser().parse_args([command, *words, flag, text]),
                                RASTER)
         assert parsed == SAMPLING.but(**{name: type(getattr(parsed, name))(text)})

@@ -25,8 +25,9 @@ from tinytok.errors import CheckpointError, ConfigError, DTypeError, ShapeError
 from tinytok.ops.checks import is_whole_number
 from tinytok.parallel import blas_threads_for_small_products, for_batch_parts
 from tinytok.prior.gpt import config_dict, gpt_config
-from tinytok.prior.kinds import (check_tokenizer, draws_per_picture, kind_of_checkpoint,
-                                 model_vocab_size, prior_kind, refuse_inpainting, refuse_words)
+from tinytok.prior.kinds import (check_kind_sampling, check_tokenizer, draws_per_picture,
+                                 kind_of_checkpoint, model_vocab_size, prior_kind,
+                                 refuse_inpainting, refuse_words)
 from tinytok.prior.masked import inpaint_codes
 from tinytok.prior.sample import caption_log_likelihood, write_captions
 from tinytok.prior.settings import check_sampling
@@ -303,7 +304,9 @@ class Pipeline:
 
     def sampling_or_recommended(self, sampling):
         """sampling checked, or the recommended settings when it is None."""
-        return self.sampling if sampling is None else check_sampling(sampling)
+        if sampling is None:
+            return self.sampling
+        return check_kind_sampling(self.prior.kind, check_sampling(sampling))
 
     def generate_codes(self, prompt, n=1, *, seed=0, sampling=None, use_cache=True):
         """n pictures' ids for one caption: token grids (n, g, g), or a next-scale prior's

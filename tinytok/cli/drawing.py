@@ -2,6 +2,7 @@
 and then what it runs, and the sampling flags they share (their defaults are
 tinytok.SAMPLING's). Which commands a prior can run is its kind's to say (prior/kinds.py):
 a raster prior writes captions, a masked one inpaints; the other refuses in one line."""
+import argparse
 import dataclasses
 import os
 import sys
@@ -28,7 +29,12 @@ def add_sampling_arguments(p, edits=False):
     p.add_argument("--top-p", type=probability, default=None,
                    help="keep the likeliest tokens holding this much probability (default: all)")
     p.add_argument("--cfg", type=non_negative_float, default=None, dest="cfg_scale",
-                   help=f"classifier-free guidance scale, 1 = off (default {d.cfg_scale})")
+                   help=f"classifier-free guidance scale, 1 = off (default {d.cfg_scale}; a "
+                        f"next-scale prior's {SCALES_SAMPLING.cfg_scale}, reached at its last "
+                        "map)")
+    p.add_argument("--cfg-ramp", action=argparse.BooleanOptionalAction, default=None,
+                   help="a next-scale prior's guidance rising map by map from none to --cfg "
+                        "(VAR's sampler; its default, and no other prior's)")
     p.add_argument("--rerank", type=positive_int, default=None,
                    help="draw K candidates per picture, keep the one the prior's own caption "
                         f"likelihood prefers (K times the drawing work; 1 = off; default "

@@ -44,6 +44,7 @@ class PriorKind:
     carried: tuple = ()       # parameters copied from the tokenizer, never trained
     loss: tuple = (gpt_loss_forward, gpt_loss_backward)   # the training loss pair
     sampling: Sampling = SAMPLING   # the recommended settings: Pipeline's and the CLI's default
+    ramps_guidance: bool = False    # its passes are coarse to fine, so cfg_ramp has a meaning
 
 
 def gpt_params(config, seed=0, dtype="float32", carried=None):
@@ -61,7 +62,7 @@ PRIOR_KINDS = {
                         "coarse to fine, a map at a time (VAR)", "block", 0, False, False,
                         sample_scale_codes, reads="maps", init=init_scales_params,
                         carried=CARRIED, loss=(scales_loss_forward, scales_loss_backward),
-                        sampling=SCALES_SAMPLING),
+                        sampling=SCALES_SAMPLING, ramps_guidance=True),
 }
 
 
@@ -90,6 +91,16 @@ def draws_per_picture(kind, sampling):
     """Candidates drawn for each picture asked for: sampling.rerank where the prior can
     judge them by their caption (it writes words), else 1."""
     return sampling.rerank if prior_kind(kind).can_caption else 1
+
+
+def check_kind_sampling(kind, sampling):
+    """sampling, if this kind of prior can draw with it; one line naming the setting if not."""
+    kind = prior_kind(kind)
+    if sampling.cfg_ramp and not kind.ramps_guidance:
+        raise ConfigError(f"cfg_ramp (--cfg-ramp) raises the guidance map by map, coarse to fine, which only "
+                          f"a next-scale prior draws; a {kind.name} prior guides every pass at "
+                          f"cfg_scale: leave cfg_ramp False (--no-cfg-ramp)")
+    return sampling
 
 
 def refuse_words(kind, what):

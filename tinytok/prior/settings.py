@@ -30,7 +30,9 @@ class Sampling:
     keeps the k likeliest tokens (None: all); top_p keeps the smallest set of tokens with at
     least that much probability (None: all); cfg_scale mixes the conditional and the
     unconditional logits, uncond + cfg_scale * (cond - uncond) (classifier-free guidance,
-    1 = off); rerank draws that many candidates for each picture asked for by a caption and
+    1 = off); cfg_ramp makes a next-scale prior's guidance rise linearly over its maps, from
+    1 (none) at the first to cfg_scale at the last, as VAR's sampler does (raster and masked
+    priors guide every pass alike and refuse it); rerank draws that many candidates for each picture asked for by a caption and
     keeps the one whose caption the prior finds likeliest (1 = off); edit_rerank the same for
     each edited picture. steps and choice_temperature are a masked prior's (MaskGIT,
     prior/masked.py): how many passes of the model fill in the grid, and how much annealed
@@ -43,6 +45,7 @@ class Sampling:
     top_k: int | None = None
     top_p: float | None = None
     cfg_scale: float = 1.5
+    cfg_ramp: bool = False
     rerank: int = 4
     edit_rerank: int = 16
     steps: int = 8
@@ -58,6 +61,8 @@ class Sampling:
         if not (is_finite_number(self.cfg_scale) and self.cfg_scale >= 0):
             raise ConfigError(f"the guidance scale cfg_scale must be a finite number >= 0, "
                               f"got {self.cfg_scale!r}")
+        if not isinstance(self.cfg_ramp, bool):
+            raise ConfigError(f"cfg_ramp must be True or False, got {self.cfg_ramp!r}")
         if not (is_finite_number(self.choice_temperature) and self.choice_temperature >= 0):
             raise ConfigError(f"choice_temperature must be a finite number >= 0, "
                               f"got {self.choice_temperature!r}")
