@@ -167,6 +167,12 @@ def test_sample_caption_and_eval_prior(work):
     figures = json.loads(r.stdout)
     for key in ("adherence_train", "adherence_heldout", "caption_accuracy_heldout"):
         assert 0 <= figures[key] <= 1
+    r = ok(tinytok("eval-prior", "--tokenizer", "tok.npz", "--prior", "prior.npz",
+                   "--prompts", 1, "-n", 1, "--captions", 2, "--edits", 0, "--seeds", 2,
+                   "--json", cwd=work))
+    figures = json.loads(r.stdout)
+    assert figures["seeds"] == 2
+    assert figures["adherence_heldout_lowest"] <= figures["adherence_heldout"]
 
 
 def test_evaluations_write_the_record_beside_the_checkpoint(work):

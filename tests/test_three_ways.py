@@ -116,6 +116,34 @@ def test_the_prompts_are_the_ones_eval_prior_asks(pipes, monkeypatch):
     assert np.array_equal(asked[0], mine["train"]) and np.array_equal(asked[1], mine["heldout"])
 
 
+def test_adherence_over_seeds_is_the_mean_lowest_and_spread_of_each_seeds(pipes, monkeypatch):
+    """eval_prior(n_seeds=3): each seed's own prompts and draws, spied on; the figures are
+    the mean, the lowest and the standard deviation of the shares the spy handed back."""
+    from tinytok.evaluate import metrics
+    asked, given = [], {"train": [0.5, 1.0, 0.75], "heldout": [0.25, 0.5, 1.0]}
+
+    def spy(pipe, labels, n, *, seed, sampling):
+        split = "train" if len(asked) % 2 == 0 else "heldout"
+        asked.append((split, seed, labels))
+        return given[split][seed - 2], None, None
+
+    monkeypatch.setattr(metrics, "adherence", spy)
+    figures = metrics.eval_prior(pipes["masked"], 3, 1, seed=2, n_seeds=3, n_inpaints=0)
+    for split, seed, labels in asked:
+        assert np.array_equal(labels, eval_prompts(3, seed=seed)[split])
+    assert [(split, seed) for split, seed, _ in asked] == [
+        (split, seed) for seed in (2, 3, 4) for split in ("train", "heldout")]
+    assert figures["seeds"] == 3
+    assert figures["adherence_train"] == 0.75 and figures["adherence_train_lowest"] == 0.5
+    assert figures["adherence_heldout_lowest"] == 0.25
+    assert figures["adherence_heldout"] == pytest.approx(1.75 / 3, abs=1e-15)
+    assert figures["adherence_heldout_sd"] == pytest.approx(np.std([0.25, 0.5, 1.0], ddof=1))
+    one = metrics.eval_prior(pipes["masked"], 3, 1, seed=2, n_inpaints=0)
+    assert "seeds" not in one and "adherence_train_sd" not in one      # one seed: as before
+    with pytest.raises(ConfigError, match="n_seeds must be a whole number >= 1, got 0"):
+        metrics.eval_prior(pipes["masked"], 3, 1, n_seeds=0)
+
+
 # ---------------------------------------------------------------- the work
 
 @pytest.mark.parametrize("sampling, rows", [(SAMPLING, 2), (PLAIN, 1)])

@@ -319,6 +319,9 @@ def add_eval_prior(sub):
     p.add_argument("--inpaints", type=non_negative_int, default=24,
                    help="pictures whose shape is redrawn in a new colour or shape (a prior "
                         "that inpaints)")
+    p.add_argument("--seeds", type=positive_int, default=1,
+                   help="measure adherence on this many sets of prompts, seeds --seed on: "
+                        "the mean, the lowest set and the spread between sets (default 1)")
     p.add_argument("--json", action="store_true")
     add_record_argument(p)
     add_sampling_arguments(p, edits=True)
@@ -330,9 +333,9 @@ def cmd_eval_prior(args):
     from tinytok.evaluate import eval_prior
     from tinytok.pipeline import SHIPPED
     pipe = load_pipeline(args)
-    figures = eval_prior(pipe, args.prompts, args.n, seed=args.seed, n_captions=args.captions,
-                         n_edits=args.edits, n_inpaints=args.inpaints,
-                         sampling=sampling_from(args, pipe))
+    figures = eval_prior(pipe, args.prompts, args.n, seed=args.seed, n_seeds=args.seeds,
+                         n_captions=args.captions, n_edits=args.edits,
+                         n_inpaints=args.inpaints, sampling=sampling_from(args, pipe))
     print_figures(figures, args.json)
     record_if_asked(args, prior_path(args), figures,
                     inputs=[args.tokenizer or SHIPPED["shapes-tokenizer"]])

@@ -22,6 +22,7 @@ from tinytok import backend
 from tinytok.data.datasets import caption_for, is_heldout, make_shapes, read_attributes
 from tinytok.data.images import resize_images
 from tinytok.errors import ConfigError, DTypeError, ImageError, ShapeError
+from tinytok.ops.checks import require_positive_int
 from tinytok.tokenizer.codebook import code_counts, usage_stats
 
 
@@ -367,18 +368,41 @@ def eval_prompts(n_prompts, seed=0):
             "heldout": make_shapes(n_prompts, seed=20_000 + seed, split="heldout").labels}
 
 
-def eval_prior(pipeline, n_prompts=24, n_per_prompt=4, *, seed=0, n_captions=200, n_edits=0,
-               n_inpaints=0, sampling=None):
-    """Adherence on training and held-out combinations; for a prior that writes captions,
-    caption accuracy on held-out images and, with n_edits, edit_figures on that many
-    pictures; for a prior that inpaints, with n_inpaints, inpaint_figures. Every picture
-    drawn with sampling (default the prior's recommended settings, Pipeline.sampling, as
-    Pipeline.generate and edit use them)."""
+def seeded_adherence(pipeline, n_prompts, n_per_prompt, seeds, sampling):
+    """Adherence on eval_prompts' prompts of each seed (its own prompts and draws), split by
+    split: {"adherence_train": share, "adherence_heldout": share}, the mean over the seeds.
+    With more than one seed also each split's lowest share and the standard deviation
+    between the seeds (how far one set of prompts can land from the mean), and "seeds".
+    The held-out pairs are few, so which ones a set of prompts asks moves its share."""
+    shares = {}
+    for s in seeds:
+        for name, labels in eval_prompts(n_prompts, s).items():
+            share, _, _ = adherence(pipeline, labels, n_per_prompt, seed=s, sampling=sampling)
+            shares.setdefault(name, []).append(share)
+    figures = {}
+    for name, values in shares.items():
+        figures[f"adherence_{name}"] = float(np.mean(values))
+        if len(values) > 1:
+            figures[f"adherence_{name}_lowest"] = float(min(values))
+            figures[f"adherence_{name}_sd"] = float(np.std(values, ddof=1))
+    if len(seeds) > 1:
+        figures["seeds"] = len(seeds)
+    return figures
+
+
+def eval_prior(pipeline, n_prompts=24, n_per_prompt=4, *, seed=0, n_seeds=1, n_captions=200,
+               n_edits=0, n_inpaints=0, sampling=None):
+    """Adherence on training and held-out combinations (seeded_adherence: n_seeds sets of
+    prompts from seed on); for a prior that writes captions, caption accuracy on held-out
+    images and, with n_edits, edit_figures on that many pictures; for a prior that inpaints,
+    with n_inpaints, inpaint_figures (these at seed). Every picture drawn with sampling
+    (default the prior's recommended settings, Pipeline.sampling, as Pipeline.generate and
+    edit use them)."""
     sampling = pipeline.sampling_or_recommended(sampling)
+    require_positive_int("n_seeds", n_seeds)
     figures = {"prompts": n_prompts, "samples_per_prompt": n_per_prompt}
-    for name, labels in eval_prompts(n_prompts, seed).items():
-        share, _, _ = adherence(pipeline, labels, n_per_prompt, seed=seed, sampling=sampling)
-        figures[f"adherence_{name}"] = share
+    figures.update(seeded_adherence(pipeline, n_prompts, n_per_prompt,
+                                    range(seed, seed + n_seeds), sampling))
     kind = pipeline.prior.kind
     if kind.can_caption:
         shapes = make_shapes(n_captions, seed=30_000 + seed, split="heldout")
