@@ -11,7 +11,9 @@ they can be asked:
 
 A next-scale prior (prior/scales.py) reads a multi-scale tokenizer's maps, embeds them
 itself and carries a copy of that tokenizer's quantizer (its `carried` parameters, never
-trained); the others read a tokenizer's grid as token ids.
+trained); the others read a tokenizer's grid as token ids. Each kind has its recommended
+sampling settings (`sampling`); only a next-scale prior's guidance can rise pass by pass,
+coarse to fine (`ramps_guidance`, Sampling.cfg_ramp).
 
 A checkpoint says its kind (config["kind"]; a prior saved before kinds existed is a
 raster one). Every module that depends on the kind (the pipeline, the trainer, the command
@@ -97,9 +99,10 @@ def check_kind_sampling(kind, sampling):
     """sampling, if this kind of prior can draw with it; one line naming the setting if not."""
     kind = prior_kind(kind)
     if sampling.cfg_ramp and not kind.ramps_guidance:
-        raise ConfigError(f"cfg_ramp (--cfg-ramp) raises the guidance map by map, coarse to fine, which only "
-                          f"a next-scale prior draws; a {kind.name} prior guides every pass at "
-                          f"cfg_scale: leave cfg_ramp False (--no-cfg-ramp)")
+        raise ConfigError(f"cfg_ramp (--cfg-ramp) raises the guidance map by map, coarse to "
+                          f"fine, which only a next-scale prior draws; a {kind.name} prior "
+                          f"guides every pass at cfg_scale: leave cfg_ramp False "
+                          f"(--no-cfg-ramp)")
     return sampling
 
 

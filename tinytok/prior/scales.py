@@ -51,16 +51,19 @@ from tinytok.tokenizer.quantizers import MULTISCALE_PARAMS
 
 CARRIED = MULTISCALE_PARAMS      # the tokenizer's codebooks and phi, copied into the prior
 
-# The recommended settings of a next-scale prior: guidance rising over the maps to 2.5 (VAR's
-# sampler: none at the first map, cfg_scale at the last) and every code drawn at temperature
-# 0.4. Why, measured on the shipped prior (held-out pairs drawn right, eval-prior's 48
-# prompts of a kind and 2 pictures each, mean over prompt seeds 0-7; seen pairs stay at
-# 98-99%): guidance 1.5 on every map, temperature 0.7, 65.2%; at 3 on the first three maps,
-# 39.8% (seeds 0-3), for the first map's one code stands for a whole shape-colour pair, and
-# pushed towards the caption it takes a code the tokenizer seldom uses; rising to 2.5 at
-# 0.7, 69.3% (seeds 0-3); at 0.4, 77.9%; at 0.3, 77.2. A map's codes are drawn
+# The recommended settings of a next-scale prior: guidance rising over the maps from none at
+# the first to 2.5 at the last (cfg_ramp, VAR's sampler), every code drawn at temperature 0.4.
+# The first map's one code stands for a whole shape-colour pair; for a pair the prior never
+# drew, guidance there pushes it to a code of the shape asked in another colour, or to one
+# the tokenizer seldom uses, and no finer map changes the colour. The finer maps have only
+# the shape to fix, and a strong push towards the caption fixes it. A map's codes are drawn
 # independently of each other, so a cooler softmax keeps each cell to its likelier codes
-# (lesson 17). Confirmed on seeds 8-15, unseen while choosing: 78.6% against 66.1%.
+# (lesson 17). Held-out pairs drawn right on the shipped prior (eval-prior's 48 prompts of a
+# kind, 2 pictures each; mean over the prompts of seeds 0-7, on which the settings were
+# chosen): guidance 1.5 on every map at temperature 0.7, the earlier settings, 65.2%; 3 on
+# the first three maps, 39.8% (seeds 0-3); rising to 2.5 at 0.7, 69.3% (seeds 0-3); at 0.4,
+# 77.9%; at 0.3, 77.2%. On seeds 8-15, not looked at while choosing, 78.6% against 66.1%;
+# seen pairs stay at 98-99%. The record's `seeds16` entry has all 16 seeds.
 SCALES_SAMPLING = SAMPLING.but(cfg_scale=2.5, cfg_ramp=True, temperature=0.4)
 
 
@@ -326,8 +329,8 @@ def write_maps(params, config, prefixes, rng, sampling, uncond_prefixes=None, us
 
     Map k's s_k^2 codes are drawn at once, each from its position's logits over the codes
     (sampling's temperature, top_k, top_p; guidance when cfg_scale != 1, at map_guidance's
-    scale); the running sum
-    then takes them (the tokenizer's scale_step) and gives the next map its inputs.
+    scale); the running sum then takes them (the tokenizer's scale_step) and gives the next
+    map its inputs.
     use_cache=False runs the whole sequence so far at each map with the block-causal mask
     (the same pictures to rounding, slower). on_map(k, codes (N, L_k)): after each map.
     """

@@ -32,9 +32,9 @@ class Sampling:
     unconditional logits, uncond + cfg_scale * (cond - uncond) (classifier-free guidance,
     1 = off); cfg_ramp makes a next-scale prior's guidance rise linearly over its maps, from
     1 (none) at the first to cfg_scale at the last, as VAR's sampler does (raster and masked
-    priors guide every pass alike and refuse it); rerank draws that many candidates for each picture asked for by a caption and
-    keeps the one whose caption the prior finds likeliest (1 = off); edit_rerank the same for
-    each edited picture. steps and choice_temperature are a masked prior's (MaskGIT,
+    priors guide every pass alike and refuse it); rerank draws that many candidates for
+    each picture asked for by a caption and keeps the one whose caption the prior finds
+    likeliest (1 = off); edit_rerank the same for each edited picture. steps and choice_temperature are a masked prior's (MaskGIT,
     prior/masked.py): how many passes of the model fill in the grid, and how much annealed
     noise goes into which codes each pass keeps (0: always the most confident); a raster
     prior writes one token per pass and a next-scale prior one map (prior/scales.py), and
