@@ -268,6 +268,19 @@ def test_decoding_the_ids_gives_the_forward_and_a_prefix_gives_a_preview():
     assert not np.array_equal(first, two)
 
 
+def test_climbing_without_caches_gives_the_same_ladder_and_keeps_none():
+    """Encoding and decoding (no backward) keep no scale's caches; what they give is the
+    same to the bit as the climb that keeps them for the pair's backward."""
+    args = draw(3, g=4)
+    scales = (1, 2, 4)
+    kept = climb(args[0].shape, *args[1:], scales, f=args[0], keep_caches=True)
+    lean = climb(args[0].shape, *args[1:], scales, f=args[0])
+    assert len(kept.steps) == len(scales) and lean.steps == []
+    for a, b in zip(kept[:4], lean[:4]):
+        for x, y in (zip(a, b) if isinstance(a, list) else [(a, b)]):
+            np.testing.assert_array_equal(x, y)
+
+
 def test_scale_residuals_pool_one_cell_of_each_map_per_picture():
     args = draw(5, N=3, g=4)
     scales = (1, 2, 4)

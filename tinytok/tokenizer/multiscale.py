@@ -171,11 +171,14 @@ class Ladder(NamedTuple):
     steps: list       # ScaleCache per scale
 
 
-def climb(shape, codebook, phi_w, phi_b, scales, mix=PHI_MIX, f=None, maps=None):
+def climb(shape, codebook, phi_w, phi_b, scales, mix=PHI_MIX, f=None, maps=None,
+          keep_caches=False):
     """The scales in order, on maps of shape (N, D, g, g). Encoding (f given): each scale
     looks up its codes for what is left of f. Decoding (maps given, the first k): each scale
     takes its codes. The same operations in the same order either way, so that decoding a
-    picture's ids gives the forward's f_hat to the bit."""
+    picture's ids gives the forward's f_hat to the bit. keep_caches: each scale's caches for
+    a backward (phi's unfolded inputs, 9 numbers for each of f's); without, a scale's go as
+    soon as the next scale starts, and the steps list stays empty."""
     xp = get_array_module(codebook)
     grid_size = shape[-1]
     f_hat = xp.zeros(shape, dtype=codebook.dtype)
@@ -187,8 +190,10 @@ def climb(shape, codebook, phi_w, phi_b, scales, mix=PHI_MIX, f=None, maps=None)
         else:
             h, ids, r, step = scale_step(None, book, phi_w, phi_b, size, grid_size, mix, maps[k])
         f_hat = f_hat + h
-        for store, item in zip(out[1:], (ids, r, f_hat, step)):
+        for store, item in zip(out[1:4], (ids, r, f_hat)):
             store.append(item)
+        if keep_caches:
+            out.steps.append(step)
     return out._replace(f_hat=f_hat)
 
 
@@ -210,7 +215,7 @@ def multiscale_quantize_forward(f, codebook, phi_w, phi_b, scales, beta=0.25, mi
     the N D g g numbers; its value is (1 + beta)/K sum_k mean((f_hat_k - f)^2).
     """
     check_multiscale_args(f, codebook, phi_w, phi_b, scales)
-    ladder = climb(f.shape, codebook, phi_w, phi_b, scales, mix, f=f)
+    ladder = climb(f.shape, codebook, phi_w, phi_b, scales, mix, f=f, keep_caches=True)
     diffs = [s - f for s in ladder.sums]
     mse = sum((d * d).mean() for d in diffs) / len(scales)
     loss = mse + beta * mse    # both terms' value is this mse; they differ in gradient
