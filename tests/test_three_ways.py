@@ -19,10 +19,11 @@ from tinytok.errors import ConfigError
 from tinytok.evaluate import record as rec
 from tinytok.evaluate import three_ways as tw
 from tinytok.evaluate.metrics import eval_prompts
-from tinytok.pipeline import Pipeline, Prior, Tokenizer
+from tinytok.pipeline import Prior, Tokenizer
+from tinytok.prior import kinds
 from tinytok.prior import scales as scales_module
 from tinytok.prior.gpt import gpt_config
-from tinytok.prior.kinds import PRIOR_KINDS, model_overrides, model_vocab_size
+from tinytok.prior.kinds import PRIOR_KINDS, model_overrides
 from tinytok.tokenizer.vqvae import init_tokenizer_params, tokenizer_config, with_quantizer
 from tinytok.training.prior_data import shapes_vocab
 
@@ -170,10 +171,11 @@ def test_the_scales_work_is_what_write_maps_runs(pipes, monkeypatch, sampling, r
 
 
 def test_only_a_prior_that_judges_draws_candidates(pipes):
-    assert tw.draws_per_picture(pipes["raster"].prior, SAMPLING) == SAMPLING.rerank == 4
-    assert tw.draws_per_picture(pipes["raster"].prior, SAMPLING.but(rerank=1)) == 1
-    assert tw.draws_per_picture(pipes["masked"].prior, SAMPLING) == 1
-    assert tw.draws_per_picture(pipes["scales"].prior, SAMPLING) == 1
+    raster, masked, scales = (pipes[k].prior.kind for k in ("raster", "masked", "scales"))
+    assert kinds.draws_per_picture(raster, SAMPLING) == SAMPLING.rerank == 4
+    assert kinds.draws_per_picture(raster, SAMPLING.but(rerank=1)) == 1
+    assert kinds.draws_per_picture(masked, SAMPLING) == 1
+    assert kinds.draws_per_picture(scales, SAMPLING) == 1
 
 
 # ---------------------------------------------------------------- one run, and its record

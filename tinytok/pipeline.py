@@ -298,8 +298,9 @@ class Pipeline:
     @property
     def sampling(self):
         """The recommended settings of this kind of prior (prior/kinds.py): tinytok.SAMPLING,
-        or for a next-scale prior the same at temperature 0.7. What every drawing method
-        uses when given no sampling, and what the command line starts from."""
+        or for a next-scale prior SCALES_SAMPLING (guidance rising over its maps to 2.5,
+        temperature 0.4). What every drawing method uses when given no sampling, and what
+        the command line starts from."""
         return self.prior.kind.sampling
 
     def sampling_or_recommended(self, sampling):
@@ -326,11 +327,10 @@ class Pipeline:
         """uint8 images (len(prompts) * n, S, S, 3): n pictures per caption, prompt by prompt.
 
         sampling (a tinytok.Sampling; default the prior's recommended settings,
-        Pipeline.sampling): temperature, top_k,
-        top_p, the guidance scale cfg_scale, and rerank=k, which draws k candidates for every
-        picture and keeps the one whose caption the same prior finds likeliest (see
-        caption_log_likelihood): DALL-E's reranking, with the one-stream model as its own
-        judge, k times the drawing work. sampling=tinytok.PLAIN draws once, unguided.
+        Pipeline.sampling): temperature, top_k, top_p, the guidance scale cfg_scale, and
+        rerank=k, which draws k candidates for every picture and keeps the one whose
+        caption the same prior finds likeliest (see caption_log_likelihood): DALL-E's
+        reranking, with the one-stream model as its own judge, k times the drawing work. sampling=tinytok.PLAIN draws once, unguided.
         seed fixes the draws; use_cache=False recomputes the whole prefix for each token
         (the same pictures, slower: lesson 12). A masked prior fills each grid in
         sampling.steps passes, a next-scale prior writes a map a pass (lesson 17); both

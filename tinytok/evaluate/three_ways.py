@@ -11,7 +11,8 @@ The shipped priors, each on its own tokenizer, under the record's name "three_wa
                     work per picture as the other two, guidance on
     masked          MaskGIT (shapes_masked_prior.npz), recommended: guidance 1.5, 8 passes
     scales          next-scale, VAR (shapes_scales_prior.npz on shapes_scales_tokenizer.npz),
-                    recommended: guidance 1.5, temperature 0.7, a map a pass
+                    recommended: guidance rising over the maps to 2.5, temperature 0.4, a
+                    map a pass
 
 Each is drawn at its prior's recommended settings (Pipeline.sampling), the raster-rerank1
 row at the same less the reranking.
@@ -141,12 +142,6 @@ def drawing_cost(prior, caption, sampling):
                         sampling.cfg_scale != 1.0, caption)
 
 
-def draws_per_picture(prior, sampling):
-    """Candidates drawn for each picture of this prior, as Pipeline.generate_codes draws
-    them (kinds.draws_per_picture)."""
-    return kinds.draws_per_picture(prior.kind, sampling)
-
-
 def time_drawings(pipes, samplings, caption=EXAMPLE_CAPTION, n=16, repeats=5, warmup=1):
     """Milliseconds per picture drawing n pictures of one caption with each pipeline and
     its sampling (Pipeline.generate_codes: guidance, its BLAS threads; no decoding), timed
@@ -196,7 +191,7 @@ def measure(ways=WAYS, folder=None, n_prompts=48, n_per_prompt=2, seed=0, timing
         prior = pipes[way.label].prior
         results[way.label].update(
             drawing_cost(prior, EXAMPLE_CAPTION, sampling),
-            draws_per_picture=draws_per_picture(prior, sampling),
+            draws_per_picture=kinds.draws_per_picture(prior.kind, sampling),
             ms_per_picture=t["median"], ms_per_picture_min=t["min"],
             ms_per_picture_max=t["max"], timing_repeats=t["repeats"], **common,
             sampling=asdict(sampling))
