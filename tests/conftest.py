@@ -18,7 +18,7 @@ from tinytok.errors import BackendError
 from reference import away_from_zero
 
 # The pairs whose forward returns a 0-d loss and whose backward takes dloss (a number) first.
-LOSSES = ("cross_entropy", "mse", "hinge_d_loss", "hinge_g_loss")
+LOSSES = ("cross_entropy", "mse", "amplitude_loss", "hinge_d_loss", "hinge_g_loss")
 
 
 def _backend_or_skip(name):
@@ -101,6 +101,8 @@ def build_case(name, xp=np, dtype=np.float64, seed=0):
         args = [f(2, 5, 7, scale=2.0), targets]
     elif name == "mse":
         args = [f(3, 4), f(3, 4)]
+    elif name == "amplitude_loss":   # pictures' channels (N, C, H, W), odd and even sides
+        args = [f(2, 3, 5, 4), f(2, 3, 5, 4)]
     elif name == "hinge_d_loss":  # patch scores, at least 0.1 from their margins +1 and -1
         args = [1 + away_from_zero(f(2, 1, 3, 3)), -1 + away_from_zero(f(3, 1, 2, 2))]
     elif name == "hinge_g_loss":
@@ -115,8 +117,8 @@ def build_case(name, xp=np, dtype=np.float64, seed=0):
         raise KeyError(name)
 
     wrt = [i for i, a in enumerate(args) if a.dtype.kind == "f"]
-    if name == "mse":
-        wrt = [0]  # the target is data: mse_backward returns dpred only
+    if name in ("mse", "amplitude_loss"):
+        wrt = [0]  # the target is data: the backward returns dpred only
     args = [xp.asarray(a, dtype=dtype) if a.dtype.kind == "f" else xp.asarray(a) for a in args]
     return Case(args, kwargs, wrt)
 

@@ -8,8 +8,9 @@ the real all-reduce as sum_everywhere (the adaptive weight's sums at the decoder
 weight) and the whole batch's size as of_batch, then sums the gradients and its share of
 the losses as the trainer does. Process r writes OUT_FOLDER/gan_rank<r>.npz: the summed
 gradients, the losses and lambda, for the test to compare with one process. The
-feature-matching term is on (FEATURE_WEIGHT): its share of the reconstruction gradient at
-the decoder's last weight goes into the same all-reduce as the rest of lambda's sums.
+feature-matching and amplitude terms are on (FEATURE_WEIGHT, AMPLITUDE_WEIGHT): their
+shares of the reconstruction gradient at the decoder's last weight go into the same
+all-reduce as the rest of lambda's sums.
 """
 import os
 import sys
@@ -22,6 +23,7 @@ from tinytok.training.adversarial import adversarial_grads
 from tinytok.training.optim import zeros_like_params
 
 FEATURE_WEIGHT = 0.5
+AMPLITUDE_WEIGHT = 2.0
 
 
 def setup(batch=6):
@@ -39,17 +41,18 @@ def setup(batch=6):
 
 def one_step(world):
     """This process's share of the step; every sum over the processes done. Returns
-    {"grad.<name>": ..., "loss", "g_loss", "d_loss", "feature_loss", "gan_lambda"}."""
+    {"grad.<name>": ..., "loss", "g_loss", "d_loss", "feature_loss", "amplitude_loss",
+    "gan_lambda"}."""
     config, disc, params, x = setup()
     lo, hi = batch_share(len(x), world)
     grads = zeros_like_params(params)
     out = adversarial_grads(x[lo:hi], params, config, disc, grads, 0.1,
                             lambda arrays: sum_over_processes(world, arrays), of_batch=len(x),
-                            feature_weight=FEATURE_WEIGHT)
+                            feature_weight=FEATURE_WEIGHT, amplitude_weight=AMPLITUDE_WEIGHT)
     share = (hi - lo) / len(x)
     summed = {f"grad.{k}": g for k, g in grads.items()}
     summed.update({k: np.asarray(out[k] * share)
-                   for k in ("loss", "g_loss", "d_loss", "feature_loss")})
+                   for k in ("loss", "g_loss", "d_loss", "feature_loss", "amplitude_loss")})
     sum_over_processes(world, summed)
     summed["gan_lambda"] = np.asarray(out["gan_lambda"])
     return summed

@@ -4,6 +4,7 @@ Each one is written the slow, obvious way (Python loops over pixels, heads, rows
 from the definition, sharing no code with tinytok.ops, so that agreeing with it means
 something. NumPy in, NumPy out, float64 arithmetic where the loops accumulate.
 """
+import cmath
 import math
 
 import numpy as np
@@ -90,6 +91,35 @@ def cross_entropy(logits, targets, ignore_index=-1):
 def mse(pred, target):
     diffs = (pred.astype(np.float64) - target).reshape(-1)
     return sum(d * d for d in diffs) / diffs.size
+
+
+def dft2(x):
+    """The orthonormal 2-D DFT over the last two axes, from its definition:
+    F[k, l] = sum over m, n of x[m, n] exp(-2 pi i (k m / H + l n / W)) / sqrt(H W)."""
+    H, W = x.shape[-2:]
+    out = np.zeros(x.shape, dtype=complex)
+    for k in range(H):
+        for l in range(W):
+            wave = [[cmath.exp(-2j * math.pi * (k * m / H + l * n / W)) for n in range(W)]
+                    for m in range(H)]
+            out[..., k, l] = (x * np.array(wave)).sum(axis=(-2, -1)) / math.sqrt(H * W)
+    return out
+
+
+def amplitude_loss(pred, target, bands=None):
+    """Each picture's channel (the leading axes flattened), each band: the square root of
+    the band's power, summed coefficient by coefficient, the pictures' compared."""
+    H, W = pred.shape[-2:]
+    bands = np.arange(H * W).reshape(H, W) if bands is None else bands
+    ours = dft2(pred.astype(np.float64)).reshape(-1, H, W)
+    theirs = dft2(target.astype(np.float64)).reshape(-1, H, W)
+    total = 0.0
+    for a, b in zip(ours, theirs):
+        for band in np.unique(bands):
+            power_a = sum(abs(a[i, j]) ** 2 for i, j in zip(*np.nonzero(bands == band)))
+            power_b = sum(abs(b[i, j]) ** 2 for i, j in zip(*np.nonzero(bands == band)))
+            total += (math.sqrt(power_a) - math.sqrt(power_b)) ** 2
+    return total / pred.size
 
 
 def hinge_d_loss(real, fake):

@@ -26,7 +26,8 @@ from tinytok import parallel
 from tinytok.data.datasets import make_shapes
 from tinytok.errors import ConfigError, DTypeError, ShapeError
 from tinytok.gradcheck import assert_gradients_close, relative_error
-from tinytok.ops import hinge_d_loss_forward, hinge_g_loss_backward, hinge_g_loss_forward
+from tinytok.ops import (amplitude_loss_backward, amplitude_loss_forward, frequency_rings,
+                         hinge_d_loss_forward, hinge_g_loss_backward, hinge_g_loss_forward)
 from tinytok.tokenizer.discriminator import (DiscriminatorConfig, discriminator_backward,
                                              discriminator_forward, init_discriminator_params,
                                              is_discriminator_param)
@@ -276,6 +277,10 @@ def test_bad_pictures_for_the_discriminator_are_one_line_errors():
     (dict(feature_weight=float("nan")), "feature_weight must be a number >= 0, got nan"),
     (dict(gan_weight=0.0, feature_weight=0.5), "feature_weight (0.5) matches the "
                                                "discriminator's features: it needs one"),
+    (dict(amplitude_weight=-1), "amplitude_weight must be a number >= 0, got -1"),
+    (dict(amplitude_weight=float("inf")), "amplitude_weight must be a number >= 0, got inf"),
+    (dict(gan_weight=0.0, amplitude_weight=2), "amplitude_weight (2) is a term of the "
+                                               "adversarial loss's L_rec"),
 ])
 def test_bad_recipes_are_one_line_errors(changes, message):
     from tinytok.training import TokenizerRecipe
@@ -296,9 +301,12 @@ DISC = DiscriminatorConfig(3)
 
 
 FEATURE_WEIGHTS = [0.0, 0.7]     # without L_F, and with it weighing about as much as the mse
+# (feature_weight, amplitude_weight): neither term, L_F alone, and both, L_A outweighing mse
+TERMS = [(0.0, 0.0), (0.7, 0.0), (0.7, 1.5)]
 
 
-def step_setup(seed=0, gan_weight=0.5, feature_weight=0.0, decoder_only=False):
+def step_setup(seed=0, gan_weight=0.5, feature_weight=0.0, decoder_only=False,
+               amplitude_weight=0.0):
     """float64 params of both models (the tokenizer scaled up, so that several codes are
     used, each latent's nearest code by a clear margin), two pictures, adversarial_grads."""
     config = tiny_config()
@@ -307,7 +315,8 @@ def step_setup(seed=0, gan_weight=0.5, feature_weight=0.0, decoder_only=False):
     x = np.random.default_rng(seed + 10).uniform(-0.5, 0.5, (2, 3, 16, 16))
     grads = zeros_like_params(params)
     out = adversarial_grads(x, params, config, DISC, grads, gan_weight, ALONE,
-                            feature_weight=feature_weight, decoder_only=decoder_only)
+                            feature_weight=feature_weight, decoder_only=decoder_only,
+                            amplitude_weight=amplitude_weight)
     z = out["z"]
     rows = z.transpose(0, 2, 3, 1).reshape(-1, config.code_dim)
     d = ((rows[:, None] - params["quant.codebook"][None]) ** 2).sum(-1)
@@ -323,6 +332,19 @@ class Losses(NamedTuple):
     vq: float
     gen: float         # L_G = -mean(D(x_hat))
     features: float    # L_F = sum over D's features of mean((f(x_hat) - f(x))^2)
+    amplitude: float   # L_A, the rings' amplitudes compared
+
+
+def amplitude_distance(x_hat, x):
+    """L_A written out with NumPy's FFT: each ring's power (its coefficients' distance from
+    0, to the nearest 1/S cycle) summed, square-rooted, compared; over the pixels' count."""
+    S = x.shape[-1]
+    radius = np.rint(S * np.hypot(*np.meshgrid(np.fft.fftfreq(S), np.fft.fftfreq(S))))
+
+    def amplitudes(a):
+        power = np.abs(np.fft.fft2(a, axes=(-2, -1), norm="ortho")) ** 2
+        return np.stack([np.sqrt(power[..., radius == r].sum(-1)) for r in np.unique(radius)])
+    return float(((amplitudes(x_hat) - amplitudes(x)) ** 2).sum() / x.size)
 
 
 def feature_distance(x_hat, x, params):
@@ -337,17 +359,21 @@ def forward_both(x, params, config):
     o, _ = tokenizer_forward(x, params, config)
     fake, _ = discriminator_forward(o["x_hat"], params, DISC)
     return Losses(o["x_hat"], o["ids"], float(o["recon_loss"]), float(o["vq_loss"]),
-                  float(-fake.mean()), feature_distance(o["x_hat"], x, params))
+                  float(-fake.mean()), feature_distance(o["x_hat"], x, params),
+                  amplitude_distance(o["x_hat"], x))
 
 
-@pytest.mark.parametrize("feature_weight", FEATURE_WEIGHTS)
-def test_adaptive_weight_is_vqgans_ratio_at_the_decoders_last_weight(feature_weight):
+@pytest.mark.parametrize("feature_weight, amplitude_weight", TERMS)
+def test_adaptive_weight_is_vqgans_ratio_at_the_decoders_last_weight(feature_weight,
+                                                                      amplitude_weight):
     """lambda = gan_weight * |dL_rec/dw| / (|dL_G/dw| + 1e-4), w = dec.up2.w, with L_rec the
-    mean squared error plus feature_weight * L_F: both gradients by central differences over
-    every element of w (a decoder weight: the codes cannot change)."""
+    mean squared error plus feature_weight * L_F plus amplitude_weight * L_A: both gradients
+    by central differences over every element of w (a decoder weight: the codes cannot
+    change)."""
     gan_weight = 0.5
     config, params, x, grads, out = step_setup(gan_weight=gan_weight,
-                                               feature_weight=feature_weight)
+                                               feature_weight=feature_weight,
+                                               amplitude_weight=amplitude_weight)
     w = params["dec.up2.w"].reshape(-1)
     rec, gen, mse = np.empty(w.size), np.empty(w.size), np.empty(w.size)
     h = 1e-5
@@ -359,7 +385,8 @@ def test_adaptive_weight_is_vqgans_ratio_at_the_decoders_last_weight(feature_wei
         minus = forward_both(x, params, config)
         w[i] = old
         mse[i] = (plus.mse - minus.mse) / (2 * h)
-        rec[i] = mse[i] + feature_weight * (plus.features - minus.features) / (2 * h)
+        rec[i] = mse[i] + (feature_weight * (plus.features - minus.features)
+                           + amplitude_weight * (plus.amplitude - minus.amplitude)) / (2 * h)
         gen[i] = (plus.gen - minus.gen) / (2 * h)
     want = gan_weight * np.linalg.norm(rec) / (np.linalg.norm(gen) + DELTA)
     assert 0 < want < gan_weight * MAX_LAMBDA           # not clipped: the ratio itself
@@ -367,7 +394,7 @@ def test_adaptive_weight_is_vqgans_ratio_at_the_decoders_last_weight(feature_wei
     # and not the ratio of any other loss's gradient: the total loss with lambda * L_G has
     # another gradient at w, and with L_F the mse alone another
     total = rec + out["gan_lambda"] * gen
-    for other_rec in [total] + ([mse] if feature_weight else []):
+    for other_rec in [total] + ([mse] if feature_weight or amplitude_weight else []):
         other = gan_weight * np.linalg.norm(other_rec) / (np.linalg.norm(gen) + DELTA)
         assert abs(other - want) > 1e-3 * want
 
@@ -383,21 +410,27 @@ def feature_matching_grad(x_hat, x, params):
                                   dfeatures=dfeatures)
 
 
-@pytest.mark.parametrize("feature_weight", FEATURE_WEIGHTS)
-def test_adaptive_weight_equals_two_separate_full_backward_passes(feature_weight):
+@pytest.mark.parametrize("feature_weight, amplitude_weight", TERMS)
+def test_adaptive_weight_equals_two_separate_full_backward_passes(feature_weight,
+                                                                  amplitude_weight):
     """The independent route: one whole tokenizer backward for the reconstruction loss (its
-    quantizer loss too, which cannot reach the decoder; feature_weight * L_F's gradient fed
-    in at x_hat), one for L_G alone (dloss=0, D's picture gradient fed in at x_hat); lambda
-    from their dec.up2.w gradients."""
+    quantizer loss too, which cannot reach the decoder; the gradients of feature_weight * L_F
+    and amplitude_weight * L_A fed in at x_hat), one for L_G alone (dloss=0, D's picture
+    gradient fed in at x_hat); lambda from their dec.up2.w gradients."""
     gan_weight = 0.8
     config, params, x, _, out = step_setup(seed=0, gan_weight=gan_weight,
-                                           feature_weight=feature_weight)
+                                           feature_weight=feature_weight,
+                                           amplitude_weight=amplitude_weight)
     tokenizer = {k: v for k, v in params.items() if not is_discriminator_param(k)}
     o, cache = tokenizer_forward(x, tokenizer, config)
     rec_grads = zeros_like_params(tokenizer)
-    tokenizer_backward(cache, rec_grads, config,                     # mse + vq + w L_F
+    rings = frequency_rings(*x.shape[-2:])
+    amplitude_grad = amplitude_loss_backward(amplitude_weight,
+                                             amplitude_loss_forward(o["x_hat"], x, rings)[1])
+    tokenizer_backward(cache, rec_grads, config,                     # mse + vq + L_F + L_A
                        dx_hat_extra=feature_weight * feature_matching_grad(o["x_hat"], x,
-                                                                           params))
+                                                                           params)
+                       + amplitude_grad)
     fake, fake_cache = discriminator_forward(o["x_hat"], params, DISC)
     _, g_cache = hinge_g_loss_forward(fake)
     dx_gen = discriminator_backward(hinge_g_loss_backward(1.0, g_cache), fake_cache,
@@ -420,19 +453,22 @@ def test_adaptive_weight_is_clipped_and_finite():
     assert adaptive_weight(rec, rec, 0.0) == 0.0
 
 
-@pytest.mark.parametrize("feature_weight", FEATURE_WEIGHTS)
-def test_tokenizer_gradients_are_those_of_recon_vq_and_lambda_times_l_g(feature_weight):
-    """Decoder: the plain derivative of mse + vq + feature_weight * L_F + lambda * L_G
-    (lambda as computed, held fixed). Encoder: the straight-through surrogate's, the codes
-    checked unchanged."""
-    config, params, x, grads, out = step_setup(seed=0, feature_weight=feature_weight)
+@pytest.mark.parametrize("feature_weight, amplitude_weight", TERMS)
+def test_tokenizer_gradients_are_those_of_recon_vq_and_lambda_times_l_g(feature_weight,
+                                                                        amplitude_weight):
+    """Decoder: the plain derivative of mse + vq + feature_weight * L_F + amplitude_weight *
+    L_A + lambda * L_G (lambda as computed, held fixed). Encoder: the straight-through
+    surrogate's, the codes checked unchanged."""
+    config, params, x, grads, out = step_setup(seed=0, feature_weight=feature_weight,
+                                               amplitude_weight=amplitude_weight)
     lam = out["gan_lambda"]
     ids0 = out["ids"]
 
     def total(p):
         f = forward_both(x, p, config)
         np.testing.assert_array_equal(f.ids, ids0)
-        return f.mse + f.vq + feature_weight * f.features + lam * f.gen
+        return (f.mse + f.vq + feature_weight * f.features + amplitude_weight * f.amplitude
+                + lam * f.gen)
 
     decoder = [k for k in params if k.startswith("dec.")]
     errors = assert_param_grads(total, params, grads, decoder)
@@ -448,7 +484,8 @@ def test_tokenizer_gradients_are_those_of_recon_vq_and_lambda_times_l_g(feature_
         x_hat, _ = decoder_forward(z + (e0 - z0), p, config)
         fake, _ = discriminator_forward(x_hat, p, DISC)
         return float(np.mean((x_hat - x) ** 2) + config.beta * np.mean((z - e0) ** 2)
-                     + feature_weight * feature_distance(x_hat, x, p) - lam * fake.mean())
+                     + feature_weight * feature_distance(x_hat, x, p)
+                     + amplitude_weight * amplitude_distance(x_hat, x) - lam * fake.mean())
 
     assert_param_grads(surrogate, params, grads, [k for k in params if k.startswith("enc.")])
 
@@ -506,11 +543,12 @@ def assert_param_grads(loss_fn, params, grads, keys, tol=TOL, max_elements=25, s
     return errors
 
 
-@pytest.mark.parametrize("feature_weight", FEATURE_WEIGHTS)
-def test_the_figures_are_the_losses(feature_weight):
-    """loss and recon_loss as without D (neither lambda * L_G nor L_F in them), g_loss L_G,
-    feature_loss L_F unweighted (0 when the term is off)."""
-    config, params, x, _, out = step_setup(seed=0, feature_weight=feature_weight)
+@pytest.mark.parametrize("feature_weight, amplitude_weight", TERMS)
+def test_the_figures_are_the_losses(feature_weight, amplitude_weight):
+    """loss and recon_loss as without D (neither lambda * L_G nor L_F nor L_A in them),
+    g_loss L_G, feature_loss L_F and amplitude_loss L_A unweighted (0 when off)."""
+    config, params, x, _, out = step_setup(seed=0, feature_weight=feature_weight,
+                                           amplitude_weight=amplitude_weight)
     f = forward_both(x, params, config)
     assert float(out["recon_loss"]) == pytest.approx(f.mse, rel=1e-12)
     assert float(out["loss"]) == pytest.approx(f.mse + f.vq, rel=1e-12)
@@ -518,6 +556,9 @@ def test_the_figures_are_the_losses(feature_weight):
     assert f.features > 0.01 * f.mse                          # a distance worth checking
     want = f.features if feature_weight else 0.0
     assert float(out["feature_loss"]) == pytest.approx(want, rel=1e-12, abs=0)
+    assert 0 < f.amplitude < f.mse                     # below mse, as it must be
+    want = f.amplitude if amplitude_weight else 0.0
+    assert float(out["amplitude_loss"]) == pytest.approx(want, rel=1e-12, abs=0)
 
 
 # ---------------------------------------------------------------- batch parts on threads
@@ -564,7 +605,7 @@ def test_batch_parts_give_one_threads_gradients_and_lambda(one_thread_after, fea
 
 N_STEPS, DISC_START, GAN_START, STOP = 12, 2, 4, 6
 GAN = dict(gan_weight=0.1, disc_start=DISC_START, gan_start=GAN_START, disc_channels=8,
-           feature_weight=0.5)
+           feature_weight=0.5, amplitude_weight=2.0)
 
 
 @pytest.fixture(scope="module")
@@ -615,19 +656,21 @@ def test_an_adversarial_run_resumes_exactly(trained):
 
 def test_the_history_carries_the_adversarial_figures(trained):
     """A line every restart_every (3) steps: the one at step 3 (D learning, not heeded yet)
-    with lambda and feature_loss 0, the later ones with both measured; the resumed run's
-    lines those of the run straight through."""
+    with lambda, feature_loss and amplitude_loss 0, the later ones with all three measured;
+    the resumed run's lines those of the run straight through."""
     history = load_checkpoint(trained / "straight.npz").extra["history"]
     assert [h["step"] for h in history] == [3, 6, 9, 12]
     for h in history:
         assert ADVERSARIAL_HISTORY <= set(h), h
         heeded = h["step"] - 1 >= GAN_START
-        assert (h["gan_lambda"] > 0, h["feature_loss"] > 0) == (heeded, heeded), h
+        measured = (h["gan_lambda"] > 0, h["feature_loss"] > 0, h["amplitude_loss"] > 0)
+        assert measured == (heeded,) * 3, h
         assert h["d_loss"] > 0 and np.isfinite(h["feature_loss"]), h
     assert load_checkpoint(trained / "resumed.npz").extra["history"] == history
 
 
-ADVERSARIAL_HISTORY = {"psnr", "g_loss", "d_loss", "gan_lambda", "feature_loss"}
+ADVERSARIAL_HISTORY = {"psnr", "g_loss", "d_loss", "gan_lambda", "feature_loss",
+                       "amplitude_loss"}
 
 
 def test_before_gan_start_the_tokenizer_trains_as_without_the_discriminator(trained):
@@ -713,6 +756,8 @@ TRAIN = ["train-tokenizer", "--config", "vqvae-tiny", "--n-images", "16", "--bat
                                "got -1"),
     ("--feature-weight", "inf", "argument --feature-weight: must be a finite number >= 0, "
                                 "got inf"),
+    ("--amplitude-weight", "-2", "argument --amplitude-weight: must be a finite number >= 0, "
+                                 "got -2"),
 ])
 def test_bad_adversarial_flags_are_one_line(capsys, tmp_path, flag, value, message):
     code, _, err = cli(capsys, *TRAIN, "--steps", "2", "--out", tmp_path / "t.npz", flag, value)
@@ -728,6 +773,9 @@ def test_bad_adversarial_flags_are_one_line(capsys, tmp_path, flag, value, messa
     (["--gan-weight", "0.1", "--disc-lr-scale", "0"], "argument --disc-lr-scale: must be"),
     (["--feature-weight", "0.5"], "feature_weight (0.5) matches the discriminator's "
                                   "features: it needs one, give gan_weight > 0"),
+    (["--amplitude-weight", "3"], "amplitude_weight (3) is a term of the adversarial loss's "
+                                  "L_rec, balanced against the discriminator: give "
+                                  "gan_weight > 0"),
 ])
 def test_bad_adversarial_settings_are_one_line(capsys, tmp_path, flags, message):
     code, _, err = cli(capsys, *TRAIN, "--steps", "2", "--out", tmp_path / "t.npz", *flags)

@@ -141,6 +141,20 @@ HINGE_D = """
         return dreal, dloss * short_fake / short_fake.size
 """
 
+AMPLITUDE = """
+    import numpy as np
+
+    def amplitude_loss_forward(pred, target):
+        spectrum = np.fft.fft2(pred, norm="ortho")
+        gap = np.abs(spectrum) - np.abs(np.fft.fft2(target, norm="ortho"))
+        return (gap * gap).mean(), (spectrum, gap)
+
+    def amplitude_loss_backward(dloss, cache):
+        spectrum, gap = cache
+        phase = spectrum / np.abs(spectrum)
+        return np.fft.ifft2(2 * dloss * gap / gap.size * phase, norm="ortho").real
+"""
+
 HINGE_G = """
     import numpy as np
 
@@ -277,6 +291,14 @@ MISTAKES = {  # name: (op, source, the wrong line, what the checker must say abo
     "hinge d without dloss": ("hinge_d_loss", HINGE_D.replace(
         "-dloss * short_real", "-1.0 * short_real"), "dreal",
         "dloss (0.7 here) is not multiplied in"),
+    "amplitude without the phase": ("amplitude_loss", AMPLITUDE.replace(
+        "gap.size * phase", "gap.size"), "dpred", "the phase left out"),
+    "amplitude back by the plain ifft2": ("amplitude_loss", AMPLITUDE.replace(
+        'phase, norm="ortho")', "phase)"), "dpred", "the plain ifft2"),
+    "amplitude unnormalized": ("amplitude_loss", AMPLITUDE.replace(
+        'np.fft.fft2(pred, norm="ortho")', "np.fft.fft2(pred)").replace(
+        'np.fft.fft2(target, norm="ortho")', "np.fft.fft2(target)"), "loss",
+        "the DFT unnormalized"),
     "hinge g as a hinge": ("hinge_g_loss", HINGE_G.replace(
         "-fake.mean(), fake.shape", "np.maximum(1 - fake, 0).mean(), fake.shape"), "loss",
         "a hinge: that is D's loss on real pictures"),

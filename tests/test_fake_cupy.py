@@ -177,6 +177,19 @@ def test_op_pair_on_device_equals_numpy(fake, name, dtype):
     assert_device_matches_numpy(lambda xp: run_pair(name, xp, dtype), fake, what=name)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_amplitude_loss_with_rings_on_device_equals_numpy(fake, dtype):
+    """The bands' one-hot matrix goes to the device with the pictures (a host array of band
+    numbers in, device arrays out)."""
+    from tinytok.ops import amplitude_loss_backward, amplitude_loss_forward, frequency_rings
+
+    def run(xp):
+        pred, target = build_case("amplitude_loss", xp=xp, dtype=dtype).args
+        loss, cache = amplitude_loss_forward(pred, target, frequency_rings(5, 4))
+        return loss, amplitude_loss_backward(0.5, cache)
+    assert_device_matches_numpy(run, fake, what="amplitude_loss with rings")
+
+
 @pytest.mark.parametrize("name", ["linear", "layer_norm", "causal_self_attention",
                                   "self_attention", "conv2d",
                                   "leaky_relu", "hinge_d_loss", "hinge_g_loss"])

@@ -327,7 +327,7 @@ def test_nccl_world_trains_the_same_adversarial_tokenizer_as_one_process(monkeyp
     images = np.ascontiguousarray(make_shapes(24, seed=1).images[:, ::2, ::2])
     run = TrainSettings(steps=6, batch_size=6, lr=3e-3, warmup=2, seed=7, checkpoint_every=3)
     recipe = TokenizerRecipe(kmeans_init=False, restart_every=0, gan_weight=0.1, disc_start=2,
-                             disc_channels=4, feature_weight=0.5)
+                             disc_channels=4, feature_weight=0.5, amplitude_weight=2.0)
     quiet = dict(log=lambda *a: None, progress_stream=io.StringIO())
     lambdas, real = {}, tokenizer_trainer.adversarial_grads
 
@@ -516,7 +516,8 @@ def test_an_adversarial_step_on_two_processes_is_one_processes(mpiexec, tmp_path
     """One step against the patch discriminator, the batch shared by two processes: the
     adaptive weight lambda (its sums at the decoder's last weight all-reduced) the same on
     both, and lambda, the gradients of both models and the losses those of one process
-    (with the feature-matching term, part of lambda's reconstruction side)."""
+    (with the feature-matching and amplitude terms, part of lambda's reconstruction
+    side)."""
     import mpi_gan_check
     ok(run(mpiexec + [sys.executable, str(TESTS / "mpi_gan_check.py"), str(tmp_path)], ROOT))
     ranks = [dict(np.load(tmp_path / f"gan_rank{r}.npz")) for r in (0, 1)]
@@ -525,7 +526,7 @@ def test_an_adversarial_step_on_two_processes_is_one_processes(mpiexec, tmp_path
     assert float(ranks[0]["gan_lambda"]) == pytest.approx(float(alone["gan_lambda"]),
                                                           rel=1e-5)
     assert set(ranks[0]) == set(alone)
-    assert float(alone["feature_loss"]) > 0                           # the term was on
+    assert float(alone["feature_loss"]) > 0 < float(alone["amplitude_loss"])  # terms on
     for k, want in alone.items():
         np.testing.assert_array_equal(ranks[1][k], ranks[0][k], err_msg=k)  # both hold the sum
         np.testing.assert_allclose(ranks[0][k], want, rtol=1e-5,

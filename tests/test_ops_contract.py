@@ -34,7 +34,8 @@ def run_pair(name, case, dout=None, seed=1):
 def test_every_pair_of_the_design_is_exported():
     assert set(PAIRS) == {"linear", "conv2d", "conv_transpose2d", "relu", "leaky_relu",
                           "gelu", "layer_norm", "l2_normalize", "embedding", "causal_self_attention",
-                          "self_attention", "cross_entropy", "mse", "hinge_d_loss", "hinge_g_loss",
+                          "self_attention", "cross_entropy", "mse", "amplitude_loss", "hinge_d_loss",
+                          "hinge_g_loss",
                           "area_resize", "bilinear_resize"}
 
 

@@ -42,6 +42,20 @@ def torch_hinge_d_loss(real, fake):
     return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
 
 
+def torch_amplitude_loss(pred, target, bands=None):
+    """The distance between amplitude spectra, by torch.fft (orthonormal) and autograd; with
+    bands, each band's power summed by torch's index_add_ before its square root."""
+    def amplitude(x):
+        spectrum = torch.fft.fft2(x, norm="ortho")
+        if bands is None:
+            return spectrum.abs()
+        flat = (spectrum.abs() ** 2).flatten(-2)
+        index = torch.from_numpy(np.asarray(bands).ravel())
+        return torch.zeros(*flat.shape[:-1], int(bands.max()) + 1).index_add_(
+            -1, index, flat).sqrt()
+    return (amplitude(pred) - amplitude(target)).pow(2).sum() / pred.numel()
+
+
 def torch_hinge_g_loss(fake):
     return -fake.mean()
 
@@ -60,6 +74,7 @@ TORCH = {
     "self_attention": torch_attention,
     "cross_entropy": torch_cross_entropy,
     "mse": F.mse_loss,
+    "amplitude_loss": torch_amplitude_loss,
     "hinge_d_loss": torch_hinge_d_loss,
     "hinge_g_loss": torch_hinge_g_loss,
 }
@@ -271,6 +286,24 @@ def test_leaky_relu_matches_torch_across_slopes_and_at_zero(slope):
     assert_matches_torch("leaky_relu", [x], {"slope": slope}, [0])
 
 
+def test_amplitude_loss_matches_torch_on_pictures_and_where_a_coefficient_is_zero():
+    """32 x 32 pictures, as the tokenizers train on, one channel of pred all zeros: every
+    coefficient there is exactly 0, has no phase, and gets gradient 0 in both."""
+    rng = np.random.default_rng(2)
+    pred = rng.random((3, 3, 32, 32)).astype(np.float32)
+    pred[1, 2] = 0.0
+    target = rng.random((3, 3, 32, 32)).astype(np.float32)
+    assert_matches_torch("amplitude_loss", [pred, target], {}, [0])
+
+
+def test_amplitude_loss_with_rings_matches_torch():
+    from tinytok.ops import frequency_rings
+    rng = np.random.default_rng(3)
+    pred, target = (rng.random((3, 3, 32, 32)).astype(np.float32) for _ in range(2))
+    assert_matches_torch("amplitude_loss", [pred, target], {"bands": frequency_rings(32, 32)},
+                         [0])
+
+
 @pytest.mark.parametrize("dloss", [1.0, 0.3, -2.0])
 def test_hinge_losses_match_torch_with_scores_on_their_margins(dloss):
     """Scores exactly at +1 (real) and -1 (fake) are ties: relu's gradient at 0 is 0 in
@@ -341,13 +374,15 @@ def test_discriminator_matches_torch(peer, channels, size, slope):
         close_to(grads[k], tg, k)
 
 
-@pytest.mark.parametrize("feature_weight", [0.0, 0.5])
-def test_one_adversarial_step_matches_torch_autograd(peer, feature_weight):
+@pytest.mark.parametrize("feature_weight, amplitude_weight", [(0.0, 0.0), (0.5, 0.0),
+                                                               (0.5, 3.0)])
+def test_one_adversarial_step_matches_torch_autograd(peer, feature_weight, amplitude_weight):
     """adversarial_grads against VQGAN's step in torch on the same weights and pictures:
     lambda by torch.autograd.grad at dec.up2.w (taming-transformers'
-    calculate_adaptive_weight) of nll = mse + feature_weight * L_F and of L_G, the
-    tokenizer's gradients of nll + vq + lambda * L_G, D's of its hinge loss with x_hat
-    detached (L_F, D's features of x_hat against those of x detached, by autograd)."""
+    calculate_adaptive_weight) of nll = mse + feature_weight * L_F + amplitude_weight * L_A
+    and of L_G, the tokenizer's gradients of nll + vq + lambda * L_G, D's of its hinge loss
+    with x_hat detached (L_F, D's features of x_hat against those of x detached, and L_A,
+    by torch.fft, by autograd)."""
     from dataclasses import replace
     from tinytok.tokenizer.discriminator import DiscriminatorConfig, is_discriminator_param
     from tinytok.training.adversarial import adversarial_grads
@@ -357,11 +392,13 @@ def test_one_adversarial_step_matches_torch_autograd(peer, feature_weight):
     x = np.random.default_rng(0).uniform(-0.5, 0.5, (4, 3, 16, 16)).astype(np.float32)
     grads = {k: np.zeros_like(v) for k, v in params.items()}
     out = adversarial_grads(x, params, config, DiscriminatorConfig(8), grads, 0.1,
-                            lambda arrays: arrays, feature_weight=feature_weight)
+                            lambda arrays: arrays, feature_weight=feature_weight,
+                            amplitude_weight=amplitude_weight)
 
     P = peer.as_torch(params)
-    loss, d_loss, lam, ids, feature_loss = peer.vqgan_losses(
-        torch.from_numpy(x), P, config, 0.1, feature_weight=feature_weight)
+    loss, d_loss, lam, ids, feature_loss, amplitude_loss = peer.vqgan_losses(
+        torch.from_numpy(x), P, config, 0.1, feature_weight=feature_weight,
+        amplitude_weight=amplitude_weight)
     np.testing.assert_array_equal(out["ids"].reshape(-1), ids.numpy())   # the same codes
     assert out["gan_lambda"] == pytest.approx(float(lam), rel=1e-4)
     assert 0 < out["gan_lambda"] < 0.1 * 1e4                               # not clipped
@@ -369,6 +406,9 @@ def test_one_adversarial_step_matches_torch_autograd(peer, feature_weight):
     assert float(out["feature_loss"]) == pytest.approx(float(torch.as_tensor(feature_loss)
                                                              .detach()), rel=1e-5)
     assert (float(out["feature_loss"]) > 0) == (feature_weight > 0)
+    assert float(out["amplitude_loss"]) == pytest.approx(
+        float(torch.as_tensor(amplitude_loss).detach()), rel=1e-5)
+    assert (float(out["amplitude_loss"]) > 0) == (amplitude_weight > 0)
     tok = [k for k in P if not is_discriminator_param(k)]
     disc = [k for k in P if is_discriminator_param(k)]
     for keys, of in ((tok, loss), (disc, d_loss)):

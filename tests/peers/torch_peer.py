@@ -192,13 +192,27 @@ def adaptive_weight(rec_loss, g_loss, last_layer, gan_weight):
     return gan_weight * torch.clamp(ratio, 0.0, 1e4).detach()
 
 
-def vqgan_losses(x, P, c, gan_weight, slope=0.2, feature_weight=0.0):
-    """(the tokenizer's loss nll + vq + lambda * L_G, D's hinge loss L_D, lambda, ids, L_F).
+def ring_amplitudes(x):
+    """(N, C, R): the square root of the power of each ring of x's orthonormal 2-D DFT, a
+    ring being the coefficients at one distance from 0, to the nearest 1/S cycle a pixel."""
+    S = x.shape[-1]
+    f = np.fft.fftfreq(S)
+    ring = torch.from_numpy(np.rint(S * np.hypot(f[:, None], f[None, :])).astype(np.int64))
+    power = torch.fft.fft2(x, norm="ortho").abs().pow(2).flatten(-2)
+    rings = torch.zeros(*power.shape[:-1], int(ring.max()) + 1, dtype=power.dtype)
+    return rings.index_add_(-1, ring.ravel(), power).sqrt()
 
-    nll = mse + feature_weight * L_F, the reconstruction term VQGAN's adaptive weight
-    balances (its nll_loss), with L_F the mean squared distance between D's features of
-    x_hat and of x (x's detached); without the term (feature_weight 0) L_F is not computed
-    (0.0) and the step costs what it did before it existed."""
+
+def vqgan_losses(x, P, c, gan_weight, slope=0.2, feature_weight=0.0,
+                 amplitude_weight=0.0):
+    """(the tokenizer's loss nll + vq + lambda * L_G, D's hinge loss L_D, lambda, ids, L_F,
+    L_A).
+
+    nll = mse + feature_weight * L_F + amplitude_weight * L_A, the reconstruction term
+    VQGAN's adaptive weight balances (its nll_loss), with L_F the mean squared distance
+    between D's features of x_hat and of x (x's detached) and L_A that between the
+    amplitudes of their spectra's rings (torch.fft, orthonormal); a term of weight 0 is not
+    computed (0.0) and the step costs what it did before it existed."""
     z = encoder(x, P, c)
     ids = nearest(z, P["quant.codebook"])
     z_q, vq_loss = vq(z, P["quant.codebook"], c.beta)
@@ -212,10 +226,15 @@ def vqgan_losses(x, P, c, gan_weight, slope=0.2, feature_weight=0.0):
         feature_loss = sum(F.mse_loss(f, r.detach())
                            for f, r in zip(fake_features, real_features))
         nll = nll + feature_weight * feature_loss
+    amplitude_loss = 0.0
+    if amplitude_weight:
+        amplitude_loss = ((ring_amplitudes(x_hat) - ring_amplitudes(x)).pow(2).sum()
+                          / x.numel())
+        nll = nll + amplitude_weight * amplitude_loss
     lam = adaptive_weight(nll, g_loss, P["dec.up2.w"], gan_weight)
     d_loss = (F.relu(1 - real).mean()
               + F.relu(1 + discriminator(x_hat.detach(), P, slope)).mean())
-    return nll + vq_loss + lam * g_loss, d_loss, lam, ids, feature_loss
+    return nll + vq_loss + lam * g_loss, d_loss, lam, ids, feature_loss, amplitude_loss
 
 
 def gan_params(sizes, seed=0):

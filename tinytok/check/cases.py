@@ -129,6 +129,13 @@ def mse_cases(rng):
             Case([normal(rng, 2, 3, 2), normal(rng, 2, 3, 2)], dloss=1.3)]
 
 
+def amplitude_loss_cases(rng):
+    """Pictures' channels with odd and even sides: the DFT of a real picture pairs each
+    coefficient with its mirror, except along the middle rows of even sides."""
+    return [Case([normal(rng, 2, 3, 4, 4), normal(rng, 2, 3, 4, 4)], dloss=0.7),
+            Case([normal(rng, 5, 3), normal(rng, 5, 3)], dloss=1.3)]
+
+
 def hinge_d_loss_cases(rng):
     """Patch scores on both sides of their margins (real: +1, fake: -1), real and fake of
     different sizes, so that a mean over both together is caught."""
@@ -202,6 +209,24 @@ def hinge_d_loss_hints(name, case, want, upstream):
              f"together: divide by this side's {n}"),
         like(want * n / max(int(short.sum()), 1), "divided by the scores short of the "
              f"margin only: divide by all {n}")]
+
+
+def amplitude_loss_hints(name, case, want, upstream):
+    pred, target = case.args
+    H, W = pred.shape[-2:]
+    spectrum = np.fft.fft2(pred)                    # unnormalized: sqrt(H W) times too large
+    if name == "loss":
+        return [like(want * H * W, "the DFT unnormalized: np.fft.fft2(x, norm='ortho') keeps "
+                                   "sums of squares, so the loss is on mse's scale"),
+                like(np.mean((pred - target) ** 2), "that is mse: compare the amplitudes "
+                                                    "|F(pred)| and |F(target)| alone")]
+    gap = np.abs(np.fft.fft2(pred, norm="ortho")) - np.abs(np.fft.fft2(target, norm="ortho"))
+    return loss_hints(name, case, want, upstream) + [
+        like(np.fft.ifft2(2 * case.dloss * gap / gap.size, norm="ortho").real,
+             "the phase left out: each coefficient's gradient points along F(pred) / |F(pred)|"),
+        like(np.fft.ifft2(2 * case.dloss * gap / gap.size * spectrum / np.abs(spectrum)).real,
+             "the plain ifft2 (1 / (H W)) carries it back: use norm='ortho' both ways, "
+             "F's adjoint is its inverse")]
 
 
 def hinge_g_loss_hints(name, case, want, upstream):
@@ -335,6 +360,8 @@ OPS = {op.name: op for op in [
        cross_entropy_hints, upstream="dloss"),
     Op("mse", "pred, target", ("loss",), ("dpred",), (0,), mse_cases, loss_hints,
        upstream="dloss"),
+    Op("amplitude_loss", "pred, target", ("loss",), ("dpred",), (0,), amplitude_loss_cases,
+       amplitude_loss_hints, upstream="dloss"),
     Op("hinge_d_loss", "real, fake", ("loss",), ("dreal", "dfake"), (0, 1),
        hinge_d_loss_cases, hinge_d_loss_hints, upstream="dloss"),
     Op("hinge_g_loss", "fake", ("loss",), ("dfake",), (0,), hinge_g_loss_cases,

@@ -63,6 +63,9 @@ def add_train_tokenizer(sub):
     p.add_argument("--feature-weight", type=non_negative_float, default=0.0,
                    help="weight of the match between the discriminator's features of the "
                         "picture and of its reconstruction (a perceptual term), in L_rec")
+    p.add_argument("--amplitude-weight", type=non_negative_float, default=0.0,
+                   help="weight of the match between the amplitude spectra of the picture "
+                        "and of its reconstruction (detail at every frequency), in L_rec")
     p.add_argument("--disc-channels", type=positive_int, default=64,
                    help="the discriminator's first convolution's channels")
     p.add_argument("--init", default=None,
@@ -145,6 +148,7 @@ def _tokenizer_recipe(args):
                              gan_weight=args.gan_weight, disc_start=args.disc_start,
                              gan_start=args.gan_start, disc_lr_scale=args.disc_lr_scale,
                              feature_weight=args.feature_weight,
+                             amplitude_weight=args.amplitude_weight,
                              disc_channels=args.disc_channels, decoder_only=args.decoder_only)
     recipe.check()
     if args.decoder_only and not args.init and not args.resume:

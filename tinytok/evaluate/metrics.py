@@ -23,6 +23,7 @@ from tinytok.data.datasets import caption_for, is_heldout, make_shapes, read_att
 from tinytok.data.images import resize_images
 from tinytok.errors import ConfigError, DTypeError, ImageError, ShapeError
 from tinytok.ops.checks import require_positive_int
+from tinytok.ops.losses import radial_frequency
 from tinytok.tokenizer.codebook import code_counts, usage_stats
 
 
@@ -103,12 +104,6 @@ def ssim(a, b, data_range=255.0):
 # ---------------------------------------------------------------- high-frequency power
 
 HF_LOW, HF_HIGH = 0.25, 0.35   # cycles per pixel; 0.5 is the finest a pixel grid holds
-
-
-def radial_frequency(height, width):
-    """|f| = sqrt(fy^2 + fx^2) in cycles per pixel of each coefficient of a height x width
-    2-D DFT, fy and fx as np.fft.fftfreq orders them (0, 1/n, ... up to 0.5, then negative)."""
-    return np.hypot(np.fft.fftfreq(height)[:, None], np.fft.fftfreq(width)[None, :])
 
 
 def band_power(x, band):

@@ -11,7 +11,8 @@ a feature map (N, C, H, W) to any (H_out, W_out), as F.interpolate's modes "area
 
 Besides the pairs of PAIRS: conv2d_as_transposed, the same numbers as conv2d by another
 route (faster for a narrowing convolution); softmax and log_softmax; scatter_add, the
-accumulating write behind a lookup's gradient.
+accumulating write behind a lookup's gradient; radial_frequency and frequency_rings, the
+frequencies of a 2-D DFT's coefficients and their rings (amplitude_loss's bands).
 """
 from tinytok.ops.activations import (gelu_backward, gelu_forward, leaky_relu_backward,
                                     leaky_relu_forward, relu_backward, relu_forward)
@@ -22,10 +23,11 @@ from tinytok.ops.conv import (conv2d_as_transposed_backward, conv2d_as_transpose
                               conv_transpose2d_forward, narrowing_conv_is_faster)
 from tinytok.ops.embedding import embedding_backward, embedding_forward, scatter_add
 from tinytok.ops.linear import linear_backward, linear_forward
-from tinytok.ops.losses import (cross_entropy_backward, cross_entropy_forward,
+from tinytok.ops.losses import (amplitude_loss_backward, amplitude_loss_forward,
+                                cross_entropy_backward, cross_entropy_forward, frequency_rings,
                                 hinge_d_loss_backward, hinge_d_loss_forward,
                                 hinge_g_loss_backward, hinge_g_loss_forward, mse_backward,
-                                mse_forward)
+                                mse_forward, radial_frequency)
 from tinytok.ops.norm import (l2_normalize_backward, l2_normalize_forward, layer_norm_backward,
                               layer_norm_forward)
 from tinytok.ops.resample import (area_resize_backward, area_resize_forward,
@@ -46,6 +48,7 @@ PAIRS = {
     "self_attention": (self_attention_forward, self_attention_backward),  # mask= any pattern
     "cross_entropy": (cross_entropy_forward, cross_entropy_backward),
     "mse": (mse_forward, mse_backward),
+    "amplitude_loss": (amplitude_loss_forward, amplitude_loss_backward),
     "hinge_d_loss": (hinge_d_loss_forward, hinge_d_loss_backward),
     "hinge_g_loss": (hinge_g_loss_forward, hinge_g_loss_backward),
     "area_resize": (area_resize_forward, area_resize_backward),
@@ -54,4 +57,5 @@ PAIRS = {
 
 __all__ = [name for pair in PAIRS.values() for name in (f.__name__ for f in pair)] + [
     "PAIRS", "conv2d_as_transposed_forward", "conv2d_as_transposed_backward",
-    "narrowing_conv_is_faster", "softmax", "log_softmax", "scatter_add"]
+    "narrowing_conv_is_faster", "softmax", "log_softmax", "scatter_add", "frequency_rings",
+    "radial_frequency"]

@@ -3,16 +3,21 @@
 The tokenizer's loss gains a term that rewards fooling the discriminator D,
 
     loss = L_rec + quantizer loss + lambda * L_G,     L_G = -mean(D(x_hat)),
-    L_rec = mse(x_hat, x) + feature_weight * L_F,
+    L_rec = mse(x_hat, x) + feature_weight * L_F + amplitude_weight * L_A,
     L_F = sum over D's two hidden activations f1, f2 of mse(f(x_hat), f(x)),
+    L_A = amplitude_loss(x_hat, x, frequency_rings): the amplitudes of the rings of their
+          2-D DFTs compared (each ring's power summed, then its square root),
 
 and D learns, from the same pictures, to tell them apart:
 
     L_D = mean(relu(1 - D(x))) + mean(relu(1 + D(x_hat))),    x_hat held fixed.
 
 L_F is a perceptual term that needs no downloaded network: D's own features of the
-reconstruction drawn towards those of the picture (held fixed). Only the tokenizer learns
-from it (and from L_G); D's parameters learn from L_D alone.
+reconstruction drawn towards those of the picture (held fixed). L_A asks for as much detail
+as the picture has at every spatial frequency, wherever it sits: a ring, not a coefficient,
+because a ring's power is nearly certain given the tokens where one coefficient's amplitude
+is not (lesson 9). Only the tokenizer learns from them (and from L_G); D's parameters learn
+from L_D alone.
 
 lambda is VQGAN's adaptive weight: the ratio of the two losses' gradients at the decoder's
 last weight w,
@@ -34,7 +39,8 @@ lambda is the whole batch's, on any number of cores and processes, as the gradie
 from typing import Any, NamedTuple
 
 from tinytok.backend import get_array_module
-from tinytok.ops import (hinge_d_loss_backward, hinge_d_loss_forward, hinge_g_loss_backward,
+from tinytok.ops import (amplitude_loss_backward, amplitude_loss_forward, frequency_rings,
+                         hinge_d_loss_backward, hinge_d_loss_forward, hinge_g_loss_backward,
                          hinge_g_loss_forward, mse_backward, mse_forward)
 from tinytok.parallel import for_batch_parts
 from tinytok.tokenizer.discriminator import (discriminator_backward, discriminator_forward,
@@ -57,7 +63,8 @@ class JudgedPart(NamedTuple):
     fake: Any             # D's scores on the reconstructions
     fake_cache: Any       # and its cache on them
     dx_gen: Any           # gradient of this part's share of L_G at x_hat
-    dx_features: Any      # of feature_weight * L_F (None without that term)
+    dx_terms: Any         # of L_rec's terms beyond mse, feature_weight * L_F and
+                          # amplitude_weight * L_A (None without either)
     w_rec: Any            # this part's share of dL_rec/dw, the decoder's last weight
     w_gen: Any            # and of dL_G/dw
 
@@ -72,7 +79,7 @@ def adaptive_weight(w_rec, w_gen, gan_weight):
 
 def adversarial_grads(x, params, config, disc, grads, gan_weight, sum_everywhere,
                       tau=1.0, noise=None, of_batch=None, decoder_only=False,
-                      feature_weight=0.0):
+                      feature_weight=0.0, amplitude_weight=0.0):
     """One step's gradients of both models on x (N, 3, S, S), added into grads: the
     tokenizer's keys for its loss with lambda * L_G, the "disc." keys for L_D.
 
@@ -80,16 +87,17 @@ def adversarial_grads(x, params, config, disc, grads, gan_weight, sum_everywhere
     of_batch: the global batch's size when x is this process's share (as tokenizer_grads).
     decoder_only: of the tokenizer, the decoder's gradients alone (as tokenizer_grads).
     feature_weight: the weight of L_F, the distance between D's features, in L_rec.
+    amplitude_weight: the weight of L_A, the distance between amplitude spectra, in L_rec.
     Returns the forward's figures joined over the parts (means over x, as tokenizer_grads's)
-    with "g_loss", "d_loss", "feature_loss" (0-d arrays or 0) and "gan_lambda" (a float, the
-    same everywhere).
+    with "g_loss", "d_loss", "feature_loss", "amplitude_loss" (0-d arrays or 0; each term
+    unweighted, 0 when it is off) and "gan_lambda" (a float, the same everywhere).
     """
     N = len(x)
     of_batch = of_batch or N
 
     def judge(lo, hi):
         return judge_part(x, lo, hi, params, config, disc, (hi - lo) / of_batch, tau, noise,
-                          feature_weight)
+                          feature_weight, amplitude_weight)
 
     judged = {part.lo: part for part in for_batch_parts(judge, N)}
     at_w = sum_everywhere({"rec": sum(p.w_rec for p in judged.values()),
@@ -100,8 +108,8 @@ def adversarial_grads(x, params, config, disc, grads, gan_weight, sum_everywhere
         part = judged[lo]
         share = (hi - lo) / of_batch
         extra = lam * part.dx_gen
-        if part.dx_features is not None:
-            extra += part.dx_features
+        if part.dx_terms is not None:
+            extra += part.dx_terms
         tokenizer_backward(part.cache, part_grads, config, dloss=share, image_grad=False,
                            dx_hat_extra=extra, decoder_only=decoder_only)
         return dict(part.out, d_loss=train_discriminator(part, part_grads, share))
@@ -109,16 +117,17 @@ def adversarial_grads(x, params, config, disc, grads, gan_weight, sum_everywhere
     outs = for_batch_parts(learn, N, grads)
     joined = join_parts(outs, N)
     shares = [len(out["ids"]) / N for out in outs]
-    for key in ("g_loss", "d_loss", "feature_loss"):
+    for key in ("g_loss", "d_loss", "feature_loss", "amplitude_loss"):
         joined[key] = sum(out[key] * share for out, share in zip(outs, shares))
     joined["gan_lambda"] = lam
     return joined
 
 
-def judge_part(x, lo, hi, params, config, disc, share, tau, noise, feature_weight):
+def judge_part(x, lo, hi, params, config, disc, share, tau, noise, feature_weight,
+               amplitude_weight=0.0):
     """The first pass on rows lo..hi-1: the tokenizer's forward, D's scores on the pictures
     and on their reconstructions, and the gradients at the picture and at the last weight
-    of L_rec (with L_F) and of L_G."""
+    of L_rec (with L_F and L_A) and of L_G."""
     out, cache = tokenizer_forward(x[lo:hi], params, config, tau,
                                    None if noise is None else noise[lo:hi])
     real, real_cache = discriminator_forward(x[lo:hi], params, disc)
@@ -127,13 +136,21 @@ def judge_part(x, lo, hi, params, config, disc, share, tau, noise, feature_weigh
     unused = {k: get_array_module(v).zeros_like(v) for k, v in params.items()
               if is_discriminator_param(k)}   # D's own gradients of L_G and L_F are not wanted
     dx_gen = discriminator_backward(hinge_g_loss_backward(share, g_cache), fake_cache, unused)
-    dx_rec = mse_backward(share, cache.mse)
-    out["g_loss"], out["feature_loss"], dx_features = g_loss, 0.0, None
+    out["g_loss"], out["feature_loss"], out["amplitude_loss"] = g_loss, 0.0, 0.0
+    dx_terms = []
     if feature_weight:
         out["feature_loss"], dx_features = feature_matching(
             real_cache, fake_cache, share * feature_weight, unused)
-        dx_rec += dx_features
-    return JudgedPart(lo, out, cache, real, real_cache, fake, fake_cache, dx_gen, dx_features,
+        dx_terms.append(dx_features)
+    if amplitude_weight:
+        out["amplitude_loss"], a_cache = amplitude_loss_forward(
+            out["x_hat"], x[lo:hi], frequency_rings(*x.shape[-2:]))
+        dx_terms.append(amplitude_loss_backward(share * amplitude_weight, a_cache))
+    dx_terms = sum(dx_terms[1:], dx_terms[0]) if dx_terms else None
+    dx_rec = mse_backward(share, cache.mse)
+    if dx_terms is not None:
+        dx_rec += dx_terms
+    return JudgedPart(lo, out, cache, real, real_cache, fake, fake_cache, dx_gen, dx_terms,
                       decoder_last_weight_grad(dx_rec, cache.decoder),
                       decoder_last_weight_grad(dx_gen, cache.decoder))
 

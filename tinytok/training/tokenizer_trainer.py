@@ -67,6 +67,7 @@ class TokenizerRecipe:
     disc_lr_scale: float = 1.0      # the discriminator's learning rate over the tokenizer's
     disc_channels: int = 64         # the patch discriminator's first convolution's
     feature_weight: float = 0.0     # weight of the match of D's features, in L_rec
+    amplitude_weight: float = 0.0   # and of the match of amplitude spectra (amplitude_loss)
     decoder_only: bool = False      # train the decoder alone: the encoder and the codebook,
                                     # so the tokens, stay those of the init tokenizer
 
@@ -87,6 +88,13 @@ class TokenizerRecipe:
         if self.feature_weight and not self.adversarial:   # else silently without effect
             raise ConfigError(f"feature_weight ({self.feature_weight:g}) matches the "
                               "discriminator's features: it needs one, give gan_weight > 0")
+        if not is_finite_number(self.amplitude_weight) or self.amplitude_weight < 0:
+            raise ConfigError(f"amplitude_weight must be a number >= 0, got "
+                              f"{self.amplitude_weight!r}")
+        if self.amplitude_weight and not self.adversarial:
+            raise ConfigError(f"amplitude_weight ({self.amplitude_weight:g}) is a term of the "
+                              "adversarial loss's L_rec, balanced against the discriminator: "
+                              "give gan_weight > 0")
         if not is_finite_number(self.disc_lr_scale) or not self.disc_lr_scale > 0:
             raise ConfigError(f"disc_lr_scale must be a number > 0, got {self.disc_lr_scale!r}")
         DiscriminatorConfig(self.disc_channels)   # refuses a bad size
@@ -267,7 +275,9 @@ class TokenizerRun:
                                     tau, noise, of_batch=self.settings.batch_size,
                                     decoder_only=self.recipe.decoder_only,
                                     feature_weight=(self.recipe.feature_weight if heeded
-                                                    else 0.0))
+                                                    else 0.0),
+                                    amplitude_weight=(self.recipe.amplitude_weight if heeded
+                                                      else 0.0))
         else:
             out = tokenizer_grads(x, self.params, self.config, grads, tau, noise,
                                   of_batch=self.settings.batch_size,         # on every core
@@ -288,7 +298,8 @@ class TokenizerRun:
         if against_d:
             adversarial = {"psnr": psnr, "g_loss": float(summed["g_loss"]),
                            "d_loss": float(summed["d_loss"]), "gan_lambda": out["gan_lambda"],
-                           "feature_loss": float(summed["feature_loss"])}
+                           "feature_loss": float(summed["feature_loss"]),
+                           "amplitude_loss": float(summed["amplitude_loss"])}
             figures.update(g=f"{adversarial['g_loss']:.3f}", d=f"{adversarial['d_loss']:.3f}",
                            lam=f"{adversarial['gan_lambda']:.3g}")
         figures.update(self.look_at_usage(step, loss, out["z"], adversarial))
@@ -312,8 +323,9 @@ class TokenizerRun:
         """Everything of this step that is a sum over the batch's examples, as one flat dict
         of arrays: the gradients, this share's part of the losses, the code counts."""
         sums = {f"grad.{k}": g for k, g in grads.items()}
-        for key in ("loss", "recon_loss", "g_loss", "d_loss", "feature_loss"):  # 0-d arrays,
-            if key in out:                                  # which the all-reduce writes into
+        for key in ("loss", "recon_loss", "g_loss", "d_loss", "feature_loss",
+                    "amplitude_loss"):                      # 0-d arrays, which the
+            if key in out:                                  # all-reduce writes into
                 sums[key] = self.xp.asarray(out[key] * self.share)
         if self.ema_state is not None:
             sums["ema.counts"], sums["ema.sums"] = ema_statistics(
