@@ -137,16 +137,14 @@ def judge_part(x, lo, hi, params, config, disc, share, tau, noise, feature_weigh
               if is_discriminator_param(k)}   # D's own gradients of L_G and L_F are not wanted
     dx_gen = discriminator_backward(hinge_g_loss_backward(share, g_cache), fake_cache, unused)
     out["g_loss"], out["feature_loss"], out["amplitude_loss"] = g_loss, 0.0, 0.0
-    dx_terms = []
+    dx_terms = None                       # the gradient of L_rec's terms beyond mse at x_hat
     if feature_weight:
-        out["feature_loss"], dx_features = feature_matching(
+        out["feature_loss"], dx_terms = feature_matching(
             real_cache, fake_cache, share * feature_weight, unused)
-        dx_terms.append(dx_features)
     if amplitude_weight:
-        out["amplitude_loss"], a_cache = amplitude_loss_forward(
-            out["x_hat"], x[lo:hi], frequency_rings(*x.shape[-2:]))
-        dx_terms.append(amplitude_loss_backward(share * amplitude_weight, a_cache))
-    dx_terms = sum(dx_terms[1:], dx_terms[0]) if dx_terms else None
+        out["amplitude_loss"], dx_amplitude = amplitude_matching(
+            out["x_hat"], x[lo:hi], share * amplitude_weight)
+        dx_terms = dx_amplitude if dx_terms is None else dx_terms + dx_amplitude
     dx_rec = mse_backward(share, cache.mse)
     if dx_terms is not None:
         dx_rec += dx_terms
@@ -165,6 +163,14 @@ def feature_matching(real_cache, fake_cache, dloss, unused):
         dfeatures.append(mse_backward(dloss, cache))
     dx = discriminator_backward(None, fake_cache, unused, dfeatures=tuple(dfeatures))
     return sum(losses), dx
+
+
+def amplitude_matching(x_hat, x, dloss):
+    """L_A = amplitude_loss over the rings of the pictures' spectra (frequency_rings): each
+    ring's amplitude compared, so that the decoder is asked for the power the picture has at
+    each spatial frequency, wherever it sits. Returns L_A (0-d) and dloss * dL_A/dx_hat."""
+    loss, cache = amplitude_loss_forward(x_hat, x, frequency_rings(*x.shape[-2:]))
+    return loss, amplitude_loss_backward(dloss, cache)
 
 
 def train_discriminator(part, grads, share):
