@@ -330,7 +330,8 @@ class Pipeline:
         Pipeline.sampling): temperature, top_k, top_p, the guidance scale cfg_scale, and
         rerank=k, which draws k candidates for every picture and keeps the one whose
         caption the same prior finds likeliest (see caption_log_likelihood): DALL-E's
-        reranking, with the one-stream model as its own judge, k times the drawing work. sampling=tinytok.PLAIN draws once, unguided.
+        reranking, with the one-stream model as its own judge, k times the drawing work.
+        sampling=tinytok.PLAIN draws once, unguided.
         seed fixes the draws; use_cache=False recomputes the whole prefix for each token
         (the same pictures, slower: lesson 12). A masked prior fills each grid in
         sampling.steps passes, a next-scale prior writes a map a pass (lesson 17); both

@@ -34,7 +34,8 @@ class Sampling:
     1 (none) at the first to cfg_scale at the last, as VAR's sampler does (raster and masked
     priors guide every pass alike and refuse it); rerank draws that many candidates for
     each picture asked for by a caption and keeps the one whose caption the prior finds
-    likeliest (1 = off); edit_rerank the same for each edited picture. steps and choice_temperature are a masked prior's (MaskGIT,
+    likeliest (1 = off); edit_rerank the same for each edited picture. steps and
+    choice_temperature are a masked prior's (MaskGIT,
     prior/masked.py): how many passes of the model fill in the grid, and how much annealed
     noise goes into which codes each pass keeps (0: always the most confident); a raster
     prior writes one token per pass and a next-scale prior one map (prior/scales.py), and

@@ -49,6 +49,9 @@ from tinytok.tokenizer.vqvae import (decoder_last_weight_grad, tokenizer_backwar
                                      tokenizer_forward)
 from tinytok.training.steps import join_parts
 
+# The step's losses, each a mean over the batch (unweighted; 0 for a term that is off)
+LOSSES = ("g_loss", "d_loss", "feature_loss", "amplitude_loss")
+
 DELTA = 1e-4            # keeps lambda finite when the adversarial gradient vanishes
 MAX_LAMBDA = 1e4        # and bounded when it nearly does
 
@@ -117,7 +120,7 @@ def adversarial_grads(x, params, config, disc, grads, gan_weight, sum_everywhere
     outs = for_batch_parts(learn, N, grads)
     joined = join_parts(outs, N)
     shares = [len(out["ids"]) / N for out in outs]
-    for key in ("g_loss", "d_loss", "feature_loss", "amplitude_loss"):
+    for key in LOSSES:
         joined[key] = sum(out[key] * share for out, share in zip(outs, shares))
     joined["gan_lambda"] = lam
     return joined

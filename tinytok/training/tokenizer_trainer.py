@@ -37,7 +37,7 @@ from tinytok.tokenizer.discriminator import (PREFIX, DiscriminatorConfig,
                                              init_discriminator_params, is_discriminator_param)
 from tinytok.tokenizer.vqvae import (config_dict, encoder_forward, init_tokenizer_params,
                                      tokenizer_forward)
-from tinytok.training.adversarial import adversarial_grads
+from tinytok.training.adversarial import LOSSES as ADVERSARIAL_LOSSES, adversarial_grads
 from tinytok.training.checkpoint import check_params_match
 from tinytok.training.loop import (announce_resume, check_finite_loss, host_copy,
                                    optimizer_step, quiet_unless_root, resume_state, run_loop,
@@ -82,15 +82,13 @@ class TokenizerRecipe:
             raise ConfigError(f"gan_start ({self.heeded_from}) must not come before disc_start "
                               f"({self.disc_start}): the tokenizer would heed an untrained "
                               "discriminator")
-        if not is_finite_number(self.feature_weight) or self.feature_weight < 0:
-            raise ConfigError(f"feature_weight must be a number >= 0, got "
-                              f"{self.feature_weight!r}")
+        for name in ("feature_weight", "amplitude_weight"):
+            weight = getattr(self, name)
+            if not is_finite_number(weight) or weight < 0:
+                raise ConfigError(f"{name} must be a number >= 0, got {weight!r}")
         if self.feature_weight and not self.adversarial:   # else silently without effect
             raise ConfigError(f"feature_weight ({self.feature_weight:g}) matches the "
                               "discriminator's features: it needs one, give gan_weight > 0")
-        if not is_finite_number(self.amplitude_weight) or self.amplitude_weight < 0:
-            raise ConfigError(f"amplitude_weight must be a number >= 0, got "
-                              f"{self.amplitude_weight!r}")
         if self.amplitude_weight and not self.adversarial:
             raise ConfigError(f"amplitude_weight ({self.amplitude_weight:g}) is a term of the "
                               "adversarial loss's L_rec, balanced against the discriminator: "
@@ -296,10 +294,8 @@ class TokenizerRun:
             figures["tau"] = f"{tau:.3f}"
         adversarial = {}
         if against_d:
-            adversarial = {"psnr": psnr, "g_loss": float(summed["g_loss"]),
-                           "d_loss": float(summed["d_loss"]), "gan_lambda": out["gan_lambda"],
-                           "feature_loss": float(summed["feature_loss"]),
-                           "amplitude_loss": float(summed["amplitude_loss"])}
+            adversarial = {"psnr": psnr, "gan_lambda": out["gan_lambda"],
+                           **{k: float(summed[k]) for k in ADVERSARIAL_LOSSES}}
             figures.update(g=f"{adversarial['g_loss']:.3f}", d=f"{adversarial['d_loss']:.3f}",
                            lam=f"{adversarial['gan_lambda']:.3g}")
         figures.update(self.look_at_usage(step, loss, out["z"], adversarial))
@@ -323,9 +319,8 @@ class TokenizerRun:
         """Everything of this step that is a sum over the batch's examples, as one flat dict
         of arrays: the gradients, this share's part of the losses, the code counts."""
         sums = {f"grad.{k}": g for k, g in grads.items()}
-        for key in ("loss", "recon_loss", "g_loss", "d_loss", "feature_loss",
-                    "amplitude_loss"):                      # 0-d arrays, which the
-            if key in out:                                  # all-reduce writes into
+        for key in ("loss", "recon_loss") + ADVERSARIAL_LOSSES:   # 0-d arrays, which
+            if key in out:                                          # the all-reduce writes into
                 sums[key] = self.xp.asarray(out[key] * self.share)
         if self.ema_state is not None:
             sums["ema.counts"], sums["ema.sums"] = ema_statistics(
