@@ -96,6 +96,25 @@ def test_eval_tokenizer_json_and_pictures(work):
         assert lines[key] == f"{figures[key]:.1%}"
 
 
+def test_eval_tokenizer_split_all_measures_every_picture_of_a_set(work, tmp_path):
+    """--split all: every picture of a fixed set (one the tokenizer never trained on), not
+    just its held-out tenth; the record names the split."""
+    folder = tmp_path / "set"
+    folder.mkdir()
+    for i, img in enumerate(make_shapes(20, seed=5).images):
+        Image.fromarray(img).save(folder / f"p{i:02d}.png")
+    counts = {}
+    for split in ("val", "all"):
+        r = ok(tinytok("eval-tokenizer", "--tokenizer", "tok.npz", "--data", folder,
+                       "--split", split, "--json", cwd=work))
+        figures = json.loads(r.stdout)
+        counts[split] = figures["images"]
+        assert figures["data"] == f"{folder} ({split} split)"
+    assert counts == {"val": 2, "all": 20}      # every tenth picture is validation
+    r = tinytok("eval-tokenizer", "--tokenizer", "tok.npz", "--split", "train", cwd=work)
+    assert r.returncode == 2 and "invalid choice: 'train'" in r.stderr
+
+
 def test_eval_tokenizer_compare_side_by_side(work, tmp_path):
     """--compare: the other tokenizer's fidelity figures on the same pictures, its hash in the
     record, and with --pictures the originals and both reconstructions, enlarged, in one PNG."""

@@ -92,6 +92,10 @@ def add_eval_tokenizer(sub):
     p.add_argument("--tokenizer", default=None)
     p.add_argument("--data", default="shapes")
     p.add_argument("--n-images", type=positive_int, default=2000)
+    p.add_argument("--split", choices=("val", "all"), default="val",
+                   help="val (the default): the held-out pictures; all: every picture of the "
+                        "set, for a tokenizer that never trained on it (faces, for the "
+                        "photos tokenizers); the shapes are always drawn fresh")
     p.add_argument("--size", type=positive_int, default=None,
                    help="picture size; must be the tokenizer's own (the default)")
     p.add_argument("--compare", default=None, metavar="CHECKPOINT",
@@ -104,14 +108,16 @@ def add_eval_tokenizer(sub):
     p.set_defaults(func=cmd_eval_tokenizer)
 
 
-def _evaluation_images(data, n_images, size):
-    """The held-out pictures eval-tokenizer measures on, and the split's name."""
+def _evaluation_images(data, n_images, size, split="val"):
+    """The pictures eval-tokenizer measures on, and the split's name. split "val": those
+    held out of training; "all": every picture of the set (photos: crops of every one)."""
     from tinytok.data.datasets import photo_crops, training_images
     seed = 12345  # validation images never overlap the training seed's draws
-    if data == "photos":  # held-out photographs, downscaled 2x and 4x: CIFAR-like detail
-        return photo_crops(n_images, seed=seed, split="val", scales=(2, 4), size=size), \
-            "val, 2x and 4x"
-    split = "all" if data == "shapes" else "val"
+    if data == "photos":  # photographs downscaled 2x and 4x: CIFAR-like detail
+        return photo_crops(n_images, seed=seed, split=split, scales=(2, 4), size=size), \
+            f"{split}, 2x and 4x"
+    if data == "shapes":  # drawn fresh: the seed keeps them apart from training's
+        split = "all"
     return training_images(data, n_images if data == "shapes" else None, seed=seed,
                            split=split, size=size), split
 
@@ -136,7 +142,7 @@ def cmd_eval_tokenizer(args):
         raise ConfigError(f"--size {args.size}: this tokenizer reads {size}x{size} pictures "
                           f"(leave --size out, or pass --size {size})")
     rival = _rival(args.compare, size) if args.compare else None
-    images, split = _evaluation_images(args.data, args.n_images, size)
+    images, split = _evaluation_images(args.data, args.n_images, size, args.split)
     figures, recon, ids = eval_tokenizer(tokenizer, images)
     figures["data"] = f"{args.data} ({split} split)"
     rows = [(args.tokenizer or SHIPPED["shapes-tokenizer"], recon, figures)]
