@@ -23,7 +23,8 @@ REQUIRED = {
                      "encode_gflops", "num_codes", "peak_rss_mb", "import_rss_mb"],
     "vqvae-gan": ["train_step_ms", "train_step_ms_min", "train_step_ms_max",
                   "train_images_per_s", "train_gflops", "train_gflop_per_step",
-                  "train_share_of_sgemm", "disc_channels", "peak_rss_mb", "import_rss_mb"],
+                  "train_share_of_sgemm", "disc_channels", "gan_weight", "feature_weight",
+                  "amplitude_weight", "peak_rss_mb", "import_rss_mb"],
     "gpt-ref": ["train_step_ms", "train_tokens_per_s", "train_gflops", "train_share_of_sgemm",
                 "sample_kv_tokens_per_s", "sample_nocache_tokens_per_s", "peak_rss_mb",
                 "import_rss_mb"],
@@ -57,6 +58,8 @@ def test_quick_run_has_every_figure(quick_result):
     gan = quick_result["vqvae-gan"]
     assert gan["config"] == "vqvae-tiny" and gan["disc_channels"] == 8
     assert gan["train_gflop_per_step"] > quick_result["vqvae-ref"]["train_gflop_per_step"]
+    assert gan["train_gflop_per_step"] == pytest.approx(flops.vqvae_gan_train_flops(
+        "vqvae-tiny", 8, 4, feature_matching=True) / 1e9)      # the shipped recipe's L_F
     masked = quick_result["gpt-masked"]
     # the shapes vocabulary of 16 codes (37 + 16 ids) and <mask>; 4 image tokens, 8 steps
     assert masked["vocab_size"] == 37 + 16 + 1 and masked["fill_in_steps"] == 4
@@ -92,7 +95,7 @@ def test_drawing_rows_count_each_kinds_passes(quick_result):
 def test_table_formats(quick_result):
     table = bench.format_table(quick_result)
     for word in ("sgemm", "train step", "encode", "sample", "peak RSS",
-                 "vqvae-gan (vqvae-tiny) train step", "D of 8 channels",
+                 "vqvae-gan (vqvae-tiny) train step", "D of 8 channels, L_F 1, L_A 45",
                  "gpt-masked (gpt-tiny) train step", "fill in 2 in 4 steps, guided",
                  "vqvae-scales (vqvae-tiny) train step", "gpt-scales (gpt-tiny) train step",
                  "maps 1,2",
@@ -222,6 +225,9 @@ def test_discriminator_and_adversarial_step_flops_by_hand():
         + (2 * D - conv1))
     assert flops.vqvae_gan_train_flops("vqvae-ref", 64, 32) == \
         32 * flops.vqvae_gan_train_flops("vqvae-ref", 64, 1)
+    # L_F: its own backward through conv2 and conv1 on the reconstructions, dx and dw
+    assert flops.vqvae_gan_train_flops("vqvae-ref", 64, 1, feature_matching=True) == (
+        flops.vqvae_gan_train_flops("vqvae-ref", 64, 1) + 2 * (conv1 + conv2))
 
 
 def test_multiscale_tokenizer_flops_by_hand():

@@ -20,8 +20,8 @@ code, bilinear up, phi mixed in half and half, straight-through, the running sum
 F.interpolate with mode="area" and mode="bilinear", align_corners=False); vqvae-gan the
 same against the patch discriminator (tinytok.tokenizer.discriminator), VQGAN's step as
 taming-transformers writes it (the adaptive weight by torch.autograd.grad at the decoder's
-last weight, calculate_adaptive_weight; two optimizers; tinytok's feature-matching term
-optional, off in the benchmark); gpt-ref
+last weight, calculate_adaptive_weight; two optimizers), with tinytok's feature-matching
+and ring-amplitude terms at the bench's weights (the shipped photos_gan_tokenizer's); gpt-ref
 nanoGPT-style with the head tied to the token embedding, attention explicit (masked softmax) or
 F.scaled_dot_product_attention ("sdpa"); gpt-masked the same model with full attention (no
 mask) over the masked prior's batch (tinytok.bench.masked_example_batch: the same ids and
@@ -250,6 +250,7 @@ def torch_vqvae_gan_train(sizes):
     """One adversarial step: both losses, each model's gradients (backward(inputs=...)),
     each clipped to norm 1 and stepped by its own torch.optim.AdamW (lr 3e-4, no decay)."""
     c, params = gan_params(sizes)
+    terms = {key: sizes[key] for key in ("feature_weight", "amplitude_weight")}
     P = as_torch(params)
     tok = [p for k, p in P.items() if not is_discriminator_param(k)]
     disc = [p for k, p in P.items() if is_discriminator_param(k)]
@@ -260,7 +261,7 @@ def torch_vqvae_gan_train(sizes):
     def step():
         for opt, _ in opts:
             opt.zero_grad(set_to_none=True)
-        loss, d_loss, *_ = vqgan_losses(x, P, c, sizes["gan_weight"])
+        loss, d_loss, *_ = vqgan_losses(x, P, c, sizes["gan_weight"], **terms)
         loss.backward(inputs=tok)
         d_loss.backward(inputs=disc)
         for opt, ps in opts:
@@ -619,11 +620,13 @@ def same_model_check(sizes):
         theirs_g = float(F.cross_entropy(gpt_logits(torch.from_numpy(ids), as_torch(gp), g)
                                          .view(32, -1), torch.from_numpy(tgt).view(-1)))
     gc, gp = gan_params(sizes)
+    terms = {key: sizes[key] for key in ("feature_weight", "amplitude_weight")}
     ours_lam = adversarial_grads(x, gp, gc, DiscriminatorConfig(sizes["disc_channels"]),
                                  {k: np.zeros_like(v) for k, v in gp.items()},
-                                 sizes["gan_weight"], lambda arrays: arrays)["gan_lambda"]
+                                 sizes["gan_weight"], lambda arrays: arrays,
+                                 **terms)["gan_lambda"]
     theirs_lam = float(vqgan_losses(torch.from_numpy(x), as_torch(gp), gc,
-                                    sizes["gan_weight"])[2])
+                                    sizes["gan_weight"], **terms)[2])
     mp, mc, _ = bench.shapes_prior(sizes, "masked")
     m_ids, m_targets = bench.masked_example_batch(sizes)
     ours_m = float(gpt_loss_forward(m_ids, m_targets, mp, mc, mask="full")[0])

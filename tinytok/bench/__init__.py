@@ -15,7 +15,8 @@ Parts (``--only`` picks some, comma-separated or repeated):
 * ``vqvae-gan``: one adversarial training step of vqvae-ref at batch 32 against a patch
   discriminator of 64 channels (VQGAN, tinytok.training.adversarial: both models'
   gradients in two passes, the adaptive weight, then each model clipped and updated by its
-  own AdamW), as train-tokenizer --gan-weight does it past --gan-start.
+  own AdamW), as train-tokenizer --gan-weight does it past --gan-start, with the shipped
+  photos_gan_tokenizer's terms: --feature-weight 1, --amplitude-weight 45.
 * ``gpt-ref``: one training step at batch 32 x context 80, and sampling 64 new tokens for 16
   sequences after a 1-token prompt, with and without the KV cache.
 * ``gpt-masked``: the masked prior (MaskGIT, tinytok.prior.masked): gpt-ref over the shapes

@@ -88,19 +88,22 @@ def discriminator_flops(channels, image_size, batch):
             "out": conv2d_flops(N, 2 * C, S // 4, S // 4, 1, 3, 3, 1, 1)}
 
 
-def vqvae_gan_train_flops(config, disc_channels, batch):
+def vqvae_gan_train_flops(config, disc_channels, batch, feature_matching=False):
     """FLOPs of an adversarial step (tinytok.training.adversarial), the products it computes:
     the tokenizer's step; the decoder's last weight's gradient twice more (the adaptive
     weight's two); and D eight times its forward less its first layer's dx twice: on the
     reconstructions forward, dx and dw (for L_G's gradient at the picture), on the real
     pictures forward, dw and dx but the first layer's, on the reconstructions again dw and
-    dx but the first layer's (for L_D, the forward reused)."""
+    dx but the first layer's (for L_D, the forward reused). feature_matching: L_F's own
+    backward through D's two hidden layers, dx and dw of each, on the reconstructions.
+    L_A's FFTs and band sums are not counted (at batch 32 of 32 x 32, about 15 MFLOPs)."""
     c = tokenizer_config(config)
     half = c.image_size // 2                     # the last layer paints S x S from S/2 x S/2
     last_weight = conv_transpose2d_flops(batch, c.hidden // 2, half, half, 3, 4, 4)
     d = discriminator_flops(disc_channels, c.image_size, batch)
+    features = 2 * (d["conv1"] + d["conv2"]) if feature_matching else 0
     return (vqvae_train_flops(c, batch) + 2 * last_weight + 8 * sum(d.values())
-            - 2 * d["conv1"])
+            - 2 * d["conv1"] + features)
 
 
 def gpt_flops(config, B, T):

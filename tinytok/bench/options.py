@@ -16,13 +16,14 @@ PARTS = ("sgemm", "vqvae-ref", "vqvae-scales", "vqvae-gan", "gpt-ref", "gpt-mask
 # shipped tokenizer's 256 on 8 x 8: 293 ids, 294 with <mask>), in gpt_T tokens (the
 # next-scale prior: the same caption part, then its maps); the multi-scale tokenizer
 # (vqvae-scales) has shapes_codes codes per map. The drawings are draw_n pictures of one
-# caption, the masked prior's at each of draw_steps.
+# caption, the masked prior's at each of draw_steps. The adversarial step (vqvae-gan) has the
+# shipped photos_gan_tokenizer's terms: L_G at gan_weight, L_F and L_A at their weights.
 FULL = dict(sgemm_sizes=(1024, 2048), vqvae="vqvae-ref", vq_batch=32, encode_batch=256,
-            disc_channels=64, gan_weight=0.1,
+            disc_channels=64, gan_weight=0.1, feature_weight=1.0, amplitude_weight=45.0,
             gpt="gpt-ref", vocab=600, gpt_batch=32, gpt_T=80, sample_batch=16, sample_new=64,
             shapes_codes=256, shapes_grid=8, draw_n=16, draw_steps=(4, 8, 12, 16))
 QUICK = dict(sgemm_sizes=(64, 128), vqvae="vqvae-tiny", vq_batch=4, encode_batch=8,
-             disc_channels=8, gan_weight=0.1,
+             disc_channels=8, gan_weight=0.1, feature_weight=1.0, amplitude_weight=45.0,
              gpt="gpt-tiny", vocab=50, gpt_batch=2, gpt_T=16, sample_batch=2, sample_new=4,
              shapes_codes=16, shapes_grid=2, draw_n=2, draw_steps=(2, 4))
 

@@ -27,7 +27,8 @@ def format_table(result):
         f = result[part]
         share = f["train_share_of_sgemm"]
         share = f", {100 * share:.0f}% of sgemm" if share else ""
-        against = f", D of {f['disc_channels']} channels" if part == "vqvae-gan" else ""
+        against = (f", D of {f['disc_channels']} channels, L_F {f['feature_weight']:g}, "
+                   f"L_A {f['amplitude_weight']:g}" if part == "vqvae-gan" else "")
         maps = f", maps {','.join(map(str, f['scales']))}" if "scales" in f else ""
         row(f"{part} ({f['config']}) train step", part, "train_step_ms",
             f"{f[f'train_{unit}_per_s']:.0f} {unit}/s, {f['train_gflops']:.1f} GFLOP/s{share}"

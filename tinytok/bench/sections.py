@@ -63,7 +63,9 @@ def _section_vqvae_gan(xp, sizes, quick, repeats, warmup):
     step, flops = vqvae_gan_train_step(sizes)
     t = time_it(step, xp, *_reps("vqvae_gan", quick, repeats, warmup))
     return {"config": sizes["vqvae"], "batch": sizes["vq_batch"],
-            "disc_channels": sizes["disc_channels"],
+            "disc_channels": sizes["disc_channels"], "gan_weight": sizes["gan_weight"],
+            "feature_weight": sizes["feature_weight"],
+            "amplitude_weight": sizes["amplitude_weight"],
             **_train_figures(t, flops, sizes["vq_batch"], "images")}
 
 

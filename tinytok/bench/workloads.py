@@ -52,8 +52,9 @@ def vqvae_train_step(sizes, seed=0, config=None):
 def vqvae_gan_train_step(sizes, seed=0):
     """A closure running one adversarial vqvae step (the tokenizer against its patch
     discriminator, VQGAN) on fixed random images, and its FLOPs: as TokenizerRun.step does
-    it past gan_start, both models' gradients in two passes over the batch parts, then
-    each model clipped and updated by an AdamW of its own."""
+    it past gan_start, both models' gradients in two passes over the batch parts (L_rec
+    with the feature and amplitude terms at the sizes' weights), then each model clipped
+    and updated by an AdamW of its own."""
     config = tokenizer_config(sizes["vqvae"])
     disc = DiscriminatorConfig(sizes["disc_channels"])
     params = init_tokenizer_params(config, seed=seed)
@@ -72,13 +73,16 @@ def vqvae_gan_train_step(sizes, seed=0):
         for g in grads.values():
             g[...] = 0
         out = adversarial_grads(x, params, config, disc, grads, sizes["gan_weight"],
-                                lambda arrays: arrays)           # one process: no sums
+                                lambda arrays: arrays,           # one process: no sums
+                                feature_weight=sizes["feature_weight"],
+                                amplitude_weight=sizes["amplitude_weight"])
         for mine, mine_grads, state in models:
             clip_grad_norm(mine_grads, 1.0)
             adamw_step(mine, mine_grads, state, lr=3e-4)
         return out["loss"]
 
-    return step, vqvae_gan_train_flops(config, disc.channels, sizes["vq_batch"])
+    return step, vqvae_gan_train_flops(config, disc.channels, sizes["vq_batch"],
+                                       feature_matching=bool(sizes["feature_weight"]))
 
 
 def vqvae_encode(sizes, seed=0, config=None):
