@@ -246,11 +246,16 @@ def gan_params(sizes, seed=0):
     return c, params
 
 
+def gan_terms(sizes):
+    """L_rec's extra terms' weights in the bench's adversarial step (vqgan_losses' keywords)."""
+    return {key: sizes[key] for key in ("feature_weight", "amplitude_weight")}
+
+
 def torch_vqvae_gan_train(sizes):
     """One adversarial step: both losses, each model's gradients (backward(inputs=...)),
     each clipped to norm 1 and stepped by its own torch.optim.AdamW (lr 3e-4, no decay)."""
     c, params = gan_params(sizes)
-    terms = {key: sizes[key] for key in ("feature_weight", "amplitude_weight")}
+    terms = gan_terms(sizes)
     P = as_torch(params)
     tok = [p for k, p in P.items() if not is_discriminator_param(k)]
     disc = [p for k, p in P.items() if is_discriminator_param(k)]
@@ -620,7 +625,7 @@ def same_model_check(sizes):
         theirs_g = float(F.cross_entropy(gpt_logits(torch.from_numpy(ids), as_torch(gp), g)
                                          .view(32, -1), torch.from_numpy(tgt).view(-1)))
     gc, gp = gan_params(sizes)
-    terms = {key: sizes[key] for key in ("feature_weight", "amplitude_weight")}
+    terms = gan_terms(sizes)
     ours_lam = adversarial_grads(x, gp, gc, DiscriminatorConfig(sizes["disc_channels"]),
                                  {k: np.zeros_like(v) for k, v in gp.items()},
                                  sizes["gan_weight"], lambda arrays: arrays,
