@@ -19,7 +19,7 @@ import numpy as np
 
 from tinytok import distributed
 from tinytok.distributed import batch_share, sum_over_processes
-from tinytok.training.adversarial import adversarial_grads
+from tinytok.training.adversarial import LOSSES, adversarial_grads
 from tinytok.training.optim import zeros_like_params
 
 FEATURE_WEIGHT = 0.5
@@ -41,8 +41,7 @@ def setup(batch=6):
 
 def one_step(world):
     """This process's share of the step; every sum over the processes done. Returns
-    {"grad.<name>": ..., "loss", "g_loss", "d_loss", "feature_loss", "amplitude_loss",
-    "gan_lambda"}."""
+    {"grad.<name>": ..., "loss", each of the step's LOSSES, "gan_lambda"}."""
     config, disc, params, x = setup()
     lo, hi = batch_share(len(x), world)
     grads = zeros_like_params(params)
@@ -51,8 +50,7 @@ def one_step(world):
                             feature_weight=FEATURE_WEIGHT, amplitude_weight=AMPLITUDE_WEIGHT)
     share = (hi - lo) / len(x)
     summed = {f"grad.{k}": g for k, g in grads.items()}
-    summed.update({k: np.asarray(out[k] * share)
-                   for k in ("loss", "g_loss", "d_loss", "feature_loss", "amplitude_loss")})
+    summed.update({k: np.asarray(out[k] * share) for k in ("loss",) + LOSSES})
     sum_over_processes(world, summed)
     summed["gan_lambda"] = np.asarray(out["gan_lambda"])
     return summed

@@ -213,18 +213,19 @@ def hinge_d_loss_hints(name, case, want, upstream):
 
 def amplitude_loss_hints(name, case, want, upstream):
     pred, target = case.args
-    H, W = pred.shape[-2:]
-    spectrum = np.fft.fft2(pred)                    # unnormalized: sqrt(H W) times too large
     if name == "loss":
+        H, W = pred.shape[-2:]
         return [like(want * H * W, "the DFT unnormalized: np.fft.fft2(x, norm='ortho') keeps "
                                    "sums of squares, so the loss is on mse's scale"),
                 like(np.mean((pred - target) ** 2), "that is mse: compare the amplitudes "
                                                     "|F(pred)| and |F(target)| alone")]
-    gap = np.abs(np.fft.fft2(pred, norm="ortho")) - np.abs(np.fft.fft2(target, norm="ortho"))
+    spectrum = np.fft.fft2(pred, norm="ortho")
+    gap = np.abs(spectrum) - np.abs(np.fft.fft2(target, norm="ortho"))
+    phase = spectrum / np.abs(spectrum)
     return loss_hints(name, case, want, upstream) + [
         like(np.fft.ifft2(2 * case.dloss * gap / gap.size, norm="ortho").real,
              "the phase left out: each coefficient's gradient points along F(pred) / |F(pred)|"),
-        like(np.fft.ifft2(2 * case.dloss * gap / gap.size * spectrum / np.abs(spectrum)).real,
+        like(np.fft.ifft2(2 * case.dloss * gap / gap.size * phase).real,
              "the plain ifft2 (1 / (H W)) carries it back: use norm='ortho' both ways, "
              "F's adjoint is its inverse")]
 
